@@ -1,0 +1,172 @@
+"""Fused kernels: whole layers as single primitives with hand-written backward.
+
+A graph of small ops pays Python overhead per op and stores every
+intermediate. A fused kernel does the same maths in a few NumPy calls and
+keeps only what its backward needs. Each kernel here is tested against the
+unfused composition of `ops` (tests/test_kernels.py) and timed against
+hand-written NumPy (benchmarks/autodiff_overhead.py).
+
+Conventions: a linear layer computes x @ W + b with W of shape (n_in, n_out),
+so a batch of row vectors goes in and comes out; leading axes are batch axes.
+"""
+
+import numpy as np
+
+from .engine import primitive
+from .ops import stable_sigmoid
+
+# activation name -> (f(z), f'(z) written in terms of the output y = f(z))
+ACTIVATIONS = {
+    None: (lambda z: z, None),
+    "linear": (lambda z: z, None),
+    "tanh": (np.tanh, lambda y: 1.0 - y * y),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda y: y > 0),
+    "sigmoid": (stable_sigmoid, lambda y: y * (1.0 - y)),
+}
+
+
+def _activation(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {[k for k in ACTIVATIONS if k]}")
+    return ACTIVATIONS[name]
+
+
+def _dense_forward(x, W, b, activation):
+    z = x @ W
+    if b is not None:
+        z += b
+    return _activation(activation)[0](z)
+
+
+def _dense_backward(g, x, W, y, activation, need_x):
+    """One layer's backward. Returns (dx or None, dW, db)."""
+    derivative = _activation(activation)[1]
+    dz = g if derivative is None else g * derivative(y)
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    dW = x.reshape(-1, x.shape[-1]).T @ dz2
+    db = dz2.sum(axis=0)
+    dx = dz @ W.T if need_x else None
+    return dx, dW, db
+
+
+@primitive
+def linear(x, W, b=None, activation=None, needs_grad=(True,)):
+    """y = f(x @ W + b), one op. Backward: dz = g ⊙ f'(z); dx = dz Wᵀ;
+    dW = xᵀ dz; db = Σ dz over the batch."""
+    if np.shape(x)[-1] != np.shape(W)[0]:
+        raise ValueError(f"x has {np.shape(x)[-1]} features but W expects {np.shape(W)[0]} (W is (n_in, n_out))")
+    y = _dense_forward(x, W, b, activation)
+
+    def vjp(g):
+        dx, dW, db = _dense_backward(g, x, W, y, activation, needs_grad[0])
+        return dx, dW, (db if b is not None else None)
+    return y, vjp
+
+
+@primitive
+def mlp(x, *params, activation="tanh", out_activation=None, needs_grad=None):
+    """A whole multilayer perceptron as one op: params = (W1, b1, W2, b2, ...),
+    hidden layers use `activation`, the last one `out_activation`."""
+    weights, biases = params[0::2], params[1::2]
+    layer_inputs, outputs = [], []
+    h = x
+    for i, (W, b) in enumerate(zip(weights, biases)):
+        layer_inputs.append(h)
+        h = _dense_forward(h, W, b, activation if i < len(weights) - 1 else out_activation)
+        outputs.append(h)
+
+    def vjp(g):
+        grads = []
+        for i in reversed(range(len(weights))):
+            act = activation if i < len(weights) - 1 else out_activation
+            need_x = i > 0 or needs_grad is None or needs_grad[0]
+            g, dW, db = _dense_backward(g, layer_inputs[i], weights[i], outputs[i], act, need_x)
+            grads = [dW, db] + grads
+        return (g, *grads)
+    return h, vjp
+
+
+# ----------------------------------------------------------------------------
+# GRU (the gate layout of cuDNN / PyTorch)
+#   r = σ(x Wx_r + bx_r + h Wh_r + bh_r)             reset gate
+#   z = σ(x Wx_z + bx_z + h Wh_z + bh_z)             update gate
+#   n = tanh(x Wx_n + bx_n + r ⊙ (h Wh_n + bh_n))    candidate
+#   h' = (1 − z) ⊙ n + z ⊙ h
+# Wx is (n_in, 3H), Wh is (H, 3H), bx and bh are (3H,), gates ordered r, z, n.
+# ----------------------------------------------------------------------------
+def _gru_step(x_proj, h, Wh, bh):
+    """One step given the input projection x Wx + bx; returns h' and what the
+    backward needs."""
+    H = h.shape[-1]
+    h_proj = h @ Wh + bh
+    r = stable_sigmoid(x_proj[..., :H] + h_proj[..., :H])
+    z = stable_sigmoid(x_proj[..., H:2 * H] + h_proj[..., H:2 * H])
+    n = np.tanh(x_proj[..., 2 * H:] + r * h_proj[..., 2 * H:])
+    h_new = n + z * (h - n)
+    return h_new, (r, z, n, h_proj[..., 2 * H:])
+
+
+def _gru_step_backward(g, h, saved):
+    """Gradients of one step w.r.t. the input projection (dx_proj), the
+    hidden projection (dh_proj) and the previous state (through z only;
+    the caller adds dh_proj @ Whᵀ)."""
+    r, z, n, hn = saved
+    dn = g * (1.0 - z)
+    dz = g * (h - n)
+    dh_direct = g * z
+    da_n = dn * (1.0 - n * n)                 # through tanh
+    dr = da_n * hn
+    da_r = dr * r * (1.0 - r)                 # through σ
+    da_z = dz * z * (1.0 - z)
+    dx_proj = np.concatenate([da_r, da_z, da_n], axis=-1)
+    dh_proj = np.concatenate([da_r, da_z, da_n * r], axis=-1)
+    return dx_proj, dh_proj, dh_direct
+
+
+@primitive
+def gru_cell(x, h, Wx, Wh, bx, bh):
+    """One GRU step h' = GRU(x, h) as a single op."""
+    x_proj = x @ Wx + bx
+    h_new, saved = _gru_step(x_proj, h, Wh, bh)
+
+    def vjp(g):
+        dx_proj, dh_proj, dh = _gru_step_backward(g, h, saved)
+        dh = dh + dh_proj @ Wh.T
+        x2 = x.reshape(-1, x.shape[-1])
+        dxp2, dhp2 = dx_proj.reshape(-1, dx_proj.shape[-1]), dh_proj.reshape(-1, dh_proj.shape[-1])
+        return (dx_proj @ Wx.T, dh, x2.T @ dxp2, h.reshape(-1, h.shape[-1]).T @ dhp2,
+                dxp2.sum(axis=0), dhp2.sum(axis=0))
+    return h_new, vjp
+
+
+@primitive
+def gru_sequence(xs, h0, Wx, Wh, bx, bh, needs_grad=None):
+    """Run a GRU over a whole sequence xs of shape (T, B, n_in) from h0 (B, H);
+    returns every hidden state, shape (T, B, H). One op for the whole of BPTT:
+    the input projections of all steps are one matrix product, and so are the
+    weight gradients, leaving only the recurrence itself in a Python loop."""
+    T = xs.shape[0]
+    x_proj = (xs.reshape(-1, xs.shape[-1]) @ Wx + bx).reshape(T, xs.shape[1], -1)
+    hs = np.empty((T,) + h0.shape, dtype=np.result_type(xs, h0, Wh))
+    saved, h = [], h0
+    for t in range(T):
+        h, s = _gru_step(x_proj[t], h, Wh, bh)
+        hs[t] = h
+        saved.append(s)
+
+    def vjp(g):
+        H = h0.shape[-1]
+        dx_proj = np.empty_like(x_proj)
+        dh_proj = np.empty(x_proj.shape, dtype=x_proj.dtype)
+        dh = np.zeros_like(h0)
+        WhT = Wh.T
+        for t in reversed(range(T)):
+            h_prev = hs[t - 1] if t > 0 else h0
+            dx_proj[t], dh_proj[t], dh_direct = _gru_step_backward(g[t] + dh, h_prev, saved[t])
+            dh = dh_direct + dh_proj[t] @ WhT
+        h_prevs = np.concatenate([h0[None], hs[:-1]], axis=0).reshape(-1, H)
+        dxp2, dhp2 = dx_proj.reshape(-1, 3 * H), dh_proj.reshape(-1, 3 * H)
+        dxs = (dxp2 @ Wx.T).reshape(xs.shape) if needs_grad is None or needs_grad[0] else None
+        return (dxs, dh, xs.reshape(-1, xs.shape[-1]).T @ dxp2, h_prevs.T @ dhp2,
+                dxp2.sum(axis=0), dhp2.sum(axis=0))
+    return hs, vjp
