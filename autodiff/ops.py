@@ -76,35 +76,25 @@ def power(a, b):
     return out, vjp
 
 
-def _as_matrix_pair(a, b):
-    """matmul's 1-D rules: a vector on the left is a row, on the right a column."""
-    return (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
-
-
 @primitive
 def matmul(a, b):
-    """a @ b. For matrices: dA = g Bᵀ, dB = Aᵀ g (batched over leading axes)."""
+    """a @ b. For matrices: dA = g Bᵀ, dB = Aᵀ g, batched over leading axes.
+    A vector is treated as a one-row matrix on the left, one column on the right."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul needs at least 1-D inputs; use * for scalars")
-    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-        raise ValueError(f"inner dimensions differ ({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
+    inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if a.shape[-1] != inner_b:
+        raise ValueError(f"inner dimensions differ ({a.shape[-1]} != {inner_b})")
     out = a @ b
 
     def vjp(g):
-        a2, b2 = _as_matrix_pair(a, b)
-        g2 = g
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = np.reshape(g, np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))
         grad_a = g2 @ np.swapaxes(b2, -1, -2)
         grad_b = np.swapaxes(a2, -1, -2) @ g2
-        if a.ndim == 1:
-            grad_a = grad_a.reshape(grad_a.shape[:-2] + (a.shape[0],)) if grad_a.ndim > 2 else grad_a[0]
-        if b.ndim == 1:
-            grad_b = grad_b[..., 0]
-        return grad_a, grad_b
+        return (grad_a[..., 0, :] if a.ndim == 1 else grad_a), (grad_b[..., 0] if b.ndim == 1 else grad_b)
     return out, vjp
 
 
