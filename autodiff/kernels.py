@@ -106,21 +106,19 @@ def _gru_step(x_proj, h, Wh, bh):
     return h_new, (r, z, n, h_proj[..., 2 * H:])
 
 
-def _gru_step_backward(g, h, saved):
-    """Gradients of one step w.r.t. the input projection (dx_proj), the
-    hidden projection (dh_proj) and the previous state (through z only;
-    the caller adds dh_proj @ Whᵀ)."""
+def _gru_step_backward(g, h, saved, dx_proj, dh_proj):
+    """Backward of one step. Writes the gradients of the input projection
+    (x Wx + bx) into dx_proj and of the hidden projection (h Wh + bh) into
+    dh_proj, both (B, 3H), and returns the part of dL/dh that flows through
+    the update gate directly (the caller adds dh_proj @ Whᵀ)."""
     r, z, n, hn = saved
-    dn = g * (1.0 - z)
-    dz = g * (h - n)
-    dh_direct = g * z
-    da_n = dn * (1.0 - n * n)                 # through tanh
-    dr = da_n * hn
-    da_r = dr * r * (1.0 - r)                 # through σ
-    da_z = dz * z * (1.0 - z)
-    dx_proj = np.concatenate([da_r, da_z, da_n], axis=-1)
-    dh_proj = np.concatenate([da_r, da_z, da_n * r], axis=-1)
-    return dx_proj, dh_proj, dh_direct
+    H = h.shape[-1]
+    da_n = g * (1.0 - z) * (1.0 - n * n)                   # through (1 − z) ⊙ n, then tanh
+    dx_proj[..., 2 * H:] = da_n
+    dh_proj[..., 2 * H:] = da_n * r                        # r gates the hidden part of n
+    dx_proj[..., :H] = dh_proj[..., :H] = da_n * hn * r * (1.0 - r)
+    dx_proj[..., H:2 * H] = dh_proj[..., H:2 * H] = g * (h - n) * z * (1.0 - z)
+    return g * z
 
 
 @primitive
@@ -130,8 +128,8 @@ def gru_cell(x, h, Wx, Wh, bx, bh):
     h_new, saved = _gru_step(x_proj, h, Wh, bh)
 
     def vjp(g):
-        dx_proj, dh_proj, dh = _gru_step_backward(g, h, saved)
-        dh = dh + dh_proj @ Wh.T
+        dx_proj, dh_proj = np.empty_like(x_proj), np.empty_like(x_proj)
+        dh = _gru_step_backward(g, h, saved, dx_proj, dh_proj) + dh_proj @ Wh.T
         x2 = x.reshape(-1, x.shape[-1])
         dxp2, dhp2 = dx_proj.reshape(-1, dx_proj.shape[-1]), dh_proj.reshape(-1, dh_proj.shape[-1])
         return (dx_proj @ Wx.T, dh, x2.T @ dxp2, h.reshape(-1, h.shape[-1]).T @ dhp2,
@@ -162,8 +160,7 @@ def gru_sequence(xs, h0, Wx, Wh, bx, bh, needs_grad=None):
         WhT = Wh.T
         for t in reversed(range(T)):
             h_prev = hs[t - 1] if t > 0 else h0
-            dx_proj[t], dh_proj[t], dh_direct = _gru_step_backward(g[t] + dh, h_prev, saved[t])
-            dh = dh_direct + dh_proj[t] @ WhT
+            dh = _gru_step_backward(g[t] + dh, h_prev, saved[t], dx_proj[t], dh_proj[t]) + dh_proj[t] @ WhT
         h_prevs = np.concatenate([h0[None], hs[:-1]], axis=0).reshape(-1, H)
         dxp2, dhp2 = dx_proj.reshape(-1, 3 * H), dh_proj.reshape(-1, 3 * H)
         dxs = (dxp2 @ Wx.T).reshape(xs.shape) if needs_grad is None or needs_grad[0] else None
