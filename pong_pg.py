@@ -1,0 +1,631 @@
+"""Pong from pixels with policy gradients, on the real Atari game, ten games at a time.
+
+The idea (Karpathy, "Pong from Pixels", 2016): a two-layer network looks at the
+difference of two consecutive 80x80 frames and outputs P(UP). We *sample* UP or
+DOWN, play whole episodes (first to 21) against the built-in AI, and afterwards
+treat every sampled action as if it had been the correct label, scaled by how
+well it turned out. Actions before won points are encouraged, actions before
+lost points discouraged: policy gradients are supervised learning on your own
+samples, weighted by the advantage.
+
+    maximise   sum_t A_t log pi(a_t | x_t)
+    pi(UP | x) = sigmoid(W2 . relu(W1 x))        200 hidden units, no biases, 1,280,200 weights
+    A_t        = discounted return (gamma 0.99, reset at every point scored),
+                 standardised over the batch of 10 episodes
+    update     = RMSProp (decay 0.99, lr 1e-4, eps 1e-5) on the gradient summed over 10 episodes
+
+That is the seed's algorithm unchanged (its pg-pong.py standardises per episode;
+`--standardise episode` does that). What is new: Gymnasium + ALE instead of
+gym 0.x, the forward and backward through the project's autodiff engine (one
+fused op, `policy_logit`, checked against the seed's hand-written backward in
+tests/test_pong_pg.py), and speed: up to 10 games play at once with one batched
+forward per step, preprocessing is one vectorised expression for all games,
+and the forward only reads the rows of W1 of pixels that changed (a difference
+frame is ~1% non-zero, so this is exact and ~50x less work than W1 @ x).
+
+Episodes never straddle an update. A batch is exactly 10 episodes, each played
+from its first frame to its last by the policy that is then updated with it.
+Games start episodes while fewer than 10 have been started in this batch; a game
+whose episode ends after that waits (it is not stepped) until the update. So the
+gradient is exactly on-policy, every parallel game contributes complete
+episodes, and at every update boundary all games sit at the end of an episode,
+which is what makes checkpoints exact: the checkpoint stores the weights, the
+RMSProp cache, the counters, the learning curve, the NumPy Generator state and
+each game's emulator state with its RNG, so `--resume` continues bit for bit as
+if never stopped (tests/test_pong_pg.py checks this).
+
+Measured (ALE/Pong-v5, 2 shared cores, see the README for the numbers):
+    demonstration run (python pong_pg.py): see the table it prints
+    throughput: benchmarks/pong_throughput.py, this loop vs the seed's single game loop
+
+Run:
+    python pong_pg.py                                  # ~1 minute demonstration
+    python pong_pg.py --full                           # the long run (hours); Ctrl-C saves
+    python pong_pg.py --full --resume                  # continue runs/pong_pg/checkpoint.npz
+    python pong_pg.py --play runs/pong_pg/checkpoint.npz   # watch it play the built-in AI
+"""
+
+import collections
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+
+import autodiff as ad
+
+# ----------------------------------------------------------------------------
+# Constants: the seed's settings
+# ----------------------------------------------------------------------------
+HIDDEN = 200                 # hidden ReLU units
+PIXELS = 80 * 80             # input: an 80x80 difference frame
+GAMMA = 0.99                 # discount of future rewards
+BATCH_EPISODES = 10          # episodes per parameter update
+LEARNING_RATE = 1e-4
+RMSPROP_DECAY = 0.99
+RMSPROP_EPS = 1e-5
+RUNNING_DECAY = 0.99         # running reward = 0.99 running + 0.01 episode score
+UP, DOWN = 2, 3              # Pong's minimal action set: 2 = RIGHT (paddle up), 3 = LEFT (down)
+BACKGROUND = (144, 109)      # red-channel values of the two background colours
+CHECKPOINT_FORMAT = "pong_pg checkpoint v1"
+GRADIENT_CHUNK = 1024        # rows of frames per forward/backward (bounds memory)
+
+
+# ----------------------------------------------------------------------------
+# Environment: several real ALE games, preprocessing for all of them at once
+# ----------------------------------------------------------------------------
+def make_game(env_id):
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    return gymnasium.make(env_id)
+
+
+def preprocess(frames):
+    """(B, 210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the seed's prepro:
+    crop the score and borders (rows 35..194), keep every second row and column
+    of the red channel, erase the two background colours, everything else
+    (paddles, ball) becomes 1. One expression for all games, no Python loop."""
+    red = frames[:, 35:195:2, ::2, 0]
+    on = (red != 0) & (red != BACKGROUND[0]) & (red != BACKGROUND[1])
+    return on.reshape(len(frames), PIXELS).astype(np.int8)
+
+
+class Games:
+    """n copies of the game. Only games that are playing are stepped; the last
+    frame of each game is kept in one (n, 210, 160, 3) array so preprocessing
+    runs on all of them at once."""
+
+    def __init__(self, env_id, n, seed):
+        self.env_id = env_id
+        self.envs = [make_game(env_id) for _ in range(n)]
+        self.frames = np.zeros((n,) + self.envs[0].observation_space.shape, np.uint8)
+        seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)
+        for env, s in zip(self.envs, seeds):
+            env.reset(seed=int(s))          # seeds the emulator once; later resets continue its RNG
+
+    def __len__(self):
+        return len(self.envs)
+
+    def reset(self, i):
+        self.frames[i] = self.envs[i].reset()[0]
+
+    def step(self, i, action):
+        frame, reward, terminated, truncated, _ = self.envs[i].step(action)
+        self.frames[i] = frame
+        return float(reward), terminated or truncated
+
+    def state(self):
+        """Each emulator's state including its RNG (ALE's own serialisation, as
+        bytes) and each env's NumPy RNG (it draws Pong-v0's random frameskip)."""
+        blobs = [np.frombuffer(env.unwrapped.ale.cloneState(include_rng=True).serialize(), np.uint8)
+                 for env in self.envs]
+        rngs = [env.unwrapped.np_random.bit_generator.state for env in self.envs]
+        return {"games_ale": np.concatenate(blobs), "games_ale_sizes": np.array([len(b) for b in blobs]),
+                "games_np_random": np.array(json.dumps(rngs))}
+
+    def restore(self, state):
+        import ale_py
+        sizes = state["games_ale_sizes"]
+        if len(sizes) != len(self.envs):
+            raise ValueError(f"checkpoint holds {len(sizes)} games, this run has {len(self.envs)}")
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        rngs = json.loads(str(state["games_np_random"]))
+        for i, env in enumerate(self.envs):
+            blob = state["games_ale"][offsets[i]:offsets[i + 1]].tobytes()
+            env.unwrapped.ale.restoreState(ale_py.ALEState(blob))
+            env.unwrapped.np_random.bit_generator.state = rngs[i]
+
+
+# ----------------------------------------------------------------------------
+# Model: z = relu(x W1) W2, P(UP) = sigmoid(z), as one fused engine op
+# ----------------------------------------------------------------------------
+def init_policy(rng):
+    """The seed's initialisation, W1 ~ N(0, 1/D), W2 ~ N(0, 1/H). Engine layout:
+    W1 is (D, H) (the seed's W1 transposed), W2 is (H,)."""
+    W1 = ad.nn.parameter(rng.standard_normal((PIXELS, HIDDEN)) / math.sqrt(PIXELS), "W1")
+    W2 = ad.nn.parameter(rng.standard_normal(HIDDEN) / math.sqrt(HIDDEN), "W2")
+    return W1, W2
+
+
+@ad.primitive
+def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
+    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,).
+
+    Forward: only the columns of x that are non-zero in some row (the pixels
+    that changed) contribute to x W1, so gather those columns and those rows
+    of W1; a difference frame has ~1% of its pixels set. Exact, not approximate.
+    Backward (the seed's policy_backward, batched):
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
+    changed = np.flatnonzero(np.any(x != 0, axis=0))
+    x_changed = x[:, changed].astype(W1.dtype)
+    h = np.maximum(x_changed @ W1[changed], 0.0)
+    z = h @ W2
+
+    def vjp(g):
+        dW2 = h.T @ g
+        dh = np.outer(g, W2) * (h > 0)
+        dW1 = np.zeros_like(W1)
+        dW1[changed] = x_changed.T @ dh
+        dx = dh @ W1.T if needs_grad[0] else None
+        return dx, dW1, dW2
+    return z, vjp
+
+
+def probability_up(x, W1, W2):
+    """P(UP | x) for a batch of difference frames, without recording a graph."""
+    with ad.no_grad():
+        z = policy_logit(ad.Tensor(x), W1, W2)
+    return ad.stable_sigmoid(z.data)
+
+
+# ----------------------------------------------------------------------------
+# Loss: minus the advantage-weighted log-likelihood of the sampled actions
+# ----------------------------------------------------------------------------
+def discounted_returns(rewards, gamma=GAMMA):
+    """R_t = r_t + gamma R_{t+1}, restarted at every point scored: in Pong a
+    point ends a rally, and actions of one rally do not cause the next."""
+    returns = np.zeros(len(rewards))
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        if rewards[t] != 0:
+            running = 0.0
+        running = running * gamma + rewards[t]
+        returns[t] = running
+    return returns
+
+
+def advantages(episodes, standardise="batch"):
+    """Standardised returns, one array per episode. 'batch' uses the mean and
+    std of all steps of the batch (the issue's choice: better episodes get
+    more credit); 'episode' standardises each episode alone (the seed's code)."""
+    returns = [discounted_returns(e["rewards"]) for e in episodes]
+    if standardise == "episode":
+        return [(r - r.mean()) / (r.std() or 1.0) for r in returns]
+    everything = np.concatenate(returns)
+    mean, std = everything.mean(), everything.std() or 1.0
+    return [(r - mean) / std for r in returns]
+
+
+def policy_loss(x, up, advantage, W1, W2):
+    """-sum_t A_t log pi(a_t | x_t). With s = +1 for UP and -1 for DOWN,
+    log pi(a | x) = log sigmoid(s z) = -softplus(-s z); its gradient with
+    respect to z is s sigmoid(-s z) = y - P(UP), the seed's 'fake label' error."""
+    z = policy_logit(ad.Tensor(x), W1, W2)
+    sign = np.where(up, 1.0, -1.0)
+    return ad.sum(ad.softplus(z * -sign) * advantage)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=GRADIENT_CHUNK):
+    """Sum the gradient of the loss over all steps of all episodes into
+    W1.grad and W2.grad, a chunk of frames at a time (the engine accumulates
+    .grad of leaves across backward calls). Returns the summed loss."""
+    total = 0.0
+    for episode, advantage in zip(episodes, advantages(episodes, standardise)):
+        for start in range(0, len(advantage), chunk):
+            rows = slice(start, start + chunk)
+            loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
+            loss.backward()
+            total += loss.item()
+    return total
+
+
+# ----------------------------------------------------------------------------
+# Playing: exactly n complete episodes, spread over the parallel games
+# ----------------------------------------------------------------------------
+def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None):
+    """Play `n_episodes` whole episodes with the fixed policy (W1, W2).
+
+    All playing games are preprocessed and forwarded together (one batched
+    forward per step); then each samples UP with probability P(UP) and steps.
+    A game that finishes starts another episode only while fewer than
+    n_episodes have been started, so every episode is played from start to end
+    by this policy and no episode is left half-played. Returns the episodes in
+    the order they ended, each a dict of x (T, 6400) int8 difference frames,
+    up (T,) bool, rewards (T,); or None if `stop()` became true. `film`, a
+    deque, receives the RGB frames of game 0's first episode."""
+    n = len(games)
+    playing = np.zeros(n, bool)
+    first_frame = np.zeros(n, bool)
+    previous = np.zeros((n, PIXELS), np.int8)
+    record = [None] * n
+    started = 0
+
+    def start(g):
+        nonlocal started
+        games.reset(g)
+        playing[g], first_frame[g] = True, True
+        record[g] = {"x": [], "up": [], "rewards": []}
+        started += 1
+
+    for g in range(min(n, n_episodes)):
+        start(g)
+    episodes, filming = [], film is not None
+    while playing.any():
+        if stop is not None and stop():
+            return None
+        ids = np.flatnonzero(playing)
+        current = preprocess(games.frames[ids])
+        x = current - previous[ids]                 # difference frame, values in {-1, 0, 1}
+        x[first_frame[ids]] = 0                     # the seed's first input: no previous frame, zeros
+        previous[ids], first_frame[ids] = current, False
+        up = rng.random(len(ids)) < probability_up(x, W1, W2)
+        for j, g in enumerate(ids):
+            if filming and g == 0:
+                film.append(games.frames[0].copy())
+            reward, done = games.step(g, UP if up[j] else DOWN)
+            record[g]["x"].append(x[j])
+            record[g]["up"].append(up[j])
+            record[g]["rewards"].append(reward)
+            if done:
+                filming = filming and g != 0
+                episodes.append({"x": np.stack(record[g]["x"]), "up": np.array(record[g]["up"]),
+                                 "rewards": np.array(record[g]["rewards"])})
+                record[g] = None
+                if started < n_episodes:
+                    start(g)
+                else:
+                    playing[g] = False
+    return episodes
+
+
+# ----------------------------------------------------------------------------
+# Training state and checkpoints (.npz, allow_pickle=False)
+# ----------------------------------------------------------------------------
+def new_state(args):
+    rng = np.random.default_rng(args.seed)
+    W1, W2 = init_policy(rng)
+    optimizer = ad.optim.RMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
+    games = Games(args.env_id, args.games, args.seed)
+    return {"W1": W1, "W2": W2, "optimizer": optimizer, "rng": rng, "games": games,
+            "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
+            "running_reward": None, "seconds": 0.0,
+            "history": {"score": [], "length": [], "hours": [], "running_reward": []},
+            "boundary": None}
+
+
+def config_of(args):
+    """The settings a checkpoint must agree with to be resumed."""
+    return {"env_id": args.env_id, "games": args.games, "hidden": HIDDEN, "pixels": PIXELS,
+            "batch_episodes": BATCH_EPISODES, "standardise": args.standardise}
+
+
+def mark_boundary(state):
+    """Remember the RNG and game states at an update boundary: what a
+    checkpoint saves, even if Ctrl-C arrives in the middle of the next batch."""
+    state["boundary"] = {"rng": json.dumps(state["rng"].bit_generator.state), **state["games"].state()}
+
+
+def save_checkpoint(path, state):
+    history = {f"history_{k}": np.array(v, dtype=float) for k, v in state["history"].items()}
+    optimizer = {f"rmsprop_{k}": v for k, v in state["optimizer"].state_dict().items()}
+    running = state["running_reward"]
+    ad.nn.save_parameters(
+        path, {"W1": state["W1"], "W2": state["W2"]},
+        format=np.array(CHECKPOINT_FORMAT), config=np.array(json.dumps(state["config"])),
+        episode=np.array(state["episode"]), updates=np.array(state["updates"]),
+        env_steps=np.array(state["env_steps"]), seconds=np.array(state["seconds"]),
+        running_reward=np.array(np.nan if running is None else running),
+        rng=np.array(state["boundary"]["rng"]),
+        games_ale=state["boundary"]["games_ale"], games_ale_sizes=state["boundary"]["games_ale_sizes"],
+        games_np_random=state["boundary"]["games_np_random"], **optimizer, **history)
+
+
+def load_checkpoint(path, state):
+    """Load `path` into a fresh `state`, refusing (ValueError naming the
+    problem) a file that is corrupt, is not a pong_pg checkpoint, or was made
+    with other settings."""
+    arrays = ad.nn.load_arrays(path)
+    if str(arrays.get("format", "")) != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT!r} file (keys: {sorted(arrays)[:6]}...)")
+    saved = json.loads(str(arrays["config"]))
+    for key, value in state["config"].items():
+        if saved.get(key) != value:
+            raise ValueError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                             f"{key}={value!r}; use the same settings or a new --out folder")
+    try:
+        ad.nn.load_parameters(path, {"W1": state["W1"], "W2": state["W2"]})
+        state["optimizer"].load_state_dict({k[len("rmsprop_"):]: v for k, v in arrays.items()
+                                            if k.startswith("rmsprop_")})
+        state["games"].restore(arrays)
+        state["rng"].bit_generator.state = json.loads(str(arrays["rng"]))
+        state["episode"], state["updates"] = int(arrays["episode"]), int(arrays["updates"])
+        state["env_steps"], state["seconds"] = int(arrays["env_steps"]), float(arrays["seconds"])
+        running = float(arrays["running_reward"])
+        state["running_reward"] = None if math.isnan(running) else running
+        state["history"] = {k: arrays[f"history_{k}"].tolist() for k in state["history"]}
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
+    if len(state["history"]["score"]) != state["episode"]:
+        raise ValueError(f"{path}: damaged checkpoint (history has {len(state['history']['score'])} "
+                         f"episodes, counter says {state['episode']})")
+    mark_boundary(state)
+    return state
+
+
+def load_weights(path):
+    """W1, W2 from a checkpoint or a weights-only .npz (e.g. float16)."""
+    W1, W2 = ad.nn.parameter(np.zeros((PIXELS, HIDDEN)), "W1"), ad.nn.parameter(np.zeros(HIDDEN), "W2")
+    ad.nn.load_parameters(path, {"W1": W1, "W2": W2})
+    return W1, W2
+
+
+# ----------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------
+def train_batch(state, stop=None):
+    """Play one batch of 10 episodes, then one RMSProp step. Returns the
+    episodes (None if stopped before the batch was complete: then nothing in
+    `state` changed except the RNGs, and the boundary marks where to resume)."""
+    W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
+    episodes = play_episodes(state["games"], W1, W2, state["rng"], BATCH_EPISODES, stop=stop)
+    if episodes is None:
+        return None
+    optimizer.zero_grad()
+    accumulate_gradient(episodes, W1, W2, state["config"]["standardise"])
+    optimizer.step()                # RMSProp descent on -A log pi = the seed's ascent on A log pi
+    state["updates"] += 1
+    return episodes
+
+
+def record_batch(state, episodes, hours):
+    for e in episodes:
+        score = float(e["rewards"].sum())
+        previous = state["running_reward"]
+        state["running_reward"] = score if previous is None else (
+            RUNNING_DECAY * previous + (1 - RUNNING_DECAY) * score)
+        state["episode"] += 1
+        state["env_steps"] += len(e["rewards"])
+        for key, value in (("score", score), ("length", len(e["rewards"])), ("hours", hours),
+                           ("running_reward", state["running_reward"])):
+            state["history"][key].append(value)
+
+
+def train(state, args, out, log=print):
+    """Train until args.episodes episodes (or args.hours of training time);
+    checkpoint every args.checkpoint_every updates and on Ctrl-C."""
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    stop_requested = []
+
+    def on_ctrl_c(signum, frame):
+        stop_requested.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C stops at once
+
+    previous_handler = signal.signal(signal.SIGINT, on_ctrl_c)
+    session_start, session_steps = time.perf_counter(), 0
+    seconds_before = state["seconds"]
+    first_episode = state["episode"]
+    progress = ad.runs.Progress(max(args.episodes - first_episode, 1), label="episodes this session", every=0)
+    if state["boundary"] is None:
+        mark_boundary(state)
+    try:
+        while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
+            batch_start = time.perf_counter()
+            episodes = train_batch(state, stop=lambda: bool(stop_requested))
+            if episodes is None:
+                break
+            state["seconds"] = seconds_before + time.perf_counter() - session_start
+            record_batch(state, episodes, state["seconds"] / 3600)
+            mark_boundary(state)
+            steps = sum(len(e["rewards"]) for e in episodes)
+            session_steps += steps
+            if state["updates"] % args.checkpoint_every == 0:
+                save_outputs(state, args, out, checkpoint)
+            due = args.checkpoint_every - state["updates"] % args.checkpoint_every
+            batch_seconds = time.perf_counter() - batch_start
+            progress.update(state["episode"] - first_episode, episode=state["episode"],
+                            running_reward=state["running_reward"],
+                            batch_mean=float(np.mean([e["rewards"].sum() for e in episodes])),
+                            steps_per_s=round(steps / batch_seconds),
+                            next_checkpoint=f"{due} updates ~{ad.runs.format_seconds(due * batch_seconds)}")
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if stop_requested:
+        log(f"Ctrl-C: saving the state after update {state['updates']} (episode {state['episode']}) "
+            f"to {checkpoint}; continue with --resume")
+    save_outputs(state, args, out, checkpoint)
+    session_seconds = time.perf_counter() - session_start
+    return {"interrupted": bool(stop_requested), "session_seconds": session_seconds,
+            "session_steps_per_s": session_steps / max(session_seconds, 1e-9)}
+
+
+def save_outputs(state, args, out, checkpoint):
+    """Checkpoint, learning curve data (CSV, rewritten whole each time so it
+    always matches the checkpoint), float16 weights, the two figures."""
+    save_checkpoint(checkpoint, state)
+    ad.nn.save_parameters(os.path.join(out, "weights_float16.npz"),
+                          {"W1": state["W1"].data.astype(np.float16), "W2": state["W2"].data.astype(np.float16)})
+    h = state["history"]
+    table = np.column_stack([np.arange(1, len(h["score"]) + 1), h["hours"], h["score"], h["length"],
+                             h["running_reward"]]) if h["score"] else np.zeros((0, 5))
+    temporary = os.path.join(out, ".curve.csv.tmp")
+    np.savetxt(temporary, table, delimiter=",", fmt=["%d", "%.5f", "%g", "%d", "%.4f"],
+               header="episode,hours,score,steps,running_reward", comments="")
+    os.replace(temporary, os.path.join(out, "curve.csv"))
+    if h["score"]:
+        plot_learning_curve(h, os.path.join(out, "pong_pg_curve.png"))
+    plot_neurons(state["W1"].data, os.path.join(out, "pong_pg_neurons.png"))
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: play the built-in AI
+# ----------------------------------------------------------------------------
+def play_games(env_id, W1, W2, n_games, seed, gif_path=None, n_parallel=10):
+    """Play n_games episodes with the (sampling) policy; returns per-game
+    (points won, points lost) and writes a GIF of the last 150 frames of one game."""
+    rng = np.random.default_rng([seed, 11])
+    games = Games(env_id, min(n_parallel, n_games), seed + 12345)
+    film = collections.deque(maxlen=300) if gif_path else None
+    episodes = play_episodes(games, W1, W2, rng, n_games, film=film)
+    if gif_path and film:
+        ad.runs.save_gif(gif_path, list(film)[::2], fps=15)
+    return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
+
+
+# ----------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------
+def plot_learning_curve(history, path):
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    episodes = np.arange(1, len(history["score"]) + 1)
+    for ax, xs, label in ((axes[0], episodes, "episodes"), (axes[1], np.array(history["hours"]),
+                                                            "wall-clock hours of training (2 cores)")):
+        ax.plot(xs, history["score"], ".", ms=2, color="0.7", label="episode score")
+        ax.plot(xs, history["running_reward"], color="C0", label="running reward (EMA 0.99)")
+        ax.axhline(-15, color="C3", ls=":", lw=1, label="bar: -15")
+        ax.axhline(0, color="C2", ls="--", lw=1, label="even with the built-in AI")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("points won - points lost")
+    axes[0].set_ylim(-21.5, 21.5)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Pong from pixels, policy gradients (ALE Pong)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_neurons(W1, path, count=40):
+    """The first `count` hidden units' input weights as 80x80 images (the
+    seed's picture): white positive, black negative."""
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(5, count // 5, figsize=(count // 5 * 1.1, 5 * 1.1))
+    for k, ax in enumerate(axes.flat):
+        image = W1[:, k].reshape(80, 80)
+        limit = np.abs(image).max() or 1.0
+        ax.imshow(image, cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.axis("off")
+    fig.suptitle(f"first-layer weights of {count} of the {W1.shape[1]} hidden units", fontsize=9)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+def build_parser():
+    parser = ad.runs.parser(__doc__, "pong_pg")
+    parser.add_argument("--env-id", default="ALE/Pong-v5", help="any ALE Pong id, e.g. the seed's Pong-v0")
+    parser.add_argument("--games", type=ad.runs.positive_int, default=BATCH_EPISODES,
+                        help=f"games played in parallel (1..{BATCH_EPISODES})")
+    parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
+                        help="train until this many episodes in total (default 30; --full: 30000)")
+    parser.add_argument("--hours", type=ad.runs.positive_float, default=None,
+                        help="also stop after this many hours of training in total")
+    parser.add_argument("--checkpoint-every", type=ad.runs.positive_int, default=20, help="updates between checkpoints")
+    parser.add_argument("--standardise", choices=("batch", "episode"), default="batch",
+                        help="standardise returns over the batch (issue) or per episode (seed's code)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    parser.add_argument("--play", nargs="?", const="runs/pong_pg/checkpoint.npz", metavar="CHECKPOINT",
+                        help="play the built-in AI with these weights (checkpoint or weights .npz)")
+    parser.add_argument("--play-games", type=ad.runs.positive_int, default=3, help="games for --play")
+    return parser
+
+
+def print_table(rows):
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.games > BATCH_EPISODES:
+        parser.error(f"--games {args.games}: at most {BATCH_EPISODES} (the episodes per update)")
+    out = ad.runs.prepare_out(args.out)
+    started = time.perf_counter()
+
+    if args.play:
+        try:
+            W1, W2 = load_weights(args.play)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(f"--play: {error}")
+        gif = os.path.join(out, "pong_pg_play.gif")
+        results = play_games(args.env_id, W1, W2, args.play_games, args.seed, gif)
+        for i, (won, lost) in enumerate(results, 1):
+            print(f"game {i}: agent {won} - {lost} built-in AI  (score {won - lost:+d})")
+        mean = float(np.mean([w - l for w, l in results]))
+        print(f"mean score over {len(results)} games: {mean:+.2f}   GIF of one game: {gif}")
+        ad.runs.write_metrics(out, {"play_scores": [w - l for w, l in results], "play_mean_score": mean},
+                              args, started)
+        return {"scores": results, "mean": mean}
+
+    if args.episodes is None:
+        args.episodes = 30000 if args.full else 30
+    state = new_state(args)
+    if args.resume:
+        checkpoint = os.path.join(out, "checkpoint.npz")
+        try:
+            load_checkpoint(checkpoint, state)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(f"--resume: {error}")
+        print(f"resumed from {checkpoint}: episode {state['episode']}, update {state['updates']}, "
+              f"running reward {state['running_reward']}")
+    print(f"{args.env_id}: {args.games} games in parallel, {BATCH_EPISODES} episodes per update, "
+          f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+    session = train(state, args, out)
+
+    h = state["history"]
+    gif = os.path.join(out, "pong_pg_game.gif")
+    demo = play_games(args.env_id, state["W1"], state["W2"], 1, args.seed, gif) if not session["interrupted"] else []
+    reached = [e + 1 for e, r in enumerate(h["running_reward"]) if r >= -15]
+    metrics = {
+        "env_id": args.env_id, "games_in_parallel": args.games, "episodes": state["episode"],
+        "updates": state["updates"], "env_steps": state["env_steps"],
+        "training_hours": state["seconds"] / 3600,
+        "steps_per_s_this_session": session["session_steps_per_s"],
+        "running_reward": state["running_reward"],
+        "best_running_reward": max(h["running_reward"]) if h["running_reward"] else None,
+        "mean_score_last_10": float(np.mean(h["score"][-10:])) if h["score"] else None,
+        "first_episode_running_reward_above_-15": reached[0] if reached else None,
+        "hours_to_running_reward_-15": h["hours"][reached[0] - 1] if reached else None,
+        "demo_game_score": demo[0][0] - demo[0][1] if demo else None,
+    }
+    ad.runs.write_metrics(out, metrics, args, started)
+    print("\nresults")
+    print_table([
+        ("episodes / updates", f"{state['episode']} / {state['updates']}"),
+        ("environment steps", f"{state['env_steps']:,}"),
+        ("training time", ad.runs.format_seconds(state["seconds"])),
+        ("env steps/s (this session, learning included)", f"{session['session_steps_per_s']:.0f}"),
+        ("running reward", f"{state['running_reward']:.2f}" if h["score"] else "-"),
+        ("mean score of the last 10 episodes", f"{metrics['mean_score_last_10']:.1f}" if h["score"] else "-"),
+        ("demo game vs built-in AI", f"{demo[0][0]}-{demo[0][1]}" if demo else "skipped"),
+    ])
+    print(f"\nwrote {out}/: metrics.json, checkpoint.npz, weights_float16.npz, curve.csv, "
+          f"pong_pg_curve.png, pong_pg_neurons.png" + (", pong_pg_game.gif" if demo else ""))
+    if not args.full:
+        print("\nThis was a short demonstration; the policy is still close to random (the seed needed "
+              "~8,000 episodes).\nStart a real run (hours; Ctrl-C saves, --resume continues):\n"
+              "    python pong_pg.py --full\n    python pong_pg.py --full --resume\n"
+              f"Watch a checkpoint play:\n    python pong_pg.py --play {out}/checkpoint.npz")
+    return {"state": state, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    main()
