@@ -93,50 +93,162 @@ def preprocess(frames):
     return on.reshape(len(frames), PIXELS).astype(np.int8)
 
 
-class Games:
-    """n copies of the game. Only games that are playing are stepped; the last
-    frame of each game is kept in one (n, 210, 160, 3) array so preprocessing
-    runs on all of them at once."""
+def _emulator_state(env):
+    """One game's full state including the emulator's RNG (ALE's own
+    serialisation, as bytes) and the env's NumPy RNG (it draws Pong-v0's
+    random frameskip)."""
+    blob = np.frombuffer(env.unwrapped.ale.cloneState(include_rng=True).serialize(), np.uint8)
+    return blob, json.dumps(env.unwrapped.np_random.bit_generator.state)
 
-    def __init__(self, env_id, n, seed):
-        self.env_id = env_id
-        self.envs = [make_game(env_id) for _ in range(n)]
-        self.frames = np.zeros((n,) + self.envs[0].observation_space.shape, np.uint8)
+
+def _set_emulator_state(env, blob, np_random_json):
+    import ale_py
+    env.unwrapped.ale.restoreState(ale_py.ALEState(blob.tobytes()))
+    env.unwrapped.np_random.bit_generator.state = json.loads(np_random_json)
+
+
+def _step_game(env, action):
+    frame, reward, terminated, truncated, _ = env.step(action)
+    return frame, float(reward), terminated or truncated
+
+
+def _game_worker(connection, env_id, ids, seeds, frames):
+    """A worker process: owns the games `ids`, writes their frames into the
+    shared `frames` array, and answers the main process's commands."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is handled by the main process
+    envs = {}
+    for g, s in zip(ids, seeds):
+        envs[g] = make_game(env_id)
+        envs[g].reset(seed=int(s))
+    connection.send("ready")
+    while True:
+        command, ids, payload = connection.recv()
+        if command == "step":
+            rewards, dones = [], []
+            for g, action in zip(ids, payload):
+                frames[g], reward, done = _step_game(envs[g], action)
+                rewards.append(reward)
+                dones.append(done)
+            connection.send((rewards, dones))
+        elif command == "reset":
+            for g in ids:
+                frames[g] = envs[g].reset()[0]
+            connection.send(None)
+        elif command == "state":
+            connection.send([_emulator_state(envs[g]) for g in ids])
+        elif command == "restore":
+            for g, (blob, np_random_json) in zip(ids, payload):
+                _set_emulator_state(envs[g], blob, np_random_json)
+            connection.send(None)
+        else:
+            connection.close()
+            return
+
+
+class Games:
+    """n copies of the game. Only the games named in a call are stepped or
+    reset. The last frame of every game lives in one (n, 210, 160, 3) array,
+    so preprocessing runs on all of them at once.
+
+    With workers=0 the games run in this process. With workers=k they are
+    split over k processes that step their games at the same time (the
+    emulator is most of the work, and it does not release the GIL, so threads
+    would not help); the frames array is then shared memory, and only actions,
+    rewards and done flags travel through the pipes. Either way each game is
+    the same emulator driven by the same actions: results are identical."""
+
+    def __init__(self, env_id, n, seed, workers=0):
+        self.env_id, self.n = env_id, n
+        shape = (n, 210, 160, 3)                        # every ALE game's RGB frame
         seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)
-        for env, s in zip(self.envs, seeds):
-            env.reset(seed=int(s))          # seeds the emulator once; later resets continue its RNG
+        self.workers = min(workers, n)
+        self.connections, self.processes = [], []
+        if self.workers == 0:
+            self.frames = np.zeros(shape, np.uint8)
+            self.envs = [make_game(env_id) for _ in range(n)]
+            for env, s in zip(self.envs, seeds):
+                env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
+            return
+        import mmap
+        import multiprocessing
+        buffer = mmap.mmap(-1, int(np.prod(shape)))    # anonymous shared memory, inherited by forked workers
+        self.frames = np.frombuffer(buffer, np.uint8).reshape(shape)
+        self.owner = np.arange(n) % self.workers
+        context = multiprocessing.get_context("fork")
+        for w in range(self.workers):
+            ids = np.flatnonzero(self.owner == w)
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_game_worker, args=(theirs, env_id, ids, seeds[ids], self.frames),
+                                      daemon=True)
+            process.start()
+            theirs.close()                              # the worker holds the other end now
+            self.connections.append(mine)
+            self.processes.append(process)
+        for connection in self.connections:
+            connection.recv()                           # "ready"
 
     def __len__(self):
-        return len(self.envs)
+        return self.n
 
-    def reset(self, i):
-        self.frames[i] = self.envs[i].reset()[0]
+    def _ask(self, command, ids, payload=None):
+        """Send each worker its part of the command; return the answers in the order of ids."""
+        ids = np.asarray(ids)
+        asked = []
+        for w, connection in enumerate(self.connections):
+            mine = np.flatnonzero(self.owner[ids] == w)
+            if len(mine):
+                connection.send((command, ids[mine], None if payload is None else [payload[i] for i in mine]))
+                asked.append((mine, connection))
+        answers = [None] * len(ids)
+        for mine, connection in asked:
+            reply = connection.recv()
+            if reply is not None:
+                for i, item in zip(mine, reply if command != "step" else zip(*reply)):
+                    answers[i] = item
+        return answers
 
-    def step(self, i, action):
-        frame, reward, terminated, truncated, _ = self.envs[i].step(action)
-        self.frames[i] = frame
-        return float(reward), terminated or truncated
+    def reset(self, ids):
+        if self.workers:
+            self._ask("reset", ids)
+            return
+        for g in ids:
+            self.frames[g] = self.envs[g].reset()[0]
+
+    def step(self, ids, actions):
+        """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
+        if self.workers:
+            answers = self._ask("step", ids, list(actions))
+            return np.array([a[0] for a in answers]), np.array([a[1] for a in answers])
+        rewards, dones = np.zeros(len(ids)), np.zeros(len(ids), bool)
+        for j, (g, action) in enumerate(zip(ids, actions)):
+            self.frames[g], rewards[j], dones[j] = _step_game(self.envs[g], action)
+        return rewards, dones
 
     def state(self):
-        """Each emulator's state including its RNG (ALE's own serialisation, as
-        bytes) and each env's NumPy RNG (it draws Pong-v0's random frameskip)."""
-        blobs = [np.frombuffer(env.unwrapped.ale.cloneState(include_rng=True).serialize(), np.uint8)
-                 for env in self.envs]
-        rngs = [env.unwrapped.np_random.bit_generator.state for env in self.envs]
+        """Every game's emulator state with its RNGs, as arrays for a checkpoint."""
+        states = self._ask("state", range(self.n)) if self.workers else [_emulator_state(e) for e in self.envs]
+        blobs = [blob for blob, _ in states]
         return {"games_ale": np.concatenate(blobs), "games_ale_sizes": np.array([len(b) for b in blobs]),
-                "games_np_random": np.array(json.dumps(rngs))}
+                "games_np_random": np.array(json.dumps([r for _, r in states]))}
 
     def restore(self, state):
-        import ale_py
         sizes = state["games_ale_sizes"]
-        if len(sizes) != len(self.envs):
-            raise ValueError(f"checkpoint holds {len(sizes)} games, this run has {len(self.envs)}")
+        if len(sizes) != self.n:
+            raise ValueError(f"checkpoint holds {len(sizes)} games, this run has {self.n}")
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         rngs = json.loads(str(state["games_np_random"]))
-        for i, env in enumerate(self.envs):
-            blob = state["games_ale"][offsets[i]:offsets[i + 1]].tobytes()
-            env.unwrapped.ale.restoreState(ale_py.ALEState(blob))
-            env.unwrapped.np_random.bit_generator.state = rngs[i]
+        states = [(state["games_ale"][offsets[g]:offsets[g + 1]], rngs[g]) for g in range(self.n)]
+        if self.workers:
+            self._ask("restore", range(self.n), states)
+        else:
+            for env, (blob, np_random_json) in zip(self.envs, states):
+                _set_emulator_state(env, blob, np_random_json)
+
+    def close(self):
+        for connection, process in zip(self.connections, self.processes):
+            connection.send(("close", [], None))
+            process.join(timeout=5)
+        self.connections, self.processes, self.envs = [], [], []
 
 
 # ----------------------------------------------------------------------------
@@ -253,15 +365,15 @@ def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None):
     record = [None] * n
     started = 0
 
-    def start(g):
+    def start(ids):
         nonlocal started
-        games.reset(g)
-        playing[g], first_frame[g] = True, True
-        record[g] = {"x": [], "up": [], "rewards": []}
-        started += 1
+        games.reset(ids)
+        playing[ids], first_frame[ids] = True, True
+        for g in ids:
+            record[g] = {"x": [], "up": [], "rewards": []}
+        started += len(ids)
 
-    for g in range(min(n, n_episodes)):
-        start(g)
+    start(np.arange(min(n, n_episodes)))
     episodes, filming = [], film is not None
     while playing.any():
         if stop is not None and stop():
@@ -272,22 +384,23 @@ def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None):
         x[first_frame[ids]] = 0                     # the seed's first input: no previous frame, zeros
         previous[ids], first_frame[ids] = current, False
         up = rng.random(len(ids)) < probability_up(x, W1, W2)
+        if filming and playing[0]:
+            film.append(games.frames[0].copy())
+        rewards, dones = games.step(ids, np.where(up, UP, DOWN))
         for j, g in enumerate(ids):
-            if filming and g == 0:
-                film.append(games.frames[0].copy())
-            reward, done = games.step(g, UP if up[j] else DOWN)
             record[g]["x"].append(x[j])
             record[g]["up"].append(up[j])
-            record[g]["rewards"].append(reward)
-            if done:
-                filming = filming and g != 0
-                episodes.append({"x": np.stack(record[g]["x"]), "up": np.array(record[g]["up"]),
-                                 "rewards": np.array(record[g]["rewards"])})
-                record[g] = None
-                if started < n_episodes:
-                    start(g)
-                else:
-                    playing[g] = False
+            record[g]["rewards"].append(rewards[j])
+        ended = ids[dones]
+        for g in ended:
+            episodes.append({"x": np.stack(record[g]["x"]), "up": np.array(record[g]["up"]),
+                             "rewards": np.array(record[g]["rewards"])})
+            record[g] = None
+        filming = filming and 0 not in ended
+        playing[ended] = False
+        restart = ended[:max(0, n_episodes - started)]     # start new episodes while fewer than n were started
+        if len(restart):
+            start(restart)
     return episodes
 
 
@@ -298,7 +411,7 @@ def new_state(args):
     rng = np.random.default_rng(args.seed)
     W1, W2 = init_policy(rng)
     optimizer = ad.optim.RMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
-    games = Games(args.env_id, args.games, args.seed)
+    games = Games(args.env_id, args.games, args.seed, args.workers)
     return {"W1": W1, "W2": W2, "optimizer": optimizer, "rng": rng, "games": games,
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
             "running_reward": None, "seconds": 0.0,
@@ -472,13 +585,14 @@ def save_outputs(state, args, out, checkpoint):
 # ----------------------------------------------------------------------------
 # Evaluation: play the built-in AI
 # ----------------------------------------------------------------------------
-def play_games(env_id, W1, W2, n_games, seed, gif_path=None, n_parallel=10):
+def play_games(env_id, W1, W2, n_games, seed, gif_path=None, n_parallel=10, workers=0):
     """Play n_games episodes with the (sampling) policy; returns per-game
     (points won, points lost) and writes a GIF of the last 150 frames of one game."""
     rng = np.random.default_rng([seed, 11])
-    games = Games(env_id, min(n_parallel, n_games), seed + 12345)
+    games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
     film = collections.deque(maxlen=300) if gif_path else None
     episodes = play_episodes(games, W1, W2, rng, n_games, film=film)
+    games.close()
     if gif_path and film:
         ad.runs.save_gif(gif_path, list(film)[::2], fps=15)
     return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
@@ -532,6 +646,8 @@ def build_parser():
     parser.add_argument("--env-id", default="ALE/Pong-v5", help="any ALE Pong id, e.g. the seed's Pong-v0")
     parser.add_argument("--games", type=ad.runs.positive_int, default=BATCH_EPISODES,
                         help=f"games played in parallel (1..{BATCH_EPISODES})")
+    parser.add_argument("--workers", type=ad.runs.nonnegative_int, default=2,
+                        help="processes that run the games (0: all in this one); results do not depend on it")
     parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
                         help="train until this many episodes in total (default 30; --full: 30000)")
     parser.add_argument("--hours", type=ad.runs.positive_float, default=None,
@@ -566,7 +682,7 @@ def main(argv=None):
         except (ValueError, FileNotFoundError) as error:
             parser.error(f"--play: {error}")
         gif = os.path.join(out, "pong_pg_play.gif")
-        results = play_games(args.env_id, W1, W2, args.play_games, args.seed, gif)
+        results = play_games(args.env_id, W1, W2, args.play_games, args.seed, gif, workers=args.workers)
         for i, (won, lost) in enumerate(results, 1):
             print(f"game {i}: agent {won} - {lost} built-in AI  (score {won - lost:+d})")
         mean = float(np.mean([w - l for w, l in results]))
@@ -589,10 +705,11 @@ def main(argv=None):
     print(f"{args.env_id}: {args.games} games in parallel, {BATCH_EPISODES} episodes per update, "
           f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
     session = train(state, args, out)
+    state["games"].close()
 
     h = state["history"]
     gif = os.path.join(out, "pong_pg_game.gif")
-    demo = play_games(args.env_id, state["W1"], state["W2"], 1, args.seed, gif) if not session["interrupted"] else []
+    demo = [] if session["interrupted"] else play_games(args.env_id, state["W1"], state["W2"], 1, args.seed, gif)
     reached = [e + 1 for e, r in enumerate(h["running_reward"]) if r >= -15]
     metrics = {
         "env_id": args.env_id, "games_in_parallel": args.games, "episodes": state["episode"],

@@ -120,6 +120,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="rounds of 10 episodes per loop")
     parser.add_argument("--env-id", default="ALE/Pong-v5")
     parser.add_argument("--games", type=int, default=10, help="parallel games in pong_pg's loop")
+    parser.add_argument("--workers", type=int, default=2, help="processes running pong_pg's games")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -129,7 +130,7 @@ def main(argv=None):
     env = pong_pg.make_game(args.env_id)
     env.reset(seed=args.seed)
     state = pong_pg.new_state(argparse.Namespace(seed=args.seed, env_id=args.env_id, games=args.games,
-                                                 standardise="batch"))
+                                                 workers=args.workers, standardise="batch"))
     totals = {"seed": [0, 0.0], "ours": [0, 0.0]}
     for r in range(args.rounds):
         start = time.perf_counter()
@@ -142,13 +143,14 @@ def main(argv=None):
         totals["ours"][1] += time.perf_counter() - start
         print(f"round {r + 1}/{args.rounds}: seed {totals['seed'][0] / totals['seed'][1]:.0f} steps/s, "
               f"ours {totals['ours'][0] / totals['ours'][1]:.0f} steps/s", flush=True)
+    state["games"].close()
     seed_rate = totals["seed"][0] / totals["seed"][1]
     ours_rate = totals["ours"][0] / totals["ours"][1]
     print(f"\n{args.env_id}, {args.rounds} x 10 episodes each, learning included, load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"  seed loop (1 game, frame by frame)   {seed_rate:7.0f} env steps/s  "
           f"({totals['seed'][0]} steps in {totals['seed'][1]:.1f} s)")
-    print(f"  pong_pg ({args.games} games, batched)       {ours_rate:7.0f} env steps/s  "
+    print(f"  pong_pg ({args.games} games, {args.workers} workers)   {ours_rate:7.0f} env steps/s  "
           f"({totals['ours'][0]} steps in {totals['ours'][1]:.1f} s)")
     print(f"  ratio {ours_rate / seed_rate:.2f}  (bar: >= 2)")
     return ours_rate / seed_rate

@@ -54,8 +54,9 @@ def seed_policy_backward(W2, eph, epdlogp, epx):
     return dW1, dW2
 
 
-def args_for(tmp_path, games=10, **overrides):
-    args = pong_pg.build_parser().parse_args(["--out", str(tmp_path), "--games", str(games)])
+def args_for(tmp_path, games=10, workers=0, **overrides):
+    args = pong_pg.build_parser().parse_args(["--out", str(tmp_path), "--games", str(games),
+                                              "--workers", str(workers)])
     for key, value in overrides.items():
         setattr(args, key, value)
     return args
@@ -65,9 +66,10 @@ def args_for(tmp_path, games=10, **overrides):
 def trained_batch(tmp_path_factory):
     """One real training batch: 10 games, 10 whole episodes, one RMSProp step.
     Returns the episodes and the weights before and after the update."""
-    state = pong_pg.new_state(args_for(tmp_path_factory.mktemp("batch")))
+    state = pong_pg.new_state(args_for(tmp_path_factory.mktemp("batch"), workers=2))
     before = state["W1"].data.copy(), state["W2"].data.copy()
     episodes = pong_pg.train_batch(state)
+    state["games"].close()
     return episodes, before, (state["W1"].data.copy(), state["W2"].data.copy())
 
 
@@ -205,17 +207,19 @@ def test_checkpoint_round_trip_and_refusals(tmp_path, monkeypatch, capsys):
 
 def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
     """Ctrl-C in the middle of a batch saves the state of the last update;
-    --resume then gives bit for bit the run that was never interrupted."""
+    --resume then gives bit for bit the run that was never interrupted, also
+    when the games run in worker processes in one run and in-process in the other."""
     monkeypatch.setattr(pong_pg, "BATCH_EPISODES", 2)
     monkeypatch.setattr(pong_pg, "save_outputs", lambda state, args, out, path: pong_pg.save_checkpoint(path, state))
     args = args_for(tmp_path, games=2, episodes=1000, checkpoint_every=1000)
-    state = pong_pg.new_state(args)
+    state = pong_pg.new_state(args_for(tmp_path, games=2, workers=2, episodes=1000, checkpoint_every=1000))
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         session = pong_pg.train(state, args, str(tmp_path), log=lambda *a: None)
     finally:
         timer.cancel()
+        state["games"].close()
     assert session["interrupted"] and 1 <= state["updates"] < 500
     updates = state["updates"]
 
@@ -223,9 +227,10 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
     assert resumed["updates"] == updates and resumed["episode"] == 2 * updates
     pong_pg.train_batch(resumed)
 
-    straight = pong_pg.new_state(args)
+    straight = pong_pg.new_state(args_for(tmp_path, games=2, workers=2))
     for _ in range(updates + 1):
         pong_pg.train_batch(straight)
+    straight["games"].close()
     np.testing.assert_array_equal(resumed["W1"].data, straight["W1"].data)
     np.testing.assert_array_equal(resumed["W2"].data, straight["W2"].data)
     np.testing.assert_array_equal(resumed["optimizer"].cache[0], straight["optimizer"].cache[0])
