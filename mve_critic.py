@@ -1,0 +1,1072 @@
+"""Model value expansion through stiff contact: horizon H, smoothing rho, and value-gradient critics, measured.
+
+The idea (the "Differentiable RL" deck). With a differentiable model you choose how far to trust it:
+unroll the model H steps and bootstrap with a learned critic,
+
+    J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],        u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
+
+and differentiate through the rollout (reparameterised noise eps fixed). H = 0 is DDPG / SVG(0): low
+variance, biased by the critic. H = T is BPTT: unbiased, but every contact step multiplies the gradient
+by a Jacobian of norm ~ dt k = 20, so with stiff contact its variance explodes (and heavy tails make a
+finite sample look biased too). A differentiable simulator also has a knob on smoothness: the contact
+force k max(d, 0) becomes k rho softplus(d / rho), which is the hard force averaged over logistic noise
+on the gap: contact and no-contact "averaged". Smoothing tames the variance and buys a longer horizon,
+at the price of model bias; annealing H and rho together walks "the path of manageable variance".
+Finally a critic can learn the value *gradient* directly from the Bellman gradient equation
+(DHP / VGL(lambda)), because accurate values do not guarantee accurate gradients.
+
+Toy system (after Suh et al. 2022): 1-D pusher p and box b, stiff penalty contact, dt 0.02, k 1000,
+T 128, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+
+Measured (python mve_critic.py --full, 2 shared cores): see the tables the script prints and the README.
+
+Run:
+    python mve_critic.py                # quick versions of all three experiments (<= 2 minutes)
+    python mve_critic.py --full         # the full experiments, each with its wall time
+    python mve_critic.py --exp 1        # one experiment (add --full for the full version)
+"""
+
+import math
+import os
+import time
+
+if __name__ == "__main__":
+    # The matrices here are small (64-wide MLPs, batches of 64-2048 rows): BLAS threads only add overhead,
+    # ~10x on 2 busy cores. Only when run as a script, and only if the user has not chosen otherwise.
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+import numpy as np
+
+import autodiff as ad
+from autodiff import Tensor
+
+# ----------------------------------------------------------------------------
+# Constants (mve_spec.md, section 2)
+# ----------------------------------------------------------------------------
+DT = 0.02                         # seconds per step, semi-implicit Euler
+MASS_PUSHER, MASS_BOX = 1.0, 1.0
+DRAG_PUSHER, DRAG_BOX = 1.0, 2.0
+STIFFNESS = 1000.0                # penalty stiffness k; stable while k dt^2 (1/m_p + 1/m_b) < 4, i.e. k < 5000
+U_MAX = 5.0                       # |u| <= u_max, by the tanh squashing
+TARGET = 1.0                      # where the box should end up
+ACTION_COST = 0.01
+T = 128                           # episode length
+GAMMA = 0.99
+SIGMA = 0.3                       # policy noise, before the tanh
+LAMBDA = 0.95                     # TD(lambda) / VGL(lambda) of the critics
+RHO_MAX = 0.01                    # rho is given to rho-conditioned critics as rho / RHO_MAX
+
+N_ENVS = 64                       # parallel environments in training
+WINDOW = 32                       # steps per training window (SHAC's steps_num)
+ACTOR_LR, CRITIC_LR, ADAM_BETAS = 2e-3, 1e-3, (0.7, 0.95)
+GRAD_CLIP = 1.0
+TARGET_KEEP = 0.2                 # target <- 0.2 target + 0.8 online, after every critic update
+CRITIC_EPOCHS, CRITIC_MINIBATCHES = 8, 4
+
+THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant push, contact chatters
+THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
+EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
+
+
+# ----------------------------------------------------------------------------
+# Environment: pusher and box with a contact force of smoothing width rho
+#   x = (p, v, b, w);  d = p - b (penetration);  lam = k s_rho(d)
+#   s_rho(d) = rho log(1 + e^{d/rho}) = E_{n ~ Logistic(0, rho)} max(d + n, 0);   s_0(d) = max(d, 0)
+#   v' = v + dt (u - lam - c_p v) / m_p;   w' = w + dt (lam - c_b w) / m_b;   p' = p + dt v';   b' = b + dt w'
+# ----------------------------------------------------------------------------
+def soft_penetration(d, rho):
+    """s_rho(d) and its slope s_rho'(d) = sigmoid(d/rho) = P(contact under the noise).
+    rho is a scalar or one value per environment; rho = 0 is the hard max(d, 0)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    smooth_rows = rho > 0
+    if not np.any(smooth_rows):
+        return np.maximum(d, 0.0), (d > 0).astype(np.float64)
+    width = np.where(smooth_rows, rho, 1.0)
+    z = d / width
+    smooth, slope = width * np.logaddexp(0.0, z), ad.stable_sigmoid(z)
+    if np.all(smooth_rows):
+        return smooth, slope
+    return np.where(smooth_rows, smooth, np.maximum(d, 0.0)), np.where(smooth_rows, slope, (d > 0) * 1.0)
+
+
+@ad.primitive
+def contact_step(x, a, rho, stiffness=STIFFNESS):
+    """One step of the batch as one op: x (N, 4), pre-squash action a (N,), rho scalar or (N,).
+    Returns (N, 5): the next state and, in column 4, the reward of (x, u), u = u_max tanh(a).
+
+    Backward, given g = (g_p', g_v', g_b', g_w', g_r):
+        G_v = g_v' + dt g_p',  G_w = g_w' + dt g_b'          (p' = p + dt v', so v' also reaches p')
+        g_d = dt k s'(d) (G_w / m_b - G_v / m_p)             (the force pushes the box, brakes the pusher)
+        g_p = g_p' + g_d,  g_b = g_b' - g_d - 2 (b - b*) g_r,  g_v = G_v (1 - dt c_p / m_p),  g_w = G_w (1 - dt c_b / m_b)
+        g_a = (G_v dt u_max / m_p - 0.02 tanh(a) g_r) (1 - tanh(a)^2)"""
+    p, v, b, w = x[:, 0], x[:, 1], x[:, 2], x[:, 3]
+    squashed = np.tanh(a)
+    penetration, slope = soft_penetration(p - b, rho)
+    force = stiffness * penetration
+    out = np.empty((x.shape[0], 5), dtype=np.float64)
+    v_new = v + DT * (U_MAX * squashed - force - DRAG_PUSHER * v) / MASS_PUSHER
+    w_new = w + DT * (force - DRAG_BOX * w) / MASS_BOX
+    out[:, 0], out[:, 1] = p + DT * v_new, v_new
+    out[:, 2], out[:, 3] = b + DT * w_new, w_new
+    out[:, 4] = -(b - TARGET) ** 2 - ACTION_COST * squashed ** 2
+
+    def vjp(g):
+        g_v = g[:, 1] + DT * g[:, 0]
+        g_w = g[:, 3] + DT * g[:, 2]
+        g_d = DT * stiffness * slope * (g_w / MASS_BOX - g_v / MASS_PUSHER)
+        gx = np.empty_like(x)
+        gx[:, 0] = g[:, 0] + g_d
+        gx[:, 1] = g_v * (1.0 - DT * DRAG_PUSHER / MASS_PUSHER)
+        gx[:, 2] = g[:, 2] - g_d - 2.0 * (b - TARGET) * g[:, 4]
+        gx[:, 3] = g_w * (1.0 - DT * DRAG_BOX / MASS_BOX)
+        ga = (g_v * DT * U_MAX / MASS_PUSHER - 2.0 * ACTION_COST * squashed * g[:, 4]) * (1.0 - squashed ** 2)
+        return gx, ga, None
+    return out, vjp
+
+
+def step_numpy(x, a, rho, stiffness=STIFFNESS):
+    """The same step without a graph: (next state, reward)."""
+    out = contact_step.forward(x, a, rho, stiffness=stiffness)[0]
+    return out[:, :4], out[:, 4]
+
+
+def initial_states(rng, n):
+    """Pusher at rest in [-0.3, 0], box at rest in [0.3, 0.5]."""
+    x = np.zeros((n, 4))
+    x[:, 0] = rng.uniform(-0.3, 0.0, n)
+    x[:, 2] = rng.uniform(0.3, 0.5, n)
+    return x
+
+
+# observation o = (b - p, v, b* - b, w) = x @ OBS_MATRIX + OBS_OFFSET
+OBS_MATRIX = np.array([[-1.0, 0, 0, 0], [0, 1, 0, 0], [1, 0, -1, 0], [0, 0, 0, 1]])
+OBS_OFFSET = np.array([0.0, 0.0, TARGET, 0.0])
+
+
+def observe(x):
+    if isinstance(x, Tensor):
+        return ad.linear(x, OBS_MATRIX, OBS_OFFSET)
+    return x @ OBS_MATRIX + OBS_OFFSET
+
+
+def contact_onsets(states):
+    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
+    touching = states[:, :, 0] - states[:, :, 2] > 0
+    return np.sum(touching[1:] & ~touching[:-1], axis=0)
+
+
+# ----------------------------------------------------------------------------
+# Policy: u = u_max tanh(mu_theta(o) + sigma eps), reparameterised
+#   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
+#   one row per episode the rows' .grad after one backward are the per-sample gradients.
+#   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
+# ----------------------------------------------------------------------------
+@ad.primitive
+def linear_policy(theta, o):
+    mu = np.sum(theta[..., :4] * o, axis=-1) + theta[..., 4]
+
+    def vjp(g):
+        g_theta = np.concatenate([g[..., None] * o, g[..., None]], axis=-1)  # summed back to theta's shape
+        return g_theta, g[..., None] * theta[..., :4]
+    return mu, vjp
+
+
+def make_mlp_policy(rng):
+    policy = ad.nn.MLP((4, 32, 32, 1), rng, activation="tanh")
+    policy.layers[-1][1].data[:] = 0.5
+    return policy
+
+
+def policy_parameters(policy):
+    return [p for layer in policy.layers for p in layer] if isinstance(policy, ad.nn.MLP) else [policy]
+
+
+def policy_mean(policy, o, frozen=False):
+    """mu_theta(o); frozen=True uses theta as a constant (gradients reach o only)."""
+    if isinstance(policy, ad.nn.MLP):
+        params = [p.data if frozen else p for p in policy_parameters(policy)]
+        mu = ad.mlp(o, *params, activation="tanh")
+        return ad.reshape(mu, mu.shape[:-1])
+    return linear_policy(policy.data if frozen else policy, o)
+
+
+def act_numpy(policy, x, eps=None):
+    """Pre-squash action mu(o) + sigma eps for states x (..., 4), no graph; eps None: deterministic."""
+    with ad.no_grad():
+        mu = policy_mean(policy, Tensor(observe(x)), frozen=True).data
+    return mu if eps is None else mu + SIGMA * eps
+
+
+def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
+    """Roll out len(eps) steps without a graph. Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
+    steps = len(eps)
+    states = np.empty((steps + 1,) + x0.shape)
+    actions, rewards = np.empty(eps.shape), np.empty(eps.shape)
+    states[0] = x0
+    for t in range(steps):
+        actions[t] = act_numpy(policy, states[t], eps[t])
+        states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
+    return states, actions, rewards
+
+
+def evaluate(policy, episodes=128):
+    """Deterministic policy on the HARD system from fixed initial states:
+    (mean undiscounted return, mean |b_T - b*|)."""
+    x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
+    total = np.zeros(episodes)
+    for _ in range(T):
+        x, r = step_numpy(x, act_numpy(policy, x), 0.0)
+        total += r
+    return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
+
+
+# ----------------------------------------------------------------------------
+# Critics: time-aware MLPs 64-64 with a target copy and a running output scale
+#   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
+#   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
+#   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
+# ----------------------------------------------------------------------------
+class Critic:
+    def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
+        self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
+        n_in = 4 + (kind == "Q") + 1 + rho_conditioned
+        self.net = ad.nn.MLP((n_in, 64, 64, 1 if kind == "Q" else 4), rng, activation="tanh")
+        self.params = policy_parameters(self.net)
+        self.target = [p.data.copy() for p in self.params]
+        self.scale = None           # running RMS of the targets, per output: the net predicts target / scale
+        self.optimizer = ad.optim.Adam(self.params, lr=CRITIC_LR, betas=ADAM_BETAS)
+
+    def features(self, x, t, rho, u=None):
+        """Inputs for states x (..., 4) at times t (broadcastable to x's leading shape), u = tanh(a)."""
+        o = observe(x)
+        shape = o.shape[:-1]
+        columns = [o]
+        if self.kind == "Q":
+            columns.append(ad.reshape(u, shape + (1,)) if isinstance(u, Tensor) else Tensor(np.reshape(u, shape + (1,))))
+        extra = [np.broadcast_to((T - np.asarray(t, dtype=float)) / T, shape)]
+        if self.rho_conditioned:
+            extra.append(np.broadcast_to(np.asarray(rho, dtype=float) / RHO_MAX, shape))
+        columns.append(Tensor(np.stack(extra, axis=-1)))
+        return ad.concatenate(columns, axis=-1)
+
+    def __call__(self, features, target=False):
+        """Q: (...,) values, G: (..., 4) gradients, as a Tensor (the target net's parameters are constants)."""
+        params = self.target if target else self.params
+        out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
+        return ad.reshape(out, out.shape[:-1]) if self.kind == "Q" else out
+
+    def fit(self, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
+        """Regress the online net on (features, targets) with Adam; then move the target net."""
+        features = features.reshape(-1, features.shape[-1])
+        targets = targets.reshape(len(features), -1)
+        rms = np.sqrt(np.mean(targets ** 2, axis=0)) + 1e-6
+        self.scale = rms if self.scale is None else np.sqrt(0.9 * self.scale ** 2 + 0.1 * rms ** 2)
+        scaled = targets / self.scale
+        for _ in range(epochs):
+            for rows in np.array_split(rng.permutation(len(features)), minibatches):
+                error = ad.mlp(Tensor(features[rows]), *self.params, activation="tanh") - scaled[rows]
+                loss = ad.mean(error * error)
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+        for i, p in enumerate(self.params):
+            self.target[i] = TARGET_KEEP * self.target[i] + (1.0 - TARGET_KEEP) * p.data
+        return float(loss.data)
+
+    def values(self, x, t, rho, u=None, target=True):
+        """NumPy evaluation, zero where t >= T."""
+        with ad.no_grad():
+            out = self(self.features(x, t, rho, u), target=target).data
+        alive = np.asarray(t) < T
+        return out * (alive if self.kind == "Q" else np.asarray(alive)[..., None])
+
+
+def bootstrap_value(critic, policy, x, t, rho, eps_boot):
+    """V_hat(x) at time t as a Tensor that carries d/dx (never d/dtheta: the policy inside is frozen).
+    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps')).   G: sg(G_target(x)) . x, whose gradient is G."""
+    if critic is None or t >= T:
+        return None
+    if critic.kind == "G":
+        return ad.sum(Tensor(critic.values(x.data, t, rho)) * x, axis=-1)
+    u = ad.tanh(policy_mean(policy, observe(x), frozen=True) + SIGMA * eps_boot)
+    return critic(critic.features(x, t, rho, u), target=True)
+
+
+# ----------------------------------------------------------------------------
+# The windowed MVE actor objective (to be maximised)
+#   H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}),  the rollout continuing from
+#            stopgrad(x_{jH}) after each boundary (V_hat sees the non-stopped state). If V_hat = V^pi its
+#            gradient is unbiased for every H: all of the bias comes from the critic.
+#   H = 0:   sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
+#   H = W = T and no critic: plain BPTT.
+# ----------------------------------------------------------------------------
+class Rollout:
+    """What a window leaves for the critics: states (W+1, N, 4), pre-squash actions and rewards (W, N)."""
+
+    def __init__(self, x0, eps, t0, rho, states, actions, rewards):
+        self.x0, self.eps, self.t0, self.rho = x0, eps, t0, rho
+        self.states, self.actions, self.rewards = states, actions, rewards
+
+
+def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stiffness=STIFFNESS):
+    """Per-environment objective (N,) as a Tensor, and the Rollout. eps (W, N) is the policy noise."""
+    W, N = eps.shape
+    if horizon == 0:
+        states, actions, rewards = rollout_numpy(policy, x0, eps, rho, stiffness)
+        times = t0 + np.arange(W)[:, None]
+        a = policy_mean(policy, Tensor(observe(states[:W]))) + SIGMA * eps
+        q = critic(critic.features(states[:W], times, rho, ad.tanh(a)))
+        discount = (GAMMA ** np.arange(W))[:, None] * (times < T)
+        return ad.sum(q * discount, axis=0), Rollout(x0, eps, t0, rho, states, actions, rewards)
+    if W % horizon:
+        raise ValueError(f"horizon {horizon} must divide the window {W}")
+    states, actions, rewards = np.empty((W + 1, N, 4)), np.empty((W, N)), np.empty((W, N))
+    eps_boot = rng.normal(size=(W // horizon, N)) if critic is not None and critic.kind == "Q" else None
+    x = Tensor(x0)
+    states[0] = x0
+    objective = Tensor(np.zeros(N))
+    for t in range(W):
+        if t > 0 and t % horizon == 0:
+            value = bootstrap_value(critic, policy, x, t0 + t, rho, None if eps_boot is None else eps_boot[t // horizon - 1])
+            if value is not None:
+                objective = objective + GAMMA ** t * value
+            x = ad.stop_gradient(x)
+        a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
+        out = contact_step(x, a, rho, stiffness=stiffness)
+        objective = objective + GAMMA ** t * out[:, 4]
+        x = out[:, :4]
+        states[t + 1], actions[t], rewards[t] = x.data, a.data, out.data[:, 4]
+    value = bootstrap_value(critic, policy, x, t0 + W, rho, None if eps_boot is None else eps_boot[-1])
+    if value is not None:
+        objective = objective + GAMMA ** W * value
+    return objective, Rollout(x0, eps, t0, rho, states, actions, rewards)
+
+
+# ----------------------------------------------------------------------------
+# Critic targets
+#   TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}],  y_{W-1} bootstraps on Q_target(x_W)
+#   VGL(lambda), the Bellman gradient equation with the noise eps fixed (A_t = f_x + f_u pi_x, closed loop):
+#       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
+#   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient.
+# ----------------------------------------------------------------------------
+def td_lambda_targets(critic, policy, rollout, rng):
+    W = len(rollout.rewards)
+    times = rollout.t0 + np.arange(1, W + 1)[:, None]                   # times of x_1 .. x_W
+    last_action = act_numpy(policy, rollout.states[W], rng.normal(size=rollout.rewards.shape[1]))
+    next_actions = np.concatenate([rollout.actions[1:], last_action[None]])
+    q_next = critic.values(rollout.states[1:], times, rollout.rho, np.tanh(next_actions))
+    targets = np.empty_like(rollout.rewards)
+    ahead = q_next[W - 1]
+    for t in reversed(range(W)):
+        targets[t] = rollout.rewards[t] + GAMMA * ahead
+        if t > 0:
+            ahead = (1.0 - critic.lam) * q_next[t - 1] + critic.lam * targets[t]
+    return targets
+
+
+def vgl_targets(critic, policy, rollout, stiffness=STIFFNESS):
+    """All VGL(lambda) targets g_0 .. g_{W-1} from ONE backward pass. Replay the window with the stored x_0
+    and eps (theta constant), feeding each next step x~_{t+1} = scale_gradient(y_{t+1}, gamma lam) where
+    y_{t+1} = f(x~_t, u_t), and add gamma (1 - lam) sg(G(y_t)) . y_t (t < W) and gamma sg(G(y_W)) . y_W
+    to sum_t r_t. The adjoint arriving at x~_t is then exactly g_t (it is gamma lam g_{t+1} + gamma (1 - lam) G
+    after y_{t+1}, pulled back through A_t, plus grad^cl r_t)."""
+    W = len(rollout.rewards)
+    lam, rho = critic.lam, rollout.rho
+    x = Tensor(rollout.x0, requires_grad=True)
+    replayed, total = [], 0.0
+    for t in range(W):
+        replayed.append(x)
+        a = policy_mean(policy, observe(x), frozen=True) + SIGMA * rollout.eps[t]
+        out = contact_step(x, a, rho, stiffness=stiffness)
+        y = out[:, :4]
+        weight = GAMMA if t + 1 == W else GAMMA * (1.0 - lam)
+        total = total + ad.sum(out[:, 4])
+        if weight and rollout.t0 + t + 1 < T:
+            total = total + ad.sum(Tensor(weight * critic.values(y.data, rollout.t0 + t + 1, rho)) * y)
+        x = ad.scale_gradient(y, GAMMA * lam)
+    total.backward()
+    return np.stack([xt.grad for xt in replayed])
+
+
+def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
+    """Targets from this window (with the policy that collected it), then one round of regression."""
+    W = len(rollout.rewards)
+    times = rollout.t0 + np.arange(W)[:, None]
+    if critic.kind == "Q":
+        targets = td_lambda_targets(critic, policy, rollout, rng)
+        features = critic.features(rollout.states[:W], times, rollout.rho, np.tanh(rollout.actions)).data
+    else:
+        targets = vgl_targets(critic, policy, rollout, stiffness)
+        features = critic.features(rollout.states[:W], times, rollout.rho).data
+    return critic.fit(features, targets, rng)
+
+
+def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
+    """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
+    x, t = None, 0
+    for _ in range(iterations):
+        if t == 0:
+            x = initial_states(rng, N_ENVS)
+        eps = rng.normal(size=(WINDOW, N_ENVS))
+        rollout = Rollout(x, eps, t, rho, *rollout_numpy(policy, x, eps, rho, stiffness))
+        for critic in critics:
+            fit_critic(critic, policy, rollout, rng, stiffness)
+        x, t = rollout.states[-1], (t + WINDOW) % T
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
+#   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
+#              common random numbers (the same x_0 and eps at theta +- delta)
+#   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
+#              (N, 5) node: one backward, and row n of its .grad is episode n's gradient
+#   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
+#   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
+# ----------------------------------------------------------------------------
+SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
+
+
+def discounted_returns(theta, x0, eps, rho, stiffness):
+    total, x = np.zeros(len(x0)), x0
+    for t in range(T):
+        x, r = step_numpy(x, linear_policy.forward(theta, observe(x))[0] + SIGMA * eps[t], rho, stiffness)
+        total += GAMMA ** t * r
+    return total
+
+
+def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=0.01, chunk=8192):
+    """grad J on the hard system and its standard error (from the spread of the per-episode differences)."""
+    samples = []
+    for start in range(0, episodes, chunk):
+        n = min(chunk, episodes - start)
+        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
+        rows = np.empty((n, 5))
+        for i in range(5):
+            step = np.eye(5)[i] * delta
+            rows[:, i] = (discounted_returns(theta + step, x0, eps, 0.0, stiffness)
+                          - discounted_returns(theta - step, x0, eps, 0.0, stiffness)) / (2 * delta)
+        samples.append(rows)
+    samples = np.concatenate(samples)
+    return samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
+
+
+def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
+    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode."""
+    grads, onsets = [], []
+    for start in range(0, episodes, chunk):
+        n = min(chunk, episodes - start)
+        rows = Tensor(np.tile(theta, (n, 1)), requires_grad=True)
+        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
+        objective, rollout = mve_objective(rows, x0, eps, 0, rho, horizon, critic, rng, stiffness)
+        ad.sum(objective).backward()
+        grads.append(rows.grad)
+        onsets.append(contact_onsets(rollout.states))
+    return np.concatenate(grads), float(np.mean(np.concatenate(onsets)))
+
+
+def gradient_statistics(grads, truth, batch=64):
+    norm2 = float(truth @ truth)
+    mean = grads.mean(axis=0)
+    variance = float(np.sum(grads.var(axis=0, ddof=1))) / norm2
+    bias = float(np.sum((mean - truth) ** 2)) / norm2
+    batches = len(grads) // batch
+    batch_means = grads[:batches * batch].reshape(batches, batch, -1).mean(axis=1)
+    mse = float(np.mean(np.sum((batch_means - truth) ** 2, axis=1))) / norm2
+    return {"bias": bias, "bias_minus_noise": bias - variance / len(grads), "variance": variance, "mse64": mse,
+            "max_norm": float(np.max(np.linalg.norm(grads, axis=1)) / math.sqrt(norm2))}
+
+
+def experiment_1(cfg, rng):
+    horizons, rhos = cfg["horizons"], cfg["rhos"]
+    total = len(cfg["snapshots"]) * len(rhos) * (2 * len(horizons) - 2)
+    progress, done = ad.runs.Progress(total, "exp1 gradient estimates"), 0
+    result = {"horizons": list(horizons), "rhos": list(rhos), "episodes": cfg["episodes"], "snapshots": {}}
+    for name in cfg["snapshots"]:
+        theta = SNAPSHOTS[name]
+        truth, truth_se = finite_difference_gradient(theta, cfg["truth_episodes"], rng)
+        snap = {"theta": theta, "grad_J": truth, "grad_J_stderr": truth_se,
+                "truth_noise_floor": float(np.sum(truth_se ** 2) / (truth @ truth)), "rho": {}}
+        for rho in rhos:
+            q, g = Critic("Q", rng), Critic("G", rng)
+            train_critics_for_policy(Tensor(theta), rho, cfg["critic_iterations"], rng, [q, g])
+            rows = {"Q": {}, "G": {}}
+            for horizon in horizons:
+                for kind, critic in (("Q", q), ("G", g)):
+                    if kind == "G" and horizon in (0, T):
+                        continue        # H = T needs no critic (shared with Q); H = 0 needs dQ/du, which G has not
+                    grads, onsets = per_sample_gradients(theta, horizon, rho, critic, cfg["episodes"], rng)
+                    rows[kind][horizon] = dict(gradient_statistics(grads, truth), contact_onsets=onsets)
+                    done += 1
+                    progress.update(done, snapshot=name, rho=rho, H=horizon, critic=kind)
+            rows["G"][T] = rows["Q"][T]
+            snap["rho"][rho] = rows
+        result["snapshots"][name] = snap
+
+    # stiffness sweep at H = T (no critic): relative variance over k x rho, theta_init
+    sweep = {}
+    for k in cfg["stiffness_sweep"]:
+        truth, _ = finite_difference_gradient(THETA_INIT, cfg["truth_episodes"], rng, stiffness=k)
+        sweep[k] = {}
+        for rho in rhos:
+            grads, onsets = per_sample_gradients(THETA_INIT, T, rho, None, cfg["sweep_episodes"], rng, stiffness=k)
+            sweep[k][rho] = dict(gradient_statistics(grads, truth), contact_onsets=onsets)
+    result["stiffness_sweep"] = sweep
+    result["claims"] = exp1_claims(result)
+    return result
+
+
+def exp1_claims(result):
+    """The bar of issue 8, item 1, as numbers (theta_init, k = 1000, Q critic)."""
+    snap = result["snapshots"]["init"]["rho"]
+    rhos, horizons = result["rhos"], result["horizons"]
+    hard = snap[0.0]["Q"]
+    moderate = 0.01 if 0.01 in rhos else rhos[1]
+    positive_h = [h for h in horizons if h > 0]
+    bias = [hard[h]["bias"] for h in positive_h]
+    best_h = {rho: min(horizons, key=lambda h: snap[rho]["Q"][h]["mse64"]) for rho in rhos}
+    return {
+        "variance_ratio_at_H_T_rho0_over_rho_moderate": hard[T]["variance"] / snap[moderate]["Q"][T]["variance"],
+        "rho_moderate": moderate,
+        "variance_growth_rho0_from_smallest_H>=8_to_T": hard[T]["variance"] / hard[min(h for h in horizons if h >= 8)]["variance"],
+        "bias_rho0_by_H": {h: hard[h]["bias"] for h in horizons},
+        "bias_falls_with_H_rho0_fraction_of_steps": float(np.mean(np.diff(bias) <= 0)),
+        "bias_floor_largest_rho_at_H_T": snap[rhos[-1]]["Q"][T]["bias"],
+        "best_H_by_mse64": best_h,
+        "contact_onsets_at_H_T": {rho: snap[rho]["Q"][T]["contact_onsets"] for rho in rhos},
+    }
+
+
+# ----------------------------------------------------------------------------
+# Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
+# ----------------------------------------------------------------------------
+METHODS = {
+    "A_ddpg_H0": dict(label="A: H=0 (DDPG-like)", horizon=0, rho=0.0, critic="Q"),
+    "B_bptt": dict(label="B: BPTT", horizon=T, rho=0.0, critic=None),
+    "C_bptt_smooth": dict(label="C: BPTT, rho=0.01", horizon=T, rho=0.01, critic=None),
+    "D_mve_H8": dict(label="D: MVE H=8", horizon=8, rho=0.0, critic="Q"),
+    "E_mve_H8_smooth": dict(label="E: MVE H=8, rho=0.01", horizon=8, rho=0.01, critic="Q"),
+    "F_anneal": dict(label="F: anneal H 32->4, rho 0.01->0", horizon="anneal", rho="anneal", critic="Q"),
+}
+
+
+def schedule(method, i, iterations):
+    """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
+    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
+    if method["horizon"] != "anneal":
+        return method["horizon"], method["rho"]
+    s = min(1.0, i / (0.7 * iterations))
+    return 2 ** int(round(5 - 3 * s)), RHO_MAX * (1.0 - s) ** 2
+
+
+def train(method, seed, env_steps, eval_points=25, progress=None):
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
+    rng = np.random.default_rng(seed)
+    policy = make_mlp_policy(rng)
+    params = policy_parameters(policy)
+    anneal = method["horizon"] == "anneal"
+    critic = None
+    if method["critic"]:
+        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+    optimizer = ad.optim.Adam(params, lr=ACTOR_LR, betas=ADAM_BETAS)
+    window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
+    iterations = max(1, env_steps // (N_ENVS * window))
+    eval_every = max(1, iterations // eval_points)
+    curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
+    norms = []
+    seconds, t, x, env_rho = 0.0, 0, None, None
+
+    def record(i):
+        ret, err = evaluate(policy)
+        curve["env_steps"].append(i * N_ENVS * window)
+        curve["seconds"].append(seconds)
+        curve["return"].append(ret)
+        curve["box_error"].append(err)
+
+    record(0)
+    for i in range(iterations):
+        started = time.perf_counter()
+        horizon, rho = schedule(method, i, iterations)
+        if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
+            x = initial_states(rng, N_ENVS)
+            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
+        eps = rng.normal(size=(window, N_ENVS))
+        objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
+        optimizer.zero_grad()
+        (-ad.mean(objective) / window).backward()
+        if critic is not None:  # before the actor moves: the targets use the policy that collected the data
+            fit_critic(critic, policy, rollout, rng)
+        norms.append(ad.optim.clip_grad_norm(params, GRAD_CLIP))
+        optimizer.lr = ACTOR_LR * (1.0 - i / iterations)
+        optimizer.step()
+        x, t = rollout.states[-1], (t + window) % T
+        seconds += time.perf_counter() - started
+        if (i + 1) % eval_every == 0 or i + 1 == iterations:
+            record(i + 1)
+            if progress is not None:
+                progress(i + 1, iterations, curve)
+    return {"curve": curve, "grad_norms": norms, "iterations": iterations, "window": window,
+            "final_return": curve["return"][-1], "final_box_error": curve["box_error"][-1],
+            "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(np.array(norms) > GRAD_CLIP)),
+            "train_seconds": seconds}
+
+
+def steps_to_reach(curve, level):
+    """First env-step count at which the evaluated return reaches `level` (None if never)."""
+    for steps, ret in zip(curve["env_steps"], curve["return"]):
+        if ret >= level:
+            return steps
+    return None
+
+
+def run_methods(methods, cfg, label):
+    runs = {}
+    progress = ad.runs.Progress(len(methods) * cfg["seeds"], label, every=10.0)
+    for name, method in methods.items():
+        runs[name] = []
+        for s in range(cfg["seeds"]):
+            runs[name].append(train(method, cfg["seed"] + 1000 * s, cfg["env_steps"]))
+            progress.update(len(runs[name]) + sum(len(v) for k, v in runs.items() if k != name), method=name,
+                            final_return=runs[name][-1]["final_return"])
+    return runs
+
+
+def summarise_runs(runs):
+    summary = {}
+    for name, seeds in runs.items():
+        finals = np.array([r["final_return"] for r in seeds])
+        errors = np.array([r["final_box_error"] for r in seeds])
+        summary[name] = {"final_return_mean": float(finals.mean()), "final_return_std": float(finals.std()),
+                         "final_box_error_mean": float(errors.mean()), "final_box_error_std": float(errors.std()),
+                         "median_pre_clip_grad_norm": float(np.median([r["median_grad_norm"] for r in seeds])),
+                         "fraction_clipped": float(np.mean([r["fraction_clipped"] for r in seeds])),
+                         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in seeds])),
+                         "final_returns": finals, "final_box_errors": errors}
+    return summary
+
+
+def experiment_2(cfg):
+    runs = run_methods(METHODS, cfg, "exp2 training runs")
+    summary = summarise_runs(runs)
+    fixed = [k for k in METHODS if k != "F_anneal"]
+    best_fixed = max(fixed, key=lambda k: summary[k]["final_return_mean"])
+    f = summary["F_anneal"]
+    initial = np.mean([r["curve"]["return"][0] for r in runs["F_anneal"]])
+    level = initial + 0.9 * (f["final_return_mean"] - initial)     # 90% of F's improvement
+    reach = {k: [steps_to_reach(r["curve"], level) for r in runs[k]] for k in METHODS}
+    claims = {
+        "best_fixed_method": best_fixed,
+        "F_minus_best_fixed_return": f["final_return_mean"] - summary[best_fixed]["final_return_mean"],
+        "F_minus_B_in_B_seed_std": (f["final_return_mean"] - summary["B_bptt"]["final_return_mean"])
+        / max(summary["B_bptt"]["final_return_std"], 1e-9),
+        "F_final_box_error": f["final_box_error_mean"],
+        "B_median_grad_norm_over_others": summary["B_bptt"]["median_pre_clip_grad_norm"]
+        / np.median([summary[k]["median_pre_clip_grad_norm"] for k in METHODS if k != "B_bptt"]),
+        "env_steps_to_90pct_of_F_improvement": reach,
+    }
+    return {"runs": runs, "summary": summary, "claims": claims}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 3: value critic vs value-gradient critic
+#   (a) fidelity on held-out states against Monte Carlo references (same data, same updates)
+#   (b) Exp 1's bias with the G terminal (in experiment 1's results)
+#   (c) training with G instead of Q, critic lambda x actor H
+# ----------------------------------------------------------------------------
+def held_out_states(policy, rho, count, rng):
+    """States visited by the policy (on the rho system), at uniformly random times."""
+    x0 = initial_states(rng, count)
+    states, _, _ = rollout_numpy(policy, x0, rng.normal(size=(T, count)), rho)
+    times = rng.integers(0, T, size=count)
+    return states[times, np.arange(count)], times
+
+
+def monte_carlo_references(policy, rho, states, times, rollouts, rng, chunk_rows=4096):
+    """V(x) and grad_x V(x) (pathwise, through the model) from `rollouts` episodes from each state to T,
+    with their standard errors. States are processed in time order so a chunk runs T - min(t) steps."""
+    count = len(states)
+    values, grads = np.empty((count, rollouts)), np.empty((count, rollouts, 4))
+    order = np.argsort(times)
+    per_chunk = max(1, chunk_rows // rollouts)
+    for start in range(0, count, per_chunk):
+        rows = order[start:start + per_chunk]
+        t0 = np.repeat(times[rows], rollouts)
+        x = start_x = Tensor(np.repeat(states[rows], rollouts, axis=0), requires_grad=True)
+        total = 0.0
+        for s in range(T - int(t0.min())):
+            a = policy_mean(policy, observe(x), frozen=True) + SIGMA * rng.normal(size=len(t0))
+            out = contact_step(x, a, rho)
+            total = total + out[:, 4] * (GAMMA ** s * (t0 + s < T))
+            x = out[:, :4]
+        ad.sum(total).backward()
+        values[rows] = total.data.reshape(len(rows), rollouts)
+        grads[rows] = start_x.grad.reshape(len(rows), rollouts, 4)
+    se = lambda a: a.std(axis=1) / math.sqrt(rollouts)  # noqa: E731
+    return values.mean(axis=1), grads.mean(axis=1), se(values), se(grads)
+
+
+def value_critic_estimates(critic, policy, states, times, rho, rng, samples=16):
+    """V_hat(x) = mean over eps' of Q(x, pi(x) + sigma eps') and its total derivative in x (through the policy too)."""
+    x = Tensor(np.repeat(states, samples, axis=0), requires_grad=True)
+    u = ad.tanh(policy_mean(policy, observe(x), frozen=True) + SIGMA * rng.normal(size=len(x)))
+    q = critic(critic.features(x, np.repeat(times, samples), rho, u))
+    ad.sum(q).backward()
+    return q.data.reshape(-1, samples).mean(axis=1), x.grad.reshape(-1, samples, 4).mean(axis=1)
+
+
+def relative_error(estimate, reference):
+    return float(np.linalg.norm(estimate - reference) / np.linalg.norm(reference))
+
+
+def mean_cosine(a, b):
+    return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+
+
+def critic_fidelity(cfg, rng, rho=0.01):
+    policy = Tensor(THETA_GOOD)
+    critics = {"Q, TD(0.95)": Critic("Q", rng), "Q, TD(0)": Critic("Q", rng, lam=0.0),
+               "G, VGL(0.95)": Critic("G", rng), "G, VGL(0) = DHP": Critic("G", rng, lam=0.0)}
+    train_critics_for_policy(policy, rho, cfg["fidelity_iterations"], rng, list(critics.values()))
+    states, times = held_out_states(policy, rho, cfg["held_out"], rng)
+    v_mc, g_mc, v_se, g_se = monte_carlo_references(policy, rho, states, times, cfg["reference_rollouts"], rng)
+    table = {"reference_value_noise": float(np.linalg.norm(v_se) / np.linalg.norm(v_mc)),
+             "reference_gradient_noise": float(np.linalg.norm(g_se) / np.linalg.norm(g_mc)), "critics": {}}
+    points = {"v_mc": v_mc, "g_mc": g_mc}
+    for name, critic in critics.items():
+        if critic.kind == "Q":
+            v_hat, g_hat = value_critic_estimates(critic, policy, states, times, rho, rng)
+            entry = {"value_rel_error": relative_error(v_hat, v_mc)}
+            points[name] = (v_hat, g_hat)
+        else:
+            g_hat = critic.values(states, times, rho, target=False)
+            entry = {"value_rel_error": None}
+            points[name] = (None, g_hat)
+        entry.update(gradient_rel_error=relative_error(g_hat, g_mc), gradient_cosine=mean_cosine(g_hat, g_mc))
+        table["critics"][name] = entry
+    return table, points
+
+
+def experiment_3(cfg, rng, exp1=None):
+    fidelity, points = critic_fidelity(cfg, rng)
+    bias_with_g = None
+    if exp1 is not None:   # (b): beta_H with the value terminal vs the gradient terminal, H <= 8
+        bias_with_g = {name: {rho: {h: (rows["Q"][h]["bias"], rows["G"][h]["bias"]) for h in exp1["horizons"] if 0 < h <= 8}
+                              for rho, rows in snap["rho"].items()} for name, snap in exp1["snapshots"].items()}
+    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs")
+    return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs,
+            "summary": summarise_runs(runs), "points": points}
+
+
+EXP3_QUICK = {
+    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
+    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
+}
+EXP3_FULL = {
+    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
+    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
+    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
+    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
+    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
+    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
+    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------
+def _h_axis(ax, horizons):
+    """log2 axis for H, with H = 0 drawn at 1/2."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([h if h else 0.5 for h in horizons], [str(h) for h in horizons])
+    ax.set_xlabel("horizon H")
+
+
+def plot_bias_variance(exp1, path):
+    plt = ad.runs.pyplot()
+    names = list(exp1["snapshots"])
+    fig, axes = plt.subplots(len(names), 3, figsize=(14, 3.8 * len(names)), squeeze=False)
+    panels = [("bias", "bias  |mean g - grad J|^2 / |grad J|^2"), ("variance", "variance  tr Cov(g) / |grad J|^2"),
+              ("mse64", "relative MSE of a 64-episode mean")]
+    for r, name in enumerate(names):
+        for c, (key, title) in enumerate(panels):
+            ax = axes[r, c]
+            for i, rho in enumerate(exp1["rhos"]):
+                rows = exp1["snapshots"][name]["rho"][rho]
+                hs = sorted(rows["Q"])
+                ax.plot([h if h else 0.5 for h in hs], [rows["Q"][h][key] for h in hs], "o-", color=f"C{i}",
+                        label=f"rho={rho}")
+                if key == "bias":
+                    hs = sorted(rows["G"])
+                    ax.plot(hs, [rows["G"][h][key] for h in hs], "s--", color=f"C{i}", alpha=0.5)
+            ax.set_yscale("log")
+            _h_axis(ax, exp1["horizons"])
+            ax.set_title(f"theta_{name}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[r, 0].legend(fontsize=8, title="solid: Q terminal, dashed: G", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_mse_map(exp1, path):
+    plt = ad.runs.pyplot()
+    names, horizons, rhos = list(exp1["snapshots"]), exp1["horizons"], exp1["rhos"]
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        snap = exp1["snapshots"][name]["rho"]
+        grid = np.log10([[snap[rho]["Q"][h]["mse64"] for h in horizons] for rho in rhos])
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        for i in range(len(rhos)):
+            for j in range(len(horizons)):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+        best = [int(np.argmin(row)) for row in grid]
+        ax.plot(best, range(len(rhos)), "r*-", markersize=14, label="best H for each rho")
+        ax.set_xticks(range(len(horizons)), [str(h) for h in horizons])
+        ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
+        ax.set_xlabel("horizon H")
+        ax.set_ylabel("smoothing rho")
+        ax.set_title(f"log10 relative MSE (batch 64), theta_{name}", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_training(runs, methods, path, title):
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    for i, (name, seeds) in enumerate(runs.items()):
+        color, label = f"C{i}", methods[name]["label"]
+        steps = np.array(seeds[0]["curve"]["env_steps"])
+        for ax, key in ((axes[0, 0], "return"), (axes[0, 1], "box_error")):
+            values = np.array([r["curve"][key] for r in seeds])
+            ax.plot(steps, values.mean(axis=0), color=color, label=label)
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
+        for r in seeds:
+            axes[1, 0].plot(r["curve"]["seconds"], r["curve"]["return"], color=color, alpha=0.7)
+        norms = np.array([r["grad_norms"] for r in seeds])
+        per_iter = N_ENVS * seeds[0]["window"]
+        smooth = np.array([np.median(norms[:, max(0, k - 4):k + 1]) for k in range(norms.shape[1])])
+        axes[1, 1].plot(per_iter * np.arange(1, len(smooth) + 1), smooth, color=color)
+    axes[0, 0].set_ylabel("eval return (hard contact)")
+    axes[0, 1].set_ylabel("|b_T - b*| (hard contact)")
+    axes[0, 1].set_yscale("log")
+    axes[1, 0].set_ylabel("eval return")
+    axes[1, 0].set_xlabel("training wall-clock seconds (shared cores)")
+    axes[1, 1].set_ylabel("pre-clip actor gradient norm (running median)")
+    axes[1, 1].set_yscale("log")
+    axes[1, 1].axhline(GRAD_CLIP, color="k", lw=0.8, ls=":")
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 1]):
+        ax.set_xlabel("environment steps")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_critics(exp3, path):
+    plt = ad.runs.pyplot()
+    points = exp3["points"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    v_mc, g_mc = points["v_mc"], points["g_mc"]
+    scale = np.sqrt(np.mean(g_mc ** 2, axis=0))     # per coordinate, so p, v, b, w share one plot
+    lo, hi = v_mc.min(), v_mc.max()
+    axes[1].plot([-3, 3], [-3, 3], "k:", lw=0.8)
+    axes[0].plot([lo, hi], [lo, hi], "k:", lw=0.8)
+    for i, name in enumerate(n for n in points if n not in ("v_mc", "g_mc")):
+        v_hat, g_hat = points[name]
+        if v_hat is not None:
+            axes[0].scatter(v_mc, v_hat, s=6, color=f"C{i}", label=name)
+        axes[1].scatter((g_mc / scale).ravel(), (g_hat / scale).ravel(), s=4, color=f"C{i}", alpha=0.6, label=name)
+    axes[0].set_xlabel("Monte Carlo V(x)")
+    axes[0].set_ylabel("critic V_hat(x)")
+    axes[0].set_title("values (held-out states, theta_good, rho=0.01)", fontsize=9)
+    axes[1].set_xlabel("Monte Carlo grad_x V (per-coordinate RMS units)")
+    axes[1].set_ylabel("critic gradient: grad_x Q_hat or G_hat")
+    axes[1].set_title("value gradients", fontsize=9)
+    axes[1].set_xlim(-3, 3)
+    axes[1].set_ylim(-3, 3)
+    for i, (name, seeds) in enumerate(exp3["runs"].items()):
+        returns = np.array([r["curve"]["return"] for r in seeds])
+        axes[2].plot(seeds[0]["curve"]["env_steps"], returns.mean(axis=0), color=f"C{i}", label=name)
+    axes[2].set_xlabel("environment steps")
+    axes[2].set_ylabel("eval return (hard contact)")
+    axes[2].set_title("training with Q vs G terminal", fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Printed tables
+# ----------------------------------------------------------------------------
+def fmt(value):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(h)), *(len(fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(fmt(v).rjust(w) for v, w in zip(r, widths)))
+
+
+def print_exp1(exp1):
+    horizons = exp1["horizons"]
+    for name, snap in exp1["snapshots"].items():
+        print(f"\ntheta_{name}: |grad J| = {np.linalg.norm(snap['grad_J']):.3g} (finite differences, hard contact; "
+              f"noise floor of the truth {snap['truth_noise_floor']:.1e} in units of |grad J|^2)")
+        for key, label in (("variance", "variance nu_H"), ("bias", "bias beta_H, Q terminal"),
+                           ("mse64", "relative MSE at batch 64, Q terminal")):
+            print_table(f"theta_{name}: {label} ({exp1['episodes']} episodes)", ["rho \\ H"] + horizons,
+                        [[str(rho)] + [snap["rho"][rho]["Q"][h][key] for h in horizons] for rho in exp1["rhos"]])
+        print_table(f"theta_{name}: bias beta_H, G terminal", ["rho \\ H"] + horizons,
+                    [[str(rho)] + [snap["rho"][rho]["G"].get(h, {}).get("bias") for h in horizons] for rho in exp1["rhos"]])
+        print_table(f"theta_{name}: at H = T: max per-sample |g| / |grad J| and contact onsets per episode",
+                    ["rho", "max |g|", "onsets"],
+                    [[str(rho), snap["rho"][rho]["Q"][T]["max_norm"], snap["rho"][rho]["Q"][T]["contact_onsets"]]
+                     for rho in exp1["rhos"]])
+    sweep = exp1["stiffness_sweep"]
+    if sweep:
+        print_table("theta_init, H = T: variance nu over stiffness k x rho", ["k \\ rho"] + list(exp1["rhos"]),
+                    [[str(k)] + [sweep[k][rho]["variance"] for rho in exp1["rhos"]] for k in sweep])
+    c = exp1["claims"]
+    print_table("Exp 1 claims (theta_init, k=1000)", ["claim", "measured"], [
+        [f"nu(H=T, rho=0) / nu(H=T, rho={c['rho_moderate']})  (want >= 100)", c["variance_ratio_at_H_T_rho0_over_rho_moderate"]],
+        ["nu(H=T) / nu(H=8), rho=0  (want >= 100)", c["variance_growth_rho0_from_smallest_H>=8_to_T"]],
+        ["fraction of H steps where beta falls, rho=0", c["bias_falls_with_H_rho0_fraction_of_steps"]],
+        [f"beta(H=T) at rho={exp1['rhos'][-1]}  (smoothing bias floor, want >= 0.05)", c["bias_floor_largest_rho_at_H_T"]],
+        ["best H by MSE64 for rho = " + ", ".join(map(str, exp1["rhos"])), ", ".join(str(h) for h in c["best_H_by_mse64"].values())],
+    ])
+
+
+def print_runs(title, summary, methods):
+    print_table(title, ["method", "final return", "+- seed std", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
+                [[methods[k]["label"], s["final_return_mean"], s["final_return_std"], s["final_box_error_mean"],
+                  s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
+
+
+def print_exp2(exp2):
+    print_runs("Exp 2: training on the hard system (eval: deterministic policy, 128 fixed states, hard contact)",
+               exp2["summary"], METHODS)
+    c = exp2["claims"]
+    print_table("Exp 2 claims", ["claim", "measured"], [
+        ["best fixed setting", METHODS[c["best_fixed_method"]]["label"]],
+        ["F final return - best fixed (want >= 0)", c["F_minus_best_fixed_return"]],
+        ["(F - B) final return in B's seed std (want >= 2)", c["F_minus_B_in_B_seed_std"]],
+        ["F final |b_T - b*| (want < 0.05)", c["F_final_box_error"]],
+        ["B median pre-clip norm / others' median (want >= 10)", c["B_median_grad_norm_over_others"]],
+    ] + [[f"env steps to 90% of F's gain: {k}", ", ".join(str(s) for s in v)]
+         for k, v in c["env_steps_to_90pct_of_F_improvement"].items()])
+
+
+def print_exp3(exp3, methods):
+    f = exp3["fidelity"]
+    print_table(f"Exp 3a: critic fidelity on held-out states (reference noise: value {f['reference_value_noise']:.3f}, "
+                f"gradient {f['reference_gradient_noise']:.3f})",
+                ["critic", "value rel. error", "gradient rel. error", "gradient cosine"],
+                [[name, e["value_rel_error"], e["gradient_rel_error"], e["gradient_cosine"]] for name, e in f["critics"].items()])
+    if exp3["bias_Q_vs_G_terminal"]:
+        rows = []
+        for name, by_rho in exp3["bias_Q_vs_G_terminal"].items():
+            for rho, by_h in by_rho.items():
+                rows.append([f"theta_{name}, rho={rho}"] + [f"{q:.2g} / {g:.2g}" for q, g in by_h.values()])
+        h_list = list(next(iter(next(iter(exp3["bias_Q_vs_G_terminal"].values())).values())))
+        print_table("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
+    print_runs("Exp 3c: training with the value-gradient critic", exp3["summary"], methods)
+
+
+# ----------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------
+def config(args):
+    if args.full:
+        cfg = dict(snapshots=("init", "good"), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 2, 4, 8, 16, 32, 64, T),
+                   episodes=2048, truth_episodes=40960, critic_iterations=100, stiffness_sweep=(300, 1000, 3000),
+                   sweep_episodes=2048, seeds=3, env_steps=400_000, fidelity_iterations=150, held_out=256,
+                   reference_rollouts=256, exp3_methods=EXP3_FULL)
+    else:
+        cfg = dict(snapshots=("init",), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 4, 16, 64, T),
+                   episodes=512, truth_episodes=8192, critic_iterations=25, stiffness_sweep=(),
+                   sweep_episodes=512, seeds=1, env_steps=100_000, fidelity_iterations=40, held_out=64,
+                   reference_rollouts=64, exp3_methods=EXP3_QUICK)
+    for key in ("seeds", "env_steps", "episodes"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["seed"] = args.seed
+    return cfg
+
+
+def strip_runs(runs):
+    """Learning curves and per-run figures for metrics.json (not the per-iteration gradient norms)."""
+    return {k: [{key: r[key] for key in r if key != "grad_norms"} for r in v] for k, v in runs.items()}
+
+
+def main(argv=None):
+    parser = ad.runs.parser(__doc__, "mve_critic")
+    parser.add_argument("--exp", choices=("1", "2", "3", "all"), default="all",
+                        help="which experiment: 1 bias/variance vs H and rho, 2 training curves, 3 value vs gradient critic")
+    parser.add_argument("--seeds", type=ad.runs.positive_int, default=None, help="training seeds (default 1, --full 3)")
+    parser.add_argument("--env-steps", type=ad.runs.positive_int, default=None,
+                        help="environment steps per training run (default 100k, --full 400k)")
+    parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
+                        help="episodes per gradient estimate in Exp 1 (default 512, --full 2048)")
+    args = parser.parse_args(argv)
+    cfg = config(args)
+    out = ad.runs.prepare_out(args.out)
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    metrics, walls, exp1 = {}, {}, None
+    print(f"mve_critic: {'full' if args.full else 'quick'} run, experiments {args.exp}, out {out}")
+
+    if args.exp in ("1", "all"):
+        t0 = time.perf_counter()
+        exp1 = experiment_1(cfg, rng)
+        walls["exp1"] = time.perf_counter() - t0
+        print_exp1(exp1)
+        plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
+        plot_mse_map(exp1, os.path.join(out, "mve_critic_mse_map.png"))
+        metrics["exp1"] = dict(exp1, wall_seconds=walls["exp1"])
+        print(f"Exp 1 wall time {ad.runs.format_seconds(walls['exp1'])}")
+    if args.exp in ("2", "all"):
+        t0 = time.perf_counter()
+        exp2 = experiment_2(cfg)
+        walls["exp2"] = time.perf_counter() - t0
+        print_exp2(exp2)
+        plot_training(exp2["runs"], METHODS, os.path.join(out, "mve_critic_training.png"),
+                      f"Exp 2: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k={STIFFNESS:g}")
+        metrics["exp2"] = {"summary": exp2["summary"], "claims": exp2["claims"], "runs": strip_runs(exp2["runs"]),
+                           "wall_seconds": walls["exp2"]}
+        print(f"Exp 2 wall time {ad.runs.format_seconds(walls['exp2'])}")
+    if args.exp in ("3", "all"):
+        t0 = time.perf_counter()
+        exp3 = experiment_3(cfg, rng, exp1)
+        walls["exp3"] = time.perf_counter() - t0
+        print_exp3(exp3, cfg["exp3_methods"])
+        plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
+        metrics["exp3"] = {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
+                           "summary": exp3["summary"], "runs": strip_runs(exp3["runs"]), "wall_seconds": walls["exp3"]}
+        print(f"Exp 3 wall time {ad.runs.format_seconds(walls['exp3'])}")
+
+    path = ad.runs.write_metrics(out, metrics, args, started)
+    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
+          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
+    print(f"metrics: {path}; figures in {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
