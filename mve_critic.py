@@ -230,8 +230,9 @@ def evaluate(policy, episodes=128):
 class Critic:
     def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
         self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
+        self.scalar = kind == "Q"
         n_in = 4 + (kind == "Q") + 1 + rho_conditioned
-        self.net = ad.nn.MLP((n_in, 64, 64, 1 if kind == "Q" else 4), rng, activation="tanh")
+        self.net = ad.nn.MLP((n_in, 64, 64, 1 if self.scalar else 4), rng, activation="tanh")
         self.params = policy_parameters(self.net)
         self.target = [p.data.copy() for p in self.params]
         self.scale = None           # running RMS of the targets, per output: the net predicts target / scale
@@ -254,7 +255,7 @@ class Critic:
         """Q: (...,) values, G: (..., 4) gradients, as a Tensor (the target net's parameters are constants)."""
         params = self.target if target else self.params
         out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
-        return ad.reshape(out, out.shape[:-1]) if self.kind == "Q" else out
+        return ad.reshape(out, out.shape[:-1]) if self.scalar else out
 
     def fit(self, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
         """Regress the online net on (features, targets) with Adam; then move the target net."""
@@ -279,12 +280,13 @@ class Critic:
         with ad.no_grad():
             out = self(self.features(x, t, rho, u), target=target).data
         alive = np.asarray(t) < T
-        return out * (alive if self.kind == "Q" else np.asarray(alive)[..., None])
+        return out * (alive if self.scalar else np.asarray(alive)[..., None])
 
 
 def bootstrap_value(critic, policy, x, t, rho, eps_boot):
     """V_hat(x) at time t as a Tensor that carries d/dx (never d/dtheta: the policy inside is frozen).
-    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps')).   G: sg(G_target(x)) . x, whose gradient is G."""
+    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps')).
+    G: sg(G_target(x)) . x, whose gradient is G."""
     if critic is None or t >= T:
         return None
     if critic.kind == "G":
@@ -658,7 +660,7 @@ def experiment_2(cfg):
         "best_fixed_method": best_fixed,
         "F_minus_best_fixed_return": f["final_return_mean"] - summary[best_fixed]["final_return_mean"],
         "F_minus_B_in_B_seed_std": (f["final_return_mean"] - summary["B_bptt"]["final_return_mean"])
-        / max(summary["B_bptt"]["final_return_std"], 1e-9),
+        / summary["B_bptt"]["final_return_std"] if len(runs["B_bptt"]) > 1 else None,
         "F_final_box_error": f["final_box_error_mean"],
         "B_median_grad_norm_over_others": summary["B_bptt"]["median_pre_clip_grad_norm"]
         / np.median([summary[k]["median_pre_clip_grad_norm"] for k in METHODS if k != "B_bptt"]),
@@ -753,8 +755,19 @@ def experiment_3(cfg, rng, exp1=None):
         bias_with_g = {name: {rho: {h: (rows["Q"][h]["bias"], rows["G"][h]["bias"]) for h in exp1["horizons"] if 0 < h <= 8}
                               for rho, rows in snap["rho"].items()} for name, snap in exp1["snapshots"].items()}
     runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs")
-    return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs,
-            "summary": summarise_runs(runs), "points": points}
+    summary = summarise_runs(runs)
+    comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon
+    for q_name in (k for k in runs if k.startswith("Q_H")):
+        g_name = "G" + q_name[1:] + "_lam0.95"
+        q, g = summary[q_name], summary[g_name]
+        reach = [steps_to_reach(r["curve"], q["final_return_mean"]) for r in runs[g_name]]
+        comparisons[g_name + " vs " + q_name] = {
+            "final_return_difference": g["final_return_mean"] - q["final_return_mean"],
+            "difference_in_Q_seed_std": (g["final_return_mean"] - q["final_return_mean"]) / q["final_return_std"]
+            if len(runs[q_name]) > 1 else None,
+            "G_env_steps_to_Q_final_return_fraction": [None if s is None else s / cfg["env_steps"] for s in reach]}
+    return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs, "summary": summary,
+            "comparisons": comparisons, "points": points}
 
 
 EXP3_QUICK = {
@@ -987,6 +1000,10 @@ def print_exp3(exp3, methods):
         h_list = list(next(iter(next(iter(exp3["bias_Q_vs_G_terminal"].values())).values())))
         print_table("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
     print_runs("Exp 3c: training with the value-gradient critic", exp3["summary"], methods)
+    print_table("Exp 3c: G against Q at the same actor horizon", ["comparison", "final return G - Q", "in Q seed std",
+                                                                  "G steps to Q's final / budget"],
+                [[k, c["final_return_difference"], c["difference_in_Q_seed_std"],
+                  ", ".join(fmt(f) for f in c["G_env_steps_to_Q_final_return_fraction"])] for k, c in exp3["comparisons"].items()])
 
 
 # ----------------------------------------------------------------------------
@@ -1000,8 +1017,8 @@ def config(args):
                    reference_rollouts=256, exp3_methods=EXP3_FULL)
     else:
         cfg = dict(snapshots=("init",), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 4, 16, 64, T),
-                   episodes=512, truth_episodes=8192, critic_iterations=25, stiffness_sweep=(),
-                   sweep_episodes=512, seeds=1, env_steps=100_000, fidelity_iterations=40, held_out=64,
+                   episodes=512, truth_episodes=8192, critic_iterations=40, stiffness_sweep=(),
+                   sweep_episodes=512, seeds=1, env_steps=160_000, fidelity_iterations=60, held_out=64,
                    reference_rollouts=64, exp3_methods=EXP3_QUICK)
     for key in ("seeds", "env_steps", "episodes"):
         if getattr(args, key) is not None:
@@ -1058,7 +1075,8 @@ def main(argv=None):
         print_exp3(exp3, cfg["exp3_methods"])
         plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
         metrics["exp3"] = {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
-                           "summary": exp3["summary"], "runs": strip_runs(exp3["runs"]), "wall_seconds": walls["exp3"]}
+                           "summary": exp3["summary"], "comparisons": exp3["comparisons"],
+                           "runs": strip_runs(exp3["runs"]), "wall_seconds": walls["exp3"]}
         print(f"Exp 3 wall time {ad.runs.format_seconds(walls['exp3'])}")
 
     path = ad.runs.write_metrics(out, metrics, args, started)
