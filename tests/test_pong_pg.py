@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -52,6 +51,13 @@ def seed_policy_backward(W2, eph, epdlogp, epx):
     dh[eph <= 0] = 0
     dW1 = np.dot(dh.T, epx)
     return dW1, dW2
+
+
+def short_games(monkeypatch):
+    """Episodes cut at 1000 emulator frames (250 steps), so that tests of the
+    bookkeeping run in seconds; a truncated episode ends like any other."""
+    make_game = pong_pg.make_game
+    monkeypatch.setattr(pong_pg, "make_game", lambda env_id: make_game(env_id, max_num_frames_per_episode=1000))
 
 
 def args_for(tmp_path, games=10, workers=0, **overrides):
@@ -159,7 +165,8 @@ def test_update_moves_probability_of_actions_the_way_of_their_advantage(trained_
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pong_pg, "BATCH_EPISODES", 2)          # small batches: a fast test
+    monkeypatch.setattr(pong_pg, "BATCH_EPISODES", 2)          # small batches of short episodes: a fast test
+    short_games(monkeypatch)
     state = pong_pg.new_state(args_for(tmp_path, games=2))
     pong_pg.train_batch(state)
     pong_pg.record_batch(state, [{"rewards": np.array([0.0, -1.0])}] * 2, 0.01)
@@ -210,17 +217,25 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
     --resume then gives bit for bit the run that was never interrupted, also
     when the games run in worker processes in one run and in-process in the other."""
     monkeypatch.setattr(pong_pg, "BATCH_EPISODES", 2)
+    short_games(monkeypatch)
     monkeypatch.setattr(pong_pg, "save_outputs", lambda state, args, out, path: pong_pg.save_checkpoint(path, state))
     args = args_for(tmp_path, games=2, episodes=1000, checkpoint_every=1000)
     state = pong_pg.new_state(args_for(tmp_path, games=2, workers=2, episodes=1000, checkpoint_every=1000))
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    probability_up, steps_after_first_update = pong_pg.probability_up, []
+
+    def probability_up_then_ctrl_c(x, W1, W2):     # Ctrl-C at the 50th step of the second batch
+        if state["updates"] == 1:
+            steps_after_first_update.append(1)
+            if len(steps_after_first_update) == 50:
+                os.kill(os.getpid(), signal.SIGINT)
+        return probability_up(x, W1, W2)
+    monkeypatch.setattr(pong_pg, "probability_up", probability_up_then_ctrl_c)
     try:
         session = pong_pg.train(state, args, str(tmp_path), log=lambda *a: None)
     finally:
-        timer.cancel()
         state["games"].close()
-    assert session["interrupted"] and 1 <= state["updates"] < 500
+    monkeypatch.setattr(pong_pg, "probability_up", probability_up)
+    assert session["interrupted"] and state["updates"] == 1 and len(steps_after_first_update) == 50
     updates = state["updates"]
 
     resumed = pong_pg.load_checkpoint(str(tmp_path / "checkpoint.npz"), pong_pg.new_state(args))
