@@ -1,0 +1,622 @@
+"""RL²: a recurrent agent that learns a bandit algorithm (draft; docstring rewritten at the end)."""
+
+import math
+import os
+import time
+
+import numpy as np
+
+import autodiff as ad
+
+# ----------------------------------------------------------------------------
+# The paper's Table 1 (Duan et al. 2016, total reward per trial)
+# ----------------------------------------------------------------------------
+METHODS = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy", "RL2")
+PAPER = {  # (n pulls, k arms) -> the row of Table 1, in METHODS order
+    (10, 5): (5.0, 6.6, 5.7, 6.5, 6.7, 6.6, 6.6, 6.7),
+    (10, 10): (5.0, 6.6, 5.5, 6.2, 6.7, 6.6, 6.6, 6.7),
+    (10, 50): (5.1, 6.5, 5.2, 5.5, 6.6, 6.5, 6.5, 6.8),
+    (100, 5): (49.9, 78.3, 74.7, 77.9, 78.0, 75.4, 74.8, 78.7),
+    (100, 10): (49.9, 82.8, 76.7, 81.4, 82.4, 77.4, 77.1, 83.5),
+    (100, 50): (49.8, 85.2, 64.5, 67.7, 84.3, 78.3, 78.0, 84.9),
+    (500, 5): (249.8, 405.8, 402.0, 406.7, 405.8, 388.2, 380.6, 401.6),
+    (500, 10): (249.0, 437.8, 429.5, 438.9, 437.1, 408.0, 395.0, 432.5),
+    (500, 50): (249.6, 463.7, 427.2, 437.6, 457.6, 413.6, 402.8, 438.9),
+}
+FULL_CELLS = ((10, 5), (10, 10), (100, 5), (100, 10))
+
+EVAL_TASKS = 1000                  # tasks per (n, k) cell, as in the paper
+EVAL_SEED = 10_000                 # evaluation tasks come from seed + EVAL_SEED: never seen in training
+
+# The authors' tuning grids (results.md §5); each is searched on the evaluation tasks themselves, as they did.
+GITTINS_DISCOUNTS = (0.9, 0.99, 0.999, 0.9999)
+OTS_SAMPLES = tuple(range(1, 21))
+UCB1_C = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
+EPSILONS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
+
+
+# PPO settings. One line of why for each lives where it is used (train_rl2, ppo_loss, gae).
+LESSON = dict(
+    hidden=64,           # GRU units per network; the paper's 256 costs ~4x the time and n=10 does not need it
+    trials=256,          # trials (tasks) per PPO iteration
+    iterations=250,      # PPO iterations (n=10: 250 x 256 x 10 = 640,000 pulls)
+    minibatches=2,       # whole trials per minibatch = trials / minibatches
+    epochs=4,            # passes over each batch
+    lr=6e-3,             # Adam, decayed linearly to 0
+    clip=0.2,            # PPO's ε
+    value_coef=0.5,      # weight of the critic's loss (separate networks: matters only through Adam's first steps)
+    entropy_coef=0.01,   # entropy bonus
+    discount=1.0,        # the trial's total reward is the objective: no discount within a trial
+    lam=0.3,             # GAE λ (the authors' value; 0.9 was worse here: 6.36 vs 6.52)
+    max_grad_norm=0.5,   # gradient clipping, per network
+)
+FULL = {10: dict(LESSON), 100: dict(LESSON)}
+
+
+# ----------------------------------------------------------------------------
+# The tasks: a batch of k-armed Bernoulli bandits, one per row
+# ----------------------------------------------------------------------------
+def sample_tasks(rng, n_tasks, n_arms, n_pulls):
+    """Arm means p ~ U[0, 1] (n_tasks, n_arms), drawn once per trial, and one
+    uniform per (pull, task): pull t of arm a pays 1[u_t < p_a]. Drawing the
+    uniforms up front gives every method the same luck on the same tasks
+    (common random numbers), and each reward is still Bernoulli(p_a) given the
+    past, because u_t is independent of everything that chose a."""
+    return rng.uniform(size=(n_tasks, n_arms)), rng.uniform(size=(n_pulls, n_tasks))
+
+
+def pull(means, arms, uniforms_t):
+    """Rewards (B,) of pulling arms (B,) in each task of the batch: one NumPy call for all B bandits."""
+    return (uniforms_t < means[np.arange(len(arms)), arms]).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------
+# Baselines. Each keeps Beta(1 + successes, 1 + failures) posteriors per arm
+# and picks arms for the whole batch at once.
+# ----------------------------------------------------------------------------
+def first_argmax(scores):
+    """argmax over arms; ties go to the lowest-numbered arm (plain np.argmax).
+    This matters only for Greedy (and UCB1 at c = 0): a tried arm at posterior
+    mean 0.5 then beats an untried one, so it explores less. It is what
+    reproduces the paper's Greedy column (74.9 vs 74.8 at n=100, k=5, and
+    77.7 vs 77.1 at k=10, on 8,000 tasks); breaking ties at random would
+    score 75.7 and 79.1 instead."""
+    return np.argmax(scores, axis=1)
+
+
+def play(choose, means, uniforms, rng):
+    """Run a counting policy choose(successes, failures, t, rng) -> arms over a
+    trial in every task. Returns arms (n, B) and rewards (n, B)."""
+    n, B = uniforms.shape
+    successes = np.zeros(means.shape, dtype=np.int64)
+    failures = np.zeros(means.shape, dtype=np.int64)
+    rows = np.arange(B)
+    arms, rewards = np.empty((n, B), dtype=np.int64), np.empty((n, B))
+    for t in range(n):
+        arms[t] = choose(successes, failures, t, rng)
+        rewards[t] = pull(means, arms[t], uniforms[t])
+        successes[rows, arms[t]] += rewards[t].astype(np.int64)
+        failures[rows, arms[t]] += 1 - rewards[t].astype(np.int64)
+    return arms, rewards
+
+
+def random_policy(s, f, t, rng):
+    return rng.integers(s.shape[1], size=s.shape[0])
+
+
+def greedy(s, f, t, rng):
+    """Pull the arm with the highest posterior mean (1 + s) / (2 + s + f)."""
+    return first_argmax((1.0 + s) / (2.0 + s + f))
+
+
+def eps_greedy(epsilon):
+    def choose(s, f, t, rng):
+        explore = rng.uniform(size=s.shape[0]) < epsilon
+        return np.where(explore, random_policy(s, f, t, rng), greedy(s, f, t, rng))
+    return choose
+
+
+def thompson(s, f, t, rng):
+    """One sample from each posterior, pull the largest."""
+    return np.argmax(rng.beta(1.0 + s, 1.0 + f), axis=1)
+
+
+def optimistic_thompson(m):
+    """The authors' "OTS": draw m samples of the whole mean vector from the
+    posterior, keep the most probable one (highest joint Beta log-density),
+    pull its largest arm. m = 1 is Thompson sampling; large m tends to acting
+    on the posterior mode. Keeping the best sample *jointly* (not per arm)
+    reproduces the paper's column (6.20 vs 6.2 at n=10, k=10 on 10,000 tasks,
+    where a per-arm choice scores 6.43). The usual "optimistic TS",
+    max(sample, mean), is a different algorithm."""
+    def choose(s, f, t, rng):
+        theta = np.clip(rng.beta(1.0 + s, 1.0 + f, size=(m,) + s.shape), 1e-12, 1.0 - 1e-12)   # (m, B, k)
+        log_density = np.sum(s * np.log(theta) + f * np.log1p(-theta), axis=2)                # up to a constant
+        kept = np.take_along_axis(theta, np.argmax(log_density, axis=0)[None, :, None], axis=0)[0]
+        return first_argmax(kept)
+    return choose
+
+
+def ucb1(c):
+    """The authors' UCB1 on the prior's pseudo-counts: mean + c √(2 ln N / m),
+    m = 2 + s + f pulls of the arm (1 success in 2 from the prior), N = Σ m."""
+    def choose(s, f, t, rng):
+        m = 2.0 + s + f
+        bonus = np.sqrt(2.0 * np.log(m.sum(axis=1, keepdims=True)) / m)
+        return first_argmax((1.0 + s) / m + c * bonus)
+    return choose
+
+
+def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
+    """Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, by backward
+    induction (the authors' method). Returns index[s, f] for s + f < max_pulls.
+
+    Calibration: compare the arm with a safe arm paying λ per pull forever.
+    With μ = (1 + s)/(2 + s + f) the posterior mean,
+        V(s, f; λ) = max(λ/(1 − γ),  μ (1 + γ V(s+1, f)) + (1 − μ) γ V(s, f+1)),
+    and the index of (s, f) is the λ at which both branches are equal. One
+    backward sweep over the triangle s + f ≤ N does every state at once for a
+    whole grid of λ; the crossing is found by linear interpolation between grid
+    points (exact where the optimal stopping rule does not change in between).
+    At depth N the arm is assumed to learn nothing more: V = max(λ, μ)/(1 − γ).
+    N = the authors' 1,000, or less when γ^N is negligible.
+    """
+    horizon = int(math.ceil(math.log(1e-12) / math.log(discount)))
+    depth = max(max_pulls, min(truncation, max_pulls + horizon))
+    lam = 1.0 - np.linspace(1.0, 0.0, grid_size + 1)[:, None] ** 2   # (G, 1) safe-arm rewards, dense near 1
+    safe = lam / (1.0 - discount)
+    value = np.maximum(safe, ((1.0 + np.arange(depth + 1)) / (2.0 + depth)) / (1.0 - discount))
+    index = np.full((max_pulls, max_pulls), np.nan)
+    for d in range(depth - 1, -1, -1):                               # d = s + f pulls so far
+        s = np.arange(d + 1)
+        mu = (1.0 + s) / (2.0 + d)
+        risky = mu * (1.0 + discount * value[:, 1:]) + (1.0 - mu) * discount * value[:, :-1]
+        if d < max_pulls:
+            gap = risky - safe                                       # decreasing in λ; > 0 at λ = 0
+            j = np.argmax(gap <= 0.0, axis=0)                        # first grid point where the safe arm wins
+            lo, hi = gap[j - 1, s], gap[j, s]
+            index[s, d - s] = lam[j - 1, 0] + lo / (lo - hi) * (lam[j, 0] - lam[j - 1, 0])
+        value = np.maximum(safe, risky)
+    return index
+
+
+def gittins(table):
+    def choose(s, f, t, rng):
+        return first_argmax(table[s, f])
+    return choose
+
+
+def summary(totals):
+    """Mean total reward per trial and its standard error over the tasks."""
+    return float(np.mean(totals)), float(np.std(totals, ddof=1) / np.sqrt(len(totals)))
+
+
+def run_baselines(means, uniforms, seed):
+    """Every baseline on the same tasks. Tuned methods try each value of their
+    grid on these very tasks and report the best, as the authors did (so their
+    figures are slightly optimistic). Returns {method: result dict}."""
+    n = uniforms.shape[0]
+
+    def trial(choose):
+        arms, rewards = play(choose, means, uniforms, np.random.default_rng(seed))
+        return dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards)
+
+    results = {name: trial(choose) for name, choose in
+               (("Random", random_policy), ("TS", thompson), ("Greedy", greedy))}
+    tuned = {
+        "Gittins": ("discount", GITTINS_DISCOUNTS, lambda g: gittins(gittins_table(g, n))),
+        "OTS": ("samples", OTS_SAMPLES, optimistic_thompson),
+        "UCB1": ("c", UCB1_C, ucb1),
+        "eps-greedy": ("epsilon", EPSILONS, eps_greedy),
+    }
+    for name, (parameter, grid, make) in tuned.items():
+        runs = {value: trial(make(value)) for value in grid}
+        best = max(grid, key=lambda value: runs[value]["totals"].mean())
+        results[name] = dict(runs[best], parameter=parameter, best=best,
+                             tuning={str(v): float(runs[v]["totals"].mean()) for v in grid})
+    return results
+
+
+# ----------------------------------------------------------------------------
+# The RL² agent: two GRUs (policy and value) reading (previous arm one-hot,
+# previous reward, first-step flag); a softmax head and a linear value head.
+# ----------------------------------------------------------------------------
+def make_agent(n_arms, hidden, rng):
+    """Separate GRUs for policy and value (the seed repository's design), so
+    the critic's large regression gradients never disturb the policy's memory."""
+    n_in = n_arms + 2
+    return {
+        "policy_gru": ad.nn.GRUCell(n_in, hidden, rng),
+        # small initial logits: the untrained policy is uniform over arms
+        "policy_head": ad.nn.Linear(hidden, n_arms, rng, init="orthogonal", gain=0.01),
+        "value_gru": ad.nn.GRUCell(n_in, hidden, rng),
+        "value_head": ad.nn.Linear(hidden, 1, rng, init="orthogonal", gain=1.0),
+    }
+
+
+def agent_parameters(agent):
+    """{"policy_gru.Wx": Tensor, ...}: the agent's weights by name."""
+    return {f"{part}.{name}": p for part, module in agent.items() for name, p in module.named_parameters().items()}
+
+
+def first_inputs(batch, n_arms):
+    """The input at the first pull: no previous arm or reward, flag = 1."""
+    x = np.zeros((batch, n_arms + 2))
+    x[:, -1] = 1.0
+    return x
+
+
+def next_inputs(arms, rewards, n_arms):
+    """The input after a pull: one-hot(arm), reward, flag = 0."""
+    x = np.zeros((len(arms), n_arms + 2))
+    x[np.arange(len(arms)), arms] = 1.0
+    x[:, n_arms] = rewards
+    return x
+
+
+def policy_step(agent, x, h):
+    """One pull's worth of the policy: h' = GRU(x, h), logits = h' W + b.
+    The same engine kernels (gru_cell = one step of gru_sequence) as training."""
+    h = agent["policy_gru"](x, h)
+    return h, agent["policy_head"](h)
+
+
+def policy_log_probs(agent, inputs):
+    """log π(· | history) at every pull of every trial, (n, B, k), by one fused
+    GRU over the whole trial (BPTT through all n pulls)."""
+    h0 = np.zeros((inputs.shape[1], agent["policy_gru"].n_hidden))
+    return ad.log_softmax(agent["policy_head"](agent["policy_gru"].sequence(inputs, h0)), axis=-1)
+
+
+def state_values(agent, inputs):
+    """V(history) at every pull, (n, B), in units of reward per remaining-trial
+    (the caller scales by n): the critic sees the same inputs as the policy."""
+    h0 = np.zeros((inputs.shape[1], agent["value_gru"].n_hidden))
+    v = agent["value_head"](agent["value_gru"].sequence(inputs, h0))
+    return ad.reshape(v, inputs.shape[:2])
+
+
+def rollout(agent, means, uniforms, rng, greedy_actions=False):
+    """Play one trial of n pulls in every task of the batch with the current
+    policy (no graph). The hidden state carries over from pull to pull: it is
+    the only place the agent can remember what it has learnt about the task.
+    Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
+    n, B = uniforms.shape
+    k = means.shape[1]
+    inputs = np.empty((n, B, k + 2))
+    arms, rewards, log_probs = np.empty((n, B), dtype=np.int64), np.empty((n, B)), np.empty((n, B))
+    x, h = first_inputs(B, k), np.zeros((B, agent["policy_gru"].n_hidden))
+    with ad.no_grad():
+        for t in range(n):
+            inputs[t] = x
+            h, logits = policy_step(agent, x, h)
+            h, logits = h.data, logits.data
+            log_pi = logits - logits.max(axis=1, keepdims=True)
+            log_pi -= np.log(np.exp(log_pi).sum(axis=1, keepdims=True))
+            if greedy_actions:
+                arms[t] = np.argmax(log_pi, axis=1)
+            else:  # sample by inverting the cumulative distribution
+                cdf = np.cumsum(np.exp(log_pi), axis=1)
+                arms[t] = np.minimum((rng.uniform(size=(B, 1)) * cdf[:, -1:] > cdf).sum(axis=1), k - 1)
+            log_probs[t] = log_pi[np.arange(B), arms[t]]
+            rewards[t] = pull(means, arms[t], uniforms[t])
+            x = next_inputs(arms[t], rewards[t], k)
+    return inputs, arms, rewards, log_probs
+
+
+# ----------------------------------------------------------------------------
+# PPO
+# ----------------------------------------------------------------------------
+def gae(rewards, values, discount, lam):
+    """Generalised advantage estimates over the whole trial, (n, B) arrays:
+        δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   V_n = 0.
+    The trial, not the pull, is the episode: V_{t+1} is the value of the rest of
+    the trial, so a pull that teaches the agent something is credited with the
+    reward that knowledge earns later. (Cutting the return at every pull, as one
+    reference implementation does, would train a one-step greedy agent.)
+    Returns (advantages, returns = advantages + values), the critic's targets."""
+    advantages = np.zeros_like(rewards)
+    running = np.zeros(rewards.shape[1])
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        running = rewards[t] + discount * next_value - values[t] + discount * lam * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def ppo_loss(agent, inputs, arms_onehot, old_log_probs, advantages, returns, value_scale, config):
+    """The PPO objective on a minibatch of whole trials (as a loss to minimise):
+        L = −E[min(ρ A, clip(ρ, 1−ε, 1+ε) A)] + c_v E[(V − R)²]/2 − c_H E[H(π)],
+    ρ = π(a|h)/π_old(a|h). The clip stops a batch from pushing the policy far
+    from the one that collected it; the entropy bonus keeps it exploring
+    across tasks until the advantages say otherwise."""
+    log_pi = policy_log_probs(agent, inputs)                                  # (n, b, k)
+    log_prob = ad.sum(log_pi * arms_onehot, axis=-1)
+    ratio = ad.exp(log_prob - old_log_probs)
+    eps = config["clip"]
+    surrogate = ad.minimum(ratio * advantages, ad.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages)
+    policy_loss = -ad.mean(surrogate)
+    entropy = -ad.mean(ad.sum(ad.exp(log_pi) * log_pi, axis=-1))
+    # the critic predicts returns divided by n, so its targets are O(1) whatever the trial length
+    value_error = state_values(agent, inputs) - returns / value_scale
+    value_loss = 0.5 * ad.mean(value_error * value_error)
+    loss = policy_loss + config["value_coef"] * value_loss - config["entropy_coef"] * entropy
+    return loss, dict(policy_loss=policy_loss.item(), value_loss=value_loss.item(), entropy=entropy.item())
+
+
+def train_rl2(n_pulls, n_arms, config, seed, label="train"):
+    """Slow RL: PPO over a stream of freshly sampled tasks. Returns the agent
+    and its training history."""
+    rng = np.random.default_rng(seed)
+    agent = make_agent(n_arms, config["hidden"], rng)
+    policy_params = list(agent["policy_gru"].parameters()) + list(agent["policy_head"].parameters())
+    value_params = list(agent["value_gru"].parameters()) + list(agent["value_head"].parameters())
+    optimiser = ad.optim.Adam(policy_params + value_params, lr=config["lr"], eps=1e-5)
+    B, iterations = config["trials"], config["iterations"]
+    minibatch = B // config["minibatches"]
+    history = {key: [] for key in ("reward", "entropy", "value_loss", "grad_norm", "elapsed")}
+    progress = ad.runs.Progress(iterations, label)
+    for it in range(iterations):
+        # linear decay to 0: large steps early, a settled policy at the end
+        optimiser.lr = config["lr"] * (1.0 - it / iterations)
+        means, uniforms = sample_tasks(rng, B, n_arms, n_pulls)
+        inputs, arms, rewards, old_log_probs = rollout(agent, means, uniforms, rng)
+        with ad.no_grad():
+            values = state_values(agent, inputs).data * n_pulls
+        advantages, returns = gae(rewards, values, config["discount"], config["lam"])
+        # normalised over the batch: the policy's step size does not depend on the reward scale (n = 10 or 100)
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        arms_onehot = np.eye(n_arms)[arms]
+        for epoch in range(config["epochs"]):
+            order = rng.permutation(B)
+            for start in range(0, B - minibatch + 1, minibatch):
+                idx = order[start:start + minibatch]                      # whole trials: BPTT from pull 0
+                optimiser.zero_grad()
+                loss, stats = ppo_loss(agent, inputs[:, idx], arms_onehot[:, idx], old_log_probs[:, idx],
+                                       advantages[:, idx], returns[:, idx], n_pulls, config)
+                loss.backward()
+                # clipped per network, so a large critic gradient does not shrink the policy's step
+                grad_norm = ad.optim.clip_grad_norm(policy_params, config["max_grad_norm"])
+                ad.optim.clip_grad_norm(value_params, config["max_grad_norm"])
+                optimiser.step()
+        history["reward"].append(float(rewards.sum(axis=0).mean()))
+        history["entropy"].append(stats["entropy"])
+        history["value_loss"].append(stats["value_loss"])
+        history["grad_norm"].append(grad_norm)
+        history["elapsed"].append(progress.elapsed())
+        progress.update(it + 1, reward=history["reward"][-1], entropy=stats["entropy"])
+    return agent, history
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: every method on the same unseen tasks of one (n, k) cell
+# ----------------------------------------------------------------------------
+def evaluate_cell(agent, n_pulls, n_arms, seed, n_tasks=EVAL_TASKS):
+    """RL² and the baselines on n_tasks tasks drawn from a seed training never
+    uses. Returns {method: {"totals", "arms", ...}} and the tasks' means."""
+    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, EVAL_SEED]), n_tasks, n_arms, n_pulls)
+    results = run_baselines(means, uniforms, seed)
+    _, arms, rewards, _ = rollout(agent, means, uniforms, np.random.default_rng([seed, EVAL_SEED]))
+    results["RL2"] = dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards)
+    _, _, rewards_argmax, _ = rollout(agent, means, uniforms, None, greedy_actions=True)
+    results["RL2 (argmax)"] = dict(totals=rewards_argmax.sum(axis=0))
+    for name in results:
+        if "arms" in results[name]:
+            # expected regret of each pull: best arm's mean − pulled arm's mean (no Bernoulli noise)
+            pulled = np.take_along_axis(means, results[name]["arms"].T, axis=1).T        # (n, B)
+            results[name]["regret_per_pull"] = (means.max(axis=1) - pulled).mean(axis=1)
+    return results, means
+
+
+def cell_table(results, n_pulls, n_arms):
+    """One row per method: our mean ± SE beside the paper's figure.
+    "agrees" allows 2 SE plus 0.05, since the paper prints one decimal."""
+    rows = {}
+    for method, paper in zip(METHODS, PAPER[(n_pulls, n_arms)]):
+        mean, se = summary(results[method]["totals"])
+        row = dict(mean=mean, se=se, paper=paper, z=(mean - paper) / se,
+                   agrees=bool(abs(mean - paper) <= 2 * se + 0.05))
+        if "best" in results[method]:
+            row["tuned"] = {results[method]["parameter"]: results[method]["best"]}
+            row["tuning_curve"] = results[method]["tuning"]
+        rows[method] = row
+    mean, se = summary(results["RL2 (argmax)"]["totals"])
+    rows["RL2 (argmax)"] = dict(mean=mean, se=se)
+    # paired difference with Gittins on the same tasks and the same luck: a sharper comparison than the two SEs
+    diff = results["RL2"]["totals"] - results["Gittins"]["totals"]
+    rows["RL2 - Gittins (paired)"] = dict(mean=float(diff.mean()), se=float(diff.std(ddof=1) / np.sqrt(len(diff))))
+    return rows
+
+
+def print_cell_table(rows, n_pulls, n_arms, train_info=None):
+    print(f"\nn={n_pulls}, k={n_arms}: total reward per trial on {EVAL_TASKS} unseen tasks "
+          f"(mean ± standard error), the paper's Table 1 beside it")
+    print(f"  {'method':22s} {'ours':>8s} {'± SE':>6s} {'paper':>7s} {'z':>6s}  agrees  tuned on these tasks")
+    for method in METHODS:
+        r = rows[method]
+        tuned = ", ".join(f"{k}={v}" for k, v in r.get("tuned", {}).items())
+        print(f"  {method:22s} {r['mean']:8.2f} {r['se']:6.2f} {r['paper']:7.1f} {r['z']:+6.1f}  "
+              f"{'yes' if r['agrees'] else 'NO':6s}  {tuned}")
+    for extra in ("RL2 (argmax)", "RL2 - Gittins (paired)"):
+        print(f"  {extra:22s} {rows[extra]['mean']:8.2f} {rows[extra]['se']:6.2f}")
+    if train_info:
+        print(f"  RL2 trained {train_info['train_time_s']:.0f} s on {train_info['pulls']:,} pulls; "
+              f"{100 * rows['RL2']['mean'] / rows['Gittins']['paper']:.1f}% of the paper's Gittins figure")
+
+
+# ----------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------
+def plot_training(cells, path):
+    """Mean trial reward and policy entropy per PPO iteration, one column per cell."""
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 5.5), squeeze=False, sharex="col")
+    for col, ((n, k), cell) in enumerate(cells.items()):
+        history, rows = cell["history"], cell["rows"]
+        reward = np.asarray(history["reward"])
+        smooth = np.convolve(reward, np.ones(10) / 10, mode="valid") if len(reward) >= 10 else reward
+        ax = axes[0, col]
+        ax.plot(reward, color="C0", alpha=0.3, lw=0.8)
+        ax.plot(np.arange(len(smooth)) + len(reward) - len(smooth), smooth, color="C0", label="RL² (training tasks)")
+        ax.axhline(rows["Gittins"]["mean"], color="C3", ls="--", lw=1, label="Gittins (eval tasks)")
+        ax.axhline(PAPER[(n, k)][-1], color="k", ls=":", lw=1, label="paper's RL²")
+        ax.axhline(n / 2, color="0.6", lw=1, label="random")
+        ax.set_title(f"n={n}, k={k}  ({cell['train_time_s']:.0f} s)")
+        ax.set_ylabel("total reward per trial")
+        axes[1, col].plot(history["entropy"], color="C2")
+        axes[1, col].set_ylabel("policy entropy (nats)")
+        axes[1, col].set_xlabel("PPO iteration")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_regret(cells, path):
+    """Expected regret of each pull (best mean − pulled arm's mean), averaged over
+    the tasks: how fast each method stops paying for exploration."""
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 6), squeeze=False)
+    styles = {"RL2": ("C0", "-"), "Gittins": ("C3", "--"), "UCB1": ("C1", "-."), "TS": ("C2", ":")}
+    for col, ((n, k), cell) in enumerate(cells.items()):
+        for method, (color, ls) in styles.items():
+            regret = cell["results"][method]["regret_per_pull"]
+            pulls = np.arange(1, n + 1)
+            axes[0, col].plot(pulls, regret, color=color, ls=ls, label=method)
+            axes[1, col].plot(pulls, np.cumsum(regret), color=color, ls=ls, label=method)
+        axes[0, col].set_title(f"n={n}, k={k}")
+        axes[0, col].set_ylabel("expected regret of pull t")
+        axes[1, col].set_ylabel("cumulative expected regret")
+        axes[1, col].set_xlabel("pull t")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trial(cell, n, k, path, tasks=(0, 1, 2)):
+    """What happens inside one trial: the arm pulled at each step (filled = paid 1,
+    open = paid 0) by RL² and by Gittins on the same task, arms labelled with their
+    true means (the best arm's row is shaded)."""
+    plt = ad.runs.pyplot()
+    results, means = cell["results"], cell["means"]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 1.0 + 0.32 * k * len(tasks) + 0.5),
+                             squeeze=False, sharex=True)
+    for row, task in enumerate(tasks):
+        order = means[task]
+        for col, method in enumerate(("RL2", "Gittins")):
+            ax = axes[row, col]
+            arms, rewards = results[method]["arms"][:, task], results[method]["rewards"][:, task]
+            paid = means[task, arms]
+            t = np.arange(1, n + 1)
+            ax.axhspan(np.argmax(order) - 0.45, np.argmax(order) + 0.45, color="gold", alpha=0.3, lw=0)
+            ax.scatter(t[rewards == 1], arms[rewards == 1], s=22 if n <= 20 else 10, color="C0", zorder=3)
+            ax.scatter(t[rewards == 0], arms[rewards == 0], s=22 if n <= 20 else 10, facecolor="white",
+                       edgecolor="C0", zorder=3)
+            ax.set_yticks(range(k))
+            ax.set_yticklabels([f"p={p:.2f}" for p in order], fontsize=7)
+            ax.set_ylim(-0.6, k - 0.4)
+            total = int(rewards.sum())
+            ax.set_title(f"{'RL²' if method == 'RL2' else method}, task {task}: total {total}, "
+                         f"mean of pulled arms {paid.mean():.2f} (best {order.max():.2f})", fontsize=8)
+        axes[row, 0].set_ylabel("arm (true mean)", fontsize=8)
+    for col in range(2):
+        axes[-1, col].set_xlabel("pull t")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+def prefixed_parameters(agent, n_pulls, n_arms):
+    return {f"n{n_pulls}_k{n_arms}.{name}": p for name, p in agent_parameters(agent).items()}
+
+
+def load_agent(path, n_pulls, n_arms):
+    """The agent for cell (n, k) from a params.npz this script wrote."""
+    arrays = ad.nn.load_arrays(path)
+    key = f"n{n_pulls}_k{n_arms}.hidden"
+    if key not in arrays:
+        cells = sorted({name.split(".")[0] for name in arrays})
+        raise ValueError(f"{path}: no agent for n={n_pulls}, k={n_arms} (the file has {cells})")
+    agent = make_agent(n_arms, int(arrays[key]), np.random.default_rng(0))
+    ad.nn.load_parameters(path, prefixed_parameters(agent, n_pulls, n_arms))
+    return agent
+
+
+def main(argv=None):
+    started = time.perf_counter()
+    parser = ad.runs.parser(__doc__, "rl2_bandits")
+    parser.add_argument("--n", type=ad.runs.positive_int, help="pulls per trial (default 10; --full alone: all four cells)")
+    parser.add_argument("--k", type=ad.runs.positive_int, help="arms (default 5)")
+    parser.add_argument("--iterations", type=ad.runs.positive_int, help="PPO iterations (overrides the cell's setting)")
+    parser.add_argument("--trials", type=ad.runs.positive_int, help="trials per PPO iteration (overrides)")
+    parser.add_argument("--hidden", type=ad.runs.positive_int, help="GRU units (overrides)")
+    parser.add_argument("--params", help="evaluate the agents in this params.npz instead of training")
+    args = parser.parse_args(argv)
+    if args.full and args.n is None and args.k is None:
+        cells = FULL_CELLS
+    else:
+        cells = ((args.n or 10, args.k or 5),)
+    for n, k in cells:
+        if (n, k) not in PAPER:
+            parser.error(f"the paper has no figures for n={n}, k={k}: choose n in {{10, 100, 500}} and k in {{5, 10, 50}}")
+        if n not in FULL:
+            parser.error(f"no PPO settings for n={n} yet (have n in {sorted(FULL)})")
+    if args.params is not None and not os.path.exists(args.params):
+        parser.error(f"--params {args.params}: no such file")
+    out = ad.runs.prepare_out(args.out)
+
+    report, named, per_cell = {}, {}, {}
+    for n, k in cells:
+        config = dict(FULL[n] if args.full else LESSON)
+        config.update({key: getattr(args, key) for key in ("iterations", "trials", "hidden") if getattr(args, key)})
+        if config["trials"] < config["minibatches"]:
+            parser.error(f"--trials must be at least {config['minibatches']} (one trial per minibatch)")
+        if args.params is not None:
+            agent, history, train_time = load_agent(args.params, n, k), None, 0.0
+            print(f"n={n}, k={k}: loaded the agent from {args.params}")
+        else:
+            print(f"n={n}, k={k}: training RL² with PPO, {config['iterations']} iterations x "
+                  f"{config['trials']} trials, GRU {config['hidden']} units")
+            agent, history = train_rl2(n, k, config, [args.seed, n, k], label=f"n={n} k={k}")
+            train_time = history["elapsed"][-1]
+        print(f"n={n}, k={k}: evaluating RL² and the baselines (tuning them) on {EVAL_TASKS} unseen tasks")
+        results, means = evaluate_cell(agent, n, k, args.seed)
+        rows = cell_table(results, n, k)
+        train_info = dict(train_time_s=train_time, pulls=config["iterations"] * config["trials"] * n) \
+            if history else None
+        print_cell_table(rows, n, k, train_info)
+        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, history=history, train_time_s=train_time)
+        report[f"n{n}_k{k}"] = dict(
+            table=rows, config=config, train_time_s=round(train_time, 1),
+            rl2_fraction_of_paper_gittins=rows["RL2"]["mean"] / rows["Gittins"]["paper"],
+            regret_per_pull={m: results[m]["regret_per_pull"] for m in ("RL2", "Gittins", "UCB1", "TS", "Greedy")},
+            training_curve=history)
+        named.update(prefixed_parameters(agent, n, k))
+        named[f"n{n}_k{k}.hidden"] = np.array(config["hidden"] if history else agent["policy_gru"].n_hidden)
+
+    if len(cells) > 1:
+        print("\nSummary: ours ± SE (paper)")
+        print("  " + "method".ljust(12) + "".join(f"n={n}, k={k}".rjust(22) for n, k in cells))
+        for method in METHODS:
+            line = "".join(f"{per_cell[c]['rows'][method]['mean']:8.2f} ±{per_cell[c]['rows'][method]['se']:5.2f} "
+                           f"({per_cell[c]['rows'][method]['paper']:5.1f})" for c in cells)
+            print("  " + method.ljust(12) + line)
+        if args.params is None:
+            print("  " + "train time".ljust(12) + "".join(f"{per_cell[c]['train_time_s']:>20.0f} s" for c in cells))
+
+    if args.params is None:
+        ad.nn.save_parameters(os.path.join(out, "params.npz"), named)
+        plot_training(per_cell, os.path.join(out, "rl2_bandits_training.png"))
+    plot_regret(per_cell, os.path.join(out, "rl2_bandits_regret.png"))
+    for n, k in cells:
+        plot_trial(per_cell[(n, k)], n, k, os.path.join(out, f"rl2_bandits_trial_n{n}_k{k}.png"))
+    ad.runs.write_metrics(out, report, args, started)
+    print(f"\nwrote {out}/metrics.json, params.npz and figures")
+
+
+if __name__ == "__main__":
+    main()
