@@ -107,7 +107,7 @@ def pendulum_engine(params, state0, steps, fused):
     tensors = [ad.Tensor(p, requires_grad=True) for p in params]
     state = ad.Tensor(state0)
     step = pendulum_bptt.step_fused if fused else pendulum_bptt.step_ops
-    total = 0.0
+    costs = []
     for _ in range(steps):
         obs = pendulum_bptt.observation(state)
         if fused:
@@ -117,9 +117,9 @@ def pendulum_engine(params, state0, steps, fused):
             for i in range(3):
                 h = ad.tanh(h @ tensors[2 * i] + tensors[2 * i + 1])
             torque = MAX_TORQUE * h
-        state, cost = step(state, torque[:, 0])
-        total = total + cost.sum()
-    loss = total / state0.shape[0]
+        state, cost = step(state, torque)            # torque (B, 1)
+        costs.append(cost)
+    loss = ad.stack(costs).sum() / state0.shape[0]
     loss.backward()
     return loss.item(), [t.grad for t in tensors]
 
