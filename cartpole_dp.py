@@ -421,7 +421,7 @@ def record_gym_episode(score, seed):
 def save_balancing_gif(path, states, every=4):
     """Cart and pole drawn from the state with matplotlib, every `every`-th step."""
     plt = ad.runs.pyplot()
-    fig, ax = plt.subplots(figsize=(3.6, 1.8), dpi=60)
+    fig, ax = plt.subplots(figsize=(4.8, 1.9), dpi=80)
     frames = []
     pole = 2 * LENGTH
     for t in range(0, len(states), every):
@@ -432,6 +432,7 @@ def save_balancing_gif(path, states, every=4):
         ax.set_aspect("equal")
         ax.axis("off")
         ax.plot([-X_LIMIT, X_LIMIT], [0, 0], color="0.5", lw=1)
+        ax.plot([-X_LIMIT, -X_LIMIT, None, X_LIMIT, X_LIMIT], [-0.1, 0.1, None, -0.1, 0.1], color="tab:red", lw=1)
         ax.add_patch(plt.Rectangle((x - 0.25, -0.08), 0.5, 0.16, color="tab:blue"))
         ax.plot([x, x + pole * np.sin(theta)], [0, pole * np.cos(theta)], color="tab:brown", lw=3)
         ax.text(-X_LIMIT - 0.2, 1.15, f"step {t}", fontsize=7)

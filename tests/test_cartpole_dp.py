@@ -1,0 +1,145 @@
+"""cartpole_dp.py: the twin against gymnasium step for step, the fused step's
+gradient, learning on the real environment, and saved policies."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import autodiff as ad
+import cartpole_dp as cp
+
+
+@pytest.fixture(scope="module")
+def eval_states():
+    return cp.gym_initial_states(cp.EVAL_SEEDS)
+
+
+def test_twin_step_equals_gymnasium_for_random_states_and_both_actions():
+    rng = np.random.default_rng(0)
+    n = 3000
+    # wide enough that many next states are past the limits, so termination is tested both ways
+    states = rng.uniform([-2.6, -3.0, -0.25, -3.5], [2.6, 3.0, 0.25, 3.5], size=(n, 4))
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    worst, terminated_count = 0.0, 0
+    for action in (0, 1):
+        twin = cp.cartpole_step(states, np.where(action == 1, cp.FORCE_MAG, -cp.FORCE_MAG)).data
+        twin_done = cp.terminated(twin)
+        for i in range(n):
+            env.unwrapped.state = states[i].copy()          # float64, as gymnasium keeps it
+            env.unwrapped.steps_beyond_terminated = None
+            _, _, done, _, _ = env.step(action)
+            worst = max(worst, float(np.max(np.abs(env.unwrapped.state - twin[i]))))
+            assert done == twin_done[i], f"termination differs for state {states[i]}, action {action}"
+            terminated_count += done
+    env.close()
+    assert worst <= 1e-12, f"twin and gymnasium differ by {worst:.3e}"
+    assert 0.1 * 2 * n < terminated_count < 0.9 * 2 * n      # both outcomes were exercised
+
+
+def test_twin_evaluation_replays_gymnasium_episodes():
+    """The screen used after every training episode gives gymnasium's returns
+    exactly: for untrained networks (episodes ending at all sorts of steps) and
+    for a controller that balances all 500 steps."""
+    seeds = cp.EVAL_SEEDS[:20]
+    initial = cp.gym_initial_states(seeds)
+    balancing = cp.weights_of(cp.make_network(np.random.default_rng(3)))
+    balancing[0] = balancing[0] * 0 + np.array([[0.1], [0.5], [2.0], [0.6]])
+    scores = [cp.scorer(cp.make_network(np.random.default_rng(s))) for s in range(3)]
+    scores.append(lambda obs: cp.forward_numpy(balancing, obs))
+    all_returns = []
+    for score in scores:
+        twin, real = cp.evaluate_on_twin(score, initial), cp.evaluate_on_gym(score, seeds)
+        assert np.array_equal(twin, real), (twin, real)
+        all_returns.extend(real.tolist())
+    assert len(set(all_returns)) > 10 and cp.MAX_STEPS in all_returns
+
+
+def test_fused_step_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    states = rng.uniform([-2, -2, -0.2, -2], [2, 2, 0.2, 2], size=(16, 4))
+    forces = rng.uniform(-10, 10, size=16)
+    for error in ad.gradcheck(lambda s, f: cp.cartpole_step(s, f), [states, forces]):
+        assert error.max_rel < 1e-6, error
+
+
+def test_gradient_reaches_the_policy_through_the_straight_through_sign():
+    policy = cp.make_network(np.random.default_rng(0))
+    state = ad.Tensor(np.array([[0.01, 0.02, 0.03, -0.02]]))
+    s = cp.cartpole_step(state, cp.dp_force(policy, state.detach()))
+    cp.step_cost(s).backward()
+    for W in cp.trainable_weights(policy):
+        assert W.grad is not None and np.any(W.grad != 0)
+
+
+def test_dp_learns_on_the_real_environment_within_five_episodes(eval_states):
+    untrained = cp.evaluate_on_twin(cp.scorer(cp.make_network(np.random.default_rng(0))), eval_states)
+    assert untrained.mean() < 150            # measured 81.2: this seed starts far from the bar
+    policy, record = cp.run_dp(0, eval_states, max_episodes=5)
+    # measured: seed 0 reaches the bar after 3 episodes (955 simulated steps), gymnasium mean 500, min 500
+    assert record["episodes_to_bar"] is not None and record["episodes_to_bar"] <= 5
+    assert record["gym_eval_mean"] >= cp.REWARD_THRESHOLD
+    assert record["twin_equals_gym"]
+    assert record["steps"] == sum(record["train_return"])
+
+
+def test_rl_baseline_learns_on_the_real_environment(eval_states):
+    _, record = cp.run_rl(0, eval_states, max_episodes=60)
+    # measured: seed 0 reaches the bar after 36 episodes (3329 env steps), gymnasium mean 484.1
+    assert record["episodes_to_bar"] is not None
+    assert record["gym_eval_mean"] >= cp.REWARD_THRESHOLD
+
+
+def test_policy_from_file_round_trip(tmp_path):
+    network = cp.make_network(np.random.default_rng(5))
+    for W in cp.trainable_weights(network):
+        W.data = W.data * 3.0
+    path = str(tmp_path / "params.npz")
+    cp.save_policy(path, network)
+    policy = cp.policy_from_file(path)
+    score = cp.scorer(network)
+    obs = np.random.default_rng(2).uniform(-0.2, 0.2, size=(200, 4)).astype(np.float32)
+    actions = [policy(o) for o in obs]
+    assert actions == [int(score(o) >= 0) for o in obs]
+    assert set(actions) == {0, 1}
+    env = gym.make("CartPole-v1")
+    o, _ = env.reset(seed=7)
+    o, *_ = env.step(policy(o))              # gymnasium accepts the action
+    env.close()
+    with pytest.raises(ValueError, match="shape"):
+        policy(np.zeros(3))
+
+
+def test_corrupt_or_mismatched_params_file_gives_a_clear_error(tmp_path):
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"this is not an npz file")
+    with pytest.raises(ValueError, match="corrupt.npz"):
+        cp.policy_from_file(str(corrupt))
+    wrong = str(tmp_path / "wrong.npz")
+    other = ad.nn.MLP((3, 24, 48, 1), 0)     # e.g. a pendulum policy
+    ad.nn.save_parameters(wrong, other.named_parameters())
+    with pytest.raises(ValueError, match="W1.*shape"):
+        cp.policy_from_file(wrong)
+    nan = str(tmp_path / "nan.npz")
+    network = cp.make_network(0)
+    network.named_parameters()["W2"].data[0, 0] = np.nan
+    cp.save_policy(nan, network)
+    with pytest.raises(ValueError, match="W2.*nan"):
+        cp.policy_from_file(nan)
+    with pytest.raises(FileNotFoundError):
+        cp.policy_from_file(str(tmp_path / "missing.npz"))
+
+
+def test_bad_command_line_values_are_rejected(capsys):
+    for argv in (["--window", "0"], ["--lr", "nan"], ["--dp-seeds", "two"]):
+        with pytest.raises(SystemExit):
+            cp.parse_args(argv)
+        assert "error" in capsys.readouterr().err
+
+
+def test_import_has_no_side_effects():
+    code = "import sys, cartpole_dp; assert 'matplotlib' not in sys.modules and 'gymnasium' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=cp.os.path.dirname(cp.__file__))
