@@ -1,5 +1,14 @@
 """Pendulum-v1 swing-up learned by backpropagation through time (draft)."""
 
+import os
+import time
+
+if __name__ == "__main__":
+    # The matrices here are small (32- and 64-wide MLPs): BLAS threads only add overhead, ~10x on
+    # 2 busy cores. Only when run as a script, and only if the user has not chosen otherwise.
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
 import numpy as np
 
 import autodiff as ad
@@ -141,3 +150,570 @@ def observation(state):
         grad_state[:, 1] = g[:, 2]
         return (grad_state,)
     return obs, vjp
+
+
+def reset_states(rng, n):
+    """n start states from Pendulum-v1's reset distribution: θ ~ U(−π, π), θ̇ ~ U(−1, 1)."""
+    return np.stack([rng.uniform(-np.pi, np.pi, n), rng.uniform(-1.0, 1.0, n)], axis=1)
+
+
+# ----------------------------------------------------------------------------
+# The policy: an odd MLP on the observation, torque squashed into [−2, 2]
+#
+#   u(o) = 2 tanh( f(o) − f(mirror(o)) ),   mirror([cos θ, sin θ, θ̇]) = [cos θ, −sin θ, −θ̇]
+#
+# The pendulum is mirror-symmetric (θ → −θ, u → −u), and this policy is too:
+# u(mirror(o)) = −u(o) by construction. Without it, the first thing BPTT learns
+# is "always push one way at full torque" (the pendulum hangs a little to one
+# side, which lowers θ²), the tanh saturates, and the gradient dies there; an
+# odd policy cannot push one way everywhere. The 2·tanh squash keeps the torque
+# inside the clip, so the clip's zero gradient is never reached.
+# ----------------------------------------------------------------------------
+MIRROR = np.array([1.0, -1.0, -1.0])
+TIE_BREAK = 0.01   # ε: at an exactly symmetric state (hanging straight down at rest) an odd policy
+                   # would output 0 and wait for rounding errors to grow; ε picks a direction
+POLICY_KINDS = ("odd", "plain")
+
+
+@ad.primitive
+def mirror_pair(obs):
+    """(B, 3) observations → (2B, 3): the observations, then their mirror images."""
+    batch = obs.shape[0]
+    return np.concatenate([obs, obs * MIRROR]), lambda g: (g[:batch] + g[batch:] * MIRROR,)
+
+
+@ad.primitive
+def odd_torque(z):
+    """(2B, 1) network outputs for [o; mirror(o)] → torque 2 tanh(z_o − z_mirror + ε), (B, 1)."""
+    batch = z.shape[0] // 2
+    torque = MAX_TORQUE * np.tanh(z[:batch] - z[batch:] + TIE_BREAK)
+
+    def vjp(g):
+        dz = g * (MAX_TORQUE - torque * torque / MAX_TORQUE)   # d/dx 2 tanh x = 2 (1 − tanh² x)
+        return (np.concatenate([dz, -dz]),)
+    return torque, vjp
+
+
+def make_policy(rng, hidden=32):
+    """The network f: 3 → hidden → hidden → 1, tanh hidden layers, linear output
+    (the odd policy squashes f(o) − f(mirror(o)); the plain one f(o))."""
+    return ad.nn.MLP((3, hidden, hidden, 1), rng, activation="tanh", out_activation=None)
+
+
+def policy_torque(net, obs, kind="odd"):
+    """Torque (B, 1) in [−2, 2] for observations obs (B, 3), a Tensor."""
+    if kind == "odd":
+        return odd_torque(net(mirror_pair(obs)))
+    return MAX_TORQUE * ad.tanh(net(obs))
+
+
+def act(net, obs, kind="odd"):
+    """NumPy in, NumPy out, no graph: torques (B,) for observations (B, 3)."""
+    with ad.no_grad():
+        return policy_torque(net, ad.Tensor(np.asarray(obs, dtype=np.float64)), kind).data[:, 0]
+
+
+# ----------------------------------------------------------------------------
+# The loss: one window of the simulated episode, differentiated end to end
+# ----------------------------------------------------------------------------
+def window_loss(net, state, window, kind="odd"):
+    """Run the twin for `window` steps from `state` (B, 2), the policy in the
+    loop, and return (mean over the batch of the summed cost / window, end state).
+
+    The graph is a recurrent net whose hidden state is the pendulum's state:
+    state_{t+1} = step(state_t, policy(obs(state_t))). Backward through it is
+    backpropagation through time; each torque's gradient sums its effect on
+    every later cost in the window, through the physics."""
+    costs = []
+    for _ in range(window):
+        torque = policy_torque(net, observation(state), kind)
+        state, cost = step_fused(state, torque)
+        costs.append(cost)
+    loss = ad.stack(costs).sum() / (state.shape[0] * window)
+    return loss, state
+
+
+# ----------------------------------------------------------------------------
+# Training by truncated BPTT through the twin
+# ----------------------------------------------------------------------------
+def train_bptt(seed, sim_steps, batch, window, lr, hidden=32, kind="odd", episode_length=EPISODE_STEPS,
+               max_grad_norm=100.0, curve_at=(), curve_policy_eval=None, label="bptt"):
+    """Train a policy on `batch` simulated episodes at a time, updating it after
+    every `window` steps (truncated BPTT), until `sim_steps` simulated steps.
+
+    An episode is `episode_length` steps of one trajectory from a reset state.
+    Within it, the state is carried from window to window (so the policy also
+    learns from the later, upright part of the swing-up), but the gradient is
+    cut at window boundaries. Every simulated step of every trajectory counts
+    toward `sim_steps`: one update costs batch × window steps.
+
+    curve_policy_eval(policy) → mean return, called when `done` first reaches each of `curve_at`.
+    Returns (net, curve [(steps, mean return)], info)."""
+    rng = np.random.default_rng(seed)
+    net = make_policy(rng, hidden)
+    params = net.parameters()
+    optimizer = ad.optim.Adam(params, lr=lr)
+    curve, grad_norms, checkpoints = [], [], sorted(curve_at)
+    done = 0
+    state, t_episode = reset_states(rng, batch), 0
+    progress = ad.runs.Progress(sim_steps, label, every=5.0)
+    while done < sim_steps:
+        if checkpoints and done >= checkpoints[0]:
+            curve.append((done, curve_policy_eval(lambda obs: act(net, obs, kind))))
+            checkpoints = [c for c in checkpoints if c > done]
+        # constant step size, then a linear decay to 5% over the last quarter
+        optimizer.lr = lr * min(1.0, 0.05 + 0.95 * (1.0 - done / sim_steps) / 0.25)
+        steps = min(window, episode_length - t_episode)
+        loss, end = window_loss(net, ad.Tensor(state), steps, kind)
+        optimizer.zero_grad()
+        loss.backward()
+        grad_norms.append(ad.optim.clip_grad_norm(params, max_grad_norm))
+        optimizer.step()
+        done += batch * steps
+        state, t_episode = end.data, t_episode + steps
+        if t_episode >= episode_length:
+            state, t_episode = reset_states(rng, batch), 0
+        progress.update(min(done, sim_steps), loss=loss.item())
+    if curve_policy_eval is not None:
+        curve.append((done, curve_policy_eval(lambda obs: act(net, obs, kind))))
+    info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
+            "max_grad_norm_seen": float(np.max(grad_norms)), "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
+    return net, curve, info
+
+
+# ----------------------------------------------------------------------------
+# Evaluation on the real environment: gymnasium.make("Pendulum-v1")
+# ----------------------------------------------------------------------------
+EVAL_SEED_BASE = 1_000_000    # final evaluation: reset seeds 1,000,000 + k
+CURVE_SEED_BASE = 2_000_000   # learning-curve checks: reset seeds 2,000,000 + k
+DDPG_SEED_BASE = 3_000_000    # DDPG's training environment (BPTT never touches Gymnasium in training)
+
+
+def gymnasium_obs(state):
+    """The float32 observation Gymnasium returns for a state [θ, θ̇]."""
+    return np.array([np.cos(state[0]), np.sin(state[0]), state[1]], dtype=np.float32)
+
+
+def run_gymnasium(policy, seeds=None, starts=None):
+    """Play one Pendulum-v1 episode per reset seed (or per start state [θ, θ̇],
+    set through env.unwrapped.state) with all environments in lockstep, the
+    policy mapping a (B, 3) batch of observations to (B,) torques.
+
+    Returns (returns (B,), angles (B, 201): θ wrapped to [−π, π) along the way)."""
+    import gymnasium as gym
+    count = len(seeds) if seeds is not None else len(starts)
+    envs = [gym.make("Pendulum-v1") for _ in range(count)]
+    obs = np.empty((count, 3), dtype=np.float32)
+    for i, env in enumerate(envs):
+        if seeds is not None:
+            obs[i] = env.reset(seed=int(seeds[i]))[0]
+        else:
+            env.reset(seed=0)
+            env.unwrapped.state = np.array(starts[i], dtype=np.float64)
+            obs[i] = gymnasium_obs(env.unwrapped.state)
+    returns = np.zeros(count)
+    angles = np.empty((count, EPISODE_STEPS + 1))
+    for t in range(EPISODE_STEPS):
+        angles[:, t] = np.arctan2(obs[:, 1], obs[:, 0])
+        torques = np.asarray(policy(obs), dtype=np.float32).reshape(count)
+        for i, env in enumerate(envs):
+            obs[i], reward, terminated, truncated, _ = env.step(torques[i:i + 1])
+            returns[i] += reward
+    angles[:, -1] = np.arctan2(obs[:, 1], obs[:, 0])
+    for env in envs:
+        env.close()
+    return returns, angles
+
+
+def evaluate(policy, episodes=100, seed_base=EVAL_SEED_BASE):
+    returns, _ = run_gymnasium(policy, seeds=seed_base + np.arange(episodes))
+    return {"mean": float(returns.mean()), "std": float(returns.std()), "worst": float(returns.min()),
+            "best": float(returns.max()), "episodes": episodes, "returns": returns}
+
+
+def steps_to_upright(angles, tolerance=0.3):
+    """First step after which |θ| < tolerance for the rest of the episode (nan if never)."""
+    upright = np.abs(angles) < tolerance
+    stays = np.flip(np.logical_and.accumulate(np.flip(upright, axis=1), axis=1), axis=1)
+    first = np.argmax(stays, axis=1).astype(float)
+    first[~stays[:, -1]] = np.nan
+    return first
+
+
+# ----------------------------------------------------------------------------
+# The RL baseline: DDPG (Lillicrap et al., 2016) on the real environment
+#
+#   critic  Q(o, a) ← r + γ Q'(o', μ'(o'))          (squared TD error, a replay buffer)
+#   actor   μ(o)    ← ascend Q(o, μ(o))              (the critic's gradient in a)
+#   targets θ' ← (1 − τ) θ' + τ θ;  exploration μ(o) + N(0, σ²)
+#
+# It learns from Gymnasium transitions only: no model, no gradient through the
+# physics. Settings follow RL Zoo's DDPG/TD3 for Pendulum (γ = 0.98, σ = 0.1 of the
+# action range is 0.2 here, one gradient step per environment step), with
+# smaller networks (64, 64) to fit the one-minute budget.
+# ----------------------------------------------------------------------------
+def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=1e-3, noise=0.2, warmup=1000,
+               curve_at=(), curve_policy_eval=None, label="ddpg"):
+    import gymnasium as gym
+    rng = np.random.default_rng(seed)
+    actor = ad.nn.MLP((3, hidden, hidden, 1), rng, activation="relu", out_activation="tanh")
+    critic = ad.nn.MLP((4, hidden, hidden, 1), rng, activation="relu")
+    actor_target, critic_target = [p.data.copy() for p in actor.parameters()], [p.data.copy() for p in critic.parameters()]
+    actor_opt, critic_opt = ad.optim.Adam(actor.parameters(), lr=lr), ad.optim.Adam(critic.parameters(), lr=lr)
+
+    def q_value(params, obs, action):                    # action scaled to [−1, 1] as the critic's input
+        return ad.mlp(ad.concatenate([obs, action], axis=1), *params, activation="relu")
+
+    def policy(obs):
+        with ad.no_grad():
+            return MAX_TORQUE * actor(ad.Tensor(np.asarray(obs, dtype=np.float64))).data[:, 0]
+
+    buffer = {"obs": np.zeros((env_steps, 3)), "action": np.zeros((env_steps, 1)),
+              "reward": np.zeros((env_steps, 1)), "next_obs": np.zeros((env_steps, 3))}
+    env = gym.make("Pendulum-v1")
+    obs = env.reset(seed=DDPG_SEED_BASE + seed)[0]
+    curve, checkpoints = [], sorted(curve_at)
+    progress = ad.runs.Progress(env_steps, label, every=5.0)
+    episode_return, episode_returns = 0.0, []
+    for t in range(env_steps):
+        if checkpoints and t >= checkpoints[0]:
+            curve.append((t, curve_policy_eval(policy)))
+            checkpoints = [c for c in checkpoints if c > t]
+        if t < warmup:
+            action = rng.uniform(-MAX_TORQUE, MAX_TORQUE)
+        else:
+            action = float(np.clip(policy(obs[None])[0] + noise * rng.normal(), -MAX_TORQUE, MAX_TORQUE))
+        next_obs, reward, terminated, truncated, _ = env.step(np.array([action], dtype=np.float32))
+        # Pendulum never terminates; the 200-step truncation is not a real end, so always bootstrap
+        buffer["obs"][t], buffer["action"][t], buffer["reward"][t], buffer["next_obs"][t] = (
+            obs, action / MAX_TORQUE, reward, next_obs)
+        episode_return += reward
+        obs = next_obs
+        if terminated or truncated:
+            episode_returns.append(episode_return)
+            episode_return, obs = 0.0, env.reset()[0]
+        if t + 1 < warmup:
+            continue
+        index = rng.integers(0, t + 1, batch)
+        o, a, r, o2 = (ad.Tensor(buffer[k][index]) for k in ("obs", "action", "reward", "next_obs"))
+        with ad.no_grad():
+            a2 = ad.mlp(o2, *actor_target, activation="relu", out_activation="tanh")
+            target = r + gamma * q_value(critic_target, o2, a2)
+        critic_loss = ad.mean((q_value(critic.parameters(), o, a) - target) ** 2)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        actor_loss = -ad.mean(q_value(critic.parameters(), o, actor(o)))
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()                                 # the critic's grads from this pass are never applied
+        for targets, live in ((actor_target, actor.parameters()), (critic_target, critic.parameters())):
+            for p_target, p in zip(targets, live):
+                p_target *= 1.0 - tau
+                p_target += tau * p.data
+        progress.update(t + 1, critic_loss=critic_loss.item(), last_return=episode_returns[-1] if episode_returns else 0.0)
+    if curve_policy_eval is not None:
+        curve.append((env_steps, curve_policy_eval(policy)))
+    env.close()
+    return policy, actor, curve, {"env_steps": env_steps, "training_episode_returns": episode_returns}
+
+
+# ----------------------------------------------------------------------------
+# Saving and loading the policy
+# ----------------------------------------------------------------------------
+def save_policy(path, net, kind, **extra):
+    ad.nn.save_parameters(path, net.named_parameters(), policy_kind=np.array(kind), **extra)
+
+
+def load_policy(path):
+    """(net, kind) from a params.npz written by save_policy, or a one-line error."""
+    arrays = ad.nn.load_arrays(path)
+    if "policy_kind" not in arrays or str(arrays["policy_kind"]) not in POLICY_KINDS:
+        raise ValueError(f"{path}: not a pendulum_bptt policy file (no valid 'policy_kind'; has {sorted(arrays)})")
+    if "W1" not in arrays or arrays["W1"].ndim != 2 or arrays["W1"].shape[0] != 3:
+        raise ValueError(f"{path}: 'W1' must have shape (3, hidden)")
+    net = make_policy(0, arrays["W1"].shape[1])
+    ad.nn.load_parameters(path, net.named_parameters())      # checks every name, shape, and finiteness
+    return net, str(arrays["policy_kind"])
+
+
+def policy_from_file(path):
+    """A function mapping a Gymnasium Pendulum-v1 observation [cos θ, sin θ, θ̇]
+    (shape (3,), or a batch (B, 3)) to a Gymnasium action: float32 torque of
+    shape (1,) (or (B, 1)) in [−2, 2]. Deterministic."""
+    net, kind = load_policy(path)
+
+    def policy(obs):
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape[-1:] != (3,) or obs.ndim > 2:
+            raise ValueError(f"policy: expected an observation of shape (3,) or (B, 3), got {obs.shape}")
+        if not np.all(np.isfinite(obs)):
+            raise ValueError("policy: the observation contains nan or inf")
+        torque = act(net, obs.reshape(-1, 3), kind)
+        return torque.astype(np.float32).reshape(obs.shape[:-1] + (1,))
+    return policy
+
+
+# ----------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------
+def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points):
+    plt = ad.runs.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, curve in enumerate(bptt_curves):
+        steps, returns = zip(*curve[1:])                  # from the first checkpoint (log axis: no 0)
+        ax.plot(steps, returns, color="tab:blue", alpha=0.85 if i == 0 else 0.4,
+                label="BPTT through the twin (each seed)" if i == 0 else None)
+    for i, curve in enumerate(ddpg_curves):
+        steps, returns = zip(*curve[1:])
+        ax.plot(steps, returns, color="tab:orange", alpha=0.85 if i == 0 else 0.4,
+                label="DDPG on Gymnasium (each seed)" if i == 0 else None)
+    for i, (name, steps, mean) in enumerate(one_episode_points):
+        ax.scatter([steps], [mean], marker="x", s=60, color="tab:red", zorder=5,
+                   label="BPTT, one trajectory, Flux's schedule" if i == 0 else None)
+        ax.annotate(name, (steps, mean), textcoords="offset points", xytext=(-20, 10 + 14 * i), fontsize=8,
+                    color="tab:red")
+    ax.axhline(-150, color="gray", linestyle="--", linewidth=1)
+    ax.text(150, -140, "−150", color="gray", fontsize=8)
+    ax.scatter([20000], [-152.1], marker="D", color="gray", zorder=5)
+    ax.annotate("published context: RL Zoo DDPG\n−152 after 20k steps (750 episodes)", (20000, -152.1),
+                textcoords="offset points", xytext=(-150, -60), fontsize=8, color="gray",
+                arrowprops=dict(arrowstyle="-", color="gray"))
+    ax.set_xscale("log")
+    ax.set_xlabel("simulated environment steps used for training (200 = one episode)")
+    ax.set_ylabel("mean return, 20 Gymnasium episodes")
+    ax.set_ylim(-1700, 0)
+    ax.set_title("Pendulum-v1: BPTT through a differentiable twin vs DDPG")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_generalisation(path, thetas, speeds, returns, upright_steps):
+    plt = ad.runs.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    extent = [thetas[0], thetas[-1], speeds[0], speeds[-1]]
+    panels = [(returns, "return of the episode", "viridis", None),
+              (upright_steps, "steps until upright for good (|θ| < 0.3)", "magma_r", (0, EPISODE_STEPS))]
+    for ax, (values, title, cmap, limits) in zip(axes, panels):
+        image = ax.imshow(values.T, origin="lower", aspect="auto", extent=extent, cmap=cmap,
+                          vmin=None if limits is None else limits[0], vmax=None if limits is None else limits[1])
+        fig.colorbar(image, ax=ax)
+        ax.add_patch(plt.Rectangle((-np.pi, -1), 2 * np.pi, 2, fill=False, edgecolor="white", linestyle="--"))
+        ax.set_xlabel("initial angle θ (0 upright, ±π hanging down)")
+        ax.set_ylabel("initial speed θ̇")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("Generalisation on Gymnasium Pendulum-v1 (dashed: the reset range)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_swing_up_gif(path, policy, start=(np.pi, 0.0), frames=120):
+    """Play one Gymnasium episode from `start` and draw its first `frames` steps."""
+    import gymnasium as gym
+    plt = ad.runs.pyplot()
+    env = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    env.unwrapped.state = np.array(start, dtype=np.float64)
+    obs, total, images = gymnasium_obs(env.unwrapped.state), 0.0, []
+    fig, ax = plt.subplots(figsize=(2.6, 2.6))
+    ax.set_xlim(-1.25, 1.25)
+    ax.set_ylim(-1.25, 1.25)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    rod, = ax.plot([], [], color="tab:red", linewidth=6, solid_capstyle="round")
+    ax.plot([0], [0], "ko", markersize=4)
+    bar, = ax.plot([], [], color="tab:blue", linewidth=5)
+    ax.text(-1.2, -1.02, "torque", fontsize=6, color="tab:blue")
+    label = ax.text(-1.2, 1.1, "", fontsize=7)
+    for t in range(frames):
+        torque = float(policy(obs[None])[0])
+        theta = float(env.unwrapped.state[0])
+        rod.set_data([0, -np.sin(theta)], [0, np.cos(theta)])   # θ = 0 points up, counter-clockwise positive
+        bar.set_data([0, torque / MAX_TORQUE], [-1.15, -1.15])
+        label.set_text(f"t={t * DT:.2f}s  return {total:.0f}")
+        images.append(ad.runs.figure_to_array(fig))
+        obs, reward, *_ = env.step(np.array([torque], dtype=np.float32))
+        total += reward
+    plt.close(fig)
+    env.close()
+    ad.runs.save_gif(path, images, fps=20)
+
+
+# ----------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------
+def summary(result):
+    return {k: v for k, v in result.items() if k != "returns"}
+
+
+def first_reaching(curve, threshold):
+    """The first checkpoint (steps) whose mean return is ≥ threshold, or None."""
+    return next((steps for steps, mean in curve if mean >= threshold), None)
+
+
+def main(argv=None):
+    started, cpu_started = time.perf_counter(), time.process_time()
+    parser = ad.runs.parser(__doc__, "pendulum_bptt")
+    parser.add_argument("--seeds", type=ad.runs.positive_int, default=5, help="BPTT training seeds: seed, seed+1, ...")
+    parser.add_argument("--sim-steps", type=ad.runs.positive_int, default=320_000,
+                        help="simulated steps of training per BPTT seed (200 = one episode)")
+    parser.add_argument("--batch", type=ad.runs.positive_int, default=8, help="episodes simulated side by side")
+    parser.add_argument("--window", type=ad.runs.positive_int, default=25, help="BPTT window: steps per update")
+    parser.add_argument("--lr", type=ad.runs.positive_float, default=0.01, help="Adam step size for BPTT")
+    parser.add_argument("--hidden", type=ad.runs.positive_int, default=32, help="hidden units per layer of the policy")
+    parser.add_argument("--policy", choices=POLICY_KINDS, default="odd", help="odd (mirror-symmetric) or plain MLP")
+    parser.add_argument("--ddpg-steps", type=ad.runs.positive_int, default=20_000, help="Gymnasium steps for DDPG")
+    parser.add_argument("--ddpg-seeds", type=ad.runs.nonnegative_int, default=None,
+                        help="DDPG training seeds (default 1, or 5 with --full)")
+    parser.add_argument("--eval-episodes", type=ad.runs.positive_int, default=100, help="final Gymnasium episodes")
+    parser.add_argument("--large-eval", type=ad.runs.nonnegative_int, default=None,
+                        help="also evaluate on this many Gymnasium episodes (default 0, or 1000 with --full)")
+    parser.add_argument("--grid", type=ad.runs.positive_int, default=None,
+                        help="generalisation map resolution in θ (default 25, or 61 with --full)")
+    args = parser.parse_args(argv)
+    ddpg_seeds = args.ddpg_seeds if args.ddpg_seeds is not None else (5 if args.full else 1)
+    grid = args.grid or (61 if args.full else 25)
+    large_eval = args.large_eval if args.large_eval is not None else (1000 if args.full else 0)
+    out = ad.runs.prepare_out(args.out)
+
+    def curve_eval(policy):   # 20 fixed Gymnasium episodes, seeds disjoint from the final evaluation's
+        return float(run_gymnasium(policy, seeds=CURVE_SEED_BASE + np.arange(20))[0].mean())
+
+    def log_checkpoints(total):
+        return sorted({0} | {int(s) for s in np.geomspace(1000, total, 10)})
+
+    # 1. BPTT through the twin, several seeds; each evaluated on 100 Gymnasium episodes
+    bptt_runs = []
+    for i in range(args.seeds):
+        seed = args.seed + i
+        t0 = time.perf_counter()
+        net, curve, info = train_bptt(seed, args.sim_steps, args.batch, args.window, args.lr, args.hidden, args.policy,
+                                      curve_at=log_checkpoints(args.sim_steps), curve_policy_eval=curve_eval,
+                                      label=f"bptt seed {seed}")
+        train_time = time.perf_counter() - t0
+        result = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
+        if large_eval:
+            result["large"] = summary(evaluate(lambda obs: act(net, obs, args.policy), large_eval))
+        bptt_runs.append(dict(seed=seed, net=net, curve=curve, info=info, train_s=train_time, result=result))
+        print(f"bptt seed {seed}: mean {result['mean']:.1f}  std {result['std']:.1f}  worst {result['worst']:.1f}  "
+              f"({info['sim_steps']} simulated steps, {train_time:.1f}s)")
+    main_run = bptt_runs[0]
+    save_policy(os.path.join(out, "params.npz"), main_run["net"], args.policy, seed=main_run["seed"])
+
+    # 2. The blog's schedule: ONE trajectory, 4-step windows, Adam 0.03 (200 steps, and Flux's 1000)
+    one_episode = {}
+    for steps in (EPISODE_STEPS, 1000):
+        net, _, info = train_bptt(args.seed, steps, 1, 4, 0.03, args.hidden, args.policy, episode_length=steps,
+                                  label=f"one trajectory of {steps} steps")
+        one_episode[steps] = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
+
+    zero_torque = evaluate(lambda obs: np.zeros(len(obs)), args.eval_episodes)       # a reference point
+
+    # 3. The RL baseline on the real environment
+    ddpg_runs = []
+    for i in range(ddpg_seeds):
+        seed = args.seed + i
+        t0 = time.perf_counter()
+        policy, _, curve, info = train_ddpg(seed, args.ddpg_steps, curve_at=log_checkpoints(args.ddpg_steps),
+                                            curve_policy_eval=curve_eval, label=f"ddpg seed {seed}")
+        train_time = time.perf_counter() - t0
+        result = evaluate(policy, args.eval_episodes)
+        if large_eval:
+            result["large"] = summary(evaluate(policy, large_eval))
+        ddpg_runs.append(dict(seed=seed, curve=curve, info=info, train_s=train_time, result=result))
+        print(f"ddpg seed {seed}: mean {result['mean']:.1f}  std {result['std']:.1f}  worst {result['worst']:.1f}  "
+              f"({args.ddpg_steps} Gymnasium steps, {train_time:.1f}s)")
+
+    # 4. Generalisation: every start on a grid of angle x speed, on Gymnasium
+    main_policy = lambda obs: act(main_run["net"], obs, args.policy)                      # noqa: E731
+    thetas, speeds = np.linspace(-np.pi, np.pi, grid), np.linspace(-2.0, 2.0, (grid + 1) // 2 | 1)
+    starts = np.array([(th, sp) for th in thetas for sp in speeds])
+    grid_returns, grid_angles = run_gymnasium(main_policy, starts=starts)
+    grid_upright = steps_to_upright(grid_angles)
+    shape = (len(thetas), len(speeds))
+    hanging = np.abs(np.abs(starts[:, 0]) - np.pi) < 1e-12
+    in_reset_range = np.abs(starts[:, 1]) <= 1.0
+
+    # 5. Figures and metrics
+    plot_learning_curves(os.path.join(out, "learning_curve.png"), [r["curve"] for r in bptt_runs],
+                         [r["curve"] for r in ddpg_runs],
+                         [("one episode, 200 steps", EPISODE_STEPS, one_episode[EPISODE_STEPS]["mean"]),
+                          ("one trajectory, 1000 steps", 1000, one_episode[1000]["mean"])])
+    plot_generalisation(os.path.join(out, "generalisation.png"), thetas, speeds, grid_returns.reshape(shape),
+                        np.where(np.isnan(grid_upright), EPISODE_STEPS, grid_upright).reshape(shape))
+    save_swing_up_gif(os.path.join(out, "swing_up.gif"), main_policy)
+
+    bptt_means = [r["result"]["mean"] for r in bptt_runs]
+    metrics = {
+        "bptt": {
+            "per_seed": [dict(seed=r["seed"], **summary(r["result"]), train_seconds=round(r["train_s"], 2),
+                              simulated_steps=r["info"]["sim_steps"], episodes_simulated=r["info"]["episodes_simulated"],
+                              updates=r["info"]["updates"], gymnasium_steps_in_training=0,
+                              steps_to_mean_minus_200=first_reaching(r["curve"], -200),
+                              steps_to_mean_minus_150=first_reaching(r["curve"], -150),
+                              curve=r["curve"]) for r in bptt_runs],
+            "mean_over_seeds": float(np.mean(bptt_means)), "worst_seed_mean": float(np.min(bptt_means)),
+            "all_seeds_at_least_minus_150": bool(np.min(bptt_means) >= -150),
+            "setup": dict(batch=args.batch, window=args.window, lr=args.lr, hidden=args.hidden, policy=args.policy,
+                          simulated_steps_per_update=args.batch * args.window),
+        },
+        "one_trajectory_flux_schedule": {str(k): summary(v) for k, v in one_episode.items()},
+        "zero_torque": summary(zero_torque),
+        "ddpg": {
+            "per_seed": [dict(seed=r["seed"], **summary(r["result"]), train_seconds=round(r["train_s"], 2),
+                              gymnasium_steps=r["info"]["env_steps"],
+                              steps_to_mean_minus_200=first_reaching(r["curve"], -200),
+                              steps_to_mean_minus_150=first_reaching(r["curve"], -150),
+                              curve=r["curve"]) for r in ddpg_runs],
+        },
+        "generalisation": {
+            "grid_theta": thetas, "grid_speed": speeds, "returns": grid_returns.reshape(shape),
+            "mean_return": float(grid_returns.mean()), "worst_return": float(grid_returns.min()),
+            "mean_return_reset_range": float(grid_returns[in_reset_range].mean()),
+            "hanging_down_mean_return": float(grid_returns[hanging].mean()),
+            "hanging_down_worst_return": float(grid_returns[hanging].min()),
+            "never_upright_fraction": float(np.mean(np.isnan(grid_upright))),
+            "median_steps_to_upright": float(np.nanmedian(grid_upright)),
+        },
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "evaluation": {"env": "gymnasium.make('Pendulum-v1')", "episodes": args.eval_episodes,
+                       "reset_seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_episodes - 1}",
+                       "deterministic": True},
+    }
+    ad.runs.write_metrics(out, metrics, args, started)
+
+    print()
+    print(f"{'Pendulum-v1, ' + str(args.eval_episodes) + ' Gymnasium episodes':46s} {'mean':>8s} {'std':>7s} {'worst':>8s}  training")
+    for r in bptt_runs:
+        res = r["result"]
+        print(f"{'BPTT seed ' + str(r['seed']):46s} {res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}  "
+              f"{r['info']['sim_steps']:,} simulated steps ({r['info']['episodes_simulated']:.0f} episodes), {r['train_s']:.1f}s")
+    for steps, res in one_episode.items():
+        print(f"{'BPTT, one trajectory of ' + str(steps) + ' steps (4-step windows)':46s} {res['mean']:8.1f} "
+              f"{res['std']:7.1f} {res['worst']:8.1f}  {steps:,} simulated steps")
+    print(f"{'zero torque (reference)':46s} {zero_torque['mean']:8.1f} {zero_torque['std']:7.1f} {zero_torque['worst']:8.1f}")
+    for r in ddpg_runs:
+        res = r["result"]
+        print(f"{'DDPG seed ' + str(r['seed']):46s} {res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}  "
+              f"{args.ddpg_steps:,} Gymnasium steps ({args.ddpg_steps / EPISODE_STEPS:.0f} episodes), {r['train_s']:.1f}s")
+    if large_eval:
+        for name, runs in (("BPTT", bptt_runs), ("DDPG", ddpg_runs)):
+            for r in runs:
+                res = r["result"]["large"]
+                print(f"{name + ' seed ' + str(r['seed']) + ', ' + str(large_eval) + ' episodes':46s} "
+                      f"{res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}")
+    g = metrics["generalisation"]
+    print(f"generalisation grid ({len(starts)} starts, θ in [−π, π], θ̇ in [−2, 2]): mean {g['mean_return']:.1f}, "
+          f"worst {g['worst_return']:.1f}; hanging down: mean {g['hanging_down_mean_return']:.1f}, "
+          f"worst {g['hanging_down_worst_return']:.1f}; never upright {100 * g['never_upright_fraction']:.1f}%")
+    print(f"BPTT over {args.seeds} seeds: mean of means {np.mean(bptt_means):.1f}, worst seed {np.min(bptt_means):.1f} "
+          f"(bar: >= -150)")
+    print(f"wall time {time.perf_counter() - started:.1f}s; outputs in {out}/")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

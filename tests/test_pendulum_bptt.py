@@ -1,0 +1,206 @@
+"""Tests for pendulum_bptt.py: the twin against Gymnasium, the fused step's
+gradients, fused vs plain ops, learning on the real environment, the policy file."""
+
+import json
+import os
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import autodiff as ad  # noqa: E402
+import pendulum_bptt as pb  # noqa: E402
+
+
+def random_cases(n, seed=0):
+    """States and torques that exercise every branch: wound-up angles, speeds
+    at and beyond the clip, torques beyond ±2 and exactly at it."""
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(-30.0, 30.0, n)
+    speed = rng.uniform(-8.0, 8.0, n)
+    speed[: n // 10] = rng.choice([-8.0, 8.0], n // 10)               # at the clip
+    speed[n // 10: n // 5] = rng.choice([-1.0, 1.0], n // 10) * rng.uniform(7.5, 8.0, n // 10)  # clipped after the step
+    torque = rng.uniform(-6.0, 6.0, n)                                 # about 2/3 of them outside ±2
+    torque[: n // 20] = rng.choice([-2.0, 2.0], n // 20)
+    return np.stack([theta, speed], axis=1), torque
+
+
+def gymnasium_steps(states, torques):
+    env = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    next_states, costs, observations = np.empty_like(states), np.empty(len(states)), np.empty((len(states), 3))
+    for i, (state, torque) in enumerate(zip(states, torques)):
+        env.unwrapped.state = state.copy()
+        observations[i], reward, *_ = env.step(np.array([torque]))
+        next_states[i], costs[i] = env.unwrapped.state, -reward
+    return next_states, costs, observations
+
+
+def test_twin_matches_gymnasium_step_for_step():
+    states, torques = random_cases(4000)
+    expected_state, expected_cost, expected_obs = gymnasium_steps(states, torques)
+    assert np.mean(np.abs(torques) > 2) > 0.5 and np.mean(np.abs(expected_state[:, 1]) == 8.0) > 0.1
+    for name, step in (("numpy", pb.step_numpy), ("ops", pb.step_ops), ("fused", pb.step_fused)):
+        if name == "numpy":
+            next_state, cost = step(states, torques)
+        else:
+            next_state, cost = (t.data for t in step(ad.Tensor(states), ad.Tensor(torques)))
+        np.testing.assert_allclose(next_state, expected_state, rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(cost, expected_cost, rtol=0, atol=1e-12, err_msg=name)
+    obs = pb.observation(ad.Tensor(expected_state)).data
+    np.testing.assert_allclose(obs, expected_obs, rtol=0, atol=1e-6)       # Gymnasium's obs is float32
+    np.testing.assert_allclose(pb.gymnasium_obs(expected_state[0]), expected_obs[0], rtol=0, atol=0)
+
+
+def test_twin_follows_a_whole_gymnasium_episode():
+    """200 steps of closed-loop play agree exactly, not just single steps."""
+    env = gym.make("Pendulum-v1")
+    obs, _ = env.reset(seed=123)
+    state = env.unwrapped.state.copy()[None]
+    rng = np.random.default_rng(1)
+    for _ in range(pb.EPISODE_STEPS):
+        torque = rng.uniform(-3, 3, 1)
+        obs, reward, *_ = env.step(torque)
+        state, cost = pb.step_numpy(state, torque)
+        assert abs(cost[0] + reward) <= 1e-12
+    np.testing.assert_allclose(state[0], env.unwrapped.state, rtol=0, atol=1e-12)
+
+
+def test_fused_step_gradcheck():
+    # inside and beyond both clips, but not exactly on a kink (central differences straddle it there)
+    states, torques = random_cases(40, seed=3)
+    rng = np.random.default_rng(4)
+    states[:, 0] = rng.uniform(-3, 3, 40)                                  # away from the wrap's jump at ±π
+    torques = rng.uniform(-4, 4, 40)
+
+    def both_outputs(state, torque):
+        next_state, cost = pb.step_fused(state, torque)
+        return ad.concatenate([next_state, ad.reshape(cost, (-1, 1))], axis=1)
+
+    for error in ad.gradcheck(both_outputs, [states, torques]):
+        assert error.max_rel < 1e-6, error
+    for f, inputs in ((pb.observation, [states]), (pb.mirror_pair, [np.random.default_rng(5).normal(size=(6, 3))]),
+                      (pb.odd_torque, [np.random.default_rng(6).normal(size=(6, 1))])):
+        for error in ad.gradcheck(f, inputs):
+            assert error.max_rel < 1e-6, (f.__name__, error)
+
+
+def test_bptt_window_gradcheck():
+    """The whole recurrent graph (policy → step → policy ...) has the right gradient."""
+    net = pb.make_policy(np.random.default_rng(0), hidden=4)
+    start = pb.reset_states(np.random.default_rng(1), 3)
+
+    def loss_of(*params):                                                 # W1, b1, W2, b2, W3, b3
+        state, costs = ad.Tensor(start), []
+        for _ in range(8):
+            z = ad.mlp(pb.mirror_pair(pb.observation(state)), *params, activation="tanh")
+            state, cost = pb.step_fused(state, pb.odd_torque(z))
+            costs.append(cost)
+        return ad.stack(costs).sum()
+
+    for error in ad.gradcheck(loss_of, [p.data for p in net.parameters()]):
+        assert error.max_rel < 1e-6, error
+
+
+def rollout_gradients(step, torque_shape, steps=40):
+    net = pb.make_policy(np.random.default_rng(0), hidden=8)
+    state, total = ad.Tensor(pb.reset_states(np.random.default_rng(2), 16) * [1.0, 6.0]), 0.0
+    for _ in range(steps):
+        torque = 3.0 * ad.tanh(net(pb.observation(state)))                 # reaches past ±2: the clip is active
+        state, cost = step(state, torque if torque_shape == "column" else torque[:, 0])
+        total = total + cost.sum()
+    total.backward()
+    return total.item(), state.data, [p.grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("torque_shape", ["column", "vector"])
+def test_step_ops_and_step_fused_agree(torque_shape):
+    loss_ops, state_ops, grads_ops = rollout_gradients(pb.step_ops, torque_shape)
+    loss_fused, state_fused, grads_fused = rollout_gradients(pb.step_fused, torque_shape)
+    assert abs(loss_ops - loss_fused) <= 1e-12 * abs(loss_ops)
+    np.testing.assert_allclose(state_ops, state_fused, rtol=0, atol=1e-12)
+    for g_ops, g_fused in zip(grads_ops, grads_fused):
+        np.testing.assert_allclose(g_fused, g_ops, rtol=1e-10, atol=1e-12)
+    # a (B, 1) torque gets a (B, 1) gradient, a (B,) torque a (B,) one
+    torque = ad.Tensor(np.zeros((5, 1) if torque_shape == "column" else 5), requires_grad=True)
+    pb.step_fused(ad.Tensor(np.ones((5, 2))), torque)[1].sum().backward()
+    assert torque.grad.shape == torque.shape
+
+
+def test_policy_is_mirror_symmetric_and_inside_the_torque_limit():
+    net = pb.make_policy(np.random.default_rng(0))
+    obs = pb.observation(ad.Tensor(pb.reset_states(np.random.default_rng(1), 50) * [1.0, 8.0])).data
+    torque, mirrored = pb.act(net, obs), pb.act(net, obs * pb.MIRROR)
+    assert np.all(np.abs(torque) <= pb.MAX_TORQUE)
+    np.testing.assert_allclose(mirrored, -torque, atol=2 * pb.MAX_TORQUE * pb.TIE_BREAK)   # odd up to ε
+    hanging = pb.act(net, np.array([[-1.0, 0.0, 0.0]]))
+    assert hanging[0] != 0.0                                              # ε picks a direction at the symmetric point
+
+
+def test_bptt_learns_to_swing_up_on_gymnasium():
+    """120,000 simulated steps (measured: -140 on these 50 episodes; untrained -1800; zero torque -1200)."""
+    net, _, info = pb.train_bptt(0, 120_000, batch=8, window=25, lr=0.01, label="test")
+    assert info["sim_steps"] == 120_000
+    result = pb.evaluate(lambda obs: pb.act(net, obs), episodes=50, seed_base=5_000_000)
+    assert result["mean"] >= -175, result["mean"]
+    assert result["worst"] >= -500, result["worst"]
+
+
+def test_policy_from_file_round_trip_and_errors(tmp_path):
+    net = pb.make_policy(np.random.default_rng(0))
+    path = str(tmp_path / "params.npz")
+    pb.save_policy(path, net, "odd")
+    policy = pb.policy_from_file(path)
+    env = gym.make("Pendulum-v1")
+    obs, _ = env.reset(seed=0)
+    action = policy(obs)
+    assert action.shape == (1,) and action.dtype == np.float32 and env.action_space.contains(action)
+    assert action[0] == np.float32(pb.act(net, obs[None])[0])
+    batch = np.stack([obs, obs * pb.MIRROR.astype(np.float32)])
+    assert policy(batch).shape == (2, 1)
+    env.step(action)
+    with pytest.raises(ValueError, match="shape"):
+        policy(np.zeros(4))
+
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="corrupt.npz"):
+        pb.policy_from_file(str(corrupt))
+    with pytest.raises(FileNotFoundError):
+        pb.policy_from_file(str(tmp_path / "missing.npz"))
+    arrays = {k: p.data for k, p in net.named_parameters().items()}
+    np.savez(tmp_path / "nokind.npz", **arrays)
+    with pytest.raises(ValueError, match="policy_kind"):
+        pb.policy_from_file(str(tmp_path / "nokind.npz"))
+    np.savez(tmp_path / "shape.npz", policy_kind=np.array("odd"), **{**arrays, "W2": np.zeros((32, 5))})
+    with pytest.raises(ValueError, match="W2"):
+        pb.policy_from_file(str(tmp_path / "shape.npz"))
+    np.savez(tmp_path / "nan.npz", policy_kind=np.array("odd"), **{**arrays, "b1": np.full(32, np.nan)})
+    with pytest.raises(ValueError, match="nan"):
+        pb.policy_from_file(str(tmp_path / "nan.npz"))
+
+
+def test_main_writes_every_output(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    pb.main(["--seeds", "1", "--sim-steps", "2000", "--ddpg-steps", "1100", "--eval-episodes", "5", "--grid", "3",
+             "--out", out])
+    for name in ("metrics.json", "params.npz", "learning_curve.png", "generalisation.png", "swing_up.gif"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)["metrics"]
+    assert metrics["bptt"]["per_seed"][0]["simulated_steps"] == 2000
+    assert metrics["bptt"]["per_seed"][0]["gymnasium_steps_in_training"] == 0
+    assert metrics["ddpg"]["per_seed"][0]["gymnasium_steps"] == 1100
+    assert os.path.getsize(os.path.join(out, "swing_up.gif")) < 2_000_000
+    policy = pb.policy_from_file(os.path.join(out, "params.npz"))
+    assert policy(np.zeros(3, dtype=np.float32)).shape == (1,)
+    assert "BPTT seed 0" in capsys.readouterr().out
+
+
+def test_bad_arguments_fail_with_a_clear_message(capsys):
+    for argv in (["--window", "0"], ["--lr", "nan"], ["--policy", "round"]):
+        with pytest.raises(SystemExit):
+            pb.main(argv + ["--out", "/nonexistent/never-written"])
+        assert "error" in capsys.readouterr().err
