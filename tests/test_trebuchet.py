@@ -1,0 +1,149 @@
+"""Tests for trebuchet.py: the simulator's gradient, its physics, batching,
+the Newton aimer and a short training run."""
+
+import math
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+import trebuchet as T
+
+
+def random_shots(seed, n):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0.0, T.WIND_STD, n), rng.uniform(*T.ANGLE_RANGE, n), rng.uniform(*T.WEIGHT_RANGE, n))
+
+
+def central_differences(wind, angle, weight, steps=(1e-5, 1e-6, 1e-4)):
+    """∂distance/∂input for every shot at once (the shots are independent, so
+    nudging all of them together gives each its own derivative)."""
+    inputs, grads = [wind, angle, weight], []
+    for i, h in enumerate(steps):
+        up, down = list(inputs), list(inputs)
+        up[i], down[i] = inputs[i] + h, inputs[i] - h
+        plus = T.distance_and_jacobian(*up, wrt=(False, False, False))[0]
+        minus = T.distance_and_jacobian(*down, wrt=(False, False, False))[0]
+        grads.append((plus - minus) / (2 * h))
+    return grads
+
+
+def test_gradient_through_the_engine_matches_central_differences():
+    wind, angle, weight = random_shots(0, 48)          # 48 points of the training range
+    tensors = [ad.Tensor(x, requires_grad=True) for x in (wind, angle, weight)]
+    distance = T.shoot(*tensors)
+    assert np.all(np.isfinite(distance.data))
+    ad.sum(distance).backward()
+    for name, tensor, numeric in zip(T.INPUT_NAMES, tensors, central_differences(wind, angle, weight)):
+        relative = np.abs(tensor.grad - numeric) / np.maximum(np.abs(numeric), 1e-2)
+        assert relative.max() < 1e-4, f"{name}: worst relative error {relative.max():.2e}"
+
+
+def test_gradcheck_of_the_throw_op():
+    wind, angle, weight = random_shots(1, 2)
+    errors = ad.gradcheck(lambda w, r, m: T.shoot(w, r, m), [wind, angle, weight], eps=1e-6)
+    for e in errors:
+        assert e.max_rel < 1e-4, e
+
+
+def test_blog_call_gradient():
+    """gradient(shoot)(-2, 45, 200): our wind and weight components are within
+    ~2% and ~15% of the published (4.02, _, 0.051); the angle component is
+    about -88 m/rad, and the distance really changes by ~9 m over 0.1 rad."""
+    blog = T.blog_call()
+    dwind, dangle, dweight = blog["ours"]["gradient"]
+    assert abs(dwind - 4.02) / 4.02 < 0.02
+    assert abs(dweight - 0.051) / 0.051 < 0.2
+    below, above = blog["distance_at_angle_minus_plus_0.05rad"]
+    assert dangle == pytest.approx((above - below) / 0.1, rel=0.02)
+
+
+def swing_energies(weight, angle, integration=T.INTEGRATION):
+    result = T.simulate(np.array([0.0]), np.array([angle]), np.array([weight]), integration=integration, record=True)
+    ground = np.array(result["tracks"]["ground"])[..., 0]
+    gamma, gamma_dot = T.sling_on_ground(ground[:, 0], ground[:, 2])
+    ground = np.stack([ground[:, 0], ground[:, 1], gamma, ground[:, 2], ground[:, 3], gamma_dot], axis=1)
+    states = np.concatenate([ground, np.array(result["tracks"]["hang"])[..., 0]])
+    return T.energies(states.T, weight)
+
+
+@pytest.mark.parametrize("weight", [15.0, 90.0, 180.0])
+def test_energy_is_conserved_in_the_frictionless_swing(weight):
+    """Ground and hang phases have no friction: kinetic + potential energy must
+    stay constant, to within 0.3% of the kinetic energy the swing produces."""
+    for angle in (math.radians(10), math.radians(75)):
+        kinetic, potential = swing_energies(weight, angle)
+        total = kinetic + potential
+        assert kinetic[0] == 0.0 and kinetic.max() > 20.0
+        assert np.max(np.abs(total - total[0])) < 3e-3 * kinetic.max()
+
+
+def test_reference_integration_creates_energy():
+    """Why not explicit Euler at 1/60 s like the reference: it makes energy
+    from nowhere during the swing (here more than 10% of the kinetic energy)."""
+    kinetic, potential = swing_energies(200 * T.POUND, math.asin(math.sin(45.0)), T.REFERENCE_INTEGRATION)
+    total = kinetic + potential
+    assert np.max(total - total[0]) > 0.1 * kinetic.max()
+
+
+def test_batch_of_one_equals_inside_a_batch_of_256():
+    wind, angle, weight = random_shots(2, 256)
+    distance, jacobian = T.distance_and_jacobian(wind, angle, weight)
+    for i in (0, 77, 255):
+        alone, alone_jacobian = T.distance_and_jacobian(wind[i:i + 1], angle[i:i + 1], weight[i:i + 1])
+        assert alone[0] == pytest.approx(distance[i], rel=1e-13)
+        for k in range(3):
+            assert alone_jacobian[k][0] == pytest.approx(jacobian[k][i], rel=1e-10)
+
+
+def test_distance_is_smooth_not_a_staircase():
+    """Across many step boundaries of every phase the distance changes by the
+    slope times the nudge: the events are interpolated, not snapped to steps.
+    (Snapping would make jumps of centimetres to metres; what remains are
+    kinks, the slope changing by ~0.5% where an event crosses a step boundary.)"""
+    angles = math.radians(40) + np.linspace(0.0, 0.02, 201)
+    distance, jacobian = T.distance_and_jacobian(0.0, angles, 90.0, wrt=(False, True, False))
+    step = np.diff(distance)
+    expected = 0.5 * (jacobian[1][1:] + jacobian[1][:-1]) * np.diff(angles)
+    assert np.max(np.abs(step - expected)) < 0.02 * np.max(np.abs(step))
+
+
+def test_shoot_shapes_and_bad_input():
+    assert T.shoot(0.0, 0.7, 90.0).shape == ()
+    assert T.shoot(np.zeros((2, 3)), 0.7, np.full(3, 90.0)).shape == (2, 3)
+    with pytest.raises(ValueError, match="release angle contains nan"):
+        T.shoot(0.0, np.nan, 90.0)
+    assert np.isnan(T.shoot(0.0, 0.7, 3.0).data)          # too light to lift the arm: a failed shot
+
+
+def test_newton_aim_within_one_centimetre_in_at_most_20_evaluations():
+    rng = np.random.default_rng(3)
+    target, wind = T.sample_shots(rng, 40)
+    shortest, longest = T.reach(wind, n_iter=20)
+    within = (target < longest - 0.5) & (target > shortest + 0.5)
+    result = T.aim(target[within], wind[within], tolerance=0.01, max_evaluations=20)
+    assert within.sum() >= 30
+    assert np.all(np.abs(result["distance"] - target[within]) < 0.01)
+    assert result["evaluations"].max() <= 20
+    assert np.all((result["angle"] >= T.ANGLE_RANGE[0]) & (result["weight"] <= T.WEIGHT_RANGE[1]))
+
+
+def test_short_training_learns_to_aim():
+    """60 steps of 64 shots take the held-out miss from tens of metres to a
+    few metres (measured: 31.1 m -> 3.4 m for the shots within reach)."""
+    rng = np.random.default_rng(0)
+    net = T.make_aimer(rng, hidden=16)
+    target, wind = T.sample_shots(np.random.default_rng(99), 128)
+    curve = T.ReachCurve(-16.0, 16.0, n=17, n_iter=20)
+    before = T.miss_statistics(net, target, wind, curve)["reachable"]["mean_m"]
+    T.train(net, rng, steps=60, batch=64, lr=2e-2, log_every=1e9)
+    after = T.miss_statistics(net, target, wind, curve)["reachable"]["mean_m"]
+    assert before > 15.0
+    assert after < 5.0
+
+
+def test_main_rejects_bad_flags():
+    with pytest.raises(SystemExit):
+        T.main(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        T.main(["--lr", "nan"])

@@ -1,0 +1,952 @@
+"""A differentiable trebuchet, aimed by gradients and by a trained network.
+
+(docstring completed at the end)
+"""
+
+import math
+import time
+
+import numpy as np
+
+import autodiff as ad
+
+# ----------------------------------------------------------------------------
+# The machine: the virtual-trebuchet model behind FluxML's Trebuchet.jl,
+# converted from feet and pounds to SI
+# ----------------------------------------------------------------------------
+FOOT, POUND = 0.3048, 0.45359237
+PIVOT_HEIGHT = 5.0 * FOOT            # a: pivot above the ground
+LONG_ARM = 6.792 * FOOT              # b: pivot to sling attachment
+SHORT_ARM = 1.75 * FOOT              # c: pivot to counterweight hinge
+WEIGHT_ARM = 2.0 * FOOT              # d: hinge to counterweight centre
+SLING = 6.833 * FOOT                 # e
+PROJECTILE_RADIUS = 0.1245 * FOOT    # z (only its drag area matters)
+PROJECTILE_MASS = 0.328 * POUND
+ARM_MASS = 10.65 * POUND
+ARM_INERTIA = ARM_MASS * (LONG_ARM + SHORT_ARM) ** 2 / 12   # uniform beam, about its centre
+WEIGHT_INERTIA = 1.0 * POUND * FOOT ** 2                    # counterweight about its centre
+GRAVITY = 9.80665
+AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
+ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
+DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * PROJECTILE_MASS)  # 1/m
+
+# Integration: classical Runge-Kutta (RK4), fixed steps, each phase on its own grid
+# starting at the event that began it (as DifferentialEquations.jl restarts after
+# a callback). The step sizes keep the distance within ~1 cm of the converged
+# solution over the valid ranges below (table in the module docstring):
+#   ground: slow and smooth, 1/60 s is enough;
+#   hang:   the hinged counterweight "whips" as it swings through (accelerations of
+#           hundreds of rad/s^2 for a few hundredths of a second), which needs 1/240 s;
+#   flight: a smooth point mass, 1/60 s.
+# The reference used explicit Euler at 1/60 s everywhere; `REFERENCE_INTEGRATION`
+# reproduces that (it creates energy in the swing, see the tests).
+INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
+REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
+MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
+
+
+# ----------------------------------------------------------------------------
+# Forward-mode derivatives with complex numbers
+#
+# A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic:
+# (x + x'ε)(y + y'ε) = xy + (x'y + xy')ε, the product rule. NumPy has no dual
+# type, but complex128 will do: put the derivative in the imaginary part scaled
+# by ε = 1e-200 i. Then every ε² term, ~1e-400, underflows to exactly zero, so
+# complex arithmetic *is* dual arithmetic: the real part is the value, bit for
+# bit, and imag/1e-200 the exact derivative (the "complex step" of Squire &
+# Trapp, 1998, with a step so small it is not an approximation). The simulator
+# below is therefore plain NumPy code; only four rules are needed: tests look at
+# the real part (`.real <= 0`), and sin, cos, sqrt and arcsin apply their
+# derivative explicitly (NumPy's complex versions are correct but slow).
+#
+# Each shot has three inputs, so a batch of B shots runs as up to 3B complex
+# copies, copy j nudged along input j: one pass gives the value and the whole
+# Jacobian, nothing is stored, and each step is one NumPy call per operation.
+# For a simulator with a few inputs and one output, that beats a reverse sweep.
+# (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
+# ----------------------------------------------------------------------------
+EPS = 1e-200
+
+
+def sin(z):
+    out = np.cos(z.real) * z
+    out.real = np.sin(z.real)
+    return out
+
+
+def cos(z):
+    out = -np.sin(z.real) * z
+    out.real = np.cos(z.real)
+    return out
+
+
+def sqrt(z):
+    root = np.sqrt(z.real)
+    out = z * (0.5 / root)
+    out.real = root
+    return out
+
+
+def asin(z):
+    out = z / np.sqrt(1.0 - z.real ** 2)
+    out.real = np.arcsin(z.real)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Equations of motion
+#
+# Coordinates: the pivot is the origin, x points at the target, y up. Three
+# absolute angles, measured from +x:
+#   α  the long arm (pivot -> sling attachment),  tip  T = b(cos α, sin α)
+#   β  the counterweight's rod (hinge -> centre), hinge H = -c(cos α, sin α),
+#      counterweight W = H + d(cos β, sin β)
+#   γ  the sling (tip -> projectile),             projectile P = T + e(cos γ, sin γ)
+# At rest the tip lies on the ground behind the pivot (α0 = π + asin(a/b)), the
+# counterweight hangs straight down (β0 = -π/2) and the sling lies on the ground
+# pointing forward (γ0 = 0), the projectile at its end.
+#
+# Lagrangian L = T - V with the counterweight's inertia about its centre I_w, the
+# arm's about the pivot I_a = I_arm + m_a r_g² (parallel axes, r_g = (b-c)/2):
+#   T = ½ I_a α̇² + ½ I_w β̇² + ½ m_w |Ẇ|² + ½ m_p |Ṗ|²
+#     |Ẇ|² = c²α̇² + d²β̇² - 2cd α̇β̇ cos(α-β),   |Ṗ|² = b²α̇² + e²γ̇² + 2be α̇γ̇ cos(α-γ)
+#   V = g [(m_a r_g - m_w c + m_p b) sin α + m_w d sin β + m_p e sin γ]
+# Euler-Lagrange, d/dt ∂L/∂q̇ = ∂L/∂q, gives M(q) q̈ = r(q, q̇) with
+#   M = | I_a + m_w c² + m_p b²   -m_w cd cos(α-β)   m_p be cos(α-γ) |
+#       | -m_w cd cos(α-β)         I_w + m_w d²       0               |
+#       | m_p be cos(α-γ)          0                  m_p e²          |
+#   r = ( m_w cd sin(α-β) β̇² - m_p be sin(α-γ) γ̇² - g (m_a r_g - m_w c + m_p b) cos α,
+#        -m_w cd sin(α-β) α̇² - g m_w d cos β,
+#         m_p be sin(α-γ) α̇² - g m_p e cos γ )
+# (the velocity terms are the centrifugal pulls of each body on the others).
+# M is an "arrow" matrix (M23 = 0), so it is solved by eliminating β̈ and γ̈.
+#
+# Ground phase (2 degrees of freedom): the projectile slides on the frictionless
+# ground, y_P = -a, so sin γ = -(a + b sin α)/e and γ̇ = -b cos α α̇ / (e cos γ).
+# The ground pushes up with a normal force N, a generalised force N Jᵀ with
+# J = ∂y_P/∂q = (b cos α, 0, e cos γ); N is whatever keeps ÿ_P = 0:
+#   q̈ = M⁻¹(r + N Jᵀ),  J q̈ = κ = b sin α α̇² + e sin γ γ̇²
+#   =>  N = (κ - J M⁻¹ r) / (J M⁻¹ Jᵀ).
+# The projectile lifts off when N reaches zero (the sling's pull carries its
+# weight). Hang phase: all three angles are free, N = 0. Release: when the
+# projectile's velocity points along the release angle. Flight: a point mass with
+# quadratic drag against the air, which moves with the wind w:
+#   ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|,  k = ρ C_d π z² / (2 m_p).
+# ----------------------------------------------------------------------------
+def shot_constants(weight):
+    """Everything in M and r that depends on the counterweight m_w (all of it
+    linear in m_w), computed once per shot."""
+    a, b, c, d = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM
+    mp, ma = PROJECTILE_MASS, ARM_MASS
+    return dict(m11=ARM_INERTIA + ma * ARM_CG ** 2 + mp * b ** 2 + c ** 2 * weight,
+                m22=WEIGHT_INERTIA + d ** 2 * weight,
+                k12=c * d * weight,                                          # -M12 / cos(α-β)
+                g1=GRAVITY * (ma * ARM_CG + mp * b) - GRAVITY * c * weight,  # g (m_a r_g - m_w c + m_p b)
+                g2=GRAVITY * d * weight)
+
+
+K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ)
+M33 = PROJECTILE_MASS * SLING ** 2
+G3 = GRAVITY * PROJECTILE_MASS * SLING
+
+
+def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
+    angles = np.stack([alpha - beta, alpha - gamma, alpha, beta, gamma])
+    (s_ab, s_ag), (c_ab, c_ag, c_a, c_b, c_g) = sin(angles[:2]), cos(angles)
+    m12 = -shot["k12"] * c_ab
+    m13 = K13 * c_ag
+    pull_ab, pull_ag = shot["k12"] * s_ab, K13 * s_ag
+    alpha_dot2 = alpha_dot * alpha_dot
+    r1 = pull_ab * beta_dot * beta_dot - pull_ag * gamma_dot * gamma_dot - shot["g1"] * c_a
+    r2 = -pull_ab * alpha_dot2 - shot["g2"] * c_b
+    r3 = pull_ag * alpha_dot2 - G3 * c_g
+    return m12, m13, r1, r2, r3
+
+
+def _solve_arrow(m12, m13, shot, r1, r2, r3):
+    """Solve M x = r for the arrow-shaped M: rows 2 and 3 give
+    x2 = (r2 - M12 x1)/M22 and x3 = (r3 - M13 x1)/M33; put into row 1,
+    x1 = (r1 - M12 r2/M22 - M13 r3/M33) / (M11 - M12²/M22 - M13²/M33)."""
+    p12, p13 = m12 / shot["m22"], m13 / M33
+    x1 = (r1 - p12 * r2 - p13 * r3) / (shot["m11"] - p12 * m12 - p13 * m13)
+    return x1, (r2 - m12 * x1) / shot["m22"], (r3 - m13 * x1) / M33
+
+
+def hang_rates(state, shot):
+    """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    return np.stack([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), None
+
+
+def sling_on_ground(alpha, alpha_dot):
+    """γ and γ̇ while the projectile is on the ground (y_P = -a)."""
+    sin_gamma = -(PIVOT_HEIGHT + LONG_ARM * sin(alpha)) / SLING
+    sin_gamma.real = np.clip(sin_gamma.real, -1.0, 1.0)   # only a failing shot gets there
+    gamma = asin(sin_gamma)
+    gamma_dot = -LONG_ARM * cos(alpha) * alpha_dot / (SLING * cos(gamma))
+    return gamma, gamma_dot
+
+
+def ground_rates(state, shot):
+    """d/dt (α, β, α̇, β̇) while the projectile slides on the ground, and the
+    normal force N (newtons) that keeps it there: lift-off when N = 0."""
+    alpha, beta, alpha_dot, beta_dot = state
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    angles = np.stack([alpha, gamma])
+    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    j1, j3 = LONG_ARM * c_a, SLING * c_g
+    free1, free2, free3 = _solve_arrow(m12, m13, shot, r1, r2, r3)     # M⁻¹ r
+    u1, u2, u3 = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)        # M⁻¹ Jᵀ
+    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
+    normal = (kappa - j1 * free1 - j3 * free3) / (j1 * u1 + j3 * u3)
+    return np.stack([alpha_dot, beta_dot, free1 + normal * u1, free2 + normal * u2]), normal
+
+
+def lift_off(state, _, normal):
+    return normal
+
+
+def energies(state, weight):
+    """Kinetic and potential energy (J) of a hang-layout state (α, β, γ, α̇, β̇, γ̇),
+    the T and V of the Lagrangian above (V = 0 with everything on the ground);
+    their sum is constant in the frictionless swing."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    a, b, c, d, e = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM, SLING
+    mp, ma = PROJECTILE_MASS, ARM_MASS
+    weight_speed2 = (c * alpha_dot) ** 2 + (d * beta_dot) ** 2 - 2 * c * d * alpha_dot * beta_dot * np.cos(alpha - beta)
+    projectile_speed2 = (b * alpha_dot) ** 2 + (e * gamma_dot) ** 2 + 2 * b * e * alpha_dot * gamma_dot * np.cos(alpha - gamma)
+    kinetic = 0.5 * ((ARM_INERTIA + ma * ARM_CG ** 2) * alpha_dot ** 2 + WEIGHT_INERTIA * beta_dot ** 2
+                     + weight * weight_speed2 + mp * projectile_speed2)
+    potential = GRAVITY * ((ma * ARM_CG - weight * c + mp * b) * np.sin(alpha) + weight * d * np.sin(beta)
+                           + mp * e * np.sin(gamma) + (ma + weight + mp) * a)
+    return kinetic, potential
+
+
+def projectile_motion(state):
+    """Position and velocity of the projectile, from a hang state."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    angles = np.stack([alpha, gamma])
+    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g,
+            -LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
+
+
+def release_condition(state, release_angle, _=None):
+    """sin(direction of the projectile's velocity - release angle): positive
+    while the velocity still points above (behind) the release direction."""
+    _, _, vx, vy = projectile_motion(state)
+    return (vy * cos(release_angle) - vx * sin(release_angle)) / sqrt(vx * vx + vy * vy)
+
+
+def flight_rates(state, wind):
+    x, y, vx, vy = state
+    relative = vx - wind
+    drag = DRAG * sqrt(relative * relative + vy * vy)
+    return np.stack([vx, vy, -drag * relative, -GRAVITY - drag * vy]), None
+
+
+def landing(state, _=None, __=None):
+    return state[1] + PIVOT_HEIGHT      # height above the ground
+
+
+# ----------------------------------------------------------------------------
+# Integration with events
+# ----------------------------------------------------------------------------
+# A stepper gets k1 = rates(state), already computed at the end of the previous
+# step (where it also gave the event function), and returns the new state.
+def rk4_step(state, k1, rates, dt, extra):
+    k2 = rates(state + 0.5 * dt * k1, extra)[0]
+    k3 = rates(state + 0.5 * dt * k2, extra)[0]
+    k4 = rates(state + dt * k3, extra)[0]
+    return state + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+def heun_step(state, k1, rates, dt, extra):
+    k2 = rates(state + dt * k1, extra)[0]
+    return state + 0.5 * dt * (k1 + k2)
+
+
+def euler_step(state, k1, rates, dt, extra):
+    return state + dt * k1
+
+
+STEPPERS = dict(rk4=rk4_step, heun=heun_step, euler=euler_step)
+
+
+def integrate(state, rates, event, dt, max_seconds, running, method, extra=None, event_extra=None, record=None):
+    """Step every running shot until its `event` function crosses zero.
+
+    Each shot stops at its own step: the event time inside that step is found by
+    linear interpolation of the event function, s = h_n / (h_n - h_{n+1}), and the
+    state there is x_n + s (x_{n+1} - x_n). s is a smooth function of the inputs
+    (and so carries derivatives), so the state at the event, and everything after
+    it, moves smoothly with the inputs instead of in jumps of one time step.
+    Returns the state at the event, its time, the shots that never got there,
+    and the bracketing states (x_n, x_{n+1}) of every shot's last step."""
+    step = STEPPERS[method]
+    running = running.copy()
+    k1, aux = rates(state, extra)
+    h = event(state, event_extra, aux)
+    elapsed = np.zeros_like(h)
+    before, after = state, state
+    for _ in range(int(math.ceil(max_seconds / dt))):
+        if not running.any():
+            break
+        new = step(state, k1, rates, dt, extra)
+        k1_new, aux = rates(new, extra)
+        h_new = event(new, event_extra, aux)
+        crossed = running & (h_new.real <= 0.0)
+        carry_on = running & ~crossed
+        if crossed.any():
+            s = h / (h - h_new)
+            before, after = np.where(crossed, state, before), np.where(crossed, new, after)
+            state = np.where(crossed, state + s * (new - state), state)
+            elapsed = np.where(crossed, elapsed + s * dt, elapsed)
+        state = np.where(carry_on, new, state)
+        k1 = np.where(carry_on, k1_new, k1)
+        h = np.where(carry_on, h_new, h)
+        elapsed = np.where(carry_on, elapsed + dt, elapsed)
+        running = carry_on
+        if record is not None:
+            record.append(state.real.copy())
+    return state, elapsed, running, (before, after)
+
+
+INPUT_NAMES = ("wind", "release angle", "counterweight")
+
+
+def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=INTEGRATION, record=False):
+    """Throw a batch of shots and differentiate the distances.
+
+    wind (m/s), release_angle (rad), weight (kg): 1-D float arrays of one length
+    B. wrt flags the inputs to differentiate with respect to. Returns a dict with
+    the distance (B,) (nan for a shot that failed), `jacobian` {input index:
+    ∂distance/∂input (B,)}, the event times, and, if `record`, each phase's
+    trajectory (real parts, for pictures; meant for small batches).
+
+    The swing (phases 1 and 2) depends on the counterweight alone, so it runs
+    once, as complex numbers only if ∂/∂weight is wanted. The release angle only
+    decides where the swing stops, so its derivative enters at the release
+    event; the wind only acts in flight. From the release on, the batch runs as
+    one complex copy per flagged input."""
+    batch = wind.shape[0]
+    copies = [i for i in range(3) if wrt[i]]
+    tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
+    swing_weight = weight + EPS * 1j if wrt[2] else weight
+    shot = shot_constants(swing_weight)
+    method = integration["method"]
+
+    def start(name, state):
+        if record:
+            tracks[name].append(state.real.copy())
+        return state
+
+    # 1. ground: the arm swings, the projectile slides until the sling lifts it
+    alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
+    ground = np.zeros((4, batch), np.result_type(swing_weight)) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
+    ok = np.ones(batch, dtype=bool)
+    ground, t_lift, failed, _ = integrate(start("ground", ground), ground_rates, lift_off, integration["dt_ground"],
+                                          MAX_SECONDS["ground"], ok, method, shot, None, tracks["ground"])
+    ok &= ~failed
+
+    # 2. hang: three free angles until the velocity points along the release angle
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
+    hang, t_release, failed, (before, after) = integrate(
+        start("hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
+        method, shot, release_angle, tracks["hang"])
+    ok &= ~failed
+
+    # The release, again, for every copy: the same bracketing states (their real
+    # parts, but for the counterweight's copy) and the release angle nudged in its copy.
+    if copies:
+        def per_copy(x, nudged):
+            return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1) if nudged is None \
+                else np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
+        before, after = per_copy(before, None), per_copy(after, None)
+        angles = per_copy(release_angle, 1)
+        h0, h1 = release_condition(before, angles), release_condition(after, angles)
+        hang = np.where(np.tile(ok, len(copies)), before + h0 / (h0 - h1) * (after - before), before)
+        wind = per_copy(wind, 0)
+
+    # 3. flight: a point mass with drag until it is back on the ground
+    flight = start("flight", np.stack(projectile_motion(hang)))
+    flight, t_flight, failed, _ = integrate(flight, flight_rates, landing, integration["dt_flight"],
+                                            MAX_SECONDS["flight"], np.tile(ok, max(len(copies), 1)),
+                                            integration.get("flight_method", method), wind, None, tracks["flight"])
+    ok &= ~failed[:batch]
+    distance = np.where(np.tile(ok, max(len(copies), 1)), flight[0], np.nan)
+    jacobian = {i: distance[j * batch:(j + 1) * batch].imag / EPS for j, i in enumerate(copies)}
+    return dict(distance=distance[:batch].real, jacobian=jacobian, ok=ok, t_lift=t_lift.real,
+                t_release=t_release.real, t_flight=t_flight.real[:batch], tracks=tracks)
+
+
+# ----------------------------------------------------------------------------
+# The whole throw as one autodiff op
+# ----------------------------------------------------------------------------
+def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=INTEGRATION):
+    """Distances of a batch of shots (any broadcastable shapes, flattened) and
+    {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
+    inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
+                                                                                          counterweight)]
+    for name, x in zip(INPUT_NAMES, inputs):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"the {name} contains nan or inf")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration)
+    return result["distance"], result["jacobian"]
+
+
+@ad.primitive
+def throw(wind, release_angle, counterweight, integration=INTEGRATION, needs_grad=(True, True, True)):
+    """Distance (m) of a batch of shots as one op. The forward already has
+    ∂distance/∂input for every shot, so the VJP only scales them by g."""
+    shape = np.broadcast_shapes(np.shape(wind), np.shape(release_angle), np.shape(counterweight))
+    distance, jacobian = distance_and_jacobian(wind, release_angle, counterweight, needs_grad, integration)
+
+    def vjp(g):
+        return tuple(g * jacobian[i].reshape(shape) if i in jacobian else None for i in range(3))
+    return distance.reshape(shape), vjp
+
+
+def shoot(wind_mps, release_angle, counterweight_kg, integration=INTEGRATION):
+    """Distance in metres from the pivot to where the projectile lands.
+
+    wind_mps          wind speed, positive towards the target (m/s)
+    release_angle     direction of the projectile's velocity at release, above
+                      the horizontal (radians)
+    counterweight_kg  counterweight mass (kg)
+    Any mix of numbers, arrays and Tensors that broadcast together; returns a
+    Tensor of the broadcast shape, differentiable with respect to every input
+    Tensor that requires grad. A shot that never lifts off, releases or lands
+    (a counterweight far too light) gives nan."""
+    return throw(wind_mps, release_angle, counterweight_kg, integration=integration)
+
+
+# ----------------------------------------------------------------------------
+# Aiming one shot: Newton's method on the simulator alone
+# ----------------------------------------------------------------------------
+ANGLE_RANGE = (math.radians(5.0), math.radians(75.0))   # release angles the aimer may choose
+WEIGHT_RANGE = (15.0, 180.0)                           # counterweights (kg) the aimer may choose
+
+
+def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
+    """Find a release angle and counterweight that land each shot at `target`
+    metres in `wind` m/s, by Newton's method on the simulator alone.
+
+    One equation, distance(u) = target, in two unknowns u = (angle, weight),
+    each scaled to [0, 1] over its range: the Newton step with the smallest
+    norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
+    linear, so convergence is quadratic), clipped to the ranges. Each iteration
+    is one simulator call that gives the distances and both derivatives; shots
+    stop once within `tolerance`. Works on arrays (a batch of independent aims).
+    Returns dict(angle, weight, distance, evaluations, history) where history
+    lists the distances after each evaluation."""
+    target, wind = np.broadcast_arrays(np.asarray(target, float).reshape(-1), np.asarray(wind, float).reshape(-1))
+    low, high = np.array([ANGLE_RANGE[0], WEIGHT_RANGE[0]]), np.array([ANGLE_RANGE[1], WEIGHT_RANGE[1]])
+    u = np.tile((np.array([angle, weight]) - low) / (high - low), (target.size, 1))
+    evaluations = np.zeros(target.size, dtype=int)
+    going = np.ones(target.size, dtype=bool)
+    history = []
+    for _ in range(max_evaluations):
+        angle, weight = (low + u * (high - low)).T
+        distance, jacobian = distance_and_jacobian(wind, angle, weight, wrt=(False, True, True))
+        history.append(distance)
+        evaluations += going
+        miss = distance - target
+        going &= np.abs(miss) >= tolerance
+        if not going.any():
+            break
+        slope = np.stack([jacobian[1], jacobian[2]], axis=1) * (high - low)     # ∂distance/∂u
+        step = -(miss / np.sum(slope * slope, axis=1))[:, None] * slope
+        u = np.where(going[:, None], np.clip(u + step, 0.0, 1.0), u)
+    return dict(angle=angle, weight=weight, distance=distance, evaluations=evaluations, history=history)
+
+
+# ----------------------------------------------------------------------------
+# Aiming any shot: a network trained end to end through the simulator
+# ----------------------------------------------------------------------------
+TARGET_RANGE = (20.0, 100.0)   # m, uniform (the blog's distribution)
+WIND_STD = 5.0                 # m/s, normal with mean 0
+
+
+def sample_shots(rng, n):
+    """Targets ~ U(20, 100) m and winds ~ N(0, 5²) m/s."""
+    return rng.uniform(*TARGET_RANGE, size=n), rng.normal(0.0, WIND_STD, size=n)
+
+
+def make_aimer(rng, hidden=48, layers=3):
+    """(target, wind), normalised -> two numbers that `settings` squashes into
+    the valid angle and counterweight ranges. (Three hidden layers of 48 reach
+    in 500 steps what two of 32 or 64 do not in 600.)"""
+    net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
+    net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
+    return net
+
+
+def network_inputs(target, wind):
+    middle, half = sum(TARGET_RANGE) / 2, (TARGET_RANGE[1] - TARGET_RANGE[0]) / 2
+    return np.stack([(np.asarray(target) - middle) / half, np.asarray(wind) / WIND_STD], axis=-1)
+
+
+def settings(net, target, wind):
+    """The aimer's release angle (rad) and counterweight (kg), as Tensors."""
+    out = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind))))
+    angle = ANGLE_RANGE[0] + (ANGLE_RANGE[1] - ANGLE_RANGE[0]) * out[:, 0]
+    weight = WEIGHT_RANGE[0] + (WEIGHT_RANGE[1] - WEIGHT_RANGE[0]) * out[:, 1]
+    return angle, weight
+
+
+HUBER_DELTA = 1.0   # m
+
+
+def aimer_loss(net, target, wind):
+    """Mean Huber loss of the misses (½ miss² up to 1 m, linear beyond) and the
+    misses themselves. Linear for large misses so that a target out of reach
+    (too far to hit in that wind) still pulls its shot towards the longest throw
+    without drowning the gradient of every other shot."""
+    angle, weight = settings(net, target, wind)
+    miss = shoot(wind, angle, weight) - target
+    size = ad.abs(miss)
+    small = ad.minimum(size, HUBER_DELTA)
+    return ad.mean(0.5 * small * small + HUBER_DELTA * (size - small)), miss.data
+
+
+def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0):
+    """Adam on random batches, learning rate on a cosine from `lr` to 0.
+    `monitor(net)` -> dict is called every `monitor_every` steps for the
+    learning curve. Returns the curve as a dict of lists."""
+    optimiser = ad.optim.Adam(net.parameters(), lr=lr)
+    curve = dict(step=[], batch_mean_miss=[], monitor_step=[], monitor={})
+    progress = ad.runs.Progress(steps, "train", every=log_every)
+    for step in range(steps):
+        optimiser.lr = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        target, wind = sample_shots(rng, batch)
+        loss, miss = aimer_loss(net, target, wind)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        curve["step"].append(step + 1)
+        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))))
+        fields = dict(loss=float(loss.data), mean_miss_m=curve["batch_mean_miss"][-1])
+        if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
+            figures = monitor(net)
+            curve["monitor_step"].append(step + 1)
+            for key, v in figures.items():
+                curve["monitor"].setdefault(key, []).append(v)
+            fields.update(figures)
+        progress.update(step + 1, **fields)
+    return curve
+
+
+# ----------------------------------------------------------------------------
+# Reach: the shortest and longest throws the valid settings allow
+# ----------------------------------------------------------------------------
+def _golden_max(f, low, high, n_iter):
+    """Batched golden-section search for the maximum of a unimodal f on
+    [low, high] (arrays): each iteration keeps the part of the bracket that
+    holds the larger of the two inner points and probes one new point."""
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = np.array(low, dtype=float), np.array(high, dtype=float)
+    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(n_iter):
+        left = fc > fd                          # the maximum is in [a, d]: old c becomes the new d
+        a, b = np.where(left, a, c), np.where(left, d, b)
+        c, d, fc, fd = np.where(left, b - inv_phi * (b - a), d), np.where(left, c, a + inv_phi * (b - a)), \
+            np.where(left, np.nan, fd), np.where(left, fc, np.nan)
+        probe = f(np.where(left, c, d))
+        fc, fd = np.where(left, probe, fc), np.where(left, fd, probe)
+    return np.where(fc > fd, c, d), np.maximum(fc, fd)
+
+
+def reach(winds, n_iter=30):
+    """For each wind: the longest throw (heaviest counterweight, best angle)
+    and the shortest (lightest counterweight, steepest or flattest angle)."""
+    winds = np.asarray(winds, dtype=float)
+
+    def distance(angle, weight):
+        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False))[0]
+
+    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
+    _, longest = _golden_max(lambda r: distance(r, WEIGHT_RANGE[1]), lo, hi, n_iter)
+    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
+    return shortest, longest
+
+
+class ReachCurve:
+    """shortest(w) and longest(w) on a grid of winds, linearly interpolated
+    (both are smooth in the wind; 0.5 m/s spacing is ample)."""
+
+    def __init__(self, low=-20.0, high=20.0, n=81, n_iter=25):
+        self.winds = np.linspace(low, high, n)
+        self.shortest, self.longest = reach(self.winds, n_iter)
+
+    def __call__(self, wind):
+        return np.interp(wind, self.winds, self.shortest), np.interp(wind, self.winds, self.longest)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------
+def aimed_distances(net, target, wind):
+    with ad.no_grad():
+        angle, weight = settings(net, target, wind)
+    distance = distance_and_jacobian(wind, angle.data, weight.data, wrt=(False, False, False))[0]
+    return distance, angle.data, weight.data
+
+
+def miss_statistics(net, target, wind, reach_curve):
+    """Absolute misses of the aimer's shots, over all pairs and over the pairs
+    within reach. For a target out of reach, `excess` is the miss beyond the
+    unavoidable one (its distance to the nearest reachable point)."""
+    distance, _, _ = aimed_distances(net, target, wind)
+    miss = np.abs(distance - target)
+    shortest, longest = reach_curve(wind)
+    unavoidable = np.maximum(np.maximum(target - longest, shortest - target), 0.0)
+    reachable = unavoidable == 0.0
+
+    def summary(m, t):
+        if m.size == 0:
+            return dict(n=0)
+        return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
+                    p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
+                    mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
+                    p95_percent=float(np.percentile(100 * m / t, 95)))
+    return dict(reachable=summary(miss[reachable], target[reachable]), all=summary(miss, target),
+                out_of_reach_fraction=float(np.mean(~reachable)),
+                too_far_fraction=float(np.mean(target > longest)),
+                too_close_fraction=float(np.mean(target < shortest)),
+                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
+                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
+
+
+def blog_call():
+    """The blog's `gradient(shoot)(-2, 45, 200)`: wind -2 m/s, angle 45 rad
+    (Trebuchet.jl takes asin(sin(45)) = 1.0177 rad = 58.3°; d asin(sin x)/dx = +1
+    there), counterweight 200 lb. Gradient in (m per m/s, m per rad, m per lb)."""
+    angle, weight = math.asin(math.sin(45.0)), 200.0 * POUND
+    result = {}
+    for name, integration in (("ours", INTEGRATION), ("reference_integration", REFERENCE_INTEGRATION)):
+        distance, jacobian = distance_and_jacobian(-2.0, angle, weight, (True, True, True), integration)
+        result[name] = dict(distance_m=float(distance[0]),
+                            gradient=[float(jacobian[0][0]), float(jacobian[1][0]), float(jacobian[2][0] * POUND)])
+    near = distance_and_jacobian(-2.0, [angle - 0.05, angle + 0.05], weight, (False, False, False))[0]
+    result["distance_at_angle_minus_plus_0.05rad"] = [float(d) for d in near]
+    result["published"] = [4.02, -0.99, 0.051]
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------
+def machine_points(alpha, beta, gamma):
+    """Tip, hinge, counterweight and projectile, with the ground at y = 0."""
+    def polar(r, angle):
+        return np.stack([r * np.cos(angle), r * np.sin(angle) + PIVOT_HEIGHT], axis=-1)
+    tip = polar(LONG_ARM, alpha)
+    hinge = polar(-SHORT_ARM, alpha)
+    weight = hinge + polar(WEIGHT_ARM, beta) - [0.0, PIVOT_HEIGHT]
+    projectile = tip + polar(SLING, gamma) - [0.0, PIVOT_HEIGHT]
+    return tip, hinge, weight, projectile
+
+
+def trajectory(wind, angle, weight, integration=INTEGRATION):
+    """One shot recorded for pictures: time (s) and the machine's points for
+    the swing; time and projectile positions for the flight."""
+    result = simulate(np.array([wind], float), np.array([angle], float), np.array([weight], float),
+                      integration=integration, record=True)
+    tracks = result["tracks"]
+
+    def times(n, dt, t0, t_end):
+        return np.append(t0 + dt * np.arange(n - 1), t0 + t_end)
+    ground = np.array(tracks["ground"])[..., 0]                # (n, 4)
+    gamma, _ = sling_on_ground(ground[:, 0], ground[:, 2])
+    hang = np.array(tracks["hang"])[..., 0]                    # (n, 6)
+    t_lift, t_release = result["t_lift"][0], result["t_release"][0]
+    swing_t = np.concatenate([times(len(ground), integration["dt_ground"], 0.0, t_lift),
+                              times(len(hang), integration["dt_hang"], t_lift, t_release)])
+    alpha = np.concatenate([ground[:, 0], hang[:, 0]])
+    beta = np.concatenate([ground[:, 1], hang[:, 1]])
+    gamma = np.concatenate([gamma, hang[:, 2]])
+    flight = np.array(tracks["flight"])[..., 0]                # (n, 4)
+    flight_t = times(len(flight), integration["dt_flight"], t_lift + t_release, result["t_flight"][0])
+    return dict(swing_t=swing_t, points=machine_points(alpha, beta, gamma), lift_index=len(ground) - 1,
+                flight_t=flight_t, flight_xy=flight[:, :2] + [0.0, PIVOT_HEIGHT], distance=result["distance"][0],
+                wind=wind, angle=angle, weight=weight)
+
+
+def draw_machine(ax, points, i, alpha=1.0, sling_color="tab:brown"):
+    tip, hinge, weight, projectile = (p[i] for p in points)
+    ax.plot([-0.7, 0.0, 0.7], [0.0, PIVOT_HEIGHT, 0.0], color="0.45", lw=2, alpha=alpha)          # the stand
+    ax.plot([hinge[0], tip[0]], [hinge[1], tip[1]], color="saddlebrown", lw=3, alpha=alpha)       # the arm
+    ax.plot([hinge[0], weight[0]], [hinge[1], weight[1]], color="0.2", lw=1.5, alpha=alpha)
+    ax.add_patch(_square(weight, 0.32, alpha))                                                 # the counterweight
+    ax.plot([tip[0], projectile[0]], [tip[1], projectile[1]], color=sling_color, lw=1, alpha=alpha)  # the sling
+    ax.plot(*projectile, "o", color="black", ms=4, alpha=alpha)
+
+
+def _square(centre, size, alpha):
+    from matplotlib.patches import Rectangle
+    return Rectangle((centre[0] - size / 2, centre[1] - size / 2), size, size, color="dimgray", alpha=alpha)
+
+
+def plot_learning_curve(curve, path):
+    plt = ad.runs.pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    steps, batch = np.array(curve["step"]), np.array(curve["batch_mean_miss"])
+    ax.plot(steps, batch, color="0.75", lw=0.8, label="training batch, all targets")
+    for key, label, color in (("monitor_all_m", "held-out, all targets", "tab:orange"),
+                              ("monitor_reachable_m", "held-out, targets within reach", "tab:blue")):
+        if key in curve["monitor"]:
+            ax.plot(curve["monitor_step"], curve["monitor"][key], "o-", ms=3, color=color, label=label)
+    ax.axhline(0.16, color="tab:red", ls="--", lw=1, label="blog: 0.16 m")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean |miss| (m)")
+    ax.set_title("Aimer trained through the simulator")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trajectories(shots, path):
+    """Left: the machine at a few moments of one throw and the projectile's
+    path through the swing. Right: the whole flights of several aimed shots."""
+    plt = ad.runs.pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw=dict(width_ratios=[1, 2.2]))
+    main = shots[0]
+    n = len(main["swing_t"])
+    moments = [0, main["lift_index"], (main["lift_index"] + n) // 2, n - 1]
+    for k, i in enumerate(moments):
+        draw_machine(left, main["points"], i, alpha=0.25 + 0.75 * k / (len(moments) - 1))
+    path_xy = main["points"][3]
+    left.plot(path_xy[:, 0], path_xy[:, 1], color="tab:blue", lw=1, label="projectile (ground, hang)")
+    left.plot(main["flight_xy"][:8, 0], main["flight_xy"][:8, 1], color="tab:green", lw=1, label="flight")
+    left.plot(*path_xy[main["lift_index"]], "^", color="tab:purple", label="lift-off")
+    left.plot(*path_xy[-1], "*", color="tab:red", ms=9, label="release")
+    left.axhline(0, color="0.3", lw=1)
+    left.set_aspect("equal")
+    left.set_xlim(-3.2, 3.2)
+    left.set_ylim(-0.2, 5.6)
+    left.set_title("arm, sling and counterweight", fontsize=10)
+    left.legend(fontsize=7, loc="upper left")
+    for shot in shots:
+        xy = np.concatenate([shot["points"][3], shot["flight_xy"]])
+        line, = right.plot(xy[:, 0], xy[:, 1], lw=1.2,
+                           label=f"target {shot['target']:.0f} m, wind {shot['wind']:+.0f} m/s: "
+                                 f"{math.degrees(shot['angle']):.0f}°, {shot['weight']:.0f} kg -> {shot['distance']:.2f} m")
+        right.plot([shot["target"]], [0], "v", color=line.get_color(), ms=8)
+    right.axhline(0, color="0.3", lw=1)
+    right.set_xlabel("x (m) from the pivot")
+    right.set_ylabel("height (m)")
+    right.set_title("flights of shots aimed by the trained network (▼ targets)", fontsize=10)
+    right.set_ylim(-1, right.get_ylim()[1] * 1.45)
+    right.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmap(net, reach_curve, path, n_targets=41, n_winds=31):
+    """|miss| of the trained aimer over a (target, wind) grid, with the reach
+    boundary: to the right of the white line no setting hits the target."""
+    plt = ad.runs.pyplot()
+    from matplotlib.colors import LogNorm
+    targets = np.linspace(*TARGET_RANGE, n_targets)
+    winds = np.linspace(-3 * WIND_STD, 3 * WIND_STD, n_winds)
+    T_grid, W_grid = np.meshgrid(targets, winds)
+    distance, _, _ = aimed_distances(net, T_grid.ravel(), W_grid.ravel())
+    miss = np.abs(distance - T_grid.ravel()).reshape(T_grid.shape)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    image = ax.pcolormesh(targets, winds, np.maximum(miss, 1e-3), norm=LogNorm(1e-3, max(10.0, miss.max())),
+                          cmap="magma", shading="nearest")
+    fig.colorbar(image, ax=ax, label="|miss| (m)")
+    _, longest = reach_curve(winds)
+    ax.plot(longest, winds, color="white", lw=1.5, label="longest throw (180 kg, best angle)")
+    ax.set_xlim(targets[0], targets[-1])
+    ax.set_xlabel("target (m)")
+    ax.set_ylabel("wind (m/s, + towards the target)")
+    ax.set_title("Miss of the trained aimer")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return miss
+
+
+def save_throw_gif(shot, path, swing_fps=40, flight_fps=12, gif_fps=20):
+    """One throw: the machine close up (left) and the whole flight (right).
+    The swing is sampled every 1/40 s and the flight every 1/12 s and both are
+    played at 20 frames per second (the swing in slow motion)."""
+    plt = ad.runs.pyplot()
+    tip, hinge, weight, projectile = shot["points"]
+    flight_xy, swing_end = shot["flight_xy"], shot["swing_t"][-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 2.6), gridspec_kw=dict(width_ratios=[1, 2.4]))
+    left.plot([-0.7, 0.0, 0.7], [0.0, PIVOT_HEIGHT, 0.0], color="0.45", lw=2)
+    arm, = left.plot([], [], color="saddlebrown", lw=3)
+    rod, = left.plot([], [], color="0.2", lw=1.5)
+    counterweight = _square(weight[0], 0.32, 1.0)
+    left.add_patch(counterweight)
+    sling, = left.plot([], [], color="tab:brown", lw=1)
+    near_path, = left.plot([], [], color="tab:green", lw=1)
+    ball, = left.plot([], [], "o", color="black", ms=4)
+    for ax in (left, right):
+        ax.axhline(0, color="0.3", lw=1)
+    left.set_aspect("equal")
+    left.set_xlim(-3.2, 3.2)
+    left.set_ylim(-0.2, 5.6)
+    left.set_xticks([])
+    left.set_yticks([])
+    clock = left.set_title("", fontsize=8)
+    far_path, = right.plot([], [], color="tab:green", lw=1.2)
+    far_ball, = right.plot([], [], "o", color="black", ms=3)
+    right.plot([shot["target"]], [0], "v", color="tab:red", ms=7)
+    right.set_xlim(-5, max(105, shot["target"] + 5))
+    right.set_ylim(-1, max(8.0, flight_xy[:, 1].max() * 1.1))
+    right.set_title(f"target {shot['target']:.0f} m, wind {shot['wind']:+.1f} m/s: "
+                    f"{math.degrees(shot['angle']):.1f}°, {shot['weight']:.0f} kg -> {shot['distance']:.2f} m", fontsize=8)
+    right.tick_params(labelsize=7)
+    fig.tight_layout()
+    frames = []
+    times = np.concatenate([np.arange(0.0, swing_end, 1.0 / swing_fps),
+                            np.arange(shot["flight_t"][0], shot["flight_t"][-1], 1.0 / flight_fps),
+                            [shot["flight_t"][-1]] * 8])
+    for t in times:
+        i = min(int(np.searchsorted(shot["swing_t"], t)), len(shot["swing_t"]) - 1)
+        flown = flight_xy[: int(np.searchsorted(shot["flight_t"], t)) + 1] if t > swing_end else flight_xy[:0]
+        arm.set_data([hinge[i, 0], tip[i, 0]], [hinge[i, 1], tip[i, 1]])
+        rod.set_data([hinge[i, 0], weight[i, 0]], [hinge[i, 1], weight[i, 1]])
+        counterweight.set_xy(weight[i] - 0.16)
+        ball_xy = flown[-1] if len(flown) else projectile[i]
+        sling.set_data([tip[i, 0], projectile[i, 0] if t <= swing_end else tip[i, 0]],
+                       [tip[i, 1], projectile[i, 1] if t <= swing_end else tip[i, 1] - SLING])
+        near_path.set_data(flown[:, 0], flown[:, 1])
+        ball.set_data([ball_xy[0]], [ball_xy[1]])
+        far_path.set_data(flown[:, 0], flown[:, 1])
+        far_ball.set_data([ball_xy[0]], [ball_xy[1]])
+        clock.set_text(f"t = {t:.2f} s")
+        frames.append(ad.runs.figure_to_array(fig))
+    plt.close(fig)
+    ad.runs.save_gif(path, frames, fps=gif_fps)
+    return len(frames)
+
+
+# ----------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------
+def main(argv=None):
+    parser = ad.runs.parser(__doc__, "trebuchet")
+    parser.add_argument("--steps", type=ad.runs.positive_int, default=None,
+                        help="training steps (default 500, with --full 4000)")
+    parser.add_argument("--batch", type=ad.runs.positive_int, default=None,
+                        help="shots per training step (default 128, with --full 256)")
+    parser.add_argument("--lr", type=ad.runs.positive_float, default=2e-2, help="Adam's initial learning rate")
+    parser.add_argument("--hidden", type=ad.runs.positive_int, default=None,
+                        help="units in each of the three hidden layers (default 48, with --full 64)")
+    parser.add_argument("--eval-pairs", type=ad.runs.positive_int, default=1000, help="held-out (target, wind) pairs")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (4000 if args.full else 500)
+    args.batch = args.batch or (256 if args.full else 128)
+    args.hidden = args.hidden or (64 if args.full else 48)
+    started = time.perf_counter()
+    out = ad.runs.prepare_out(args.out)
+    # independent random streams: network and training batches / monitor set / held-out test set
+    train_seed, monitor_seed, test_seed = np.random.SeedSequence(args.seed).spawn(3)
+    train_rng = np.random.default_rng(train_seed)
+    metrics = {}
+
+    print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle asin(sin 45) rad, 200 lb")
+    blog = blog_call()
+    metrics["blog_call"] = blog
+    for name in ("ours", "reference_integration"):
+        g = blog[name]["gradient"]
+        print(f"   {name:22s} distance {blog[name]['distance_m']:.3f} m   gradient ({g[0]:.3f} m per m/s, "
+              f"{g[1]:.2f} m/rad, {g[2]:.4f} m/lb)")
+    print(f"   published              gradient ({blog['published'][0]}, {blog['published'][1]}, "
+          f"{blog['published'][2]});  distance at angle ∓0.05 rad: "
+          f"{blog['distance_at_angle_minus_plus_0.05rad'][0]:.2f} / {blog['distance_at_angle_minus_plus_0.05rad'][1]:.2f} m")
+
+    print("2. Reach of the machine (angle 5-75°, counterweight 15-180 kg)")
+    reach_curve = ReachCurve()
+    metrics["longest_throw_m"] = {f"wind {w:+.0f}": float(reach_curve(w)[1]) for w in (-10, -5, 0, 5, 10)}
+    print("   longest throw: " + ", ".join(f"{k} m/s {v:.1f} m" for k, v in metrics["longest_throw_m"].items()))
+
+    test_rng = np.random.default_rng(test_seed)
+    test_target, test_wind = sample_shots(test_rng, args.eval_pairs)
+    print("3. Aiming single shots by Newton's method on the simulator (tolerance 1 cm, at most 20 evaluations)")
+    n_aim = min(100, args.eval_pairs)
+    aimed = aim(test_target[:n_aim], test_wind[:n_aim])
+    shortest, longest = reach_curve(test_wind[:n_aim])
+    within = (test_target[:n_aim] <= longest) & (test_target[:n_aim] >= shortest)
+    aim_miss = np.abs(aimed["distance"] - test_target[:n_aim])
+    for i in range(3):
+        steps = ", ".join(f"{h[i]:.3f}" for h in aimed["history"][:aimed["evaluations"][i]])
+        print(f"   target {test_target[i]:.2f} m, wind {test_wind[i]:+.2f} m/s: distances {steps} "
+              f"-> {math.degrees(aimed['angle'][i]):.2f}°, {aimed['weight'][i]:.1f} kg")
+    metrics["newton_aim"] = dict(
+        shots=n_aim, within_reach=int(within.sum()),
+        converged_within_1cm=int(np.sum(aim_miss[within] < 0.01)),
+        max_evaluations=int(aimed["evaluations"][within].max()),
+        mean_evaluations=float(aimed["evaluations"][within].mean()),
+        max_miss_m=float(aim_miss[within].max()))
+    print(f"   {metrics['newton_aim']['converged_within_1cm']}/{within.sum()} reachable shots within 1 cm, "
+          f"evaluations: mean {metrics['newton_aim']['mean_evaluations']:.1f}, "
+          f"max {metrics['newton_aim']['max_evaluations']}")
+
+    print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of {args.batch} shots, "
+          f"Adam {args.lr:g} -> 0 (cosine)")
+    net = make_aimer(train_rng, args.hidden)
+    monitor_target, monitor_wind = sample_shots(np.random.default_rng(monitor_seed), 256)
+
+    def monitor(net):
+        stats = miss_statistics(net, monitor_target, monitor_wind, reach_curve)
+        return dict(monitor_reachable_m=stats["reachable"]["mean_m"], monitor_all_m=stats["all"]["mean_m"])
+    train_started = time.perf_counter()
+    curve = train(net, train_rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
+    train_seconds = time.perf_counter() - train_started
+    ad.nn.save_parameters(f"{out}/params.npz", net.named_parameters(), angle_range=np.array(ANGLE_RANGE),
+                          weight_range=np.array(WEIGHT_RANGE), hidden=np.array(args.hidden), layers=np.array(3))
+
+    print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs (a random stream disjoint from training)")
+    stats = miss_statistics(net, test_target, test_wind, reach_curve)
+    metrics.update(train_seconds=train_seconds, train_steps=args.steps, batch=args.batch,
+                   final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
+
+    print("6. Figures")
+    plot_learning_curve(curve, f"{out}/learning_curve.png")
+    shots = []
+    for target, wind in ((70.0, -3.0), (30.0, 4.0), (55.0, 8.0), (90.0, 6.0)):
+        distance, angle, weight = aimed_distances(net, np.array([target]), np.array([wind]))
+        shot = trajectory(wind, angle[0], weight[0])
+        shot["target"] = target
+        shots.append(shot)
+    plot_trajectories(shots, f"{out}/trajectories.png")
+    plot_heatmap(net, reach_curve, f"{out}/miss_heatmap.png")
+    n_frames = save_throw_gif(shots[0], f"{out}/throw.gif")
+    metrics["gif_frames"] = n_frames
+    ad.runs.write_metrics(out, metrics, args, started)
+
+    r, a = stats["reachable"], stats["all"]
+    print()
+    print(f"  {'':34s} {'mean':>9s} {'median':>9s} {'95th pct':>9s}")
+    print(f"  {'held-out miss, targets in reach':34s} {r['mean_m']:8.3f}m {r['median_m']:8.3f}m {r['p95_m']:8.3f}m"
+          f"   ({r['mean_percent']:.2f}% / {r['median_percent']:.2f}% / {r['p95_percent']:.2f}%)")
+    print(f"  {'held-out miss, all targets':34s} {a['mean_m']:8.3f}m {a['median_m']:8.3f}m {a['p95_m']:8.3f}m"
+          f"   ({a['mean_percent']:.2f}% / {a['median_percent']:.2f}% / {a['p95_percent']:.2f}%)")
+    print(f"  out of reach: {100 * stats['out_of_reach_fraction']:.1f}% of targets (too far {100 * stats['too_far_fraction']:.1f}%, "
+          f"too close {100 * stats['too_close_fraction']:.1f}%; they fall short by {stats['unreachable_mean_shortfall_m']:.2f} m "
+          f"on average); mean miss beyond the unavoidable, all targets: {stats['mean_excess_miss_m']:.3f} m")
+    print(f"  Newton aiming: {metrics['newton_aim']['converged_within_1cm']}/{metrics['newton_aim']['within_reach']} "
+          f"within 1 cm, at most {metrics['newton_aim']['max_evaluations']} simulator evaluations")
+    g = blog["ours"]["gradient"]
+    print(f"  blog call gradient: ({g[0]:.2f}, {g[1]:.2f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
+    print(f"  training {train_seconds:.1f} s, total {time.perf_counter() - started:.1f} s; outputs in {out}/")
+
+
+if __name__ == "__main__":
+    main()
