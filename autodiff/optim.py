@@ -7,6 +7,10 @@ minimise its negative.
     Adam     m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²
              θ ← θ − lr m̂ / (√v̂ + ε),  m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ)
 
+Updates are in place (`p.data -= ...`), like PyTorch's: a graph recorded before
+`step()` holds the same arrays, so run a fresh forward after each step rather
+than calling backward again on an old graph.
+
 `state_dict()` / `load_state_dict()` give the optimiser's memory as plain
 arrays so a checkpoint can hold it (and a resumed run continue exactly).
 """
