@@ -184,15 +184,15 @@ def test_policy_from_file_round_trip_and_errors(tmp_path):
 
 def test_main_writes_every_output(tmp_path, capsys):
     out = str(tmp_path / "run")
-    pb.main(["--seeds", "1", "--sim-steps", "2000", "--ddpg-steps", "1100", "--eval-episodes", "5", "--grid", "3",
-             "--out", out])
+    pb.main(["--seeds", "1", "--sim-steps", "2000", "--ddpg-steps", "1020", "--eval-episodes", "5", "--grid", "3",
+             "--curve-episodes", "2", "--out", out])
     for name in ("metrics.json", "params.npz", "learning_curve.png", "generalisation.png", "swing_up.gif"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)["metrics"]
     assert metrics["bptt"]["per_seed"][0]["simulated_steps"] == 2000
     assert metrics["bptt"]["per_seed"][0]["gymnasium_steps_in_training"] == 0
-    assert metrics["ddpg"]["per_seed"][0]["gymnasium_steps"] == 1100
+    assert metrics["ddpg"]["per_seed"][0]["gymnasium_steps"] == 1020
     assert os.path.getsize(os.path.join(out, "swing_up.gif")) < 2_000_000
     policy = pb.policy_from_file(os.path.join(out, "params.npz"))
     assert policy(np.zeros(3, dtype=np.float32)).shape == (1,)
