@@ -236,7 +236,7 @@ def reset_states(rng, n):
 #
 #   u(o) = 2 tanh( f(o) − f(mirror(o)) ),   mirror([cos θ, sin θ, θ̇]) = [cos θ, −sin θ, −θ̇]
 #
-# The pendulum is mirror-symmetric (θ → −θ, u → −u), and this policy is too:
+# The pendulum is mirror-symmetric ((θ, θ̇, u) → (−θ, −θ̇, −u)), and so is this policy:
 # u(mirror(o)) = −u(o) by construction. Without it, the first thing BPTT learns
 # is "always push one way at full torque" (the pendulum hangs a little to one
 # side, which lowers θ²), the tanh saturates, and the gradient dies there; an
@@ -351,7 +351,8 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=32, kind="odd", episod
     if curve_policy_eval is not None:
         curve.append((done, curve_policy_eval(lambda obs: act(net, obs, kind))))
     info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
-            "max_grad_norm_seen": float(np.max(grad_norms)), "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
+            "max_grad_norm_seen": float(np.max(grad_norms)),
+            "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
     return net, curve, info
 
 
@@ -391,7 +392,7 @@ def run_gymnasium(policy, seeds=None, starts=None):
         angles[:, t] = np.arctan2(obs[:, 1], obs[:, 0])
         torques = np.asarray(policy(obs), dtype=np.float32).reshape(count)
         for i, env in enumerate(envs):
-            obs[i], reward, terminated, truncated, _ = env.step(torques[i:i + 1])
+            obs[i], reward, *_ = env.step(torques[i:i + 1])      # Pendulum never terminates
             returns[i] += reward
     angles[:, -1] = np.arctan2(obs[:, 1], obs[:, 0])
     for env in envs:
@@ -432,7 +433,8 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
     rng = np.random.default_rng(seed)
     actor = ad.nn.MLP((3, hidden, hidden, 1), rng, activation="relu", out_activation="tanh")
     critic = ad.nn.MLP((4, hidden, hidden, 1), rng, activation="relu")
-    actor_target, critic_target = [p.data.copy() for p in actor.parameters()], [p.data.copy() for p in critic.parameters()]
+    actor_target = [p.data.copy() for p in actor.parameters()]
+    critic_target = [p.data.copy() for p in critic.parameters()]
     actor_opt, critic_opt = ad.optim.Adam(actor.parameters(), lr=lr), ad.optim.Adam(critic.parameters(), lr=lr)
 
     def q_value(params, obs, action):                    # action scaled to [−1, 1] as the critic's input
@@ -482,10 +484,11 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
         actor_loss.backward()
         actor_opt.step()                                 # the critic's grads from this pass are never applied
         for targets, live in ((actor_target, actor.parameters()), (critic_target, critic.parameters())):
-            for p_target, p in zip(targets, live):
-                p_target *= 1.0 - tau
-                p_target += tau * p.data
-        progress.update(t + 1, critic_loss=critic_loss.item(), last_return=episode_returns[-1] if episode_returns else 0.0)
+            for target, p in zip(targets, live):            # in place: the lists hold the arrays
+                target *= 1.0 - tau
+                target += tau * p.data
+        progress.update(t + 1, critic_loss=critic_loss.item(),
+                        last_return=episode_returns[-1] if episode_returns else 0.0)
     if curve_policy_eval is not None:
         curve.append((env_steps, curve_policy_eval(policy)))
     env.close()
@@ -726,7 +729,8 @@ def main(argv=None):
     metrics = {
         "bptt": {
             "per_seed": [dict(seed=r["seed"], **summary(r["result"]), train_seconds=round(r["train_s"], 2),
-                              simulated_steps=r["info"]["sim_steps"], episodes_simulated=r["info"]["episodes_simulated"],
+                              simulated_steps=r["info"]["sim_steps"],
+                              episodes_simulated=r["info"]["episodes_simulated"],
                               updates=r["info"]["updates"], gymnasium_steps_in_training=0,
                               steps_to_mean_minus_200=first_reaching(r["curve"], -200),
                               steps_to_mean_minus_150=first_reaching(r["curve"], -150),
@@ -761,29 +765,29 @@ def main(argv=None):
     }
     ad.runs.write_metrics(out, metrics, args, started)
 
-    print()
-    print(f"{'Pendulum-v1, ' + str(args.eval_episodes) + ' Gymnasium episodes':46s} {'mean':>8s} {'std':>7s} {'worst':>8s}  training")
+    def row(name, res, training=""):
+        print(f"{name:52s} {res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}  {training}")
+
+    print(f"\n{'Pendulum-v1, ' + str(args.eval_episodes) + ' Gymnasium episodes':52s} "
+          f"{'mean':>8s} {'std':>7s} {'worst':>8s}  training")
     for r in bptt_runs:
-        res = r["result"]
-        print(f"{'BPTT seed ' + str(r['seed']):46s} {res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}  "
-              f"{r['info']['sim_steps']:,} simulated steps ({r['info']['episodes_simulated']:.0f} episodes), {r['train_s']:.1f}s")
+        info = r["info"]
+        row(f"BPTT seed {r['seed']}", r["result"], f"{info['sim_steps']:,} simulated steps "
+            f"({info['episodes_simulated']:.0f} episodes), {r['train_s']:.1f}s")
     for steps, res in one_episode.items():
-        print(f"{'BPTT, one trajectory of ' + str(steps) + ' steps (4-step windows)':46s} {res['mean']:8.1f} "
-              f"{res['std']:7.1f} {res['worst']:8.1f}  {steps:,} simulated steps")
-    print(f"{'zero torque (reference)':46s} {zero_torque['mean']:8.1f} {zero_torque['std']:7.1f} {zero_torque['worst']:8.1f}")
+        row(f"BPTT, one trajectory of {steps} steps (4-step windows)", res, f"{steps:,} simulated steps")
+    row("zero torque (reference)", zero_torque)
     for r in ddpg_runs:
-        res = r["result"]
-        print(f"{'DDPG seed ' + str(r['seed']):46s} {res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}  "
-              f"{args.ddpg_steps:,} Gymnasium steps ({args.ddpg_steps / EPISODE_STEPS:.0f} episodes), {r['train_s']:.1f}s")
+        row(f"DDPG seed {r['seed']}", r["result"], f"{args.ddpg_steps:,} Gymnasium steps "
+            f"({args.ddpg_steps / EPISODE_STEPS:.0f} episodes), {r['train_s']:.1f}s")
     if large_eval:
         for name, runs in (("BPTT", bptt_runs), ("DDPG", ddpg_runs)):
             for r in runs:
-                res = r["result"]["large"]
-                print(f"{name + ' seed ' + str(r['seed']) + ', ' + str(large_eval) + ' episodes':46s} "
-                      f"{res['mean']:8.1f} {res['std']:7.1f} {res['worst']:8.1f}")
+                row(f"{name} seed {r['seed']}, {large_eval} episodes", r["result"]["large"])
     g = metrics["generalisation"]
-    print(f"generalisation grid ({len(starts)} starts, θ in [−π, π], θ̇ in [−2, 2]): mean {g['mean_return']:.1f}, "
-          f"worst {g['worst_return']:.1f}; hanging down: mean {g['hanging_down_mean_return']:.1f}, "
+    print(f"generalisation grid ({len(starts)} starts, θ in [−π, π], θ̇ in [−2, 2]): "
+          f"mean {g['mean_return']:.1f}, worst {g['worst_return']:.1f}; "
+          f"hanging down: mean {g['hanging_down_mean_return']:.1f}, "
           f"worst {g['hanging_down_worst_return']:.1f}; never upright {100 * g['never_upright_fraction']:.1f}%")
     print(f"BPTT over {args.seeds} seeds: mean of means {np.mean(bptt_means):.1f}, worst seed {np.min(bptt_means):.1f} "
           f"(bar: >= -150)")
