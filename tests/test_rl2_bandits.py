@@ -138,14 +138,15 @@ def agent_tensor_swap(agent, name, tensor):
 
 
 def test_short_ppo_run_beats_random_and_approaches_greedy():
-    """40 PPO iterations (51,200 pulls, a few seconds) on n = 10, k = 5. Measured on 1,000 unseen tasks:
-    random scores 5.0, greedy 6.6; this run scores ≈ 6.2."""
-    config = dict(rl2.LESSON, hidden=32, trials=128, iterations=40)
+    """120 PPO iterations (154,000 pulls, ≈ 6 s) on n = 10, k = 5, GRU 32. Measured on 1,000 unseen
+    tasks for seeds 0-3: 6.44, 6.26, 6.33, 6.30 (random 5.0, greedy 6.6); training reward rose by
+    1.2-1.4 from the first five iterations to the last five."""
+    config = dict(rl2.LESSON, hidden=32, trials=128, iterations=120)
     agent, history = rl2.train_rl2(10, 5, config, seed=0)
     means, uniforms = tasks(99, 1000, 5, 10)
     score = rl2.rollout(agent, means, uniforms, np.random.default_rng(0))[2].sum(axis=0).mean()
-    assert score > 5.9
-    assert np.mean(history["reward"][-5:]) > np.mean(history["reward"][:5]) + 0.7
+    assert score > 6.1
+    assert np.mean(history["reward"][-5:]) > np.mean(history["reward"][:5]) + 1.0
 
 
 # ----------------------------------------------------------------------------
