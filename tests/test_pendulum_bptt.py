@@ -199,7 +199,8 @@ def test_policy_from_file_round_trip_and_errors(tmp_path):
     np.savez(tmp_path / "shape.npz", policy_kind=np.array("odd"), **{**arrays, "W2": np.zeros((32, 5))})
     with pytest.raises(ValueError, match="W2"):
         pb.policy_from_file(str(tmp_path / "shape.npz"))
-    np.savez(tmp_path / "nan.npz", policy_kind=np.array("odd"), **{**arrays, "b1": np.full_like(arrays["b1"], np.nan)})
+    nan_bias = np.full_like(arrays["b1"], np.nan)
+    np.savez(tmp_path / "nan.npz", policy_kind=np.array("odd"), **{**arrays, "b1": nan_bias})
     with pytest.raises(ValueError, match="nan"):
         pb.policy_from_file(str(tmp_path / "nan.npz"))
 
