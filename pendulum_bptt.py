@@ -13,9 +13,9 @@ What is in this file, top to bottom
     step_numpy (bitwise equal to Gymnasium), step_ops (the engine's elementary ops) and
     step_fused (two primitives with hand-written VJPs: the fast one), plus observation(state);
   - the policy: u(o) = 2 tanh(f(o) − f(mirror o)), f an MLP 3→64→64→1 (tanh) on [cos θ, sin θ, θ̇];
-  - training by truncated BPTT in two phases (short windows, then longer ones), DDPG on the real
-    Gymnasium env as the RL baseline, evaluation on gymnasium.make("Pendulum-v1"), the
-    generalisation map, the figures, policy_from_file(path).
+  - training by truncated BPTT in two phases (short windows, then longer ones);
+  - evaluation on gymnasium.make("Pendulum-v1"), DDPG on the real env as the RL baseline,
+    policy_from_file(path), the figures, and main(): runs, generalisation map, metrics.
 
 Choices, each measured (mean returns over 1,000 random starts unless said otherwise)
   - Truncated BPTT: episodes side by side, an Adam step after every `window` steps, the state
@@ -27,7 +27,8 @@ Choices, each measured (mean returns over 1,000 random starts unless said otherw
     al. 2022 analyse the effect). 25-step windows are reliable but myopic: they learn the swing-up
     every time and stop near -146 (10 of 10 seeds between -145 and -148).
   - Hence two phases. Phase 1 learns the swing-up: 8 episodes, 25-step windows, Adam 0.01, 320,000
-    steps. Phase 2 continues the same policy with 50-step windows (2.5 s, long enough to see most of
+    steps. (In each phase Adam's step size decays linearly to 5% over the last quarter, and the
+    gradient norm is clipped at 100, which rarely acts.) Phase 2 continues the same policy with 50-step windows (2.5 s, long enough to see most of
     a swing pay off), 64 episodes per batch to average over more starts, Adam 0.001, 4 M steps: it
     gains 4-6 points on every seed (seeds 0-4 on the starts of reset seeds 0-999: -145.7 to
     -147.1 after phase 1, -140.7 to -142.5 after phase 2; seeds 5-9 end at -140.1 to -142.2).
@@ -52,9 +53,10 @@ Counting experience honestly
   training. DDPG learns from 20,000 Gymnasium steps (100 episodes). The learning curve puts both on
   one axis: steps of the simulator or of the environment used for training.
 
-Results (python pendulum_bptt.py --full, 3.8 min; the default run trains seed 0 and DDPG seed 0
+Results (python pendulum_bptt.py --full, 3.6 min; the default run trains seed 0 and DDPG seed 0
 only, 42 s; 100 Gymnasium episodes, reset seeds 1,000,000-1,000,099, fixed before any result and
-never used in training; deterministic policies)
+never used in training; the 1,000-episode column is reset seeds 1,000,000-1,000,999, which
+include those 100; deterministic policies)
                                         mean    std   worst   1,000 episodes   training
   BPTT seed 0                         -147.4   81.9  -440.8   -143.9           4.32 M sim. steps
   BPTT seed 1                         -147.5   79.2  -369.2   -144.6             "
@@ -76,14 +78,16 @@ never used in training; deterministic policies)
   (three of them hang almost straight down), so the same policies score 3-4 points better on 1,000.
   Phase 1 alone gave -152.0 to -156.1 here (-153.6 to -155.0 with 32 hidden units, the previous
   version of this file). BPTT beats DDPG on both sets, by 2-8 points per seed.
-  The method was settled while looking at these 100 episodes as well as at 1,000 others; the
-  choices above are the better ones on the 1,000 too.
+  The method was settled while looking at these 100 episodes as well as at 1,000 others (reset
+  seeds 0-999, the figures under "Choices"); the choices above are the better ones there too.
   Sample efficiency: on the 20 learning-curve episodes BPTT first reaches -150 after 41,000-265,000
-  simulated steps, DDPG after 3,800-10,300 Gymnasium steps: BPTT needs about 10-25x more
-  experience and about the same compute (20 s of one core per seed for each).
+  simulated steps, DDPG after 3,800-10,300 Gymnasium steps: BPTT needs 4-36x more experience
+  (per seed; coarse, the curve's checkpoints are 2.5x apart) and about the same compute (20 s of
+  one core per seed for each).
   Generalisation (61 x 31 starts, θ in [-π, π], θ̇ in [-2, 2], on Gymnasium): every start ends
-  upright; mean -142.7, median 26 steps to upright for good, hanging straight down -298.7 on
-  average, worst -577.2.
+  upright; mean -142.7, median 26 steps to upright for good; hanging down (θ = ±π, any θ̇ on the
+  grid) -298.7 on average. The worst, -577.2, is hanging down exactly at rest, where only the
+  tie-break ε gets the swing going.
 
 The blog's "one episode": in the Flux pendulum (Gym.jl) the dynamics used the unclipped torque, so
 the network could lift the pendulum straight up, which is probably why 4-step windows sufficed
@@ -91,7 +95,7 @@ there (an inference; not tested here). With Gymnasium's ±2 clip a swing-up must
 several swings; the same schedule (one trajectory, 4-step windows, Adam 0.03, this file's policy)
 saturates the torque and does worse than doing nothing (table above).
 
-Run:  python pendulum_bptt.py            # ~45 s: BPTT seed 0 (both phases), DDPG seed 0, the map
+Run:  python pendulum_bptt.py            # 42 s: BPTT seed 0 (both phases), DDPG seed 0, the map
       python pendulum_bptt.py --full     # 5 + 5 seeds, 1,000-episode evaluations, finer map
 Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png,
 generalisation.png, swing_up.gif.  pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz")
@@ -102,7 +106,7 @@ import os
 import time
 
 if __name__ == "__main__":
-    # The matrices here are small (32- and 64-wide MLPs): BLAS threads only add overhead, ~10x on
+    # The matrices here are small (64-wide MLPs): BLAS threads only add overhead, ~10x on
     # 2 busy cores. Only when run as a script, and only if the user has not chosen otherwise.
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, "1")
@@ -343,7 +347,10 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
     Within it, the state is carried from window to window (so the policy also
     learns from the later, upright part of the swing-up), but the gradient is
     cut at window boundaries. Every simulated step of every trajectory counts
-    toward `sim_steps`: one update costs batch × window steps.
+    toward `sim_steps`: one update costs batch × window steps, and training
+    stops after the update that reaches `sim_steps` (info["sim_steps"] is the
+    exact count). Adam's step size is constant, then decays linearly to 5% over
+    the last quarter; the gradient norm is clipped at `max_grad_norm`.
 
     net: continue training this policy (phase 2) instead of a new one; its
     training steps are then counted from `steps_before` on the learning curve.
@@ -375,30 +382,33 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
         state, t_episode = end.data, t_episode + steps
         if t_episode >= episode_length:
             state, t_episode = reset_states(rng, batch), 0
-        progress.update(min(done, sim_steps), loss=loss.item())
+        progress.update(min(done, sim_steps), last_window_loss=loss.item())
     if curve_policy_eval is not None:
         curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
     info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
-            "max_grad_norm_seen": float(np.max(grad_norms)),
+            "max_grad_norm_seen": float(np.max(grad_norms, initial=0.0)),
             "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
     return net, curve, info
 
 
-def train_two_phases(seed, short, long, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None, label="bptt"):
+def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None,
+                     label="bptt"):
     """Phase 1 learns the swing-up with short windows; phase 2 continues the
     same policy with longer windows and a larger batch, so that each gradient
     sees further ahead (see "Choices" in the docstring).
 
-    short, long: dicts of train_bptt's sim_steps, batch, window, lr.
+    phase_1, phase_2: dicts of train_bptt's sim_steps, batch, window, lr.
     Returns (net, curve over both phases, info with both phases' counts)."""
-    net, curve, first = train_bptt(seed, hidden=hidden, kind=kind, curve_at=curve_at,
-                                   curve_policy_eval=curve_policy_eval, label=f"{label} phase 1", **short)
-    net, more, second = train_bptt((seed, 2), kind=kind, net=net, steps_before=first["sim_steps"], curve_at=curve_at,
-                                   curve_policy_eval=curve_policy_eval, label=f"{label} phase 2", **long)
-    total = first["sim_steps"] + second["sim_steps"]
-    info = {"sim_steps": total, "updates": first["updates"] + second["updates"],
-            "episodes_simulated": total / EPISODE_STEPS, "phase_1": first, "phase_2": second}
-    return net, curve + more, info
+    net, curve_1, info_1 = train_bptt(seed, hidden=hidden, kind=kind, curve_at=curve_at,
+                                      curve_policy_eval=curve_policy_eval, label=f"{label} phase 1", **phase_1)
+    # phase 2 draws its start states from its own stream, (seed, 2), independent of phase 1's
+    net, curve_2, info_2 = train_bptt((seed, 2), kind=kind, net=net, steps_before=info_1["sim_steps"],
+                                      curve_at=curve_at, curve_policy_eval=curve_policy_eval,
+                                      label=f"{label} phase 2", **phase_2)
+    total = info_1["sim_steps"] + info_2["sim_steps"]
+    info = {"sim_steps": total, "updates": info_1["updates"] + info_2["updates"],
+            "episodes_simulated": total / EPISODE_STEPS, "phase_1": info_1, "phase_2": info_2}
+    return net, curve_1 + curve_2, info
 
 
 # ----------------------------------------------------------------------------
@@ -579,7 +589,8 @@ def policy_from_file(path):
 # ----------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------
-def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points, phase_two_at=None):
+def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points, phase_two_at=None, phase_two_window=50,
+                         curve_episodes=20):
     plt = ad.runs.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, curve in enumerate(bptt_curves):
@@ -598,7 +609,7 @@ def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points, pha
     ax.axhline(-150, color="gray", linestyle="--", linewidth=1)
     if phase_two_at:
         ax.axvline(phase_two_at, color="tab:blue", linestyle=":", linewidth=1)
-        ax.text(phase_two_at * 1.1, -330, "BPTT phase 2:\n50-step windows", color="tab:blue", fontsize=8)
+        ax.text(phase_two_at * 1.1, -330, f"BPTT phase 2:\n{phase_two_window}-step windows", color="tab:blue", fontsize=8)
     ax.text(150, -140, "−150", color="gray", fontsize=8)
     ax.scatter([20000], [-152.1], marker="D", color="gray", zorder=5)
     ax.annotate("published context: RL Zoo DDPG\n−152 after 20k steps (750 episodes)", (20000, -152.1),
@@ -606,7 +617,7 @@ def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points, pha
                 arrowprops=dict(arrowstyle="-", color="gray"))
     ax.set_xscale("log")
     ax.set_xlabel("simulated environment steps used for training (200 = one episode)")
-    ax.set_ylabel("mean return, 20 Gymnasium episodes")
+    ax.set_ylabel(f"mean return, {curve_episodes} Gymnasium episodes")
     ax.set_ylim(-1700, 0)
     ax.set_title("Pendulum-v1: BPTT through a differentiable twin vs DDPG")
     ax.legend(loc="lower right", fontsize=8)
@@ -710,6 +721,8 @@ def main(argv=None):
     seeds = args.seeds or (5 if args.full else 1)
     ddpg_seeds = args.ddpg_seeds if args.ddpg_seeds is not None else (5 if args.full else 1)
     grid = args.grid or (61 if args.full else 25)
+    if grid < 3:
+        parser.error(f"--grid {grid}: at least 3 angles, so that the map has more than one speed")
     large_eval = args.large_eval if args.large_eval is not None else (1000 if args.full else 0)
     out = ad.runs.prepare_out(args.out)
 
@@ -724,15 +737,15 @@ def main(argv=None):
     for i in range(seeds):
         seed = args.seed + i
         t0 = time.perf_counter()
-        short = dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr)
-        long = dict(sim_steps=args.long_sim_steps, batch=args.long_batch, window=args.long_window, lr=args.long_lr)
+        phase_1 = dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr)
+        phase_2 = dict(sim_steps=args.long_sim_steps, batch=args.long_batch, window=args.long_window, lr=args.long_lr)
         curve_at = log_checkpoints(args.sim_steps + args.long_sim_steps)
         if args.long_sim_steps:
-            net, curve, info = train_two_phases(seed, short, long, args.hidden, args.policy, curve_at=curve_at,
+            net, curve, info = train_two_phases(seed, phase_1, phase_2, args.hidden, args.policy, curve_at=curve_at,
                                                 curve_policy_eval=curve_eval, label=f"bptt seed {seed}")
         else:
             net, curve, info = train_bptt(seed, hidden=args.hidden, kind=args.policy, curve_at=curve_at,
-                                          curve_policy_eval=curve_eval, label=f"bptt seed {seed}", **short)
+                                          curve_policy_eval=curve_eval, label=f"bptt seed {seed}", **phase_1)
         train_time = time.perf_counter() - t0
         result = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
         if large_eval:
@@ -746,8 +759,8 @@ def main(argv=None):
     # 2. The blog's schedule: ONE trajectory, 4-step windows, Adam 0.03 (200 steps, and Flux's 1000)
     one_episode = {}
     for steps in (EPISODE_STEPS, 1000):
-        net, _, info = train_bptt(args.seed, steps, 1, 4, 0.03, args.hidden, args.policy, episode_length=steps,
-                                  label=f"one trajectory of {steps} steps")
+        net, _, info = train_bptt(args.seed, sim_steps=steps, batch=1, window=4, lr=0.03, hidden=args.hidden,
+                                  kind=args.policy, episode_length=steps, label=f"one trajectory of {steps} steps")
         one_episode[steps] = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
 
     zero_torque = evaluate(lambda obs: np.zeros(len(obs)), args.eval_episodes)       # a reference point
@@ -769,6 +782,7 @@ def main(argv=None):
 
     # 4. Generalisation: every start on a grid of angle x speed, on Gymnasium
     main_policy = lambda obs: act(main_run["net"], obs, args.policy)                      # noqa: E731
+    # about half as many speeds as angles, an odd number so that θ̇ = 0 is on the grid
     thetas, speeds = np.linspace(-np.pi, np.pi, grid), np.linspace(-2.0, 2.0, (grid + 1) // 2 | 1)
     starts = np.array([(th, sp) for th in thetas for sp in speeds])
     grid_returns, grid_angles = run_gymnasium(main_policy, starts=starts)
@@ -780,9 +794,10 @@ def main(argv=None):
     # 5. Figures and metrics
     plot_learning_curves(os.path.join(out, "learning_curve.png"), [r["curve"] for r in bptt_runs],
                          [r["curve"] for r in ddpg_runs],
-                         [("one episode, 200 steps", EPISODE_STEPS, one_episode[EPISODE_STEPS]["mean"]),
+                         [("one trajectory, 200 steps", EPISODE_STEPS, one_episode[EPISODE_STEPS]["mean"]),
                           ("one trajectory, 1000 steps", 1000, one_episode[1000]["mean"])],
-                         phase_two_at=args.sim_steps if args.long_sim_steps else None)
+                         phase_two_at=args.sim_steps if args.long_sim_steps else None,
+                         phase_two_window=args.long_window, curve_episodes=args.curve_episodes)
     plot_generalisation(os.path.join(out, "generalisation.png"), thetas, speeds, grid_returns.reshape(shape),
                         np.where(np.isnan(grid_upright), EPISODE_STEPS, grid_upright).reshape(shape))
     save_swing_up_gif(os.path.join(out, "swing_up.gif"), main_policy)
@@ -794,6 +809,7 @@ def main(argv=None):
                               simulated_steps=r["info"]["sim_steps"],
                               episodes_simulated=r["info"]["episodes_simulated"],
                               updates=r["info"]["updates"], gymnasium_steps_in_training=0,
+                              phases={k: r["info"][k] for k in ("phase_1", "phase_2") if k in r["info"]},
                               steps_to_mean_minus_200=first_reaching(r["curve"], -200),
                               steps_to_mean_minus_150=first_reaching(r["curve"], -150),
                               curve=r["curve"]) for r in bptt_runs],

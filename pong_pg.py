@@ -73,6 +73,7 @@ HIDDEN = 200                 # hidden ReLU units
 PIXELS = 80 * 80             # input: an 80x80 difference frame
 GAMMA = 0.99                 # discount of future rewards
 BATCH_EPISODES = 10          # episodes per parameter update
+TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")
 LEARNING_RATE = 1e-4
 RMSPROP_DECAY = 0.99
 RMSPROP_EPS = 1e-5
@@ -686,8 +687,9 @@ def build_parser():
     parser.add_argument("--standardise", choices=("batch", "episode"), default="batch",
                         help="standardise returns over the batch (issue) or per episode (seed's code)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    parser.add_argument("--play", nargs="?", const="runs/pong_pg/checkpoint.npz", metavar="CHECKPOINT",
-                        help="play the built-in AI with these weights (checkpoint or weights .npz)")
+    parser.add_argument("--play", nargs="?", const=TRAINED_WEIGHTS, metavar="CHECKPOINT",
+                        help="play the built-in AI with these weights (a checkpoint or weights .npz; "
+                             "default: the long run's weights, docs/pong_pg_weights_float16.npz)")
     parser.add_argument("--play-games", type=ad.runs.positive_int, default=3, help="games for --play")
     return parser
 

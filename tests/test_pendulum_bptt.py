@@ -213,7 +213,11 @@ def test_main_writes_every_output(tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)["metrics"]
-    assert metrics["bptt"]["per_seed"][0]["simulated_steps"] == 2000 + 6400
+    per_seed = metrics["bptt"]["per_seed"][0]
+    assert per_seed["simulated_steps"] == 2000 + 6400
+    assert per_seed["phases"]["phase_1"]["sim_steps"] == 2000 and per_seed["phases"]["phase_2"]["sim_steps"] == 6400
+    steps = [point[0] for point in per_seed["curve"]]
+    assert steps == sorted(steps) and steps[-1] == 2000 + 6400       # one axis across both phases
     assert metrics["bptt"]["per_seed"][0]["gymnasium_steps_in_training"] == 0
     assert metrics["ddpg"]["per_seed"][0]["gymnasium_steps"] == 1020
     assert os.path.getsize(os.path.join(out, "swing_up.gif")) < 2_000_000
@@ -223,7 +227,7 @@ def test_main_writes_every_output(tmp_path, capsys):
 
 
 def test_bad_arguments_fail_with_a_clear_message(capsys):
-    for argv in (["--window", "0"], ["--lr", "nan"], ["--policy", "round"]):
+    for argv in (["--window", "0"], ["--lr", "nan"], ["--policy", "round"], ["--grid", "2"], ["--long-window", "0"]):
         with pytest.raises(SystemExit):
             pb.main(argv + ["--out", "/nonexistent/never-written"])
         assert "error" in capsys.readouterr().err
