@@ -397,14 +397,17 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
     same policy with longer windows and a larger batch, so that each gradient
     sees further ahead (see "Choices" in the docstring).
 
-    phase_1, phase_2: dicts of train_bptt's sim_steps, batch, window, lr.
+    phase_1, phase_2: dicts of train_bptt's sim_steps, batch, window, lr
+    (phase_2["sim_steps"] = 0 skips phase 2).
     Returns (net, curve over both phases, info with both phases' counts)."""
     net, curve_1, info_1 = train_bptt(seed, hidden=hidden, kind=kind, curve_at=curve_at,
                                       curve_policy_eval=curve_policy_eval, label=f"{label} phase 1", **phase_1)
-    # phase 2 draws its start states from its own stream, (seed, 2), independent of phase 1's
-    net, curve_2, info_2 = train_bptt((seed, 2), kind=kind, net=net, steps_before=info_1["sim_steps"],
-                                      curve_at=curve_at, curve_policy_eval=curve_policy_eval,
-                                      label=f"{label} phase 2", **phase_2)
+    curve_2, info_2 = [], {"sim_steps": 0, "updates": 0}
+    if phase_2["sim_steps"]:
+        # phase 2 draws its start states from its own stream, (seed, 2), independent of phase 1's
+        net, curve_2, info_2 = train_bptt((seed, 2), kind=kind, net=net, steps_before=info_1["sim_steps"],
+                                          curve_at=curve_at, curve_policy_eval=curve_policy_eval,
+                                          label=f"{label} phase 2", **phase_2)
     total = info_1["sim_steps"] + info_2["sim_steps"]
     info = {"sim_steps": total, "updates": info_1["updates"] + info_2["updates"],
             "episodes_simulated": total / EPISODE_STEPS, "phase_1": info_1, "phase_2": info_2}
@@ -740,12 +743,8 @@ def main(argv=None):
         phase_1 = dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr)
         phase_2 = dict(sim_steps=args.long_sim_steps, batch=args.long_batch, window=args.long_window, lr=args.long_lr)
         curve_at = log_checkpoints(args.sim_steps + args.long_sim_steps)
-        if args.long_sim_steps:
-            net, curve, info = train_two_phases(seed, phase_1, phase_2, args.hidden, args.policy, curve_at=curve_at,
-                                                curve_policy_eval=curve_eval, label=f"bptt seed {seed}")
-        else:
-            net, curve, info = train_bptt(seed, hidden=args.hidden, kind=args.policy, curve_at=curve_at,
-                                          curve_policy_eval=curve_eval, label=f"bptt seed {seed}", **phase_1)
+        net, curve, info = train_two_phases(seed, phase_1, phase_2, args.hidden, args.policy, curve_at=curve_at,
+                                            curve_policy_eval=curve_eval, label=f"bptt seed {seed}")
         train_time = time.perf_counter() - t0
         result = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
         if large_eval:
@@ -809,7 +808,7 @@ def main(argv=None):
                               simulated_steps=r["info"]["sim_steps"],
                               episodes_simulated=r["info"]["episodes_simulated"],
                               updates=r["info"]["updates"], gymnasium_steps_in_training=0,
-                              phases={k: r["info"][k] for k in ("phase_1", "phase_2") if k in r["info"]},
+                              phases={k: r["info"][k] for k in ("phase_1", "phase_2")},
                               steps_to_mean_minus_200=first_reaching(r["curve"], -200),
                               steps_to_mean_minus_150=first_reaching(r["curve"], -150),
                               curve=r["curve"]) for r in bptt_runs],
