@@ -13,7 +13,19 @@ Layout (read in this order):
     nn.py         Linear, MLP, GRUCell, initialisers, saving parameters
     optim.py      SGD, RMSProp, Adam, clip_grad_norm
     gradcheck.py  finite-difference checking of any function
+    runs.py       not autodiff: what the six scripts share (command line, run folder, results, input checks)
 """
+
+# One BLAS thread, set here and nowhere else. Every matrix in this project is small (batches of tens to a
+# few thousand rows, layers of 64-256 units): BLAS threads only add overhead, 10x or more on two busy cores,
+# and make results depend on the thread count. It must happen before NumPy loads, so a script or benchmark
+# imports autodiff before numpy. To choose otherwise, set OPENBLAS_NUM_THREADS (or OMP_/MKL_) yourself.
+import os as _os
+import sys as _sys
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    if "numpy" not in _sys.modules:
+        _os.environ.setdefault(_name, "1")
 
 from . import nn, optim, runs
 from .engine import (PRIMITIVES, Tensor, detect_anomaly, graph_string, is_grad_enabled, no_grad, primitive,

@@ -12,6 +12,8 @@ import numpy as np
 
 from .engine import Tensor
 from .kernels import gru_cell, gru_sequence, linear, mlp
+from .runs import BadInput, check_array
+from .runs import load_arrays as _load_checked
 
 
 # ----------------------------------------------------------------------------
@@ -158,15 +160,9 @@ def save_parameters(path, named, **extra):
 
 
 def load_arrays(path):
-    """Read an .npz written by save_parameters, refusing pickles and naming
-    the file in the error if it is missing or corrupt."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such parameter file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except Exception as error:  # zipfile.BadZipFile, ValueError, OSError, ...
-        raise ValueError(f"{path}: not a readable .npz parameter file ({type(error).__name__}: {error})") from None
+    """Read an .npz written by save_parameters: never unpickling, and every problem (missing, not an .npz,
+    an object array) a one-line error naming the file (autodiff.runs.BadInput, a ValueError)."""
+    return _load_checked(path)
 
 
 def load_parameters(path, named):
@@ -175,10 +171,7 @@ def load_parameters(path, named):
     arrays = load_arrays(path)
     for name, p in named.items():
         if name not in arrays:
-            raise ValueError(f"{path}: missing parameter {name!r} (file has {sorted(arrays)})")
-        if arrays[name].shape != p.shape:
-            raise ValueError(f"{path}: parameter {name!r} has shape {arrays[name].shape}, expected {p.shape}")
-        if not np.all(np.isfinite(arrays[name])):
-            raise ValueError(f"{path}: parameter {name!r} contains nan or inf")
+            raise BadInput(f"{path}: missing parameter {name!r} (file has {sorted(arrays)})")
+        check_array(arrays[name], f"{path}: parameter {name!r}", p.shape)
         p.data = arrays[name].astype(p.dtype)
     return arrays

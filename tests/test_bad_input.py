@@ -1,0 +1,185 @@
+"""Bad input never costs work and never shows a traceback.
+
+Every loader and every script's command line is run against a generated set of bad files and flags. Each
+must answer with one line on stderr naming what is wrong, exit non-zero, and leave existing output as it was.
+The scripts' cases are lists of command lines; "{bad}" in one is replaced by each bad file in turn."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------
+# The bad files
+# ----------------------------------------------------------------------------
+def make_bad_files(folder):
+    """{kind: path} of files no loader may accept (nor trace back on)."""
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+
+    def path(kind, suffix=".npz"):
+        paths[kind] = os.path.join(folder, kind + suffix)
+        return paths[kind]
+
+    with open(path("random_bytes"), "wb") as f:
+        f.write(np.random.default_rng(0).bytes(4096))
+    open(path("empty"), "wb").close()
+    np.savez(path("good_for_truncating"), W=np.ones((40, 40)))
+    with open(paths.pop("good_for_truncating"), "rb") as f:
+        data = f.read()
+    with open(path("truncated"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    os.makedirs(path("a_directory"))
+    np.savez(path("another_scripts_file"), unrelated_weights=np.ones((3, 3)), seed=np.int64(0))
+    np.savez(path("nan_inside"), W=np.full((2, 2), np.nan))
+    np.savez(path("strings"), W=np.array(["a", "b"]))
+    np.save(os.path.join(folder, "obj.npy"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(path("object_array"), "w") as z:
+        z.write(os.path.join(folder, "obj.npy"), "W.npy")
+    with zipfile.ZipFile(path("not_arrays"), "w") as z:
+        z.writestr("W.txt", "hello")
+    np.savez(path("huge_seed"), W=np.ones((2, 2)), seed=np.array(2**70, dtype=object))
+    return paths
+
+
+def folder_fingerprint(folder):
+    """{relative path: sha1} of every file below `folder` (to check that nothing was overwritten)."""
+    found = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            full = os.path.join(base, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, folder)] = hashlib.sha1(f.read()).hexdigest()
+    return found
+
+
+def assert_refused(script, argv, untouched=None, timeout=120):
+    """Run `python script.py argv`: one line on stderr, no traceback, non-zero exit, `untouched` unchanged."""
+    before = folder_fingerprint(untouched) if untouched else None
+    done = subprocess.run([sys.executable, f"{script}.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, MPLBACKEND="Agg"), stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    shown = f"{script}.py {' '.join(argv)}: exit {done.returncode}, stderr: {done.stderr[-800:]!r}"
+    assert done.returncode != 0, shown
+    assert "Traceback" not in done.stderr, shown
+    assert len(lines) == 1, shown
+    if untouched:
+        assert folder_fingerprint(untouched) == before, f"{shown}: existing output changed"
+    return lines[0]
+
+
+def run_cases(script, cases, tmp_path):
+    bad = make_bad_files(tmp_path / "bad")
+    for argv in cases:
+        if any("{bad}" in a for a in argv):
+            for kind, path in bad.items():
+                assert_refused(script, [a.replace("{bad}", path) for a in argv])
+        else:
+            assert_refused(script, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+
+
+# ----------------------------------------------------------------------------
+# The shared loader and output folder
+# ----------------------------------------------------------------------------
+def test_the_shared_loader_refuses_every_bad_file_in_one_named_line(tmp_path):
+    for kind, path in make_bad_files(tmp_path).items():
+        with pytest.raises(ad.runs.BadInput) as error:
+            ad.runs.load_arrays(path, expected={"W": (2, 2)})
+        message = str(error.value)
+        assert path in message and "\n" not in message, (kind, message)
+        assert "allow_pickle" not in message, (kind, message)
+    with pytest.raises(ad.runs.MissingFile):
+        ad.runs.load_arrays(tmp_path / "nothing_here.npz")
+
+
+def test_an_unusable_output_folder_is_refused_before_any_work(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for path in ["", str(a_file), str(a_file / "below"), "/proc/not_writable"]:
+        with pytest.raises(ad.runs.BadInput):
+            ad.runs.prepare_out(path)
+    assert os.path.isdir(ad.runs.prepare_out(str(tmp_path / "new" / "parents")))
+
+
+def test_divergence_is_named():
+    with pytest.raises(ad.runs.Diverged, match="loss is not finite at episode 3"):
+        ad.runs.check_finite("loss", np.array([1.0, np.nan]), "episode 3")
+    ad.runs.check_finite("loss", 1.0)
+
+
+# The script sections below are filled in by each script's own work; each keeps to its own section.
+
+# ============================================================================
+# pong_pg.py
+# ============================================================================
+PONG_CASES = [
+]
+
+
+def test_pong_pg_refuses_bad_input(tmp_path):
+    run_cases("pong_pg", PONG_CASES, tmp_path)
+
+
+# ============================================================================
+# trebuchet.py
+# ============================================================================
+TREBUCHET_CASES = [
+]
+
+
+def test_trebuchet_refuses_bad_input(tmp_path):
+    run_cases("trebuchet", TREBUCHET_CASES, tmp_path)
+
+
+# ============================================================================
+# cartpole_dp.py
+# ============================================================================
+CARTPOLE_CASES = [
+]
+
+
+def test_cartpole_dp_refuses_bad_input(tmp_path):
+    run_cases("cartpole_dp", CARTPOLE_CASES, tmp_path)
+
+
+# ============================================================================
+# pendulum_bptt.py
+# ============================================================================
+PENDULUM_CASES = [
+]
+
+
+def test_pendulum_bptt_refuses_bad_input(tmp_path):
+    run_cases("pendulum_bptt", PENDULUM_CASES, tmp_path)
+
+
+# ============================================================================
+# rl2_bandits.py
+# ============================================================================
+RL2_CASES = [
+]
+
+
+def test_rl2_bandits_refuses_bad_input(tmp_path):
+    run_cases("rl2_bandits", RL2_CASES, tmp_path)
+
+
+# ============================================================================
+# mve_critic.py
+# ============================================================================
+MVE_CASES = [
+]
+
+
+def test_mve_critic_refuses_bad_input(tmp_path):
+    run_cases("mve_critic", MVE_CASES, tmp_path)
