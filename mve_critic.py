@@ -1,65 +1,49 @@
 """Model value expansion through stiff contact: horizon H, smoothing rho, and value-gradient critics, measured.
 
-The idea (the "Differentiable RL" deck). With a differentiable model you choose how far to trust it:
-unroll the model H steps and bootstrap with a learned critic,
+With a differentiable model you choose how far to trust it: unroll the model H steps and bootstrap with a
+learned critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
 
-    J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],        u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
+    J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],    u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
 
-and differentiate through the rollout (reparameterised noise eps fixed). H = 0 is DDPG / SVG(0): low
-variance, biased by the critic. H = T is BPTT: unbiased, but every contact step multiplies the gradient
-by a Jacobian of norm ~ dt k = 20, so with stiff contact its variance explodes (and heavy tails make a
-finite sample look biased too). A differentiable simulator also has a knob on smoothness: the contact
-force k max(d, 0) becomes k rho softplus(d / rho), which is the hard force averaged over logistic noise
-on the gap: contact and no-contact "averaged". Smoothing tames the variance and buys a longer horizon,
-at the price of model bias; annealing H and rho together walks "the path of manageable variance".
-Finally a critic can learn the value *gradient* directly from the Bellman gradient equation
-(DHP / VGL(lambda)), because accurate values do not guarantee accurate gradients.
+H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
+multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
+heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
+gradients?", ICML 2022). A differentiable simulator also has a knob on smoothness: the contact force
+k max(d, 0) becomes k rho softplus(d / rho), the hard force averaged over logistic noise on the gap. Smoothing
+tames the variance at the price of model bias. A critic can also learn the value *gradient* directly from the
+Bellman gradient equation (DHP / VGL(lambda), Werbos; Fairbank), since accurate values need not have accurate
+gradients:
 
-Toy system (after Suh et al. 2022): 1-D pusher p and box b, stiff penalty contact, dt 0.02, k 1000,
-T 128, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+    grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
-Measured (python mve_critic.py --full: 18.7 min on 2 shared cores; every table is printed and in metrics.json):
-  Exp 1, gradient of J for a linear policy, 2048 per-sample gradients per cell, truth by finite differences:
-    variance at H = T (BPTT), theta_init:  rho = 0: 5.3e3 |grad J|^2,  rho = 0.01: 0.95   (ratio 5.5e3)
-    variance vs H, rho = 0:  0.17 at H = 8, 3.3 at H = 64, 5.3e3 at H = 128; per k: 1.7 / 5.6e3 / 1.1e10 at k = 300 / 1000 / 3000
-    bias (Q terminal) vs H, rho = 0:  22.6 (H = 0), 1.7 (H = 1), 1.1 (8), 0.41 (32); up again past H = 32 (heavy tails)
-    smoothing bias floor at H = T, rho = 0.03:  0.060 (theta_init), 0.25 (theta_good)
-    best H by the MSE of a 64-episode mean:  32 at rho = 0, 128 for every rho > 0: smoothing buys the full horizon
-    the G (value-gradient) terminal cuts the bias 4-60x at theta_good (rho 0.01, H 1: 0.10 vs 6.2) but is 2-4x
-    worse where the contact chatters (theta_init): there grad V itself varies on the contact length scale
-  Exp 2, training an MLP policy, 400k env steps, 3 seeds, evaluated on hard contact (start: -23.7):
-    BPTT on rho = 0.01: -16.4 +- 0.2,  BPTT: -17.4 +- 0.1,  MVE H=8 (Q): -27.1 +- 4.3,  H=0 (DDPG-like): -83 +- 51,
-    annealed H 32->4 with rho 0.01->0: -43.4 +- 16.1 (the hypothesis "no worse than the best fixed" fails);
-    anneal rho only at H = 32: -20.3 +- 1.3; BPTT with rho annealed: -16.7 +- 0.3. Shrinking H is what hurts:
-    short horizons lean on the value critic, whose gradient is biased by more than |grad J| (Exp 1).
-  Exp 3, critics on held-out states (theta_good, rho = 0.01): value critic: value error 0.26 but gradient error
-    0.88, cosine 0.45; gradient critic VGL(0.95): gradient cosine 0.86 (error 0.94, median per state 0.74);
-    DHP (lambda = 0) error 6.8. Training with G (H = 16): -15.5 and -16.7 on two seeds (the best critic runs
-    of all) but one seed collapses to "never touch the box" (-47.8), so on average it is not better than Q.
+The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
+T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+
+Claims tested: (1) the gradient's bias falls and its variance rises with H, and smoothing cuts BPTT's variance
+by orders of magnitude (at which policy, and how surely, given heavy tails); (2) training: which fixed H and rho
+win, and whether annealing H and rho together ("the path of manageable variance") beats every fixed setting,
+with the controls that separate the two schedules; (3) a value critic fitted by TD(lambda) can have small value
+error and large gradient error, which a VGL(lambda) gradient critic avoids.
 
 Run:
-    python mve_critic.py                # quick versions of all three experiments (<= 2 minutes)
-    python mve_critic.py --full         # the full experiments, each with its wall time
-    python mve_critic.py --exp 1        # one experiment (add --full for the full version)
+    python mve_critic.py                # the lesson run: small versions of all three experiments
+    python mve_critic.py --full         # the full experiments (see README.md for the times)
+    python mve_critic.py --exp 2 --seeds 3     # one experiment, with more seeds
+
+Results: see README.md#mve_criticpy.
 """
 
+import argparse
 import math
 import os
 import time
 
-if __name__ == "__main__":
-    # The matrices here are small (64-wide MLPs, batches of 64-2048 rows): BLAS threads only add overhead,
-    # ~10x on 2 busy cores. Only when run as a script, and only if the user has not chosen otherwise.
-    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_name, "1")
-
+import autodiff as ad            # before numpy: it makes BLAS single-threaded (small matrices, shared cores)
 import numpy as np
-
-import autodiff as ad
 from autodiff import Tensor
 
 # ----------------------------------------------------------------------------
-# Constants (mve_spec.md, section 2)
+# 1. Settings: the physics, the training constants and the run's sizes (read these first)
 # ----------------------------------------------------------------------------
 DT = 0.02                         # seconds per step, semi-implicit Euler
 MASS_PUSHER, MASS_BOX = 1.0, 1.0
@@ -85,9 +69,63 @@ THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant p
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
 EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
 
+SETTINGS = {                      # the lesson run (about a minute or two on 2 cores)
+    "exp": "all",
+    "snapshots": ("init",),
+    "rhos": (0.0, 0.003, 0.01, 0.03),
+    "horizons": (0, 1, 4, 16, 64, T),
+    "episodes": 512,
+    "truth_episodes": 8192,
+    "critic_iterations": 40,
+    "stiffness_sweep": (),
+    "sweep_episodes": 512,
+    "seeds": 1,
+    "env_steps": 160_000,
+    "arms": ("A_ddpg_H0", "B_bptt", "C_bptt_smooth", "D_mve_H8", "E_mve_H8_smooth", "F_anneal",
+             "F1_anneal_rho_H32", "F2_anneal_rho_bptt"),
+    "fidelity_iterations": 60,
+    "held_out": 64,
+    "reference_rollouts": 64,
+    "exp3_arms": ("Q_H8", "G_H8_lam0.95"),
+}
+FULL = {                          # what --full changes
+    "snapshots": ("init", "good"),
+    "horizons": (0, 1, 2, 4, 8, 16, 32, 64, T),
+    "episodes": 2048,
+    "truth_episodes": 40960,
+    "critic_iterations": 100,
+    "stiffness_sweep": (300.0, 1000.0, 3000.0),
+    "sweep_episodes": 2048,
+    "seeds": 3,
+    "env_steps": 400_000,
+    "fidelity_iterations": 150,
+    "held_out": 256,
+    "reference_rollouts": 256,
+    "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0", "F_anneal_G"),
+}
+HELP = {
+    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
+    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
+    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
+    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
+    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
+    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
+    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
+    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
+    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
+    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
+    "env_steps": "Exp 2 and 3: environment steps per training run",
+    "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
+    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
+    "held_out": "Exp 3: held-out states of the critic comparison",
+    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
+    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
+}
+
+
 
 # ----------------------------------------------------------------------------
-# Environment: pusher and box with a contact force of smoothing width rho
+# 2. Environment: pusher and box with a contact force of smoothing width rho (the stiffness is the lesson)
 #   x = (p, v, b, w);  d = p - b (penetration);  lam = k s_rho(d)
 #   s_rho(d) = rho log(1 + e^{d/rho}) = E_{n ~ Logistic(0, rho)} max(d + n, 0);   s_0(d) = max(d, 0)
 #   v' = v + dt (u - lam - c_p v) / m_p;   w' = w + dt (lam - c_b w) / m_b;   p' = p + dt v';   b' = b + dt w'
@@ -174,10 +212,14 @@ def contact_onsets(states):
 
 
 # ----------------------------------------------------------------------------
-# Policy: u = u_max tanh(mu_theta(o) + sigma eps), reparameterised
+# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
 #   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
 #   one row per episode the rows' .grad after one backward are the per-sample gradients.
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
+#   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
+#   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
+#   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
+#   Both critics are MLPs 64-64 with a target copy and a running output scale.
 # ----------------------------------------------------------------------------
 @ad.primitive
 def linear_policy(theta, o):
@@ -227,23 +269,8 @@ def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
     return states, actions, rewards
 
 
-def evaluate(policy, episodes=128):
-    """Deterministic policy on the HARD system from fixed initial states:
-    (mean undiscounted return, mean |b_T - b*|)."""
-    x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
-    total = np.zeros(episodes)
-    for _ in range(T):
-        x, r = step_numpy(x, act_numpy(policy, x), 0.0)
-        total += r
-    return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
 
 
-# ----------------------------------------------------------------------------
-# Critics: time-aware MLPs 64-64 with a target copy and a running output scale
-#   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
-#   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
-#   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
-# ----------------------------------------------------------------------------
 class Critic:
     def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
         self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
@@ -274,24 +301,6 @@ class Critic:
         out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
         return ad.reshape(out, out.shape[:-1]) if self.scalar else out
 
-    def fit(self, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
-        """Regress the online net on (features, targets) with Adam; then move the target net."""
-        features = features.reshape(-1, features.shape[-1])
-        targets = targets.reshape(len(features), -1)
-        rms = np.sqrt(np.mean(targets ** 2, axis=0)) + 1e-6
-        self.scale = rms if self.scale is None else np.sqrt(0.9 * self.scale ** 2 + 0.1 * rms ** 2)
-        scaled = targets / self.scale
-        for _ in range(epochs):
-            for rows in np.array_split(rng.permutation(len(features)), minibatches):
-                error = ad.mlp(Tensor(features[rows]), *self.params, activation="tanh") - scaled[rows]
-                loss = ad.mean(error * error)
-                self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
-        for i, p in enumerate(self.params):
-            self.target[i] = TARGET_KEEP * self.target[i] + (1.0 - TARGET_KEEP) * p.data
-        return float(loss.data)
-
     def values(self, x, t, rho, u=None, target=True):
         """NumPy evaluation, zero where t >= T."""
         with ad.no_grad():
@@ -313,12 +322,16 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 
 
 # ----------------------------------------------------------------------------
-# The windowed MVE actor objective (to be maximised)
-#   H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}),  the rollout continuing from
+# 4. Loss: the windowed MVE actor objective and the critics' targets
+#   actor, H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}), the rollout continuing from
 #            stopgrad(x_{jH}) after each boundary (V_hat sees the non-stopped state). If V_hat = V^pi its
 #            gradient is unbiased for every H: all of the bias comes from the critic.
-#   H = 0:   sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
-#   H = W = T and no critic: plain BPTT.
+#   actor, H = 0:  sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
+#   actor, H = W = T and no critic: plain BPTT.
+#   Q critic, TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}]
+#   G critic, VGL(lambda), the Bellman gradient equation with eps fixed (A_t = f_x + f_u pi_x, closed loop):
+#       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
+#   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
 class Rollout:
     """What a window leaves for the critics: states (W+1, N, 4), pre-squash actions and rewards (W, N)."""
@@ -362,13 +375,6 @@ def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stif
     return objective, Rollout(x0, eps, t0, rho, states, actions, rewards)
 
 
-# ----------------------------------------------------------------------------
-# Critic targets
-#   TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}],  y_{W-1} bootstraps on Q_target(x_W)
-#   VGL(lambda), the Bellman gradient equation with the noise eps fixed (A_t = f_x + f_u pi_x, closed loop):
-#       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
-#   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient.
-# ----------------------------------------------------------------------------
 def td_lambda_targets(critic, policy, rollout, rng):
     W = len(rollout.rewards)
     times = rollout.t0 + np.arange(1, W + 1)[:, None]                   # times of x_1 .. x_W
@@ -408,6 +414,44 @@ def vgl_targets(critic, policy, rollout, stiffness=STIFFNESS):
     return np.stack([xt.grad for xt in replayed])
 
 
+# ----------------------------------------------------------------------------
+# 5. Update: one actor step (backward, clip the norm at 1, Adam) and one critic regression
+# ----------------------------------------------------------------------------
+def actor_gradient(optimizer, objective, window):
+    """Backpropagate the actor loss -mean(objective) / window into the policy's .grad."""
+    optimizer.zero_grad()
+    loss = -ad.mean(objective) / window
+    loss.backward()
+    return loss
+
+
+def actor_step(optimizer, params, lr):
+    """Clip the gradient norm at GRAD_CLIP, then one Adam step; returns the pre-clip norm (clipping hides it)."""
+    norm = ad.optim.clip_grad_norm(params, GRAD_CLIP)
+    optimizer.lr = lr
+    optimizer.step()
+    return norm
+
+
+def fit_regression(critic, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
+    """Regress the online net on (features, targets) with Adam; then move the target net."""
+    features = features.reshape(-1, features.shape[-1])
+    targets = targets.reshape(len(features), -1)
+    rms = np.sqrt(np.mean(targets ** 2, axis=0)) + 1e-6
+    critic.scale = rms if critic.scale is None else np.sqrt(0.9 * critic.scale ** 2 + 0.1 * rms ** 2)
+    scaled = targets / critic.scale
+    for _ in range(epochs):
+        for rows in np.array_split(rng.permutation(len(features)), minibatches):
+            error = ad.mlp(Tensor(features[rows]), *critic.params, activation="tanh") - scaled[rows]
+            loss = ad.mean(error * error)
+            critic.optimizer.zero_grad()
+            loss.backward()
+            critic.optimizer.step()
+    for i, p in enumerate(critic.params):
+        critic.target[i] = TARGET_KEEP * critic.target[i] + (1.0 - TARGET_KEEP) * p.data
+    return float(loss.data)
+
+
 def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
     """Targets from this window (with the policy that collected it), then one round of regression."""
     W = len(rollout.rewards)
@@ -418,7 +462,67 @@ def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
     else:
         targets = vgl_targets(critic, policy, rollout, stiffness)
         features = critic.features(rollout.states[:W], times, rollout.rho).data
-    return critic.fit(features, targets, rng)
+    return fit_regression(critic, features, targets, rng)
+
+
+# ----------------------------------------------------------------------------
+# 6. Training: SHAC-style windows of 32 steps in 64 environments, actor then critic, evaluated on hard contact
+# ----------------------------------------------------------------------------
+def schedule(method, i, iterations):
+    """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
+    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
+    s = min(1.0, i / (0.7 * iterations))
+    horizon = 2 ** int(round(5 - 3 * s)) if method["horizon"] == "anneal" else method["horizon"]
+    return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
+
+
+def train(method, seed, env_steps, eval_points=25, progress=None):
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
+    rng = np.random.default_rng(seed)
+    policy = make_mlp_policy(rng)
+    params = policy_parameters(policy)
+    anneal = method["rho"] == "anneal"
+    critic = None
+    if method["critic"]:
+        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+    optimizer = ad.optim.Adam(params, lr=ACTOR_LR, betas=ADAM_BETAS)
+    window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
+    iterations = max(1, env_steps // (N_ENVS * window))
+    eval_every = max(1, iterations // eval_points)
+    curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
+    norms = []
+    seconds, t, x, env_rho = 0.0, 0, None, None
+
+    def record(i):
+        ret, err = evaluate(policy)
+        curve["env_steps"].append(i * N_ENVS * window)
+        curve["seconds"].append(seconds)
+        curve["return"].append(ret)
+        curve["box_error"].append(err)
+
+    record(0)
+    for i in range(iterations):
+        started = time.perf_counter()
+        horizon, rho = schedule(method, i, iterations)
+        if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
+            x = initial_states(rng, N_ENVS)
+            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
+        eps = rng.normal(size=(window, N_ENVS))
+        objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
+        actor_gradient(optimizer, objective, window)
+        if critic is not None:  # before the actor moves: the targets use the policy that collected the data
+            fit_critic(critic, policy, rollout, rng)
+        norms.append(actor_step(optimizer, params, ACTOR_LR * (1.0 - i / iterations)))
+        x, t = rollout.states[-1], (t + window) % T
+        seconds += time.perf_counter() - started
+        if (i + 1) % eval_every == 0 or i + 1 == iterations:
+            record(i + 1)
+            if progress is not None:
+                progress(i + 1, iterations, curve)
+    return {"curve": curve, "grad_norms": norms, "iterations": iterations, "window": window,
+            "final_return": curve["return"][-1], "final_box_error": curve["box_error"][-1],
+            "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(np.array(norms) > GRAD_CLIP)),
+            "train_seconds": seconds}
 
 
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
@@ -435,7 +539,35 @@ def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=ST
 
 
 # ----------------------------------------------------------------------------
-# Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
+# 7. Baseline: the arms compared, from H = 0 (DDPG-like) and H = T (BPTT, no critic) to the annealed schedules
+#   Every arm trains the same MLP policy with the same env-step budget; only H, rho and the critic differ.
+# ----------------------------------------------------------------------------
+METHODS = {
+    "A_ddpg_H0": dict(label="A: H=0 (DDPG-like)", horizon=0, rho=0.0, critic="Q"),
+    "B_bptt": dict(label="B: BPTT", horizon=T, rho=0.0, critic=None),
+    "C_bptt_smooth": dict(label="C: BPTT, rho=0.01", horizon=T, rho=0.01, critic=None),
+    "D_mve_H8": dict(label="D: MVE H=8", horizon=8, rho=0.0, critic="Q"),
+    "E_mve_H8_smooth": dict(label="E: MVE H=8, rho=0.01", horizon=8, rho=0.01, critic="Q"),
+    "F_anneal": dict(label="F: anneal H 32->4, rho 0.01->0", horizon="anneal", rho="anneal", critic="Q"),
+    # controls: they split F's schedule in two, to see which half helps or hurts
+    "F1_anneal_rho_H32": dict(label="F': anneal rho only, H=32", horizon=32, rho="anneal", critic="Q"),
+    "F2_anneal_rho_bptt": dict(label="F'': BPTT, anneal rho 0.01->0", horizon=T, rho="anneal", critic=None),
+}
+EXP3_METHODS = {
+    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
+    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
+    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
+    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
+    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
+    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
+    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
+    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
+    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+}
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
 #              common random numbers (the same x_0 and eps at theta +- delta)
 #   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
@@ -443,6 +575,17 @@ def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=ST
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
 #   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
 # ----------------------------------------------------------------------------
+def evaluate(policy, episodes=128):
+    """Deterministic policy on the HARD system from fixed initial states:
+    (mean undiscounted return, mean |b_T - b*|)."""
+    x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
+    total = np.zeros(episodes)
+    for _ in range(T):
+        x, r = step_numpy(x, act_numpy(policy, x), 0.0)
+        total += r
+    return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
+
+
 SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
 
 
@@ -496,6 +639,126 @@ def gradient_statistics(grads, truth, batch=64):
             "max_norm": float(np.max(np.linalg.norm(grads, axis=1)) / math.sqrt(norm2))}
 
 
+# ----------------------------------------------------------------------------
+# 9. main: parse the settings, check the output folder, run the experiments asked for, write the results
+# ----------------------------------------------------------------------------
+def main(argv=None):
+    args = ad.runs.command_line(__doc__, "mve_critic", SETTINGS, FULL, HELP, types=setting_types(), argv=argv)
+    out = ad.runs.prepare_out(args.out)                     # usable, or a one-line error, before any work
+    started = time.perf_counter()
+    cfg = config(args)
+    rng = np.random.default_rng(args.seed)
+    metrics, walls, exp1 = {}, {}, None
+    print(f"mve_critic: {'full' if args.full else 'lesson'} run, experiments {args.exp}, out {out}")
+    if args.exp in ("1", "all"):
+        exp1 = timed(walls, "exp1", experiment_1, cfg, rng)
+        metrics["exp1"] = report_exp1(exp1, out, walls["exp1"])
+    if args.exp in ("2", "all"):
+        exp2 = timed(walls, "exp2", experiment_2, cfg)
+        metrics["exp2"] = report_exp2(exp2, cfg, out, walls["exp2"])
+    if args.exp in ("3", "all"):
+        exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1)
+        metrics["exp3"] = report_exp3(exp3, cfg, out, walls["exp3"])
+    path = ad.runs.write_metrics(out, metrics, args, started)
+    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
+          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
+    print(f"metrics: {path}; figures in {out}")
+    return metrics
+
+
+# ============================== Part 2: running the experiment ==============================
+# ----------------------------------------------------------------------------
+# The command line: list-valued settings, checked at parse time
+# ----------------------------------------------------------------------------
+def comma_list(convert, check, what):
+    """An argparse type: a comma-separated list whose items pass `check` (empty text is the empty list)."""
+    def parse(text):
+        try:
+            items = tuple(convert(item) for item in text.split(",") if item.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        bad = [item for item in items if not check(item)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {bad[0]!r}")
+        return items
+    parse.__name__ = what
+    return parse
+
+
+def choice(options):
+    def parse(text):
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(options)})")
+        return text
+    parse.__name__ = "choice"
+    return parse
+
+
+def setting_types():
+    """Each setting's parser: sizes are bounded so that a typo (1e11) is refused at once, not after hours."""
+    whole = ad.runs.whole
+    return {
+        "exp": choice(("1", "2", "3", "all")),
+        "snapshots": comma_list(str, lambda s: s in SNAPSHOTS, "snapshot names (init, good)"),
+        "rhos": comma_list(float, lambda r: 0.0 <= r <= 0.1, "smoothing widths in [0, 0.1]"),
+        "horizons": comma_list(int, lambda h: h == 0 or (h > 0 and T % h == 0), f"horizons (0 or divisors of {T})"),
+        "stiffness_sweep": comma_list(float, lambda k: 0 < k < 5000, "stiffnesses in (0, 5000)"),
+        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in section 7)"),
+        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in section 7)"),
+        "episodes": whole(64, 2**20), "truth_episodes": whole(2, 2**22), "critic_iterations": whole(0, 10**5),
+        "sweep_episodes": whole(64, 2**20), "seeds": whole(1, 100), "env_steps": whole(1, 10**8),
+        "fidelity_iterations": whole(0, 10**5), "held_out": whole(2, 2**14), "reference_rollouts": whole(2, 2**12),
+    }
+
+
+def config(args):
+    """The settings as the experiments read them (the arms resolved to their definitions)."""
+    cfg = {key: getattr(args, key) for key in SETTINGS}
+    cfg.update(seed=args.seed, methods={k: METHODS[k] for k in args.arms},
+               exp3_methods={k: EXP3_METHODS[k] for k in args.exp3_arms})
+    return cfg
+
+
+def timed(walls, name, function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    walls[name] = time.perf_counter() - started
+    return result
+
+
+def strip_runs(runs):
+    """Learning curves and per-run figures for metrics.json (not the per-iteration gradient norms)."""
+    return {k: [{key: r[key] for key in r if key != "grad_norms"} for r in v] for k, v in runs.items()}
+
+
+def report_exp1(exp1, out, wall):
+    print_exp1(exp1)
+    plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
+    plot_mse_map(exp1, os.path.join(out, "mve_critic_mse_map.png"))
+    print(f"Exp 1 wall time {ad.runs.format_seconds(wall)}")
+    return dict(exp1, wall_seconds=wall)
+
+
+def report_exp2(exp2, cfg, out, wall):
+    print_exp2(exp2, cfg["methods"])
+    plot_training(exp2["runs"], cfg["methods"], os.path.join(out, "mve_critic_training.png"),
+                  f"Exp 2: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k={STIFFNESS:g}")
+    print(f"Exp 2 wall time {ad.runs.format_seconds(wall)}")
+    return {"summary": exp2["summary"], "claims": exp2["claims"], "runs": strip_runs(exp2["runs"]), "wall_seconds": wall}
+
+
+def report_exp3(exp3, cfg, out, wall):
+    print_exp3(exp3, cfg["exp3_methods"])
+    plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
+    print(f"Exp 3 wall time {ad.runs.format_seconds(wall)}")
+    return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
+            "summary": exp3["summary"], "comparisons": exp3["comparisons"],
+            "runs": strip_runs(exp3["runs"]), "wall_seconds": wall}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
+# ----------------------------------------------------------------------------
 def experiment_1(cfg, rng):
     horizons, rhos = cfg["horizons"], cfg["rhos"]
     total = len(cfg["snapshots"]) * len(rhos) * (2 * len(horizons) - 2)
@@ -536,7 +799,7 @@ def experiment_1(cfg, rng):
 
 
 def exp1_claims(result):
-    """The bar of issue 8, item 1, as numbers (theta_init, k = 1000, Q critic)."""
+    """Exp 1's bars as numbers (theta_init, k = 1000, Q critic): what would make the picture convincing."""
     snap = result["snapshots"]["init"]["rho"]
     rhos, horizons = result["rhos"], result["horizons"]
     hard = snap[0.0]["Q"]
@@ -559,87 +822,6 @@ def exp1_claims(result):
 # ----------------------------------------------------------------------------
 # Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
 # ----------------------------------------------------------------------------
-METHODS = {
-    "A_ddpg_H0": dict(label="A: H=0 (DDPG-like)", horizon=0, rho=0.0, critic="Q"),
-    "B_bptt": dict(label="B: BPTT", horizon=T, rho=0.0, critic=None),
-    "C_bptt_smooth": dict(label="C: BPTT, rho=0.01", horizon=T, rho=0.01, critic=None),
-    "D_mve_H8": dict(label="D: MVE H=8", horizon=8, rho=0.0, critic="Q"),
-    "E_mve_H8_smooth": dict(label="E: MVE H=8, rho=0.01", horizon=8, rho=0.01, critic="Q"),
-    "F_anneal": dict(label="F: anneal H 32->4, rho 0.01->0", horizon="anneal", rho="anneal", critic="Q"),
-    # not in the issue's list: they split F's schedule in two, to see which half helps or hurts
-    "F1_anneal_rho_H32": dict(label="F': anneal rho only, H=32", horizon=32, rho="anneal", critic="Q"),
-    "F2_anneal_rho_bptt": dict(label="F'': BPTT, anneal rho 0.01->0", horizon=T, rho="anneal", critic=None),
-}
-
-
-def schedule(method, i, iterations):
-    """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
-    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
-    s = min(1.0, i / (0.7 * iterations))
-    horizon = 2 ** int(round(5 - 3 * s)) if method["horizon"] == "anneal" else method["horizon"]
-    return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
-
-
-def train(method, seed, env_steps, eval_points=25, progress=None):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
-    rng = np.random.default_rng(seed)
-    policy = make_mlp_policy(rng)
-    params = policy_parameters(policy)
-    anneal = method["rho"] == "anneal"
-    critic = None
-    if method["critic"]:
-        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
-    optimizer = ad.optim.Adam(params, lr=ACTOR_LR, betas=ADAM_BETAS)
-    window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
-    iterations = max(1, env_steps // (N_ENVS * window))
-    eval_every = max(1, iterations // eval_points)
-    curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
-    norms = []
-    seconds, t, x, env_rho = 0.0, 0, None, None
-
-    def record(i):
-        ret, err = evaluate(policy)
-        curve["env_steps"].append(i * N_ENVS * window)
-        curve["seconds"].append(seconds)
-        curve["return"].append(ret)
-        curve["box_error"].append(err)
-
-    record(0)
-    for i in range(iterations):
-        started = time.perf_counter()
-        horizon, rho = schedule(method, i, iterations)
-        if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
-            x = initial_states(rng, N_ENVS)
-            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        eps = rng.normal(size=(window, N_ENVS))
-        objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
-        optimizer.zero_grad()
-        (-ad.mean(objective) / window).backward()
-        if critic is not None:  # before the actor moves: the targets use the policy that collected the data
-            fit_critic(critic, policy, rollout, rng)
-        norms.append(ad.optim.clip_grad_norm(params, GRAD_CLIP))
-        optimizer.lr = ACTOR_LR * (1.0 - i / iterations)
-        optimizer.step()
-        x, t = rollout.states[-1], (t + window) % T
-        seconds += time.perf_counter() - started
-        if (i + 1) % eval_every == 0 or i + 1 == iterations:
-            record(i + 1)
-            if progress is not None:
-                progress(i + 1, iterations, curve)
-    return {"curve": curve, "grad_norms": norms, "iterations": iterations, "window": window,
-            "final_return": curve["return"][-1], "final_box_error": curve["box_error"][-1],
-            "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(np.array(norms) > GRAD_CLIP)),
-            "train_seconds": seconds}
-
-
-def steps_to_reach(curve, level):
-    """First env-step count at which the evaluated return reaches `level` (None if never)."""
-    for steps, ret in zip(curve["env_steps"], curve["return"]):
-        if ret >= level:
-            return steps
-    return None
-
-
 def run_methods(methods, cfg, label):
     runs = {}
     progress = ad.runs.Progress(len(methods) * cfg["seeds"], label, every=10.0)
@@ -667,6 +849,7 @@ def summarise_runs(runs):
 
 
 def experiment_2(cfg):
+    METHODS = cfg["methods"]
     runs = run_methods(METHODS, cfg, "exp2 training runs")
     summary = summarise_runs(runs)
     fixed = [k for k in METHODS if not k.startswith("F")]
@@ -674,7 +857,7 @@ def experiment_2(cfg):
     f = summary["F_anneal"]
     initial = np.mean([r["curve"]["return"][0] for r in runs["F_anneal"]])
     level = initial + 0.9 * (f["final_return_mean"] - initial)     # 90% of F's improvement (if it improved)
-    reach = {k: [steps_to_reach(r["curve"], level) for r in runs[k]] if f["final_return_mean"] > initial
+    reach = {k: [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], level) for r in runs[k]] if f["final_return_mean"] > initial
              else "F ended below its initial return: no gain to reach" for k in METHODS}
     claims = {
         "best_fixed_method": best_fixed,
@@ -784,7 +967,7 @@ def experiment_3(cfg, rng, exp1=None):
     for q_name in (k for k in runs if k.startswith("Q_H")):
         g_name = "G" + q_name[1:] + "_lam0.95"
         q, g = summary[q_name], summary[g_name]
-        reach = [steps_to_reach(r["curve"], q["final_return_mean"]) for r in runs[g_name]]
+        reach = [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], q["final_return_mean"]) for r in runs[g_name]]
         comparisons[g_name + " vs " + q_name] = {
             "final_return_difference": g["final_return_mean"] - q["final_return_mean"],
             "difference_in_Q_seed_std": (g["final_return_mean"] - q["final_return_mean"]) / q["final_return_std"]
@@ -792,21 +975,6 @@ def experiment_3(cfg, rng, exp1=None):
             "G_env_steps_to_Q_final_return_fraction": [None if s is None else s / cfg["env_steps"] for s in reach]}
     return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs, "summary": summary,
             "comparisons": comparisons, "points": points}
-
-
-EXP3_QUICK = {
-    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
-    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
-}
-EXP3_FULL = {
-    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
-    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
-    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
-    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
-    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
-    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
-    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-}
 
 
 # ----------------------------------------------------------------------------
@@ -945,20 +1113,9 @@ def plot_critics(exp3, path):
 # ----------------------------------------------------------------------------
 # Printed tables
 # ----------------------------------------------------------------------------
-def fmt(value):
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
-
-
-def print_table(title, header, rows):
-    widths = [max(len(str(h)), *(len(fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        print("  ".join(fmt(v).rjust(w) for v, w in zip(r, widths)))
+def show(title, header, rows):
+    """One printed table: the title, then the rows under the header (numbers to 3 significant digits)."""
+    ad.runs.print_table(header, rows, title=title)
 
 
 def print_exp1(exp1):
@@ -968,20 +1125,20 @@ def print_exp1(exp1):
               f"noise floor of the truth {snap['truth_noise_floor']:.1e} in units of |grad J|^2)")
         for key, label in (("variance", "variance nu_H"), ("bias", "bias beta_H, Q terminal"),
                            ("mse64", "relative MSE at batch 64, Q terminal")):
-            print_table(f"theta_{name}: {label} ({exp1['episodes']} episodes)", ["rho \\ H"] + horizons,
+            show(f"theta_{name}: {label} ({exp1['episodes']} episodes)", ["rho \\ H"] + horizons,
                         [[str(rho)] + [snap["rho"][rho]["Q"][h][key] for h in horizons] for rho in exp1["rhos"]])
-        print_table(f"theta_{name}: bias beta_H, G terminal", ["rho \\ H"] + horizons,
+        show(f"theta_{name}: bias beta_H, G terminal", ["rho \\ H"] + horizons,
                     [[str(rho)] + [snap["rho"][rho]["G"].get(h, {}).get("bias") for h in horizons] for rho in exp1["rhos"]])
-        print_table(f"theta_{name}: at H = T: max per-sample |g| / |grad J| and contact onsets per episode",
+        show(f"theta_{name}: at H = T: max per-sample |g| / |grad J| and contact onsets per episode",
                     ["rho", "max |g|", "onsets"],
                     [[str(rho), snap["rho"][rho]["Q"][T]["max_norm"], snap["rho"][rho]["Q"][T]["contact_onsets"]]
                      for rho in exp1["rhos"]])
     sweep = exp1["stiffness_sweep"]
     if sweep:
-        print_table("theta_init, H = T: variance nu over stiffness k x rho", ["k \\ rho"] + list(exp1["rhos"]),
+        show("theta_init, H = T: variance nu over stiffness k x rho", ["k \\ rho"] + list(exp1["rhos"]),
                     [[str(k)] + [sweep[k][rho]["variance"] for rho in exp1["rhos"]] for k in sweep])
     c = exp1["claims"]
-    print_table("Exp 1 claims (theta_init, k=1000)", ["claim", "measured"], [
+    show("Exp 1 claims (theta_init, k=1000)", ["claim", "measured"], [
         [f"nu(H=T, rho=0) / nu(H=T, rho={c['rho_moderate']})  (want >= 100)", c["variance_ratio_at_H_T_rho0_over_rho_moderate"]],
         ["nu(H=T) / nu(H=8), rho=0  (want >= 100)", c["variance_growth_rho0_from_smallest_H>=8_to_T"]],
         ["fraction of H steps where beta falls, rho=0", c["bias_falls_with_H_rho0_fraction_of_steps"]],
@@ -991,16 +1148,16 @@ def print_exp1(exp1):
 
 
 def print_runs(title, summary, methods):
-    print_table(title, ["method", "final return", "+- seed std", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
+    show(title, ["method", "final return", "+- seed std", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
                 [[methods[k]["label"], s["final_return_mean"], s["final_return_std"], s["final_box_error_mean"],
                   s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
 
 
-def print_exp2(exp2):
+def print_exp2(exp2, METHODS):
     print_runs("Exp 2: training on the hard system (eval: deterministic policy, 128 fixed states, hard contact)",
                exp2["summary"], METHODS)
     c = exp2["claims"]
-    print_table("Exp 2 claims", ["claim", "measured"], [
+    show("Exp 2 claims", ["claim", "measured"], [
         ["best fixed setting", METHODS[c["best_fixed_method"]]["label"]],
         ["F final return - best fixed (want >= 0)", c["F_minus_best_fixed_return"]],
         *[[f"  {METHODS[k]['label']} - best fixed", v] for k, v in c["anneal_variants_minus_best_fixed_return"].items()
@@ -1014,7 +1171,7 @@ def print_exp2(exp2):
 
 def print_exp3(exp3, methods):
     f = exp3["fidelity"]
-    print_table(f"Exp 3a: critic fidelity on held-out states (reference noise: value {f['reference_value_noise']:.3f}, "
+    show(f"Exp 3a: critic fidelity on held-out states (reference noise: value {f['reference_value_noise']:.3f}, "
                 f"gradient {f['reference_gradient_noise']:.3f})",
                 ["critic", "value rel. error", "gradient rel. error", "median over states", "gradient cosine"],
                 [[name, e["value_rel_error"], e["gradient_rel_error"], e["gradient_median_state_error"], e["gradient_cosine"]]
@@ -1025,93 +1182,13 @@ def print_exp3(exp3, methods):
             for rho, by_h in by_rho.items():
                 rows.append([f"theta_{name}, rho={rho}"] + [f"{q:.2g} / {g:.2g}" for q, g in by_h.values()])
         h_list = list(next(iter(next(iter(exp3["bias_Q_vs_G_terminal"].values())).values())))
-        print_table("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
+        show("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
     print_runs("Exp 3c: training with the value-gradient critic", exp3["summary"], methods)
-    print_table("Exp 3c: G against Q at the same actor horizon", ["comparison", "final return G - Q", "in Q seed std",
+    show("Exp 3c: G against Q at the same actor horizon", ["comparison", "final return G - Q", "in Q seed std",
                                                                   "G steps to Q's final / budget"],
                 [[k, c["final_return_difference"], c["difference_in_Q_seed_std"],
-                  ", ".join(fmt(f) for f in c["G_env_steps_to_Q_final_return_fraction"])] for k, c in exp3["comparisons"].items()])
-
-
-# ----------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------
-def config(args):
-    if args.full:
-        cfg = dict(snapshots=("init", "good"), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 2, 4, 8, 16, 32, 64, T),
-                   episodes=2048, truth_episodes=40960, critic_iterations=100, stiffness_sweep=(300, 1000, 3000),
-                   sweep_episodes=2048, seeds=3, env_steps=400_000, fidelity_iterations=150, held_out=256,
-                   reference_rollouts=256, exp3_methods=EXP3_FULL)
-    else:
-        cfg = dict(snapshots=("init",), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 4, 16, 64, T),
-                   episodes=512, truth_episodes=8192, critic_iterations=40, stiffness_sweep=(),
-                   sweep_episodes=512, seeds=1, env_steps=160_000, fidelity_iterations=60, held_out=64,
-                   reference_rollouts=64, exp3_methods=EXP3_QUICK)
-    for key in ("seeds", "env_steps", "episodes"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    cfg["seed"] = args.seed
-    return cfg
-
-
-def strip_runs(runs):
-    """Learning curves and per-run figures for metrics.json (not the per-iteration gradient norms)."""
-    return {k: [{key: r[key] for key in r if key != "grad_norms"} for r in v] for k, v in runs.items()}
-
-
-def main(argv=None):
-    parser = ad.runs.parser(__doc__, "mve_critic")
-    parser.add_argument("--exp", choices=("1", "2", "3", "all"), default="all",
-                        help="which experiment: 1 bias/variance vs H and rho, 2 training curves, 3 value vs gradient critic")
-    parser.add_argument("--seeds", type=ad.runs.positive_int, default=None, help="training seeds (default 1, --full 3)")
-    parser.add_argument("--env-steps", type=ad.runs.positive_int, default=None,
-                        help="environment steps per training run (default 100k, --full 400k)")
-    parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
-                        help="episodes per gradient estimate in Exp 1 (default 512, --full 2048)")
-    args = parser.parse_args(argv)
-    cfg = config(args)
-    out = ad.runs.prepare_out(args.out)
-    started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    metrics, walls, exp1 = {}, {}, None
-    print(f"mve_critic: {'full' if args.full else 'quick'} run, experiments {args.exp}, out {out}")
-
-    if args.exp in ("1", "all"):
-        t0 = time.perf_counter()
-        exp1 = experiment_1(cfg, rng)
-        walls["exp1"] = time.perf_counter() - t0
-        print_exp1(exp1)
-        plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
-        plot_mse_map(exp1, os.path.join(out, "mve_critic_mse_map.png"))
-        metrics["exp1"] = dict(exp1, wall_seconds=walls["exp1"])
-        print(f"Exp 1 wall time {ad.runs.format_seconds(walls['exp1'])}")
-    if args.exp in ("2", "all"):
-        t0 = time.perf_counter()
-        exp2 = experiment_2(cfg)
-        walls["exp2"] = time.perf_counter() - t0
-        print_exp2(exp2)
-        plot_training(exp2["runs"], METHODS, os.path.join(out, "mve_critic_training.png"),
-                      f"Exp 2: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k={STIFFNESS:g}")
-        metrics["exp2"] = {"summary": exp2["summary"], "claims": exp2["claims"], "runs": strip_runs(exp2["runs"]),
-                           "wall_seconds": walls["exp2"]}
-        print(f"Exp 2 wall time {ad.runs.format_seconds(walls['exp2'])}")
-    if args.exp in ("3", "all"):
-        t0 = time.perf_counter()
-        exp3 = experiment_3(cfg, rng, exp1)
-        walls["exp3"] = time.perf_counter() - t0
-        print_exp3(exp3, cfg["exp3_methods"])
-        plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
-        metrics["exp3"] = {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
-                           "summary": exp3["summary"], "comparisons": exp3["comparisons"],
-                           "runs": strip_runs(exp3["runs"]), "wall_seconds": walls["exp3"]}
-        print(f"Exp 3 wall time {ad.runs.format_seconds(walls['exp3'])}")
-
-    path = ad.runs.write_metrics(out, metrics, args, started)
-    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
-          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
-    print(f"metrics: {path}; figures in {out}")
-    return metrics
+                  ", ".join(ad.runs.format_cell(f) for f in c["G_env_steps_to_Q_final_return_fraction"])] for k, c in exp3["comparisons"].items()])
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)
