@@ -34,6 +34,7 @@ Results: see README.md#mve_criticpy.
 """
 
 import argparse
+import json
 import math
 import os
 import time
@@ -64,6 +65,10 @@ ACTOR_LR, CRITIC_LR, ADAM_BETAS = 2e-3, 1e-3, (0.7, 0.95)
 GRAD_CLIP = 1.0
 TARGET_KEEP = 0.2                 # target <- 0.2 target + 0.8 online, after every critic update
 CRITIC_EPOCHS, CRITIC_MINIBATCHES = 8, 4
+SCORE_LAST = 5                    # a run's score: the mean of its last 5 evaluations (of 25), not one point
+PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
+DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
+REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
 
 THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant push, contact chatters
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
@@ -81,8 +86,10 @@ SETTINGS = {                      # the lesson run (about a minute or two on 2 c
     "sweep_episodes": 512,
     "seeds": 1,
     "env_steps": 160_000,
-    "arms": ("A_ddpg_H0", "B_bptt", "C_bptt_smooth", "D_mve_H8", "E_mve_H8_smooth", "F_anneal",
-             "F1_anneal_rho_H32", "F2_anneal_rho_bptt"),
+    "arms": ("H0_ddpg", "H8", "BPTT", "BPTT_rho0.01", "anneal_H", "anneal_both"),
+    "actor_lr": ACTOR_LR,
+    "diagnose": False,
+    "resume": False,
     "fidelity_iterations": 60,
     "held_out": 64,
     "reference_rollouts": 64,
@@ -96,8 +103,11 @@ FULL = {                          # what --full changes
     "critic_iterations": 100,
     "stiffness_sweep": (300.0, 1000.0, 3000.0),
     "sweep_episodes": 2048,
-    "seeds": 3,
+    "seeds": 5,
     "env_steps": 400_000,
+    "arms": ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01", "anneal_both", "anneal_H",
+             "anneal_rho_H32", "anneal_rho_BPTT", "anneal_both_G", "anneal_H_prefit", "anneal_H_reset_adam"),
+    "diagnose": True,
     "fidelity_iterations": 150,
     "held_out": 256,
     "reference_rollouts": 256,
@@ -116,6 +126,9 @@ HELP = {
     "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
     "env_steps": "Exp 2 and 3: environment steps per training run",
     "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
+    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
+    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
+    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
     "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
     "held_out": "Exp 3: held-out states of the critic comparison",
     "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
@@ -476,53 +489,88 @@ def schedule(method, i, iterations):
     return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
 
 
-def train(method, seed, env_steps, eval_points=25, progress=None):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
-    rng = np.random.default_rng(seed)
+def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
+    diagnose=True measures the actor's gradient error at every H in DIAGNOSED_HORIZONS whenever the
+    anneal schedule would switch H (for fixed-H arms too, as a control), on a separate random stream."""
+    rng, diagnostics_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
     anneal = method["rho"] == "anneal"
     critic = None
     if method["critic"]:
         critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
-    optimizer = ad.optim.Adam(params, lr=ACTOR_LR, betas=ADAM_BETAS)
+    optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
     window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
     iterations = max(1, env_steps // (N_ENVS * window))
     eval_every = max(1, iterations // eval_points)
-    curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
-    norms = []
-    seconds, t, x, env_rho = 0.0, 0, None, None
-
-    def record(i):
-        ret, err = evaluate(policy)
-        curve["env_steps"].append(i * N_ENVS * window)
-        curve["seconds"].append(seconds)
-        curve["return"].append(ret)
-        curve["box_error"].append(err)
-
-    record(0)
+    log = TrainingLog(policy, window)
+    t, x, env_rho, diagnostics, extra_steps = 0, None, None, [], 0
     for i in range(iterations):
         started = time.perf_counter()
         horizon, rho = schedule(method, i, iterations)
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
             env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
+        if i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]:
+            if diagnose and critic is not None and horizon != T:     # measured off the clock, off the training stream
+                log.pause(time.perf_counter() - started)
+                diagnostics.append(dict(gradient_errors(policy, critic, env_rho, diagnostics_rng), iteration=i,
+                                        env_steps=i * N_ENVS * window + extra_steps, horizon=horizon))
+                started = time.perf_counter()
+            optimizer, extra_steps = at_switch(method, critic, policy, optimizer, params, lr, env_rho, rng, extra_steps)
         eps = rng.normal(size=(window, N_ENVS))
         objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
-        actor_gradient(optimizer, objective, window)
+        loss = actor_gradient(optimizer, objective, window)
+        ad.runs.check_finite("actor loss", loss, f"iteration {i}")
         if critic is not None:  # before the actor moves: the targets use the policy that collected the data
             fit_critic(critic, policy, rollout, rng)
-        norms.append(actor_step(optimizer, params, ACTOR_LR * (1.0 - i / iterations)))
+        log.norms.append(actor_step(optimizer, params, lr * (1.0 - i / iterations)))
+        ad.runs.check_finite("policy parameters", np.concatenate([p.data.ravel() for p in params]), f"iteration {i}")
         x, t = rollout.states[-1], (t + window) % T
-        seconds += time.perf_counter() - started
+        log.pause(time.perf_counter() - started)
         if (i + 1) % eval_every == 0 or i + 1 == iterations:
-            record(i + 1)
-            if progress is not None:
-                progress(i + 1, iterations, curve)
-    return {"curve": curve, "grad_norms": norms, "iterations": iterations, "window": window,
-            "final_return": curve["return"][-1], "final_box_error": curve["box_error"][-1],
-            "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(np.array(norms) > GRAD_CLIP)),
-            "train_seconds": seconds}
+            log.record((i + 1) * N_ENVS * window + extra_steps)
+    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=diagnostics,
+                extra_env_steps=extra_steps, policy=policy, critic=critic)
+
+
+class TrainingLog:
+    """The learning curve (evaluated on the hard system), the pre-clip gradient norms and the training clock."""
+
+    def __init__(self, policy, window):
+        self.policy, self.window, self.seconds, self.norms = policy, window, 0.0, []
+        self.curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
+        self.record(0)
+
+    def pause(self, seconds):
+        self.seconds += seconds
+
+    def record(self, env_steps):
+        ret, err = evaluate(self.policy)
+        for key, value in (("env_steps", env_steps), ("seconds", self.seconds), ("return", ret), ("box_error", err)):
+            self.curve[key].append(value)
+
+    def summary(self, last=SCORE_LAST):
+        """The score of a run is the mean of its last `last` evaluations, not its final point (one point is noisy)."""
+        norms = np.array(self.norms)
+        return {"curve": self.curve, "grad_norms": self.norms, "final_return": self.curve["return"][-1],
+                "final_box_error": self.curve["box_error"][-1], "score": float(np.mean(self.curve["return"][-last:])),
+                "score_box_error": float(np.mean(self.curve["box_error"][-last:])),
+                "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(norms > GRAD_CLIP)),
+                "train_seconds": self.seconds}
+
+
+def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
+    """What an arm does when the anneal schedule switches H. "prefit": fit the critic on PREFIT_WINDOWS fresh
+    windows of the current policy first (their env steps are counted); "reset_adam": forget the optimizer's
+    moments, which were scaled to the old horizon's gradients."""
+    if method.get("at_switch") == "prefit" and critic is not None:
+        train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
+        extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
+    if method.get("at_switch") == "reset_adam":
+        optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+    return optimizer, extra_steps
 
 
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
@@ -543,16 +591,28 @@ def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=ST
 #   Every arm trains the same MLP policy with the same env-step budget; only H, rho and the critic differ.
 # ----------------------------------------------------------------------------
 METHODS = {
-    "A_ddpg_H0": dict(label="A: H=0 (DDPG-like)", horizon=0, rho=0.0, critic="Q"),
-    "B_bptt": dict(label="B: BPTT", horizon=T, rho=0.0, critic=None),
-    "C_bptt_smooth": dict(label="C: BPTT, rho=0.01", horizon=T, rho=0.01, critic=None),
-    "D_mve_H8": dict(label="D: MVE H=8", horizon=8, rho=0.0, critic="Q"),
-    "E_mve_H8_smooth": dict(label="E: MVE H=8, rho=0.01", horizon=8, rho=0.01, critic="Q"),
-    "F_anneal": dict(label="F: anneal H 32->4, rho 0.01->0", horizon="anneal", rho="anneal", critic="Q"),
-    # controls: they split F's schedule in two, to see which half helps or hurts
-    "F1_anneal_rho_H32": dict(label="F': anneal rho only, H=32", horizon=32, rho="anneal", critic="Q"),
-    "F2_anneal_rho_bptt": dict(label="F'': BPTT, anneal rho 0.01->0", horizon=T, rho="anneal", critic=None),
+    "H0_ddpg": dict(label="H=0 (DDPG-like), Q", horizon=0, rho=0.0, critic="Q"),
+    "H4": dict(label="H=4, Q", horizon=4, rho=0.0, critic="Q"),
+    "H8": dict(label="H=8, Q", horizon=8, rho=0.0, critic="Q"),
+    "H16": dict(label="H=16, Q", horizon=16, rho=0.0, critic="Q"),
+    "H32": dict(label="H=32, Q", horizon=32, rho=0.0, critic="Q"),
+    "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
+    "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
+    "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
+    # the schedules, and the controls that take them apart
+    "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
+    "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
+    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
+    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
+    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+    # remedies for a switch of H
+    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
+                            critic="Q", at_switch="prefit"),
+    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
+                                critic="Q", at_switch="reset_adam"),
 }
+FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
+ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
 EXP3_METHODS = {
     "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
     "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
@@ -639,6 +699,54 @@ def gradient_statistics(grads, truth, batch=64):
             "max_norm": float(np.max(np.linalg.norm(grads, axis=1)) / math.sqrt(norm2))}
 
 
+def gradient_errors(policy, critic, rho, rng, batches=4):
+    """At the current policy: the actor's gradient at each H in DIAGNOSED_HORIZONS against BPTT's (whole
+    episodes, W = T, the same starts and noise for every H), and the critic's value error at the bootstrap
+    states x_{jH} against the discounted return that followed them (one rollout each, so it includes that
+    return's noise). With an exact critic every H would give BPTT's gradient: the gap is the critic's doing.
+    The BPTT reference runs on rho >= REFERENCE_RHO: through hard contact its variance would drown the
+    comparison, and at rho = 0.003 its bias against hard contact is tiny (Exp 1 measures both)."""
+    params = policy_parameters(policy)
+    grads = {h: [] for h in DIAGNOSED_HORIZONS + (T,)}
+    squared = {h: np.zeros(2) for h in DIAGNOSED_HORIZONS}
+    for _ in range(batches):
+        x0, eps, boot = initial_states(rng, N_ENVS), rng.normal(size=(T, N_ENVS)), int(rng.integers(2**31))
+        for h in grads:
+            policy.zero_grad()
+            objective, rollout = mve_objective(policy, x0, eps, 0, np.maximum(rho, REFERENCE_RHO) if h == T else rho, h,
+                                               None if h == T else critic, np.random.default_rng(boot))
+            ad.mean(objective).backward()
+            grads[h].append(np.concatenate([p.grad.ravel() for p in params]))
+        for h in DIAGNOSED_HORIZONS:           # rollout is BPTT's: the same trajectories
+            squared[h] += critic_value_error(critic, rollout, h)
+    policy.zero_grad()
+    reference = np.mean(grads[T], axis=0)
+    noise = np.linalg.norm(np.std(grads[T], axis=0, ddof=1)) / math.sqrt(batches) / np.linalg.norm(reference)
+    result = {"reference_noise": float(noise), "gradient_rel_error": {}, "gradient_cosine": {}, "critic_value_rel_error": {}}
+    for h in DIAGNOSED_HORIZONS:             # keys are strings, as they come back from JSON
+        g = np.mean(grads[h], axis=0)
+        result["gradient_rel_error"][str(h)] = float(np.linalg.norm(g - reference) / np.linalg.norm(reference))
+        result["gradient_cosine"][str(h)] = float(g @ reference / (np.linalg.norm(g) * np.linalg.norm(reference)))
+        result["critic_value_rel_error"][str(h)] = float(math.sqrt(squared[h][0] / squared[h][1])) if squared[h][1] else None
+    return result
+
+
+def critic_value_error(critic, rollout, horizon):
+    """(sum of (Q(x_t, u_t) - G_t)^2, sum of G_t^2) over the bootstrap times t = H, 2H, ... < T, where G_t is
+    the discounted return from t on in the same rollout. Zeros for a gradient critic (it has no values)."""
+    if critic.kind != "Q":
+        return np.zeros(2)
+    rewards = rollout.rewards
+    returns = np.zeros_like(rewards)
+    ahead = np.zeros(rewards.shape[1])
+    for t in reversed(range(len(rewards))):
+        ahead = rewards[t] + GAMMA * ahead
+        returns[t] = ahead
+    times = np.arange(horizon, T, horizon)
+    q = critic.values(rollout.states[times], times[:, None], rollout.rho, np.tanh(rollout.actions[times]))
+    return np.array([np.sum((q - returns[times]) ** 2), np.sum(returns[times] ** 2)])
+
+
 # ----------------------------------------------------------------------------
 # 9. main: parse the settings, check the output folder, run the experiments asked for, write the results
 # ----------------------------------------------------------------------------
@@ -654,10 +762,10 @@ def main(argv=None):
         exp1 = timed(walls, "exp1", experiment_1, cfg, rng)
         metrics["exp1"] = report_exp1(exp1, out, walls["exp1"])
     if args.exp in ("2", "all"):
-        exp2 = timed(walls, "exp2", experiment_2, cfg)
+        exp2 = timed(walls, "exp2", experiment_2, cfg, ad.runs.prepare_out(os.path.join(out, "runs")))
         metrics["exp2"] = report_exp2(exp2, cfg, out, walls["exp2"])
     if args.exp in ("3", "all"):
-        exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1)
+        exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1, ad.runs.prepare_out(os.path.join(out, "runs")))
         metrics["exp3"] = report_exp3(exp3, cfg, out, walls["exp3"])
     path = ad.runs.write_metrics(out, metrics, args, started)
     print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
@@ -705,6 +813,7 @@ def setting_types():
         "stiffness_sweep": comma_list(float, lambda k: 0 < k < 5000, "stiffnesses in (0, 5000)"),
         "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in section 7)"),
         "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in section 7)"),
+        "actor_lr": ad.runs.number(exclusive_minimum=0.0),
         "episodes": whole(64, 2**20), "truth_episodes": whole(2, 2**22), "critic_iterations": whole(0, 10**5),
         "sweep_episodes": whole(64, 2**20), "seeds": whole(1, 100), "env_steps": whole(1, 10**8),
         "fidelity_iterations": whole(0, 10**5), "held_out": whole(2, 2**14), "reference_rollouts": whole(2, 2**12),
@@ -726,11 +835,6 @@ def timed(walls, name, function, *args):
     return result
 
 
-def strip_runs(runs):
-    """Learning curves and per-run figures for metrics.json (not the per-iteration gradient norms)."""
-    return {k: [{key: r[key] for key in r if key != "grad_norms"} for r in v] for k, v in runs.items()}
-
-
 def report_exp1(exp1, out, wall):
     print_exp1(exp1)
     plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
@@ -741,10 +845,13 @@ def report_exp1(exp1, out, wall):
 
 def report_exp2(exp2, cfg, out, wall):
     print_exp2(exp2, cfg["methods"])
-    plot_training(exp2["runs"], cfg["methods"], os.path.join(out, "mve_critic_training.png"),
-                  f"Exp 2: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k={STIFFNESS:g}")
+    plot_training(exp2["runs"], cfg["methods"], out, "mve_critic_training.png",
+                  f"Training: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k = {STIFFNESS:g}")
+    if exp2["switches"]:
+        plot_switches(exp2["switches"], cfg["methods"], out, "mve_critic_switches.png")
     print(f"Exp 2 wall time {ad.runs.format_seconds(wall)}")
-    return {"summary": exp2["summary"], "claims": exp2["claims"], "runs": strip_runs(exp2["runs"]), "wall_seconds": wall}
+    return {"summary": exp2["summary"], "claims": exp2["claims"], "switches": exp2["switches"],
+            "runs": strip_runs(exp2["runs"]), "wall_seconds": wall}
 
 
 def report_exp3(exp3, cfg, out, wall):
@@ -822,56 +929,129 @@ def exp1_claims(result):
 # ----------------------------------------------------------------------------
 # Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
 # ----------------------------------------------------------------------------
-def run_methods(methods, cfg, label):
-    runs = {}
-    progress = ad.runs.Progress(len(methods) * cfg["seeds"], label, every=10.0)
+def run_methods(methods, cfg, label, cache=None):
+    """Train every arm on seeds seed, seed + 1000, ... . With `cache` (a folder) each finished run is saved
+    there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts."""
+    runs, total = {}, len(methods) * cfg["seeds"]
+    progress = ad.runs.Progress(total, label, every=10.0)
     for name, method in methods.items():
         runs[name] = []
         for s in range(cfg["seeds"]):
-            runs[name].append(train(method, cfg["seed"] + 1000 * s, cfg["env_steps"]))
-            progress.update(len(runs[name]) + sum(len(v) for k, v in runs.items() if k != name), method=name,
-                            final_return=runs[name][-1]["final_return"])
+            seed = cfg["seed"] + 1000 * s
+            path = cache and os.path.join(cache, f"{name}_seed{seed}_steps{cfg['env_steps']}")
+            run = load_run(path, method) if path and cfg["resume"] else None
+            if run is None:
+                run = train(method, seed, cfg["env_steps"], lr=cfg["actor_lr"], diagnose=cfg["diagnose"])
+                run = save_run(path, method, run) if path else run
+            runs[name].append(run)
+            progress.update(sum(len(v) for v in runs.values()), arm=name, score=run["score"])
     return runs
 
 
+def run_arrays(run):
+    """The learned parameters of a run: {policy_i, critic_i, critic_scale} as arrays."""
+    if "arrays" in run:
+        return run["arrays"]
+    arrays = {f"policy_{i}": p.data for i, p in enumerate(policy_parameters(run["policy"]))}
+    if run["critic"] is not None:
+        arrays.update({f"critic_{i}": p.data for i, p in enumerate(run["critic"].params)})
+        arrays["critic_scale"] = run["critic"].scale
+    return arrays
+
+
+def save_run(path, method, run):
+    ad.runs.write_json(path + ".json", {"method": method, "run": {k: v for k, v in run.items()
+                                                                  if k not in ("policy", "critic", "arrays")}})
+    temporary = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(temporary, **run_arrays(run))
+    os.replace(temporary, path + ".npz")
+    return run
+
+
+def load_run(path, method):
+    """A cached run, or None if there is none for this exact arm definition (or it cannot be read)."""
+    try:
+        with open(path + ".json") as f:
+            record = json.load(f)
+        arrays = ad.runs.load_arrays(path + ".npz", what="cached training run")
+    except (OSError, ValueError, ad.runs.BadInput):
+        return None
+    if record.get("method") != json.loads(json.dumps(method)):
+        return None
+    return dict(record["run"], arrays=arrays, cached=path)
+
+
+def strip_run(run):
+    """What metrics.json keeps of a run: curves and figures, not the objects or per-iteration norms."""
+    return {k: v for k, v in run.items() if k not in ("grad_norms", "policy", "critic", "arrays")}
+
+
+def strip_runs(runs):
+    return {k: [strip_run(r) for r in v] for k, v in runs.items()}
+
+
 def summarise_runs(runs):
+    """Per arm: the score (mean of each run's last evaluations) as a mean over seeds with its standard error
+    (ddof = 1), the per-seed scores, and the gradient-norm figures."""
     summary = {}
     for name, seeds in runs.items():
-        finals = np.array([r["final_return"] for r in seeds])
-        errors = np.array([r["final_box_error"] for r in seeds])
-        summary[name] = {"final_return_mean": float(finals.mean()), "final_return_std": float(finals.std()),
-                         "final_box_error_mean": float(errors.mean()), "final_box_error_std": float(errors.std()),
+        scores, finals = [r["score"] for r in seeds], [r["final_return"] for r in seeds]
+        score, score_se = ad.runs.mean_and_se(scores)
+        box, box_se = ad.runs.mean_and_se([r["score_box_error"] for r in seeds])
+        summary[name] = {"score_mean": score, "score_se": score_se, "scores": scores, "final_returns": finals,
+                         "box_error_mean": box, "box_error_se": box_se, "seeds": len(seeds),
                          "median_pre_clip_grad_norm": float(np.median([r["median_grad_norm"] for r in seeds])),
                          "fraction_clipped": float(np.mean([r["fraction_clipped"] for r in seeds])),
                          "train_seconds_mean": float(np.mean([r["train_seconds"] for r in seeds])),
-                         "final_returns": finals, "final_box_errors": errors}
+                         "extra_env_steps": seeds[0].get("extra_env_steps", 0)}
     return summary
 
 
-def experiment_2(cfg):
-    METHODS = cfg["methods"]
-    runs = run_methods(METHODS, cfg, "exp2 training runs")
+def experiment_2(cfg, cache=None):
+    runs = run_methods(cfg["methods"], cfg, "exp2 training runs", cache)
     summary = summarise_runs(runs)
-    fixed = [k for k in METHODS if not k.startswith("F")]
-    best_fixed = max(fixed, key=lambda k: summary[k]["final_return_mean"])
-    f = summary["F_anneal"]
-    initial = np.mean([r["curve"]["return"][0] for r in runs["F_anneal"]])
-    level = initial + 0.9 * (f["final_return_mean"] - initial)     # 90% of F's improvement (if it improved)
-    reach = {k: [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], level) for r in runs[k]] if f["final_return_mean"] > initial
-             else "F ended below its initial return: no gain to reach" for k in METHODS}
-    claims = {
-        "best_fixed_method": best_fixed,
-        "F_minus_best_fixed_return": f["final_return_mean"] - summary[best_fixed]["final_return_mean"],
-        "anneal_variants_minus_best_fixed_return": {k: summary[k]["final_return_mean"] - summary[best_fixed]["final_return_mean"]
-                                                    for k in METHODS if k.startswith("F")},
-        "F_minus_B_in_B_seed_std": (f["final_return_mean"] - summary["B_bptt"]["final_return_mean"])
-        / summary["B_bptt"]["final_return_std"] if len(runs["B_bptt"]) > 1 else None,
-        "F_final_box_error": f["final_box_error_mean"],
-        "B_median_grad_norm_over_others": summary["B_bptt"]["median_pre_clip_grad_norm"]
-        / np.median([summary[k]["median_pre_clip_grad_norm"] for k in METHODS if k != "B_bptt"]),
-        "env_steps_to_90pct_of_F_improvement": reach,
-    }
-    return {"runs": runs, "summary": summary, "claims": claims}
+    return {"runs": runs, "summary": summary, "claims": exp2_claims(runs, summary),
+            "switches": switch_summary(runs)}
+
+
+def exp2_claims(runs, summary):
+    """Paired differences of scores (the same seeds, so the same initial policies), for the arms present."""
+    scores = {k: np.array(s["scores"]) for k, s in summary.items()}
+    fixed = [k for k in summary if k in FIXED_ARMS]
+    best = max(fixed, key=lambda k: summary[k]["score_mean"]) if fixed else None
+    pairs = [(k, best) for k in summary if k not in FIXED_ARMS and best] + [
+        ("anneal_H", "H4"), ("anneal_H", "H32"), ("anneal_both", "anneal_rho_H32"), ("anneal_both_G", "anneal_both"),
+        ("anneal_H_prefit", "anneal_H"), ("anneal_H_reset_adam", "anneal_H"), ("H4", "H32")]
+    differences = {f"{a} - {b}": ad.runs.paired_difference(scores[a], scores[b]) for a, b in pairs
+                   if a in scores and b in scores and len(scores[a]) == len(scores[b])}
+    claims = {"best_fixed_arm": best, "paired_score_differences": differences}
+    if "BPTT" in summary and len(summary) > 1:
+        others = [summary[k]["median_pre_clip_grad_norm"] for k in summary if k != "BPTT"]
+        claims["BPTT_median_grad_norm_over_others"] = summary["BPTT"]["median_pre_clip_grad_norm"] / np.median(others)
+    return claims
+
+
+def switch_summary(runs):
+    """Mean over seeds of the gradient diagnostics at each switch point, per arm (arms that were diagnosed)."""
+    table = {}
+    for name, seeds in runs.items():
+        points = [r["switch_diagnostics"] for r in seeds if r.get("switch_diagnostics")]
+        if not points:
+            continue
+        table[name] = []
+        for k in range(min(len(p) for p in points)):
+            at = [p[k] for p in points]
+            entry = {"env_steps": float(np.mean([a["env_steps"] for a in at])), "horizon": at[0]["horizon"],
+                     "reference_noise": float(np.mean([a["reference_noise"] for a in at]))}
+            for key in ("gradient_rel_error", "gradient_cosine", "critic_value_rel_error"):
+                entry[key] = {h: _mean_or_none([a[key][h] for a in at]) for h in at[0][key]}
+            table[name].append(entry)
+    return table
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 # ----------------------------------------------------------------------------
@@ -955,24 +1135,24 @@ def critic_fidelity(cfg, rng, rho=0.01):
     return table, points
 
 
-def experiment_3(cfg, rng, exp1=None):
+def experiment_3(cfg, rng, exp1=None, cache=None):
     fidelity, points = critic_fidelity(cfg, rng)
     bias_with_g = None
     if exp1 is not None:   # (b): beta_H with the value terminal vs the gradient terminal, H <= 8
         bias_with_g = {name: {rho: {h: (rows["Q"][h]["bias"], rows["G"][h]["bias"]) for h in exp1["horizons"] if 0 < h <= 8}
                               for rho, rows in snap["rho"].items()} for name, snap in exp1["snapshots"].items()}
-    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs")
+    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs", cache)
     summary = summarise_runs(runs)
-    comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon
+    comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon, paired by seed
     for q_name in (k for k in runs if k.startswith("Q_H")):
         g_name = "G" + q_name[1:] + "_lam0.95"
-        q, g = summary[q_name], summary[g_name]
-        reach = [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], q["final_return_mean"]) for r in runs[g_name]]
-        comparisons[g_name + " vs " + q_name] = {
-            "final_return_difference": g["final_return_mean"] - q["final_return_mean"],
-            "difference_in_Q_seed_std": (g["final_return_mean"] - q["final_return_mean"]) / q["final_return_std"]
-            if len(runs[q_name]) > 1 else None,
-            "G_env_steps_to_Q_final_return_fraction": [None if s is None else s / cfg["env_steps"] for s in reach]}
+        if g_name not in runs:
+            continue
+        q = summary[q_name]
+        reach = [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], q["score_mean"]) for r in runs[g_name]]
+        comparisons[g_name + " vs " + q_name] = dict(
+            ad.runs.paired_difference(summary[g_name]["scores"], q["scores"]),
+            G_env_steps_to_Q_score_fraction=[None if s is None else s / cfg["env_steps"] for s in reach])
     return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs, "summary": summary,
             "comparisons": comparisons, "points": points}
 
@@ -1039,39 +1219,62 @@ def plot_mse_map(exp1, path):
     plt.close(fig)
 
 
-def plot_training(runs, methods, path, title):
+def plot_training(runs, methods, out, filename, title):
     plt = ad.runs.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8.5))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
     for i, (name, seeds) in enumerate(runs.items()):
-        color, label = f"C{i}", methods[name]["label"]
+        color = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
         steps = np.array(seeds[0]["curve"]["env_steps"])
         for ax, key in ((axes[0, 0], "return"), (axes[0, 1], "box_error")):
             values = np.array([r["curve"][key] for r in seeds])
-            ax.plot(steps, values.mean(axis=0), color=color, label=label)
-            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
+            ax.plot(steps, values.mean(axis=0), color=color, label=methods[name]["label"] if key == "return" else None)
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.12)
         for r in seeds:
             axes[1, 0].plot(r["curve"]["seconds"], r["curve"]["return"], color=color, alpha=0.7)
-        norms = np.array([r["grad_norms"] for r in seeds])
-        per_iter = N_ENVS * seeds[0]["window"]
-        smooth = np.array([np.median(norms[:, max(0, k - 4):k + 1]) for k in range(norms.shape[1])])
-        axes[1, 1].plot(per_iter * np.arange(1, len(smooth) + 1), smooth, color=color)
-    axes[0, 0].set_ylabel("eval return (hard contact)")
-    axes[0, 1].set_ylabel("|b_T - b*| (hard contact)")
-    axes[0, 1].set_yscale("log")
-    axes[1, 0].set_ylabel("eval return")
-    axes[1, 0].set_xlabel("training wall-clock seconds (shared cores)")
-    axes[1, 1].set_ylabel("pre-clip actor gradient norm (running median)")
-    axes[1, 1].set_yscale("log")
-    axes[1, 1].axhline(GRAD_CLIP, color="k", lw=0.8, ls=":")
-    for ax in (axes[0, 0], axes[0, 1], axes[1, 1]):
-        ax.set_xlabel("environment steps")
+        if all("grad_norms" in r for r in seeds):
+            norms = np.array([r["grad_norms"] for r in seeds])
+            smooth = np.array([np.median(norms[:, max(0, k - 4):k + 1]) for k in range(norms.shape[1])])
+            axes[1, 1].plot(N_ENVS * seeds[0]["window"] * np.arange(1, len(smooth) + 1), smooth, color=color)
+    axes[0, 0].set(title="Return on the hard system during training (line: mean over seeds, band: min to max)",
+                   ylabel="evaluation return (128 fixed starts; higher is better)", xlabel="environment steps")
+    axes[0, 1].set(title="Where the box ends: |b_T - b*|, its distance from the target after 128 steps",
+                   ylabel="|b_T - b*| (m, log scale)", xlabel="environment steps", yscale="log")
+    axes[1, 0].set(title="Return against training time (each line one seed)", ylabel="evaluation return",
+                   xlabel="training wall-clock seconds (2 shared cores)")
+    axes[1, 1].axhline(GRAD_CLIP, color="k", lw=0.8, ls=":", label=f"clipped above {GRAD_CLIP:g}")
+    axes[1, 1].set(title="Actor gradient norm before clipping (running median of 5 iterations)",
+                   ylabel="pre-clip gradient norm (log scale)", xlabel="environment steps", yscale="log")
+    axes[1, 1].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+        ax.title.set_fontsize(9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title="arm (colour in every panel)")
+    axes[0, 0].legend().set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
+
+
+def plot_switches(switches, methods, out, filename):
+    """The actor's gradient error at each H against BPTT's, at the points where the anneal switches H."""
+    plt = ad.runs.pyplot()
+    names = list(switches)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = switches[name]
+        steps = [p["env_steps"] for p in points]
+        for j, h in enumerate(DIAGNOSED_HORIZONS):
+            ax.plot(steps, [p["gradient_rel_error"][str(h)] for p in points], "o-", color=f"C{j}", label=f"H = {h}")
+        ax.plot(steps, [p["reference_noise"] for p in points], "k:", label="noise of the BPTT reference")
+        ax.set(yscale="log", xlabel="environment steps (the anneal's switch points)",
+               ylabel="|g_H - g_BPTT| / |g_BPTT|", title=f"{methods[name]['label']}\nactor gradient error per H")
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
 def plot_critics(exp3, path):
@@ -1148,25 +1351,30 @@ def print_exp1(exp1):
 
 
 def print_runs(title, summary, methods):
-    show(title, ["method", "final return", "+- seed std", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
-                [[methods[k]["label"], s["final_return_mean"], s["final_return_std"], s["final_box_error_mean"],
-                  s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
+    show(title, ["arm", "score", "+- se", "seeds", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
+         [[methods[k]["label"], s["score_mean"], s["score_se"], s["seeds"], s["box_error_mean"],
+           s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
+    print(f"  score: mean over seeds of each run's last {SCORE_LAST} evaluations (return on the hard system, "
+          "128 fixed starts); +- is the standard error over seeds (ddof=1)")
 
 
-def print_exp2(exp2, METHODS):
-    print_runs("Exp 2: training on the hard system (eval: deterministic policy, 128 fixed states, hard contact)",
-               exp2["summary"], METHODS)
+def print_exp2(exp2, methods):
+    print_runs("Exp 2: training, evaluated on the hard system", exp2["summary"], methods)
     c = exp2["claims"]
-    show("Exp 2 claims", ["claim", "measured"], [
-        ["best fixed setting", METHODS[c["best_fixed_method"]]["label"]],
-        ["F final return - best fixed (want >= 0)", c["F_minus_best_fixed_return"]],
-        *[[f"  {METHODS[k]['label']} - best fixed", v] for k, v in c["anneal_variants_minus_best_fixed_return"].items()
-          if k != "F_anneal"],
-        ["(F - B) final return in B's seed std (want >= 2)", c["F_minus_B_in_B_seed_std"]],
-        ["F final |b_T - b*| (want < 0.05)", c["F_final_box_error"]],
-        ["B median pre-clip norm / others' median (want >= 10)", c["B_median_grad_norm_over_others"]],
-    ] + [[f"env steps to 90% of F's gain: {k}", v if isinstance(v, str) else ", ".join(str(s) for s in v)]
-         for k, v in c["env_steps_to_90pct_of_F_improvement"].items()])
+    if c["best_fixed_arm"]:
+        print(f"  best fixed arm: {methods[c['best_fixed_arm']]['label']}")
+    show("Exp 2: paired score differences (same seeds, same initial policies)", ["difference", "mean", "+- se", "n"],
+         [[k, d["mean"], d["se"], d["n"]] for k, d in c["paired_score_differences"].items()])
+    if "BPTT_median_grad_norm_over_others" in c:
+        print(f"  BPTT's median pre-clip gradient norm / the other arms' median: {c['BPTT_median_grad_norm_over_others']:.3g}")
+    for name, points in exp2["switches"].items():
+        show(f"Exp 2: {methods[name]['label']}: the actor's gradient error at each H against BPTT's, where the "
+             "anneal switches H (mean over seeds)", ["env steps", "H now", "reference noise"]
+             + [f"err H={h}" for h in DIAGNOSED_HORIZONS] + [f"cos H={h}" for h in DIAGNOSED_HORIZONS]
+             + [f"Q err H={h}" for h in DIAGNOSED_HORIZONS],
+             [[round(p["env_steps"]), p["horizon"], p["reference_noise"]]
+              + [p[key][str(h)] for key in ("gradient_rel_error", "gradient_cosine", "critic_value_rel_error")
+                 for h in DIAGNOSED_HORIZONS] for p in points])
 
 
 def print_exp3(exp3, methods):
@@ -1184,10 +1392,10 @@ def print_exp3(exp3, methods):
         h_list = list(next(iter(next(iter(exp3["bias_Q_vs_G_terminal"].values())).values())))
         show("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
     print_runs("Exp 3c: training with the value-gradient critic", exp3["summary"], methods)
-    show("Exp 3c: G against Q at the same actor horizon", ["comparison", "final return G - Q", "in Q seed std",
-                                                                  "G steps to Q's final / budget"],
-                [[k, c["final_return_difference"], c["difference_in_Q_seed_std"],
-                  ", ".join(ad.runs.format_cell(f) for f in c["G_env_steps_to_Q_final_return_fraction"])] for k, c in exp3["comparisons"].items()])
+    show("Exp 3c: G against Q at the same actor horizon (paired by seed)", ["comparison", "score G - Q", "+- se",
+                                                                           "G steps to Q's score / budget"],
+         [[k, c["mean"], c["se"], ", ".join(ad.runs.format_cell(f) for f in c["G_env_steps_to_Q_score_fraction"])]
+          for k, c in exp3["comparisons"].items()])
 
 
 if __name__ == "__main__":

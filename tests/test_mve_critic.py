@@ -211,7 +211,7 @@ def test_variance_through_hard_contact_dwarfs_smoothed_contact():
 def test_smoothed_bptt_learns_on_the_hard_system():
     """12 BPTT updates on the rho = 0.01 model improve the HARD-contact evaluation return from -23.7
     (measured: -19.5 at this budget and seed)."""
-    result = mve.train(mve.METHODS["C_bptt_smooth"], seed=0, env_steps=12 * mve.N_ENVS * mve.T, eval_points=3)
+    result = mve.train(mve.METHODS["BPTT_rho0.01"], seed=0, env_steps=12 * mve.N_ENVS * mve.T, eval_points=3)
     assert result["curve"]["return"][0] < -23
     assert result["final_return"] > -21, result["curve"]["return"]
 
