@@ -550,7 +550,7 @@ class TrainingLog:
         self.seconds += seconds
 
     def record(self, env_steps):
-        ret, err = evaluate(self.policy)
+        ret, err = ad.runs.check_finite("evaluation return", evaluate(self.policy), f"{env_steps:,} env steps")
         for key, value in (("env_steps", env_steps), ("seconds", self.seconds), ("return", ret), ("box_error", err)):
             self.curve[key].append(value)
 
@@ -772,7 +772,7 @@ def main(argv=None):
             metrics["exp3"], learned["exp3"] = report_exp3(exp3, cfg, out, walls["exp3"]), exp3["runs"]
             learned["exp3_fidelity"] = exp3["critics"]
     except ad.runs.Diverged:             # keep what finished before the run diverged
-        ad.runs.write_metrics(out, dict(metrics, diverged=True), args, started)
+        ad.runs.write_metrics(out, metrics, args, started, name="metrics_diverged.json")
         raise
     save_learned(out, learned, args.seed)
     path = ad.runs.write_metrics(out, metrics, args, started)
@@ -976,7 +976,8 @@ def run_methods(methods, cfg, label, cache=None):
             path = cache and os.path.join(cache, f"{name}_seed{seed}_steps{cfg['env_steps']}")
             run = load_run(path, method) if path and cfg["resume"] else None
             if run is None:
-                run = train(method, seed, cfg["env_steps"], lr=cfg["actor_lr"], diagnose=cfg["diagnose"])
+                with np.errstate(over="ignore", invalid="ignore"):   # divergence is caught, and named, by check_finite
+                    run = train(method, seed, cfg["env_steps"], lr=cfg["actor_lr"], diagnose=cfg["diagnose"])
                 run = save_run(path, method, run) if path else run
             runs[name].append(run)
             progress.update(sum(len(v) for v in runs.values()), arm=name, score=run["score"])
