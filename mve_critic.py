@@ -849,8 +849,8 @@ def timed(walls, name, function, *args):
 
 def report_exp1(exp1, out, wall):
     print_exp1(exp1)
-    plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
-    plot_mse_map(exp1, os.path.join(out, "mve_critic_mse_map.png"))
+    plot_bias_variance(exp1, out, "mve_critic_bias_variance.png")
+    plot_mse_map(exp1, out, "mve_critic_mse_map.png")
     print(f"Exp 1 wall time {ad.runs.format_seconds(wall)}")
     return dict(exp1, wall_seconds=wall)
 
@@ -868,7 +868,7 @@ def report_exp2(exp2, cfg, out, wall):
 
 def report_exp3(exp3, cfg, out, wall):
     print_exp3(exp3, cfg["exp3_methods"])
-    plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
+    plot_critics(exp3, out, "mve_critic_critics.png")
     print(f"Exp 3 wall time {ad.runs.format_seconds(wall)}")
     return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
             "summary": exp3["summary"], "comparisons": exp3["comparisons"],
@@ -1222,37 +1222,39 @@ def _h_axis(ax, horizons):
     ax.set_xlabel("horizon H")
 
 
-def plot_bias_variance(exp1, path):
+def plot_bias_variance(exp1, out, filename):
     plt = ad.runs.pyplot()
     names = list(exp1["snapshots"])
-    fig, axes = plt.subplots(len(names), 3, figsize=(14, 3.8 * len(names)), squeeze=False)
-    panels = [("bias", "bias  |mean g - grad J|^2 / |grad J|^2"), ("variance", "variance  tr Cov(g) / |grad J|^2"),
-              ("mse64", "relative MSE of a 64-episode mean")]
+    fig, axes = plt.subplots(len(names), 3, figsize=(15, 4.0 * len(names)), squeeze=False)
+    panels = [("bias", "Bias of the mean gradient", "bias  |mean g - grad J|^2 / |grad J|^2"),
+              ("variance", "Variance of one episode's gradient", "variance  tr Cov(g) / |grad J|^2"),
+              ("mse64", "Error of a 64-episode mean (what one update sees)", "relative MSE at batch 64")]
     for r, name in enumerate(names):
-        for c, (key, title) in enumerate(panels):
+        for c, (key, title, ylabel) in enumerate(panels):
             ax = axes[r, c]
             for i, rho in enumerate(exp1["rhos"]):
                 rows = exp1["snapshots"][name]["rho"][rho]
                 hs = sorted(rows["Q"])
                 ax.plot([h if h else 0.5 for h in hs], [rows["Q"][h][key] for h in hs], "o-", color=f"C{i}",
-                        label=f"rho={rho}")
+                        label=f"rho = {rho}, Q terminal")
                 if key == "bias":
-                    hs = sorted(rows["G"])
-                    ax.plot(hs, [rows["G"][h][key] for h in hs], "s--", color=f"C{i}", alpha=0.5)
+                    hs = sorted(h for h in rows["G"] if h < T)
+                    ax.plot(hs, [rows["G"][h][key] for h in hs], "s--", color=f"C{i}", alpha=0.5,
+                            label=f"rho = {rho}, G terminal")
             ax.set_yscale("log")
             _h_axis(ax, exp1["horizons"])
-            ax.set_title(f"theta_{name}: {title}", fontsize=9)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"theta_{name}: {title}\n(H = 0 is DDPG-like, H = {T} is BPTT; units of |grad J|^2)", fontsize=9)
             ax.grid(alpha=0.3)
-        axes[r, 0].legend(fontsize=8, title="solid: Q terminal, dashed: G", title_fontsize=7)
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
-def plot_mse_map(exp1, path):
+def plot_mse_map(exp1, out, filename):
     plt = ad.runs.pyplot()
     names, horizons, rhos = list(exp1["snapshots"]), exp1["horizons"], exp1["rhos"]
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         snap = exp1["snapshots"][name]["rho"]
         grid = np.log10([[snap[rho]["Q"][h]["mse64"] for h in horizons] for rho in rhos])
@@ -1264,14 +1266,14 @@ def plot_mse_map(exp1, path):
         ax.plot(best, range(len(rhos)), "r*-", markersize=14, label="best H for each rho")
         ax.set_xticks(range(len(horizons)), [str(h) for h in horizons])
         ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
-        ax.set_xlabel("horizon H")
-        ax.set_ylabel("smoothing rho")
-        ax.set_title(f"log10 relative MSE (batch 64), theta_{name}", fontsize=9)
+        ax.set_xlabel("model horizon H (steps before the critic takes over)")
+        ax.set_ylabel("contact smoothing rho (m)")
+        ax.set_title(f"theta_{name}: error of a 64-episode gradient, log10 of MSE / |grad J|^2\n"
+                     "(darker is better; the stars trace the path of manageable variance)", fontsize=9)
         ax.legend(fontsize=8, loc="upper left")
-        fig.colorbar(image, ax=ax)
+        fig.colorbar(image, ax=ax, label="log10 relative MSE")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
 def plot_training(runs, methods, out, filename, title):
@@ -1332,40 +1334,36 @@ def plot_switches(switches, methods, out, filename):
     return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
-def plot_critics(exp3, path):
+def plot_critics(exp3, out, filename):
     plt = ad.runs.pyplot()
     points = exp3["points"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     v_mc, g_mc = points["v_mc"], points["g_mc"]
     scale = np.sqrt(np.mean(g_mc ** 2, axis=0))     # per coordinate, so p, v, b, w share one plot
     lo, hi = v_mc.min(), v_mc.max()
-    axes[1].plot([-3, 3], [-3, 3], "k:", lw=0.8)
-    axes[0].plot([lo, hi], [lo, hi], "k:", lw=0.8)
+    axes[1].plot([-3, 3], [-3, 3], "k:", lw=0.8, label="perfect critic")
+    axes[0].plot([lo, hi], [lo, hi], "k:", lw=0.8, label="perfect critic")
     for i, name in enumerate(n for n in points if n not in ("v_mc", "g_mc")):
         v_hat, g_hat = points[name]
         if v_hat is not None:
-            axes[0].scatter(v_mc, v_hat, s=6, color=f"C{i}", label=name)
-        axes[1].scatter((g_mc / scale).ravel(), (g_hat / scale).ravel(), s=4, color=f"C{i}", alpha=0.6, label=name)
-    axes[0].set_xlabel("Monte Carlo V(x)")
-    axes[0].set_ylabel("critic V_hat(x)")
-    axes[0].set_title("values (held-out states, theta_good, rho=0.01)", fontsize=9)
-    axes[1].set_xlabel("Monte Carlo grad_x V (per-coordinate RMS units)")
-    axes[1].set_ylabel("critic gradient: grad_x Q_hat or G_hat")
-    axes[1].set_title("value gradients", fontsize=9)
-    axes[1].set_xlim(-3, 3)
-    axes[1].set_ylim(-3, 3)
+            axes[0].plot(v_mc, v_hat, ".", ms=3, color=f"C{i}", label=name)
+        axes[1].plot((g_mc / scale).ravel(), (g_hat / scale).ravel(), ".", ms=2, color=f"C{i}", alpha=0.6, label=name)
+    axes[0].set(xlabel="Monte Carlo value V(x)", ylabel="critic's value V_hat(x)",
+                title="Values on held-out states (theta_good, rho = 0.01)")
+    axes[1].set(xlabel="Monte Carlo grad_x V (each coordinate in units of its RMS)",
+                ylabel="critic's gradient: grad_x Q_hat or G_hat", xlim=(-3, 3), ylim=(-3, 3),
+                title="Value gradients on the same states: what the actor uses")
     for i, (name, seeds) in enumerate(exp3["runs"].items()):
         returns = np.array([r["curve"]["return"] for r in seeds])
         axes[2].plot(seeds[0]["curve"]["env_steps"], returns.mean(axis=0), color=f"C{i}", label=name)
-    axes[2].set_xlabel("environment steps")
-    axes[2].set_ylabel("eval return (hard contact)")
-    axes[2].set_title("training with Q vs G terminal", fontsize=9)
+    axes[2].set(xlabel="environment steps", ylabel="evaluation return on the hard system (mean over seeds)",
+                title="Training with a value critic (Q) or a value-gradient critic (G)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        ax.title.set_fontsize(9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
 # ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@ the windowed MVE objective at H = T equal to plain BPTT, the one-pass VGL(lambda
 explicit recursion, per-sample gradients, and two measured claims (variance through hard contact,
 learning with smoothed BPTT)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -274,3 +276,22 @@ def test_vgl_lowers_the_gradient_critics_error_on_held_out_states(held_out):
     after, cosine_after = errors()
     assert before > 0.9 and abs(cosine_before) < 0.3, (before, cosine_before)
     assert after < 0.6 and cosine_after > 0.5, (after, cosine_after)
+
+
+def test_every_figure_has_titles_labels_and_legends(tmp_path, monkeypatch):
+    """A tiny run of all three experiments; every panel of every figure passes ad.runs.figure_problems."""
+    problems, saved = {}, []
+    original = ad.runs.save_figure
+
+    def checked(fig, out, filename, dpi=120):
+        problems[filename] = ad.runs.figure_problems(fig)
+        saved.append(filename)
+        return original(fig, out, filename, dpi)
+
+    monkeypatch.setattr(ad.runs, "save_figure", checked)
+    mve.main(["--out", str(tmp_path), "--episodes", "64", "--truth-episodes", "128", "--critic-iterations", "1",
+              "--ratio-episodes", "128", "--env-steps", "4096", "--arms", "H4,BPTT,anneal_H", "--diagnose",
+              "--fidelity-iterations", "1", "--held-out", "4", "--reference-rollouts", "4"])
+    assert len(saved) == 5, saved
+    assert not any(problems.values()), problems
+    assert {"params.npz", "metrics.json"} <= set(os.listdir(tmp_path))
