@@ -74,46 +74,25 @@ THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant p
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
 EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
 
-SETTINGS = {                      # the lesson run (about a minute or two on 2 cores)
+SETTINGS = {                      # the lesson run (a few minutes on 2 shared cores)
     "exp": "all",
-    "snapshots": ("init",),
-    "rhos": (0.0, 0.003, 0.01, 0.03),
-    "horizons": (0, 1, 4, 16, 64, T),
-    "episodes": 512,
-    "truth_episodes": 8192,
-    "critic_iterations": 40,
-    "stiffness_sweep": (),
-    "sweep_episodes": 512,
-    "ratio_episodes": 2048,
-    "seeds": 1,
-    "env_steps": 160_000,
-    "arms": ("H0_ddpg", "H8", "BPTT", "BPTT_rho0.01", "anneal_H", "anneal_both"),
-    "actor_lr": ACTOR_LR,
-    "diagnose": False,
-    "resume": False,
-    "fidelity_iterations": 60,
-    "held_out": 64,
-    "reference_rollouts": 64,
-    "exp3_arms": ("Q_H8", "G_H8_lam0.95"),
+    # Exp 1: the gradient estimator at fixed linear policies
+    "snapshots": ("init",), "rhos": (0.0, 0.003, 0.01, 0.03), "horizons": (0, 1, 4, 16, 64, T), "episodes": 512,
+    "truth_episodes": 8192, "critic_iterations": 40, "stiffness_sweep": (), "sweep_episodes": 512, "ratio_episodes": 2048,
+    # Exp 2: training an MLP policy
+    "seeds": 1, "env_steps": 160_000, "arms": ("H0_ddpg", "H8", "BPTT", "BPTT_rho0.01", "anneal_H", "anneal_both"),
+    "actor_lr": ACTOR_LR, "diagnose": False, "resume": False,
+    # Exp 3: value critic against value-gradient critic
+    "fidelity_iterations": 60, "held_out": 64, "reference_rollouts": 64, "exp3_arms": ("Q_H8", "G_H8_lam0.95"),
 }
 FULL = {                          # what --full changes
-    "snapshots": ("init", "good"),
-    "horizons": (0, 1, 2, 4, 8, 16, 32, 64, T),
-    "episodes": 2048,
-    "truth_episodes": 40960,
-    "critic_iterations": 100,
-    "stiffness_sweep": (300.0, 1000.0, 3000.0),
-    "sweep_episodes": 2048,
-    "ratio_episodes": 8192,
-    "seeds": 5,
-    "env_steps": 400_000,
+    "snapshots": ("init", "good"), "horizons": (0, 1, 2, 4, 8, 16, 32, 64, T), "episodes": 2048, "truth_episodes": 40960,
+    "critic_iterations": 100, "stiffness_sweep": (300.0, 1000.0, 3000.0), "sweep_episodes": 2048, "ratio_episodes": 8192,
+    "seeds": 5, "env_steps": 400_000, "diagnose": True,
     "arms": ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01", "anneal_both", "anneal_H",
              "anneal_rho_H32", "anneal_rho_BPTT", "anneal_both_G", "anneal_H_prefit", "anneal_H_reset_adam"),
-    "diagnose": True,
-    "fidelity_iterations": 150,
-    "held_out": 256,
-    "reference_rollouts": 256,
-    "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0", "F_anneal_G"),
+    "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
+    "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
 HELP = {
     "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
@@ -137,7 +116,6 @@ HELP = {
     "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
     "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
 }
-
 
 
 # ----------------------------------------------------------------------------
@@ -283,8 +261,6 @@ def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
         actions[t] = act_numpy(policy, states[t], eps[t])
         states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
     return states, actions, rewards
-
-
 
 
 class Critic:
@@ -538,44 +514,6 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
                 extra_env_steps=extra_steps, policy=policy, critic=critic)
 
 
-class TrainingLog:
-    """The learning curve (evaluated on the hard system), the pre-clip gradient norms and the training clock."""
-
-    def __init__(self, policy, window):
-        self.policy, self.window, self.seconds, self.norms = policy, window, 0.0, []
-        self.curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
-        self.record(0)
-
-    def pause(self, seconds):
-        self.seconds += seconds
-
-    def record(self, env_steps):
-        ret, err = ad.runs.check_finite("evaluation return", evaluate(self.policy), f"{env_steps:,} env steps")
-        for key, value in (("env_steps", env_steps), ("seconds", self.seconds), ("return", ret), ("box_error", err)):
-            self.curve[key].append(value)
-
-    def summary(self, last=SCORE_LAST):
-        """The score of a run is the mean of its last `last` evaluations, not its final point (one point is noisy)."""
-        norms = np.array(self.norms)
-        return {"curve": self.curve, "grad_norms": self.norms, "final_return": self.curve["return"][-1],
-                "final_box_error": self.curve["box_error"][-1], "score": float(np.mean(self.curve["return"][-last:])),
-                "score_box_error": float(np.mean(self.curve["box_error"][-last:])),
-                "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(norms > GRAD_CLIP)),
-                "train_seconds": self.seconds}
-
-
-def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
-    """What an arm does when the anneal schedule switches H. "prefit": fit the critic on PREFIT_WINDOWS fresh
-    windows of the current policy first (their env steps are counted); "reset_adam": forget the optimizer's
-    moments, which were scaled to the old horizon's gradients."""
-    if method.get("at_switch") == "prefit" and critic is not None:
-        train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
-        extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
-    if method.get("at_switch") == "reset_adam":
-        optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
-    return optimizer, extra_steps
-
-
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
     """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
     x, t = None, 0
@@ -702,54 +640,6 @@ def gradient_statistics(grads, truth, batch=64):
             "max_norm": float(np.max(np.linalg.norm(grads, axis=1)) / math.sqrt(norm2))}
 
 
-def gradient_errors(policy, critic, rho, rng, batches=4):
-    """At the current policy: the actor's gradient at each H in DIAGNOSED_HORIZONS against BPTT's (whole
-    episodes, W = T, the same starts and noise for every H), and the critic's value error at the bootstrap
-    states x_{jH} against the discounted return that followed them (one rollout each, so it includes that
-    return's noise). With an exact critic every H would give BPTT's gradient: the gap is the critic's doing.
-    The BPTT reference runs on rho >= REFERENCE_RHO: through hard contact its variance would drown the
-    comparison, and at rho = 0.003 its bias against hard contact is tiny (Exp 1 measures both)."""
-    params = policy_parameters(policy)
-    grads = {h: [] for h in DIAGNOSED_HORIZONS + (T,)}
-    squared = {h: np.zeros(2) for h in DIAGNOSED_HORIZONS}
-    for _ in range(batches):
-        x0, eps, boot = initial_states(rng, N_ENVS), rng.normal(size=(T, N_ENVS)), int(rng.integers(2**31))
-        for h in grads:
-            policy.zero_grad()
-            objective, rollout = mve_objective(policy, x0, eps, 0, np.maximum(rho, REFERENCE_RHO) if h == T else rho, h,
-                                               None if h == T else critic, np.random.default_rng(boot))
-            ad.mean(objective).backward()
-            grads[h].append(np.concatenate([p.grad.ravel() for p in params]))
-        for h in DIAGNOSED_HORIZONS:           # rollout is BPTT's: the same trajectories
-            squared[h] += critic_value_error(critic, rollout, h)
-    policy.zero_grad()
-    reference = np.mean(grads[T], axis=0)
-    noise = np.linalg.norm(np.std(grads[T], axis=0, ddof=1)) / math.sqrt(batches) / np.linalg.norm(reference)
-    result = {"reference_noise": float(noise), "gradient_rel_error": {}, "gradient_cosine": {}, "critic_value_rel_error": {}}
-    for h in DIAGNOSED_HORIZONS:             # keys are strings, as they come back from JSON
-        g = np.mean(grads[h], axis=0)
-        result["gradient_rel_error"][str(h)] = float(np.linalg.norm(g - reference) / np.linalg.norm(reference))
-        result["gradient_cosine"][str(h)] = float(g @ reference / (np.linalg.norm(g) * np.linalg.norm(reference)))
-        result["critic_value_rel_error"][str(h)] = float(math.sqrt(squared[h][0] / squared[h][1])) if squared[h][1] else None
-    return result
-
-
-def critic_value_error(critic, rollout, horizon):
-    """(sum of (Q(x_t, u_t) - G_t)^2, sum of G_t^2) over the bootstrap times t = H, 2H, ... < T, where G_t is
-    the discounted return from t on in the same rollout. Zeros for a gradient critic (it has no values)."""
-    if critic.kind != "Q":
-        return np.zeros(2)
-    rewards = rollout.rewards
-    returns = np.zeros_like(rewards)
-    ahead = np.zeros(rewards.shape[1])
-    for t in reversed(range(len(rewards))):
-        ahead = rewards[t] + GAMMA * ahead
-        returns[t] = ahead
-    times = np.arange(horizon, T, horizon)
-    q = critic.values(rollout.states[times], times[:, None], rollout.rho, np.tanh(rollout.actions[times]))
-    return np.array([np.sum((q - returns[times]) ** 2), np.sum(returns[times] ** 2)])
-
-
 # ----------------------------------------------------------------------------
 # 9. main: parse the settings, check the output folder, run the experiments asked for, write the results
 # ----------------------------------------------------------------------------
@@ -873,6 +763,95 @@ def report_exp3(exp3, cfg, out, wall):
     return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
             "summary": exp3["summary"], "comparisons": exp3["comparisons"],
             "runs": strip_runs(exp3["runs"]), "wall_seconds": wall}
+
+
+# ----------------------------------------------------------------------------
+# Training plumbing: the learning-curve log, what an arm does at a switch of H, and the switch diagnostics
+# ----------------------------------------------------------------------------
+class TrainingLog:
+    """The learning curve (evaluated on the hard system), the pre-clip gradient norms and the training clock."""
+
+    def __init__(self, policy, window):
+        self.policy, self.window, self.seconds, self.norms = policy, window, 0.0, []
+        self.curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
+        self.record(0)
+
+    def pause(self, seconds):
+        self.seconds += seconds
+
+    def record(self, env_steps):
+        ret, err = ad.runs.check_finite("evaluation return", evaluate(self.policy), f"{env_steps:,} env steps")
+        for key, value in (("env_steps", env_steps), ("seconds", self.seconds), ("return", ret), ("box_error", err)):
+            self.curve[key].append(value)
+
+    def summary(self, last=SCORE_LAST):
+        """The score of a run is the mean of its last `last` evaluations, not its final point (one point is noisy)."""
+        norms = np.array(self.norms)
+        return {"curve": self.curve, "grad_norms": self.norms, "final_return": self.curve["return"][-1],
+                "final_box_error": self.curve["box_error"][-1], "score": float(np.mean(self.curve["return"][-last:])),
+                "score_box_error": float(np.mean(self.curve["box_error"][-last:])),
+                "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(norms > GRAD_CLIP)),
+                "train_seconds": self.seconds}
+
+
+def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
+    """What an arm does when the anneal schedule switches H. "prefit": fit the critic on PREFIT_WINDOWS fresh
+    windows of the current policy first (their env steps are counted); "reset_adam": forget the optimizer's
+    moments, which were scaled to the old horizon's gradients."""
+    if method.get("at_switch") == "prefit" and critic is not None:
+        train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
+        extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
+    if method.get("at_switch") == "reset_adam":
+        optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+    return optimizer, extra_steps
+
+
+def gradient_errors(policy, critic, rho, rng, batches=4):
+    """At the current policy: the actor's gradient at each H in DIAGNOSED_HORIZONS against BPTT's (whole
+    episodes, W = T, the same starts and noise for every H), and the critic's value error at the bootstrap
+    states x_{jH} against the discounted return that followed them (one rollout each, so it includes that
+    return's noise). With an exact critic every H would give BPTT's gradient: the gap is the critic's doing.
+    The BPTT reference runs on rho >= REFERENCE_RHO: through hard contact its variance would drown the
+    comparison, and at rho = 0.003 its bias against hard contact is tiny (Exp 1 measures both)."""
+    params = policy_parameters(policy)
+    grads = {h: [] for h in DIAGNOSED_HORIZONS + (T,)}
+    squared = {h: np.zeros(2) for h in DIAGNOSED_HORIZONS}
+    for _ in range(batches):
+        x0, eps, boot = initial_states(rng, N_ENVS), rng.normal(size=(T, N_ENVS)), int(rng.integers(2**31))
+        for h in grads:
+            policy.zero_grad()
+            objective, rollout = mve_objective(policy, x0, eps, 0, np.maximum(rho, REFERENCE_RHO) if h == T else rho, h,
+                                               None if h == T else critic, np.random.default_rng(boot))
+            ad.mean(objective).backward()
+            grads[h].append(np.concatenate([p.grad.ravel() for p in params]))
+        for h in DIAGNOSED_HORIZONS:           # rollout is BPTT's: the same trajectories
+            squared[h] += critic_value_error(critic, rollout, h)
+    policy.zero_grad()
+    reference = np.mean(grads[T], axis=0)
+    noise = np.linalg.norm(np.std(grads[T], axis=0, ddof=1)) / math.sqrt(batches) / np.linalg.norm(reference)
+    result = {"reference_noise": float(noise), "gradient_rel_error": {}, "gradient_cosine": {}, "critic_value_rel_error": {}}
+    for h in DIAGNOSED_HORIZONS:             # keys are strings, as they come back from JSON
+        g = np.mean(grads[h], axis=0)
+        result["gradient_rel_error"][str(h)] = float(np.linalg.norm(g - reference) / np.linalg.norm(reference))
+        result["gradient_cosine"][str(h)] = float(g @ reference / (np.linalg.norm(g) * np.linalg.norm(reference)))
+        result["critic_value_rel_error"][str(h)] = float(math.sqrt(squared[h][0] / squared[h][1])) if squared[h][1] else None
+    return result
+
+
+def critic_value_error(critic, rollout, horizon):
+    """(sum of (Q(x_t, u_t) - G_t)^2, sum of G_t^2) over the bootstrap times t = H, 2H, ... < T, where G_t is
+    the discounted return from t on in the same rollout. Zeros for a gradient critic (it has no values)."""
+    if critic.kind != "Q":
+        return np.zeros(2)
+    rewards = rollout.rewards
+    returns = np.zeros_like(rewards)
+    ahead = np.zeros(rewards.shape[1])
+    for t in reversed(range(len(rewards))):
+        ahead = rewards[t] + GAMMA * ahead
+        returns[t] = ahead
+    times = np.arange(horizon, T, horizon)
+    q = critic.values(rollout.states[times], times[:, None], rollout.rho, np.tanh(rollout.actions[times]))
+    return np.array([np.sum((q - returns[times]) ** 2), np.sum(returns[times] ** 2)])
 
 
 # ----------------------------------------------------------------------------
