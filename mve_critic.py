@@ -80,7 +80,7 @@ SETTINGS = {                      # the lesson run (a few minutes on 2 shared co
     "snapshots": ("init",), "rhos": (0.0, 0.003, 0.01, 0.03), "horizons": (0, 1, 4, 16, 64, T), "episodes": 512,
     "truth_episodes": 8192, "critic_iterations": 40, "stiffness_sweep": (), "sweep_episodes": 512, "ratio_episodes": 2048,
     # Exp 2: training an MLP policy
-    "seeds": 1, "env_steps": 160_000, "arms": ("H0_ddpg", "H8", "BPTT", "BPTT_rho0.01", "anneal_H", "anneal_both"),
+    "seeds": 1, "env_steps": 160_000, "arms": ("H8", "H32", "BPTT", "BPTT_rho0.01", "anneal_H"),
     "actor_lr": ACTOR_LR, "diagnose": False, "resume": False,
     # Exp 3: value critic against value-gradient critic
     "fidelity_iterations": 60, "held_out": 64, "reference_rollouts": 64, "exp3_arms": ("Q_H8", "G_H8_lam0.95"),
