@@ -137,3 +137,12 @@ def test_figure_problems_names_what_a_reader_would_miss():
     ax.legend()
     assert ad.runs.figure_problems(fig) == []
     plt.close(fig)
+
+
+def test_parameters_that_would_need_pickling_are_never_written(tmp_path):
+    path = str(tmp_path / "p.npz")
+    with pytest.raises(ValueError, match="without pickling"):
+        ad.nn.save_parameters(path, {"W": np.ones(2)}, seed=2**70)
+    assert not os.path.exists(path)
+    ad.nn.save_parameters(path, {"W": np.ones(2)}, seed=2**31)
+    assert ad.nn.load_arrays(path)["seed"] == 2**31
