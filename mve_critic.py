@@ -1408,6 +1408,9 @@ def print_exp2(exp2, methods):
         print(f"  best fixed arm: {methods[c['best_fixed_arm']]['label']}")
     show("Exp 2: paired score differences (same seeds, same initial policies)", ["difference", "mean", "+- se", "n"],
          [[k, d["mean"], d["se"], d["n"]] for k, d in c["paired_score_differences"].items()])
+    if min(s["seeds"] for s in exp2["summary"].values()) < 5:
+        print("  With fewer than 5 seeds these differences are anecdotes, not tests (se needs >= 2 seeds);\n"
+              "  the README's tables come from 5 seeds per arm (--seeds 5, or --full).")
     if "BPTT_median_grad_norm_over_others" in c:
         print(f"  BPTT's median pre-clip gradient norm / the other arms' median: {c['BPTT_median_grad_norm_over_others']:.3g}")
     for name, points in exp2["switches"].items():
