@@ -1058,6 +1058,13 @@ def exp2_claims(runs, summary):
     differences = {f"{a} - {b}": ad.runs.paired_difference(scores[a], scores[b]) for a, b in pairs
                    if a in scores and b in scores and len(scores[a]) == len(scores[b])}
     claims = {"best_fixed_arm": best, "paired_score_differences": differences}
+    points = [p for seeds in runs.values() for r in seeds for p in r.get("switch_diagnostics", [])]
+    if points:   # over every diagnosed policy of every arm and seed: which H's gradient points the right way?
+        claims["gradient_cosine_by_H"] = {str(h): ad.runs.mean_and_se([p["gradient_cosine"][str(h)] for p in points])
+                                          for h in DIAGNOSED_HORIZONS}
+        claims["critic_value_error_by_H"] = {str(h): _mean_or_none([p["critic_value_rel_error"][str(h)] for p in points])
+                                             for h in DIAGNOSED_HORIZONS}
+        claims["diagnosed_policies"] = len(points)
     if "BPTT" in summary and len(summary) > 1:
         others = [summary[k]["median_pre_clip_grad_norm"] for k in summary if k != "BPTT"]
         claims["BPTT_median_grad_norm_over_others"] = summary["BPTT"]["median_pre_clip_grad_norm"] / np.median(others)
@@ -1294,18 +1301,22 @@ def plot_training(runs, methods, out, filename, title):
 
 
 def plot_switches(switches, methods, out, filename):
-    """The actor's gradient error at each H against BPTT's, at the points where the anneal switches H."""
+    """The direction of the actor's gradient at each H (its cosine with BPTT's), at the anneal's switch points."""
     plt = ad.runs.pyplot()
     names = list(switches)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        points = switches[name]
-        steps = [p["env_steps"] for p in points]
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    for ax, name in zip(axes.flat, names):
+        steps = [p["env_steps"] for p in switches[name]]
         for j, h in enumerate(DIAGNOSED_HORIZONS):
-            ax.plot(steps, [p["gradient_rel_error"][str(h)] for p in points], "o-", color=f"C{j}", label=f"H = {h}")
-        ax.plot(steps, [p["reference_noise"] for p in points], "k:", label="noise of the BPTT reference")
-        ax.set(yscale="log", xlabel="environment steps (the anneal's switch points)",
-               ylabel="|g_H - g_BPTT| / |g_BPTT|", title=f"{methods[name]['label']}\nactor gradient error per H")
+            ax.plot(steps, [p["gradient_cosine"][str(h)] for p in switches[name]], "o-", color=f"C{j}", label=f"H = {h}")
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set(ylim=(-1.05, 1.05), xlabel="environment steps (the anneal's switch points)",
+               ylabel="cosine with BPTT's gradient", title=f"{methods[name]['label']}\n"
+               "is the critic-based gradient pointing the right way? (1 = yes)")
         ax.title.set_fontsize(8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -1411,6 +1422,11 @@ def print_exp2(exp2, methods):
     if min(s["seeds"] for s in exp2["summary"].values()) < 5:
         print("  With fewer than 5 seeds these differences are anecdotes, not tests (se needs >= 2 seeds);\n"
               "  the README's tables come from 5 seeds per arm (--seeds 5, or --full).")
+    if "gradient_cosine_by_H" in c:
+        show(f"Exp 2: over all {c['diagnosed_policies']} diagnosed policies, the cosine of the actor's gradient at H "
+             "with BPTT's (mean +- se), and the critic's value error at the bootstrap states",
+             ["H", "cosine", "+- se", "Q value error"],
+             [[h, *c["gradient_cosine_by_H"][h], c["critic_value_error_by_H"][h]] for h in c["gradient_cosine_by_H"]])
     if "BPTT_median_grad_norm_over_others" in c:
         print(f"  BPTT's median pre-clip gradient norm / the other arms' median: {c['BPTT_median_grad_norm_over_others']:.3g}")
     for name, points in exp2["switches"].items():
