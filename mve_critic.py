@@ -797,9 +797,9 @@ class TrainingLog:
 
 
 def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
-    """What an arm does when the anneal schedule switches H. "prefit": fit the critic on PREFIT_WINDOWS fresh
-    windows of the current policy first (their env steps are counted); "reset_adam": forget the optimizer's
-    moments, which were scaled to the old horizon's gradients."""
+    """What an arm does when the anneal schedule switches H (after that switch's diagnostics are measured).
+    "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy first (their env steps are
+    counted); "reset_adam": forget the optimizer's moments, which were scaled to the old horizon's gradients."""
     if method.get("at_switch") == "prefit" and critic is not None:
         train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
         extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
@@ -1056,7 +1056,8 @@ def exp2_claims(runs, summary):
     best = max(fixed, key=lambda k: summary[k]["score_mean"]) if fixed else None
     pairs = [(k, best) for k in summary if k not in FIXED_ARMS and best] + [
         ("anneal_H", "H4"), ("anneal_H", "H32"), ("anneal_both", "anneal_rho_H32"), ("anneal_both_G", "anneal_both"),
-        ("anneal_H_prefit", "anneal_H"), ("anneal_H_reset_adam", "anneal_H"), ("H4", "H32")]
+        ("anneal_H_prefit", "anneal_H"), ("anneal_H_reset_adam", "anneal_H"), ("anneal_H_prefit", "H4"),
+        ("anneal_H_reset_adam", "H4"), ("H4", "H32")]
     differences = {f"{a} - {b}": ad.runs.paired_difference(scores[a], scores[b]) for a, b in pairs
                    if a in scores and b in scores and len(scores[a]) == len(scores[b])}
     claims = {"best_fixed_arm": best, "paired_score_differences": differences}
