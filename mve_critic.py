@@ -553,6 +553,11 @@ METHODS = {
                             critic="Q", at_switch="prefit"),
     "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
                                 critic="Q", at_switch="reset_adam"),
+    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
+    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
+                               critic="Q", at_switch="prefit"),
+    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
+                                 critic="G", at_switch="prefit"),
 }
 FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
 ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
@@ -1057,7 +1062,8 @@ def exp2_claims(runs, summary):
     pairs = [(k, best) for k in summary if k not in FIXED_ARMS and best] + [
         ("anneal_H", "H4"), ("anneal_H", "H32"), ("anneal_both", "anneal_rho_H32"), ("anneal_both_G", "anneal_both"),
         ("anneal_H_prefit", "anneal_H"), ("anneal_H_reset_adam", "anneal_H"), ("anneal_H_prefit", "H4"),
-        ("anneal_H_reset_adam", "H4"), ("H4", "H32")]
+        ("anneal_H_reset_adam", "H4"), ("anneal_both_prefit", "anneal_both"), ("anneal_both_G_prefit", "anneal_both_G"),
+        ("H4", "H32")]
     differences = {f"{a} - {b}": ad.runs.paired_difference(scores[a], scores[b]) for a, b in pairs
                    if a in scores and b in scores and len(scores[a]) == len(scores[b])}
     claims = {"best_fixed_arm": best, "paired_score_differences": differences}
