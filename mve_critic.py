@@ -92,7 +92,8 @@ FULL = {                          # what --full changes
     "critic_iterations": 100, "stiffness_sweep": (300.0, 1000.0, 3000.0), "sweep_episodes": 2048, "ratio_episodes": 8192,
     "seeds": 5, "env_steps": 400_000, "diagnose": True,
     "arms": ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01", "anneal_both", "anneal_H",
-             "anneal_rho_H32", "anneal_rho_BPTT", "anneal_both_G", "anneal_H_prefit", "anneal_H_reset_adam"),
+             "anneal_rho_H32", "anneal_rho_BPTT", "anneal_both_G", "anneal_H_prefit", "anneal_H_reset_adam",
+             "anneal_both_prefit", "anneal_both_G_prefit"),
     "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
     "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
