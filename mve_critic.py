@@ -23,9 +23,10 @@ Claims tested, and what the measurements support (numbers in README.md): (1) the
 variance rises with H, and smoothing cuts BPTT's variance by ~5e3 at a chattering policy but only ~5x at a good one;
 (2) annealing H and rho together does not beat the best fixed setting (BPTT on rho = 0.01); a short H is what hurts
 at a small budget, and switching H hurts at a larger one, because the critic's gradient, which a short H leans on,
-points away from the true gradient at the states the annealed policy reaches (refitting the critic or resetting
-Adam at a switch does not close the gap); (3) a TD(lambda) value critic has far better values than gradients; a
-VGL(lambda) gradient critic points the right way more often.
+points away from the true gradient at the states the annealed policy reaches; refitting the critic at each switch
+recovers the loss against a fixed short H, and with a rho-conditioned gradient critic comes closest to the best arm,
+without reaching it; (3) a TD(lambda) value critic has far better values than gradients; a VGL(lambda) gradient
+critic points the right way more often.
 
 Run:
     python mve_critic.py                # the lesson run: small versions of all three experiments
