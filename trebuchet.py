@@ -1,59 +1,56 @@
-"""A differentiable trebuchet, aimed by gradients and by a trained network.
+"""A differentiable trebuchet, aimed by gradients and by a network trained through the simulator.
 
-The lesson (after "Differentiable programming vs reinforcement learning",
-FluxML 2019): take an ordinary simulator written with no learning in mind, get
-exact derivatives of its output with respect to its inputs, and use them first
-to aim one shot (Newton's method, a handful of simulator calls) and then to
-train a network that aims any shot, end to end through the simulator.
+The idea (after "Differentiable programming vs reinforcement learning", FluxML 2019): take an ordinary
+simulator written with no learning in mind, get exact derivatives of its output with respect to its inputs,
+and use them first to aim one shot (Newton's method, a handful of simulator calls) and then to train a
+network that aims any shot, end to end through the simulator.
 
-The simulator is the counterweight trebuchet with a sling of virtualtrebuchet.com
-/ FluxML's Trebuchet.jl (its constants, converted to SI): the arm swings while the
-projectile slides on the ground (2 degrees of freedom, until the sling lifts it),
-the projectile hangs in the sling (3 degrees of freedom, until its velocity
-points along the release angle), then flies with quadratic drag against the
-wind. The Lagrangian equations of motion are derived in the comments below.
-A batch of shots runs together; each shot changes phase at its own step, and the
-event times are interpolated inside the step, so the distance is a smooth
-function of the inputs rather than a staircase of time steps. The whole throw
-is one autodiff op, `throw`, whose derivatives come from forward mode: dual
-numbers carried as complex numbers with a 1e-200 imaginary unit (see below).
+The simulator is the counterweight trebuchet with a sling of virtualtrebuchet.com / FluxML's Trebuchet.jl,
+converted to SI. The arm swings while the projectile slides on the ground, the projectile swings in the
+sling until its velocity points along the release angle, then it flies with quadratic drag against the wind:
 
-Measured (python trebuchet.py, seed 0, 2 shared cores under load ~5):
-    gradient(shoot)(-2, 45 rad, 200 lb) = (3.98 m per m/s, -88.0 m/rad,
-        0.0581 m/lb); published (4.02, -0.99, 0.051). With the reference's
-        explicit Euler at 1/60 s: (4.04, -89.6, 0.0519). The angle component
-        differs: our -88 m/rad matches central differences to 1e-8 and the
-        distance itself (58.67 m at -0.05 rad, 49.87 m at +0.05 rad).
-    Newton aiming: 85/85 reachable held-out shots within 1 cm, 4.2 simulator
-        evaluations on average, at most 7.
-    Aimer network (3x48 tanh, 500 Adam steps of 128 shots, 46 s of training):
-        1,000 held-out pairs, 88.5% within reach: mean |miss| 0.071 m (0.17%),
-        median 0.036 m, 95th percentile 0.225 m. 11.5% of targets are out of
-        reach (too far for any setting in that wind, by 9.6 m on average);
-        over all 1,000 pairs the mean miss is 1.21 m, of which all but 0.10 m
-        is that unavoidable shortfall.
-    --full (3x64, 4000 Adam steps of 256 shots, 19 min of training under the
-        same load, 11 CPU-minutes): mean |miss| 0.016 m (0.04%) within reach,
-        median 0.012 m, 95th percentile 0.042 m; 1.12 m over all pairs, of
-        which 0.019 m is beyond the unavoidable.
-    Wall time of the default run: 46-54 s of training, 56-65 s in all, on 2
-        cores shared with other jobs (38 s of CPU time in all).
+    M(q) q̈ = r(q, q̇)            (Lagrange's equations of the arm, counterweight and sling)
+    ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|      (flight, w the wind)
 
-Run:  python trebuchet.py            (~1 minute: figures in runs/trebuchet/)
-      python trebuchet.py --full     (the long run)
+The whole throw is one autodiff op whose derivatives come from forward mode (dual numbers carried as complex
+numbers), and every event (lift-off, release, landing) is interpolated inside its step, so the distance is a
+smooth function of (wind, release angle, counterweight). The aimer (target, wind) -> (angle, counterweight)
+is trained on  loss = Huber(shoot(wind, aimer(target, wind)) - target),  its gradient flowing through the
+simulator. The claim tested: a network trained this way aims within centimetres on held-out targets in
+about a minute (the blog: 0.16 m), and the gradient it uses is the blog's gradient(shoot)(-2, 45°, 200 lb).
+
+Run:  python trebuchet.py                 the lesson run, about a minute (outputs in runs/trebuchet/)
+      python trebuchet.py --full          the long run
+      python trebuchet.py --aimer FILE    evaluate a saved aimer (params.npz) without training
+Results: see README.md (section trebuchet.py).
 """
 
 import math
 import time
 
+import autodiff as ad   # first: it makes BLAS single-threaded before NumPy loads (small matrices, shared cores)
 import numpy as np
 
-import autodiff as ad
+# ----------------------------------------------------------------------------
+# 1. Settings: the lesson run's values, what --full changes, and the task
+# ----------------------------------------------------------------------------
+SETTINGS = dict(steps=500, batch=128, lr=2e-2, hidden=48, eval_pairs=1000)
+FULL = dict(steps=4000, batch=256, hidden=64)
+HELP = dict(steps="training steps of the aimer",
+            batch="shots per training step",
+            lr="Adam's initial learning rate (cosine schedule to 0)",
+            hidden="units in each of the aimer's three hidden layers",
+            eval_pairs="held-out (target, wind) pairs for the final measurement")
+TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
+WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
+ANGLE_RANGE = (math.radians(5.0), math.radians(75.0))  # release angles the aimer may choose
+WEIGHT_RANGE = (15.0, 180.0)                           # counterweights (kg) the aimer may choose
+
 
 # ----------------------------------------------------------------------------
-# The machine: the virtual-trebuchet model behind FluxML's Trebuchet.jl,
-# converted from feet and pounds to SI
+# 2. Environment: the simulator (study the equations of motion and the events)
 # ----------------------------------------------------------------------------
+# The machine: the virtual-trebuchet model behind FluxML's Trebuchet.jl, converted from feet and pounds to SI.
 FOOT, POUND = 0.3048, 0.45359237
 PIVOT_HEIGHT = 5.0 * FOOT            # a: pivot above the ground
 LONG_ARM = 6.792 * FOOT              # b: pivot to sling attachment
@@ -90,8 +87,7 @@ REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, d
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
 
-# ----------------------------------------------------------------------------
-# Forward-mode derivatives with complex numbers
+# -------------------- Forward-mode derivatives with complex numbers --------
 #
 # A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic:
 # (x + x'ε)(y + y'ε) = xy + (x'y + xy')ε, the product rule. NumPy has no dual
@@ -111,7 +107,6 @@ MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going aft
 # For a simulator with a few inputs and one output, that beats a reverse sweep
 # over stored states, which would need a hand-written VJP of every step.
 # (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
-# ----------------------------------------------------------------------------
 EPS = 1e-200
 
 
@@ -140,8 +135,7 @@ def asin(z):
     return out
 
 
-# ----------------------------------------------------------------------------
-# Equations of motion
+# -------------------- Equations of motion ----------------------------------
 #
 # Coordinates: the pivot is the origin, x points at the target, y up. Three
 # absolute angles, measured from +x:
@@ -179,7 +173,6 @@ def asin(z):
 # projectile's velocity points along the release angle. Flight: a point mass with
 # quadratic drag against the air, which moves with the wind w:
 #   ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|,  k = ρ C_d π z² / (2 m_p).
-# ----------------------------------------------------------------------------
 def shot_constants(weight):
     """Everything in M and r that depends on the counterweight m_w (all of it
     linear in m_w), computed once per shot."""
@@ -255,23 +248,6 @@ def lift_off(state, _, normal):
     return normal
 
 
-def energies(state, weight):
-    """Kinetic and potential energy (J) of a hang-layout state (α, β, γ, α̇, β̇, γ̇),
-    the T and V of the Lagrangian above (V = 0 with everything on the ground);
-    their sum is constant in the frictionless swing."""
-    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    a, b, c, d, e = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM, SLING
-    mp, ma = PROJECTILE_MASS, ARM_MASS
-    weight_speed2 = (c * alpha_dot) ** 2 + (d * beta_dot) ** 2 - 2 * c * d * alpha_dot * beta_dot * np.cos(alpha - beta)
-    projectile_speed2 = ((b * alpha_dot) ** 2 + (e * gamma_dot) ** 2
-                         + 2 * b * e * alpha_dot * gamma_dot * np.cos(alpha - gamma))
-    kinetic = 0.5 * ((ARM_INERTIA + ma * ARM_CG ** 2) * alpha_dot ** 2 + WEIGHT_INERTIA * beta_dot ** 2
-                     + weight * weight_speed2 + mp * projectile_speed2)
-    potential = GRAVITY * ((ma * ARM_CG - weight * c + mp * b) * np.sin(alpha) + weight * d * np.sin(beta)
-                           + mp * e * np.sin(gamma) + (ma + weight + mp) * a)
-    return kinetic, potential
-
-
 def projectile_motion(state):
     """Position and velocity of the projectile, from a hang state."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
@@ -299,9 +275,7 @@ def landing(state, _=None, __=None):
     return state[1] + PIVOT_HEIGHT      # height above the ground
 
 
-# ----------------------------------------------------------------------------
-# Integration with events
-# ----------------------------------------------------------------------------
+# -------------------- Integration with events ------------------------------
 # A stepper gets k1 = rates(state), already computed at the end of the previous
 # step (where it also gave the event function), and returns the new state.
 def rk4_step(state, k1, rates, dt, extra):
@@ -365,6 +339,52 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
 INPUT_NAMES = ("wind", "release angle", "counterweight")
 
 
+def swing(shot, release_angle, integration, tracks):
+    """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
+    Returns the hang state at the release, the event times, the shots that got there, and the
+    bracketing states of the release step (for the copies that carry other derivatives)."""
+    batch = release_angle.shape[0]
+    method = integration["method"]
+    # 1. ground: the arm swings, the projectile slides until the sling lifts it
+    alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
+    dtype = np.result_type(shot["m11"])
+    ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
+    ok = np.ones(batch, dtype=bool)
+    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
+                                          integration["dt_ground"], MAX_SECONDS["ground"], ok, method, shot, None,
+                                          tracks["ground"])
+    ok &= ~failed
+    # 2. hang: three free angles until the velocity points along the release angle
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
+    hang, t_release, failed, bracket = integrate(
+        _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
+        method, shot, release_angle, tracks["hang"])
+    return hang, t_lift, t_release, ok & ~failed, bracket
+
+
+def _start(tracks, name, state):
+    if tracks[name] is not None:
+        tracks[name].append(state.real.copy())
+    return state
+
+
+def release_per_copy(bracket, release_angle, wind, ok, copies):
+    """The release again, for every complex copy: the same bracketing states (their real parts, except in
+    the counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its
+    own copy, so the release event moves with the angle in that copy alone."""
+    def per_copy(x, nudged):
+        if nudged is None:
+            return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1)
+        return np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
+    before, after = per_copy(bracket[0], None), per_copy(bracket[1], None)
+    angles = per_copy(release_angle, 1)
+    h0, h1 = release_condition(before, angles), release_condition(after, angles)
+    hang = np.where(np.tile(ok, len(copies)), before + h0 / (h0 - h1) * (after - before), before)
+    return hang, per_copy(wind, 0)
+
+
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=INTEGRATION, record=False):
     """Throw a batch of shots and differentiate the distances.
 
@@ -382,59 +402,25 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     batch = wind.shape[0]
     copies = [i for i in range(3) if wrt[i]]
     tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
-    swing_weight = weight + EPS * 1j if wrt[2] else weight
-    shot = shot_constants(swing_weight)
-    method = integration["method"]
-
-    def start(name, state):
-        if record:
-            tracks[name].append(state.real.copy())
-        return state
-
-    # 1. ground: the arm swings, the projectile slides until the sling lifts it
-    alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
-    ground = np.zeros((4, batch), np.result_type(swing_weight)) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    ok = np.ones(batch, dtype=bool)
-    ground, t_lift, failed, _ = integrate(start("ground", ground), ground_rates, lift_off, integration["dt_ground"],
-                                          MAX_SECONDS["ground"], ok, method, shot, None, tracks["ground"])
-    ok &= ~failed
-
-    # 2. hang: three free angles until the velocity points along the release angle
-    alpha, beta, alpha_dot, beta_dot = ground
-    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
-    hang, t_release, failed, (before, after) = integrate(
-        start("hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        method, shot, release_angle, tracks["hang"])
-    ok &= ~failed
-
-    # The release, again, for every copy: the same bracketing states (their real
-    # parts, but for the counterweight's copy) and the release angle nudged in its copy.
+    shot = shot_constants(weight + EPS * 1j if wrt[2] else weight)
+    hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks)
     if copies:
-        def per_copy(x, nudged):
-            return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1) if nudged is None \
-                else np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
-        before, after = per_copy(before, None), per_copy(after, None)
-        angles = per_copy(release_angle, 1)
-        h0, h1 = release_condition(before, angles), release_condition(after, angles)
-        hang = np.where(np.tile(ok, len(copies)), before + h0 / (h0 - h1) * (after - before), before)
-        wind = per_copy(wind, 0)
-
+        hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies)
     # 3. flight: a point mass with drag until it is back on the ground
-    flight = start("flight", np.stack(projectile_motion(hang)))
+    n_copies = max(len(copies), 1)
+    flight = _start(tracks, "flight", np.stack(projectile_motion(hang)))
     flight, t_flight, failed, _ = integrate(flight, flight_rates, landing, integration["dt_flight"],
-                                            MAX_SECONDS["flight"], np.tile(ok, max(len(copies), 1)),
-                                            integration.get("flight_method", method), wind, None, tracks["flight"])
+                                            MAX_SECONDS["flight"], np.tile(ok, n_copies),
+                                            integration.get("flight_method", integration["method"]), wind, None,
+                                            tracks["flight"])
     ok &= ~failed[:batch]
-    distance = np.where(np.tile(ok, max(len(copies), 1)), flight[0], np.nan)
+    distance = np.where(np.tile(ok, n_copies), flight[0], np.nan)
     jacobian = {i: distance[j * batch:(j + 1) * batch].imag / EPS for j, i in enumerate(copies)}
     return dict(distance=distance[:batch].real, jacobian=jacobian, ok=ok, t_lift=t_lift.real,
                 t_release=t_release.real, t_flight=t_flight.real[:batch], tracks=tracks)
 
 
-# ----------------------------------------------------------------------------
-# The whole throw as one autodiff op
-# ----------------------------------------------------------------------------
+# -------------------- The whole throw as one autodiff op -------------------
 def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=INTEGRATION):
     """Distances of a batch of shots (any broadcastable shapes, flattened) and
     {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
@@ -475,12 +461,98 @@ def shoot(wind_mps, release_angle, counterweight_kg, integration=INTEGRATION):
 
 
 # ----------------------------------------------------------------------------
-# Aiming one shot: Newton's method on the simulator alone
+# 3. Model: the aimer, (target, wind) -> (release angle, counterweight)
 # ----------------------------------------------------------------------------
-ANGLE_RANGE = (math.radians(5.0), math.radians(75.0))   # release angles the aimer may choose
-WEIGHT_RANGE = (15.0, 180.0)                           # counterweights (kg) the aimer may choose
+def sample_shots(rng, n):
+    """Targets ~ U(20, 100) m and winds ~ N(0, 5²) m/s."""
+    return rng.uniform(*TARGET_RANGE, size=n), rng.normal(0.0, WIND_STD, size=n)
 
 
+def make_aimer(rng, hidden=48, layers=3):
+    """(target, wind), normalised -> two numbers that `settings` squashes into
+    the valid angle and counterweight ranges. (Three hidden layers of 48 reach
+    in 500 steps what two of 32 or 64 do not in 600.)"""
+    net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
+    net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
+    return net
+
+
+def network_inputs(target, wind):
+    middle, half = sum(TARGET_RANGE) / 2, (TARGET_RANGE[1] - TARGET_RANGE[0]) / 2
+    return np.stack([(np.asarray(target) - middle) / half, np.asarray(wind) / WIND_STD], axis=-1)
+
+
+def settings(net, target, wind):
+    """The aimer's release angle (rad) and counterweight (kg), as Tensors: a sigmoid keeps
+    each inside its range, so every shot the network asks for is one the machine can throw."""
+    out = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind))))
+    angle = ANGLE_RANGE[0] + (ANGLE_RANGE[1] - ANGLE_RANGE[0]) * out[:, 0]
+    weight = WEIGHT_RANGE[0] + (WEIGHT_RANGE[1] - WEIGHT_RANGE[0]) * out[:, 1]
+    return angle, weight
+
+
+# ----------------------------------------------------------------------------
+# 4. Loss: the miss of the aimed shot, through the simulator
+# ----------------------------------------------------------------------------
+HUBER_DELTA = 1.0   # m
+
+
+def aimer_loss(net, target, wind):
+    """L = mean Huber(shoot(wind, aimer(target, wind)) - target): ½ miss² up to 1 m, linear beyond.
+
+    Linear for large misses so that a target out of reach (too far to hit in that wind) still
+    pulls its shot towards the longest throw without drowning the gradient of every other shot.
+    Returns the loss (a Tensor) and the misses (m)."""
+    angle, weight = settings(net, target, wind)
+    miss = shoot(wind, angle, weight) - target
+    size = ad.abs(miss)
+    small = ad.minimum(size, HUBER_DELTA)
+    return ad.mean(0.5 * small * small + HUBER_DELTA * (size - small)), miss.data
+
+
+# ----------------------------------------------------------------------------
+# 5. Update: one Adam step on a fresh batch of shots
+# ----------------------------------------------------------------------------
+def update(net, optimizer, rng, batch, lr):
+    """Forward (aimer, then simulator), backward (through the throw op's Jacobian into the
+    network), one Adam step at learning rate `lr`. Returns (loss, misses)."""
+    optimizer.lr = lr
+    target, wind = sample_shots(rng, batch)
+    loss, miss = aimer_loss(net, target, wind)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, miss
+
+
+# ----------------------------------------------------------------------------
+# 6. Training: the loop, with a cosine learning rate and a monitor set
+# ----------------------------------------------------------------------------
+def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0):
+    """Adam on random batches, learning rate on a cosine from `lr` to 0.
+    `monitor(net)` -> dict is called every `monitor_every` steps for the
+    learning curve. Returns the curve as a dict of lists."""
+    optimizer = ad.optim.Adam(net.parameters(), lr=lr)
+    curve = dict(step=[], batch_mean_miss=[], monitor_step=[], monitor={})
+    progress = ad.runs.Progress(steps, "train", every=log_every)
+    for step in range(steps):
+        loss, miss = update(net, optimizer, rng, batch, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+        curve["step"].append(step + 1)
+        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))))
+        fields = dict(loss=float(loss.data), mean_miss_m=curve["batch_mean_miss"][-1])
+        if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
+            figures = monitor(net)
+            curve["monitor_step"].append(step + 1)
+            for key, v in figures.items():
+                curve["monitor"].setdefault(key, []).append(v)
+            fields.update(figures)
+        progress.update(step + 1, **fields)
+    return curve
+
+
+# ----------------------------------------------------------------------------
+# 7. Baseline: aiming one shot by Newton's method on the simulator alone
+# ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
     """Find a release angle and counterweight that land each shot at `target`
     metres in `wind` m/s, by Newton's method on the simulator alone.
@@ -515,84 +587,125 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
 
 
 # ----------------------------------------------------------------------------
-# Aiming any shot: a network trained end to end through the simulator
+# 8. Measurement: misses on held-out targets, against what the machine can reach
 # ----------------------------------------------------------------------------
-TARGET_RANGE = (20.0, 100.0)   # m, uniform (the blog's distribution)
-WIND_STD = 5.0                 # m/s, normal with mean 0
+def reach(winds, n_iter=30):
+    """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
+    and the shortest (lightest counterweight, steepest or flattest angle). A target outside
+    [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
+    winds = np.asarray(winds, dtype=float)
+
+    def distance(angle, weight):
+        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False))[0]
+
+    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
+    _, longest = _golden_max(lambda r: distance(r, WEIGHT_RANGE[1]), lo, hi, n_iter)
+    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
+    return shortest, longest
 
 
-def sample_shots(rng, n):
-    """Targets ~ U(20, 100) m and winds ~ N(0, 5²) m/s."""
-    return rng.uniform(*TARGET_RANGE, size=n), rng.normal(0.0, WIND_STD, size=n)
+def aimed_distances(net, target, wind):
+    with ad.no_grad():
+        angle, weight = settings(net, target, wind)
+    distance = distance_and_jacobian(wind, angle.data, weight.data, wrt=(False, False, False))[0]
+    return distance, angle.data, weight.data
 
 
-def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into
-    the valid angle and counterweight ranges. (Three hidden layers of 48 reach
-    in 500 steps what two of 32 or 64 do not in 600.)"""
-    net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
-    net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
-    return net
+def miss_statistics(net, target, wind, reach_curve):
+    """Absolute misses of the aimer's shots, over all pairs and over the pairs
+    within reach. For a target out of reach, `excess` is the miss beyond the
+    unavoidable one (its distance to the nearest reachable point)."""
+    distance, _, _ = aimed_distances(net, target, wind)
+    miss = np.abs(distance - target)
+    shortest, longest = reach_curve(wind)
+    unavoidable = np.maximum(np.maximum(target - longest, shortest - target), 0.0)
+    reachable = unavoidable == 0.0
+    return dict(reachable=_summary(miss[reachable], target[reachable]), all=_summary(miss, target),
+                out_of_reach_fraction=float(np.mean(~reachable)),
+                too_far_fraction=float(np.mean(target > longest)),
+                too_close_fraction=float(np.mean(target < shortest)),
+                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
+                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
 
 
-def network_inputs(target, wind):
-    middle, half = sum(TARGET_RANGE) / 2, (TARGET_RANGE[1] - TARGET_RANGE[0]) / 2
-    return np.stack([(np.asarray(target) - middle) / half, np.asarray(wind) / WIND_STD], axis=-1)
-
-
-def settings(net, target, wind):
-    """The aimer's release angle (rad) and counterweight (kg), as Tensors."""
-    out = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind))))
-    angle = ANGLE_RANGE[0] + (ANGLE_RANGE[1] - ANGLE_RANGE[0]) * out[:, 0]
-    weight = WEIGHT_RANGE[0] + (WEIGHT_RANGE[1] - WEIGHT_RANGE[0]) * out[:, 1]
-    return angle, weight
-
-
-HUBER_DELTA = 1.0   # m
-
-
-def aimer_loss(net, target, wind):
-    """Mean Huber loss of the misses (½ miss² up to 1 m, linear beyond) and the
-    misses themselves. Linear for large misses so that a target out of reach
-    (too far to hit in that wind) still pulls its shot towards the longest throw
-    without drowning the gradient of every other shot."""
-    angle, weight = settings(net, target, wind)
-    miss = shoot(wind, angle, weight) - target
-    size = ad.abs(miss)
-    small = ad.minimum(size, HUBER_DELTA)
-    return ad.mean(0.5 * small * small + HUBER_DELTA * (size - small)), miss.data
-
-
-def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0):
-    """Adam on random batches, learning rate on a cosine from `lr` to 0.
-    `monitor(net)` -> dict is called every `monitor_every` steps for the
-    learning curve. Returns the curve as a dict of lists."""
-    optimiser = ad.optim.Adam(net.parameters(), lr=lr)
-    curve = dict(step=[], batch_mean_miss=[], monitor_step=[], monitor={})
-    progress = ad.runs.Progress(steps, "train", every=log_every)
-    for step in range(steps):
-        optimiser.lr = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        target, wind = sample_shots(rng, batch)
-        loss, miss = aimer_loss(net, target, wind)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        curve["step"].append(step + 1)
-        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))))
-        fields = dict(loss=float(loss.data), mean_miss_m=curve["batch_mean_miss"][-1])
-        if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
-            figures = monitor(net)
-            curve["monitor_step"].append(step + 1)
-            for key, v in figures.items():
-                curve["monitor"].setdefault(key, []).append(v)
-            fields.update(figures)
-        progress.update(step + 1, **fields)
-    return curve
+def _summary(m, t):
+    if m.size == 0:
+        return dict(n=0)
+    return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
+                p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
+                mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
+                p95_percent=float(np.percentile(100 * m / t, 95)))
 
 
 # ----------------------------------------------------------------------------
-# Reach: the shortest and longest throws the valid settings allow
+# 9. main: the blog's gradient, reach, Newton aiming, training, held-out misses
 # ----------------------------------------------------------------------------
+def main(argv=None):
+    args = ad.runs.command_line(__doc__, "trebuchet", SETTINGS, FULL, HELP, types=TYPES, argv=argv)
+    started = time.perf_counter()
+    out = ad.runs.prepare_out(args.out)
+    # independent random streams: network and training batches / monitor set / held-out test set
+    train_seed, monitor_seed, test_seed = np.random.SeedSequence(args.seed).spawn(3)
+    train_rng = np.random.default_rng(train_seed)
+    metrics = dict(blog_call=report_blog_call(blog_call()))
+    reach_curve = ReachCurve()
+    metrics["longest_throw_m"] = report_reach(reach_curve)
+    test_target, test_wind = sample_shots(np.random.default_rng(test_seed), args.eval_pairs)
+    metrics["newton_aim"] = newton_aiming(test_target[:100], test_wind[:100], reach_curve)
+
+    print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
+          f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)")
+    net = make_aimer(train_rng, args.hidden)
+    monitor = monitor_on(sample_shots(np.random.default_rng(monitor_seed), 256), reach_curve)
+    train_started = time.perf_counter()
+    curve = train(net, train_rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
+    train_seconds = time.perf_counter() - train_started
+    save_aimer(f"{out}/params.npz", net, args.hidden)
+
+    print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs (a random stream disjoint from training)")
+    stats = miss_statistics(net, test_target, test_wind, reach_curve)
+    metrics.update(train_seconds=train_seconds, train_steps=args.steps, batch=args.batch,
+                   final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
+    print("6. Figures")
+    metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
+    ad.runs.write_metrics(out, metrics, args, started)
+    report_results(metrics, train_seconds, time.perf_counter() - started, out)
+
+
+# ============================== Part 2: running the experiment ==============================
+# Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
+TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**5), lr=ad.runs.positive_float,
+             hidden=ad.runs.whole(1, 4096), eval_pairs=ad.runs.whole(1, 10**6))
+
+
+def blog_call():
+    """The blog's `gradient(shoot)(-2, 45, 200)`: wind -2 m/s, angle 45 rad
+    (Trebuchet.jl takes asin(sin(45)) = 1.0177 rad = 58.3°; d asin(sin x)/dx = +1
+    there), counterweight 200 lb. Gradient in (m per m/s, m per rad, m per lb)."""
+    angle, weight = math.asin(math.sin(45.0)), 200.0 * POUND
+    result = {}
+    for name, integration in (("ours", INTEGRATION), ("reference_integration", REFERENCE_INTEGRATION)):
+        distance, jacobian = distance_and_jacobian(-2.0, angle, weight, (True, True, True), integration)
+        result[name] = dict(distance_m=float(distance[0]),
+                            gradient=[float(jacobian[0][0]), float(jacobian[1][0]), float(jacobian[2][0] * POUND)])
+    near = distance_and_jacobian(-2.0, [angle - 0.05, angle + 0.05], weight, (False, False, False))[0]
+    result["distance_at_angle_minus_plus_0.05rad"] = [float(d) for d in near]
+    result["published"] = [4.02, -0.99, 0.051]
+    return result
+
+
+def report_blog_call(blog):
+    print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle asin(sin 45) rad, 200 lb")
+    for name in ("ours", "reference_integration"):
+        g = blog[name]["gradient"]
+        print(f"   {name:22s} distance {blog[name]['distance_m']:.3f} m   gradient ({g[0]:.3f} m per m/s, "
+              f"{g[1]:.2f} m/rad, {g[2]:.4f} m/lb)")
+    below, above = blog["distance_at_angle_minus_plus_0.05rad"]
+    print(f"   published              gradient ({blog['published'][0]}, {blog['published'][1]}, "
+          f"{blog['published'][2]});  distance at angle ∓0.05 rad: {below:.2f} / {above:.2f} m")
+    return blog
+
+
 def _golden_max(f, low, high, n_iter):
     """Batched golden-section search for the maximum of a unimodal f on
     [low, high] (arrays): each iteration keeps the part of the bracket that
@@ -637,60 +750,102 @@ class ReachCurve:
         return np.interp(wind, self.winds, self.shortest), np.interp(wind, self.winds, self.longest)
 
 
-# ----------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------
-def aimed_distances(net, target, wind):
-    with ad.no_grad():
-        angle, weight = settings(net, target, wind)
-    distance = distance_and_jacobian(wind, angle.data, weight.data, wrt=(False, False, False))[0]
-    return distance, angle.data, weight.data
+def report_reach(reach_curve):
+    print("2. Reach of the machine (angle 5-75°, counterweight 15-180 kg)")
+    longest = {f"wind {w:+.0f}": float(reach_curve(w)[1]) for w in (-10, -5, 0, 5, 10)}
+    print("   longest throw: " + ", ".join(f"{k} m/s {v:.1f} m" for k, v in longest.items()))
+    return longest
 
 
-def miss_statistics(net, target, wind, reach_curve):
-    """Absolute misses of the aimer's shots, over all pairs and over the pairs
-    within reach. For a target out of reach, `excess` is the miss beyond the
-    unavoidable one (its distance to the nearest reachable point)."""
-    distance, _, _ = aimed_distances(net, target, wind)
-    miss = np.abs(distance - target)
+def newton_aiming(target, wind, reach_curve):
+    """Newton's method on every shot (section 7), summarised over the shots within reach."""
+    print("3. Aiming single shots by Newton's method on the simulator (tolerance 1 cm, at most 20 evaluations)")
+    aimed = aim(target, wind)
     shortest, longest = reach_curve(wind)
-    unavoidable = np.maximum(np.maximum(target - longest, shortest - target), 0.0)
-    reachable = unavoidable == 0.0
-
-    def summary(m, t):
-        if m.size == 0:
-            return dict(n=0)
-        return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
-                    p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
-                    mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
-                    p95_percent=float(np.percentile(100 * m / t, 95)))
-    return dict(reachable=summary(miss[reachable], target[reachable]), all=summary(miss, target),
-                out_of_reach_fraction=float(np.mean(~reachable)),
-                too_far_fraction=float(np.mean(target > longest)),
-                too_close_fraction=float(np.mean(target < shortest)),
-                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
-                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
-
-
-def blog_call():
-    """The blog's `gradient(shoot)(-2, 45, 200)`: wind -2 m/s, angle 45 rad
-    (Trebuchet.jl takes asin(sin(45)) = 1.0177 rad = 58.3°; d asin(sin x)/dx = +1
-    there), counterweight 200 lb. Gradient in (m per m/s, m per rad, m per lb)."""
-    angle, weight = math.asin(math.sin(45.0)), 200.0 * POUND
-    result = {}
-    for name, integration in (("ours", INTEGRATION), ("reference_integration", REFERENCE_INTEGRATION)):
-        distance, jacobian = distance_and_jacobian(-2.0, angle, weight, (True, True, True), integration)
-        result[name] = dict(distance_m=float(distance[0]),
-                            gradient=[float(jacobian[0][0]), float(jacobian[1][0]), float(jacobian[2][0] * POUND)])
-    near = distance_and_jacobian(-2.0, [angle - 0.05, angle + 0.05], weight, (False, False, False))[0]
-    result["distance_at_angle_minus_plus_0.05rad"] = [float(d) for d in near]
-    result["published"] = [4.02, -0.99, 0.051]
+    within = (target <= longest) & (target >= shortest)
+    aim_miss = np.abs(aimed["distance"] - target)
+    for i in range(min(3, target.size)):
+        steps = ", ".join(f"{h[i]:.3f}" for h in aimed["history"][:aimed["evaluations"][i]])
+        print(f"   target {target[i]:.2f} m, wind {wind[i]:+.2f} m/s: distances {steps} "
+              f"-> {math.degrees(aimed['angle'][i]):.2f}°, {aimed['weight'][i]:.1f} kg")
+    result = dict(shots=int(target.size), within_reach=int(within.sum()),
+                  converged_within_1cm=int(np.sum(aim_miss[within] < 0.01)),
+                  max_evaluations=int(aimed["evaluations"][within].max()),
+                  mean_evaluations=float(aimed["evaluations"][within].mean()),
+                  max_miss_m=float(aim_miss[within].max()))
+    print(f"   {result['converged_within_1cm']}/{within.sum()} reachable shots within 1 cm, "
+          f"evaluations: mean {result['mean_evaluations']:.1f}, max {result['max_evaluations']}")
     return result
 
 
-# ----------------------------------------------------------------------------
-# Pictures
-# ----------------------------------------------------------------------------
+def monitor_on(shots, reach_curve):
+    """The learning curve's held-out points: a monitor stream of its own (not the test stream)."""
+    target, wind = shots
+
+    def monitor(net):
+        stats = miss_statistics(net, target, wind, reach_curve)
+        return dict(monitor_reachable_m=stats["reachable"]["mean_m"], monitor_all_m=stats["all"]["mean_m"])
+    return monitor
+
+
+def save_aimer(path, net, hidden):
+    ad.nn.save_parameters(path, net.named_parameters(), angle_range=np.array(ANGLE_RANGE),
+                          weight_range=np.array(WEIGHT_RANGE), hidden=np.array(hidden), layers=np.array(3))
+
+
+def report_results(metrics, train_seconds, total_seconds, out):
+    stats, newton, blog = metrics["held_out"], metrics["newton_aim"], metrics["blog_call"]
+    r, a = stats["reachable"], stats["all"]
+    print()
+    print(f"  {'':34s} {'mean':>9s} {'median':>9s} {'95th pct':>9s}")
+    print(f"  {'held-out miss, targets in reach':34s} {r['mean_m']:8.3f}m {r['median_m']:8.3f}m {r['p95_m']:8.3f}m"
+          f"   ({r['mean_percent']:.2f}% / {r['median_percent']:.2f}% / {r['p95_percent']:.2f}%)")
+    print(f"  {'held-out miss, all targets':34s} {a['mean_m']:8.3f}m {a['median_m']:8.3f}m {a['p95_m']:8.3f}m"
+          f"   ({a['mean_percent']:.2f}% / {a['median_percent']:.2f}% / {a['p95_percent']:.2f}%)")
+    print(f"  out of reach: {100 * stats['out_of_reach_fraction']:.1f}% of targets "
+          f"(too far {100 * stats['too_far_fraction']:.1f}%, too close {100 * stats['too_close_fraction']:.1f}%; "
+          f"unavoidable shortfall {stats['unreachable_mean_shortfall_m']:.2f} m on average)")
+    print(f"  mean miss beyond the unavoidable, all targets: {stats['mean_excess_miss_m']:.3f} m")
+    print(f"  Newton aiming: {newton['converged_within_1cm']}/{newton['within_reach']} "
+          f"within 1 cm, at most {newton['max_evaluations']} simulator evaluations")
+    g = blog["ours"]["gradient"]
+    print(f"  blog call gradient: ({g[0]:.2f}, {g[1]:.2f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
+    print(f"  training {train_seconds:.1f} s, total {total_seconds:.1f} s; outputs in {out}/")
+
+
+def save_figures(out, net, curve, reach_curve):
+    """The learning curve, four aimed flights, the miss heat map and one throw as a GIF; returns the
+    GIF's frame count."""
+    plot_learning_curve(curve, f"{out}/learning_curve.png")
+    shots = []
+    for target, wind in ((70.0, -3.0), (30.0, 4.0), (55.0, 8.0), (90.0, 6.0)):
+        distance, angle, weight = aimed_distances(net, np.array([target]), np.array([wind]))
+        shot = trajectory(wind, angle[0], weight[0])
+        shot["target"] = target
+        shots.append(shot)
+    plot_trajectories(shots, f"{out}/trajectories.png")
+    plot_heatmap(net, reach_curve, f"{out}/miss_heatmap.png")
+    return save_throw_gif(shots[0], f"{out}/throw.gif")
+
+
+def energies(state, weight):
+    """Kinetic and potential energy (J) of a hang-layout state (α, β, γ, α̇, β̇, γ̇),
+    the T and V of the Lagrangian above (V = 0 with everything on the ground);
+    their sum is constant in the frictionless swing."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    a, b, c, d, e = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM, SLING
+    mp, ma = PROJECTILE_MASS, ARM_MASS
+    weight_speed2 = (c * alpha_dot) ** 2 + (d * beta_dot) ** 2 - 2 * c * d * alpha_dot * beta_dot * np.cos(alpha - beta)
+    projectile_speed2 = ((b * alpha_dot) ** 2 + (e * gamma_dot) ** 2
+                         + 2 * b * e * alpha_dot * gamma_dot * np.cos(alpha - gamma))
+    kinetic = 0.5 * ((ARM_INERTIA + ma * ARM_CG ** 2) * alpha_dot ** 2 + WEIGHT_INERTIA * beta_dot ** 2
+                     + weight * weight_speed2 + mp * projectile_speed2)
+    potential = GRAVITY * ((ma * ARM_CG - weight * c + mp * b) * np.sin(alpha) + weight * d * np.sin(beta)
+                           + mp * e * np.sin(gamma) + (ma + weight + mp) * a)
+    return kinetic, potential
+
+
+
 def machine_points(alpha, beta, gamma):
     """Tip, hinge, counterweight and projectile, with the ground at y = 0."""
     def polar(r, angle):
@@ -835,33 +990,7 @@ def save_throw_gif(shot, path, swing_fps=40, flight_fps=12, gif_fps=20):
     plt = ad.runs.pyplot()
     tip, hinge, weight, projectile = shot["points"]
     flight_xy, swing_end = shot["flight_xy"], shot["swing_t"][-1]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 2.6), gridspec_kw=dict(width_ratios=[1, 2.4]))
-    left.plot([-0.7, 0.0, 0.7], [0.0, PIVOT_HEIGHT, 0.0], color="0.45", lw=2)
-    arm, = left.plot([], [], color="saddlebrown", lw=3)
-    rod, = left.plot([], [], color="0.2", lw=1.5)
-    counterweight = _square(weight[0], 0.32, 1.0)
-    left.add_patch(counterweight)
-    sling, = left.plot([], [], color="tab:brown", lw=1)
-    near_path, = left.plot([], [], color="tab:green", lw=1)
-    ball, = left.plot([], [], "o", color="black", ms=4)
-    for ax in (left, right):
-        ax.axhline(0, color="0.3", lw=1)
-    left.set_aspect("equal")
-    left.set_xlim(-3.2, 3.2)
-    left.set_ylim(-0.2, 5.6)
-    left.set_xticks([])
-    left.set_yticks([])
-    clock = left.set_title("", fontsize=8)
-    far_path, = right.plot([], [], color="tab:green", lw=1.2)
-    far_ball, = right.plot([], [], "o", color="black", ms=3)
-    right.plot([shot["target"]], [0], "v", color="tab:red", ms=7)
-    right.set_xlim(-5, max(105, shot["target"] + 5))
-    right.set_ylim(-1, max(8.0, flight_xy[:, 1].max() * 1.1))
-    right.set_title(f"target {shot['target']:.0f} m, wind {shot['wind']:+.1f} m/s: "
-                    f"{math.degrees(shot['angle']):.1f}°, {shot['weight']:.0f} kg -> {shot['distance']:.2f} m",
-                    fontsize=8)
-    right.tick_params(labelsize=7)
-    fig.tight_layout()
+    fig, a = _throw_gif_figure(shot, plt)
     frames = []
     times = np.concatenate([np.arange(0.0, swing_end, 1.0 / swing_fps),
                             np.arange(shot["flight_t"][0], shot["flight_t"][-1], 1.0 / flight_fps),
@@ -869,135 +998,55 @@ def save_throw_gif(shot, path, swing_fps=40, flight_fps=12, gif_fps=20):
     for t in times:
         i = min(int(np.searchsorted(shot["swing_t"], t)), len(shot["swing_t"]) - 1)
         flown = flight_xy[: int(np.searchsorted(shot["flight_t"], t)) + 1] if t > swing_end else flight_xy[:0]
-        arm.set_data([hinge[i, 0], tip[i, 0]], [hinge[i, 1], tip[i, 1]])
-        rod.set_data([hinge[i, 0], weight[i, 0]], [hinge[i, 1], weight[i, 1]])
-        counterweight.set_xy(weight[i] - 0.16)
+        a["arm"].set_data([hinge[i, 0], tip[i, 0]], [hinge[i, 1], tip[i, 1]])
+        a["rod"].set_data([hinge[i, 0], weight[i, 0]], [hinge[i, 1], weight[i, 1]])
+        a["counterweight"].set_xy(weight[i] - 0.16)
         ball_xy = flown[-1] if len(flown) else projectile[i]
-        sling.set_data([tip[i, 0], projectile[i, 0] if t <= swing_end else tip[i, 0]],
-                       [tip[i, 1], projectile[i, 1] if t <= swing_end else tip[i, 1] - SLING])
-        near_path.set_data(flown[:, 0], flown[:, 1])
-        ball.set_data([ball_xy[0]], [ball_xy[1]])
-        far_path.set_data(flown[:, 0], flown[:, 1])
-        far_ball.set_data([ball_xy[0]], [ball_xy[1]])
-        clock.set_text(f"t = {t:.2f} s")
+        a["sling"].set_data([tip[i, 0], projectile[i, 0] if t <= swing_end else tip[i, 0]],
+                            [tip[i, 1], projectile[i, 1] if t <= swing_end else tip[i, 1] - SLING])
+        a["near_path"].set_data(flown[:, 0], flown[:, 1])
+        a["ball"].set_data([ball_xy[0]], [ball_xy[1]])
+        a["far_path"].set_data(flown[:, 0], flown[:, 1])
+        a["far_ball"].set_data([ball_xy[0]], [ball_xy[1]])
+        a["clock"].set_text(f"t = {t:.2f} s")
         frames.append(ad.runs.figure_to_array(fig))
     plt.close(fig)
     ad.runs.save_gif(path, frames, fps=gif_fps)
     return len(frames)
 
 
-# ----------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------
-def main(argv=None):
-    parser = ad.runs.parser(__doc__, "trebuchet")
-    parser.add_argument("--steps", type=ad.runs.positive_int, default=None,
-                        help="training steps (default 500, with --full 4000)")
-    parser.add_argument("--batch", type=ad.runs.positive_int, default=None,
-                        help="shots per training step (default 128, with --full 256)")
-    parser.add_argument("--lr", type=ad.runs.positive_float, default=2e-2, help="Adam's initial learning rate")
-    parser.add_argument("--hidden", type=ad.runs.positive_int, default=None,
-                        help="units in each of the three hidden layers (default 48, with --full 64)")
-    parser.add_argument("--eval-pairs", type=ad.runs.positive_int, default=1000, help="held-out (target, wind) pairs")
-    args = parser.parse_args(argv)
-    args.steps = args.steps or (4000 if args.full else 500)
-    args.batch = args.batch or (256 if args.full else 128)
-    args.hidden = args.hidden or (64 if args.full else 48)
-    started = time.perf_counter()
-    out = ad.runs.prepare_out(args.out)
-    # independent random streams: network and training batches / monitor set / held-out test set
-    train_seed, monitor_seed, test_seed = np.random.SeedSequence(args.seed).spawn(3)
-    train_rng = np.random.default_rng(train_seed)
-    metrics = {}
-
-    print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle asin(sin 45) rad, 200 lb")
-    blog = blog_call()
-    metrics["blog_call"] = blog
-    for name in ("ours", "reference_integration"):
-        g = blog[name]["gradient"]
-        print(f"   {name:22s} distance {blog[name]['distance_m']:.3f} m   gradient ({g[0]:.3f} m per m/s, "
-              f"{g[1]:.2f} m/rad, {g[2]:.4f} m/lb)")
-    below, above = blog["distance_at_angle_minus_plus_0.05rad"]
-    print(f"   published              gradient ({blog['published'][0]}, {blog['published'][1]}, "
-          f"{blog['published'][2]});  distance at angle ∓0.05 rad: {below:.2f} / {above:.2f} m")
-
-    print("2. Reach of the machine (angle 5-75°, counterweight 15-180 kg)")
-    reach_curve = ReachCurve()
-    metrics["longest_throw_m"] = {f"wind {w:+.0f}": float(reach_curve(w)[1]) for w in (-10, -5, 0, 5, 10)}
-    print("   longest throw: " + ", ".join(f"{k} m/s {v:.1f} m" for k, v in metrics["longest_throw_m"].items()))
-
-    test_rng = np.random.default_rng(test_seed)
-    test_target, test_wind = sample_shots(test_rng, args.eval_pairs)
-    print("3. Aiming single shots by Newton's method on the simulator (tolerance 1 cm, at most 20 evaluations)")
-    n_aim = min(100, args.eval_pairs)
-    aimed = aim(test_target[:n_aim], test_wind[:n_aim])
-    shortest, longest = reach_curve(test_wind[:n_aim])
-    within = (test_target[:n_aim] <= longest) & (test_target[:n_aim] >= shortest)
-    aim_miss = np.abs(aimed["distance"] - test_target[:n_aim])
-    for i in range(3):
-        steps = ", ".join(f"{h[i]:.3f}" for h in aimed["history"][:aimed["evaluations"][i]])
-        print(f"   target {test_target[i]:.2f} m, wind {test_wind[i]:+.2f} m/s: distances {steps} "
-              f"-> {math.degrees(aimed['angle'][i]):.2f}°, {aimed['weight'][i]:.1f} kg")
-    metrics["newton_aim"] = dict(
-        shots=n_aim, within_reach=int(within.sum()),
-        converged_within_1cm=int(np.sum(aim_miss[within] < 0.01)),
-        max_evaluations=int(aimed["evaluations"][within].max()),
-        mean_evaluations=float(aimed["evaluations"][within].mean()),
-        max_miss_m=float(aim_miss[within].max()))
-    print(f"   {metrics['newton_aim']['converged_within_1cm']}/{within.sum()} reachable shots within 1 cm, "
-          f"evaluations: mean {metrics['newton_aim']['mean_evaluations']:.1f}, "
-          f"max {metrics['newton_aim']['max_evaluations']}")
-
-    print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
-          f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)")
-    net = make_aimer(train_rng, args.hidden)
-    monitor_target, monitor_wind = sample_shots(np.random.default_rng(monitor_seed), 256)
-
-    def monitor(net):
-        stats = miss_statistics(net, monitor_target, monitor_wind, reach_curve)
-        return dict(monitor_reachable_m=stats["reachable"]["mean_m"], monitor_all_m=stats["all"]["mean_m"])
-    train_started = time.perf_counter()
-    curve = train(net, train_rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
-    train_seconds = time.perf_counter() - train_started
-    ad.nn.save_parameters(f"{out}/params.npz", net.named_parameters(), angle_range=np.array(ANGLE_RANGE),
-                          weight_range=np.array(WEIGHT_RANGE), hidden=np.array(args.hidden), layers=np.array(3))
-
-    print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs (a random stream disjoint from training)")
-    stats = miss_statistics(net, test_target, test_wind, reach_curve)
-    metrics.update(train_seconds=train_seconds, train_steps=args.steps, batch=args.batch,
-                   final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
-
-    print("6. Figures")
-    plot_learning_curve(curve, f"{out}/learning_curve.png")
-    shots = []
-    for target, wind in ((70.0, -3.0), (30.0, 4.0), (55.0, 8.0), (90.0, 6.0)):
-        distance, angle, weight = aimed_distances(net, np.array([target]), np.array([wind]))
-        shot = trajectory(wind, angle[0], weight[0])
-        shot["target"] = target
-        shots.append(shot)
-    plot_trajectories(shots, f"{out}/trajectories.png")
-    plot_heatmap(net, reach_curve, f"{out}/miss_heatmap.png")
-    n_frames = save_throw_gif(shots[0], f"{out}/throw.gif")
-    metrics["gif_frames"] = n_frames
-    ad.runs.write_metrics(out, metrics, args, started)
-
-    r, a = stats["reachable"], stats["all"]
-    print()
-    print(f"  {'':34s} {'mean':>9s} {'median':>9s} {'95th pct':>9s}")
-    print(f"  {'held-out miss, targets in reach':34s} {r['mean_m']:8.3f}m {r['median_m']:8.3f}m {r['p95_m']:8.3f}m"
-          f"   ({r['mean_percent']:.2f}% / {r['median_percent']:.2f}% / {r['p95_percent']:.2f}%)")
-    print(f"  {'held-out miss, all targets':34s} {a['mean_m']:8.3f}m {a['median_m']:8.3f}m {a['p95_m']:8.3f}m"
-          f"   ({a['mean_percent']:.2f}% / {a['median_percent']:.2f}% / {a['p95_percent']:.2f}%)")
-    print(f"  out of reach: {100 * stats['out_of_reach_fraction']:.1f}% of targets "
-          f"(too far {100 * stats['too_far_fraction']:.1f}%, too close {100 * stats['too_close_fraction']:.1f}%; "
-          f"unavoidable shortfall {stats['unreachable_mean_shortfall_m']:.2f} m on average)")
-    print(f"  mean miss beyond the unavoidable, all targets: {stats['mean_excess_miss_m']:.3f} m")
-    print(f"  Newton aiming: {metrics['newton_aim']['converged_within_1cm']}/{metrics['newton_aim']['within_reach']} "
-          f"within 1 cm, at most {metrics['newton_aim']['max_evaluations']} simulator evaluations")
-    g = blog["ours"]["gradient"]
-    print(f"  blog call gradient: ({g[0]:.2f}, {g[1]:.2f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
-    print(f"  training {train_seconds:.1f} s, total {time.perf_counter() - started:.1f} s; outputs in {out}/")
+def _throw_gif_figure(shot, plt):
+    """The GIF's two panels and the artists each frame moves."""
+    weight, flight_xy = shot["points"][2], shot["flight_xy"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 2.6), gridspec_kw=dict(width_ratios=[1, 2.4]))
+    left.plot([-0.7, 0.0, 0.7], [0.0, PIVOT_HEIGHT, 0.0], color="0.45", lw=2)
+    a = dict(arm=left.plot([], [], color="saddlebrown", lw=3)[0], rod=left.plot([], [], color="0.2", lw=1.5)[0],
+             counterweight=_square(weight[0], 0.32, 1.0))
+    left.add_patch(a["counterweight"])
+    a.update(sling=left.plot([], [], color="tab:brown", lw=1)[0], near_path=left.plot([], [], color="tab:green", lw=1)[0],
+             ball=left.plot([], [], "o", color="black", ms=4)[0])
+    for ax in (left, right):
+        ax.axhline(0, color="0.3", lw=1)
+    left.set_aspect("equal")
+    left.set_xlim(-3.2, 3.2)
+    left.set_ylim(-0.2, 5.6)
+    left.set_xticks([])
+    left.set_yticks([])
+    a["clock"] = left.set_title("", fontsize=8)
+    a["far_path"], = right.plot([], [], color="tab:green", lw=1.2)
+    a["far_ball"], = right.plot([], [], "o", color="black", ms=3)
+    right.plot([shot["target"]], [0], "v", color="tab:red", ms=7)
+    right.set_xlim(-5, max(105, shot["target"] + 5))
+    right.set_ylim(-1, max(8.0, flight_xy[:, 1].max() * 1.1))
+    right.set_title(f"target {shot['target']:.0f} m, wind {shot['wind']:+.1f} m/s: "
+                    f"{math.degrees(shot['angle']):.1f}°, {shot['weight']:.0f} kg -> {shot['distance']:.2f} m",
+                    fontsize=8)
+    right.set_xlabel("x (m) from the pivot", fontsize=7)
+    right.set_ylabel("height (m)", fontsize=7)
+    right.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig, a
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)
