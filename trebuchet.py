@@ -536,7 +536,9 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
     curve = dict(step=[], batch_mean_miss=[], monitor_step=[], monitor={})
     progress = ad.runs.Progress(steps, "train", every=log_every)
     for step in range(steps):
+        kept = [p.data.copy() for p in net.parameters()]
         loss, miss = update(net, optimizer, rng, batch, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+        stop_if_diverged(net, loss, kept, step + 1)
         curve["step"].append(step + 1)
         curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))))
         fields = dict(loss=float(loss.data), mean_miss_m=curve["batch_mean_miss"][-1])
@@ -548,6 +550,18 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
             fields.update(figures)
         progress.update(step + 1, **fields)
     return curve
+
+
+def stop_if_diverged(net, loss, kept, step):
+    """A non-finite loss or parameter ends the run (ad.runs.Diverged), with the network put back to
+    its last finite parameters `kept` so that they can still be saved."""
+    bad = [name for name, p in net.named_parameters().items() if not np.all(np.isfinite(p.data))]
+    if bad or not np.isfinite(loss.data):
+        for p, k in zip(net.parameters(), kept):
+            p.data = k
+        what = f"parameter {bad[0]}" if bad else "loss"
+        raise ad.runs.Diverged(f"the {what} is not finite at training step {step} (training diverged; "
+                               "try a smaller --lr)")
 
 
 # ----------------------------------------------------------------------------
@@ -641,9 +655,11 @@ def _summary(m, t):
 # 9. main: the blog's gradient, reach, Newton aiming, training, held-out misses
 # ----------------------------------------------------------------------------
 def main(argv=None):
-    args = ad.runs.command_line(__doc__, "trebuchet", SETTINGS, FULL, HELP, types=TYPES, argv=argv)
+    args = ad.runs.command_line(__doc__, "trebuchet", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
+                                add_arguments=add_flags)
     started = time.perf_counter()
     out = ad.runs.prepare_out(args.out)
+    saved = load_aimer(args.aimer) if args.aimer else None     # a bad file stops here, before any work
     # independent random streams: network and training batches / monitor set / held-out test set
     train_seed, monitor_seed, test_seed = np.random.SeedSequence(args.seed).spawn(3)
     train_rng = np.random.default_rng(train_seed)
@@ -652,15 +668,16 @@ def main(argv=None):
     metrics["longest_throw_m"] = report_reach(reach_curve)
     test_target, test_wind = sample_shots(np.random.default_rng(test_seed), args.eval_pairs)
     metrics["newton_aim"] = newton_aiming(test_target[:100], test_wind[:100], reach_curve)
+    if saved is not None:
+        return evaluate_saved(saved, args, metrics, (test_target, test_wind), reach_curve, out, started)
 
     print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
           f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)")
     net = make_aimer(train_rng, args.hidden)
     monitor = monitor_on(sample_shots(np.random.default_rng(monitor_seed), 256), reach_curve)
     train_started = time.perf_counter()
-    curve = train(net, train_rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
+    curve = train_and_save(net, train_rng, args, monitor, f"{out}/params.npz")
     train_seconds = time.perf_counter() - train_started
-    save_aimer(f"{out}/params.npz", net, args.hidden)
 
     print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs (a random stream disjoint from training)")
     stats = miss_statistics(net, test_target, test_wind, reach_curve)
@@ -674,8 +691,56 @@ def main(argv=None):
 
 # ============================== Part 2: running the experiment ==============================
 # Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
-TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**5), lr=ad.runs.positive_float,
-             hidden=ad.runs.whole(1, 4096), eval_pairs=ad.runs.whole(1, 10**6))
+TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4), lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
+             hidden=ad.runs.whole(1, 1024), eval_pairs=ad.runs.whole(1, 10**5))
+
+
+def add_flags(parser):
+    parser.add_argument("--aimer", default=None, metavar="FILE",
+                        help="evaluate this saved aimer (a params.npz of this script) on the held-out pairs instead "
+                             "of training one; writes evaluation.json in --out (default: train a new aimer)")
+
+
+def load_aimer(path):
+    """The aimer saved by a training run, checked: every array present, finite, of the shapes its
+    `hidden` size implies, and trained for the same angle and counterweight ranges."""
+    head = ad.runs.load_arrays(path, dict(hidden=(), layers=(), angle_range=(2,), weight_range=(2,)), "saved aimer")
+    hidden, layers = int(head["hidden"]), int(head["layers"])
+    if not (1 <= hidden <= 1024 and layers == 3):
+        raise ad.runs.BadInput(f"{path}: hidden={hidden}, layers={layers}: not an aimer of this script")
+    if not (np.allclose(head["angle_range"], ANGLE_RANGE) and np.allclose(head["weight_range"], WEIGHT_RANGE)):
+        raise ad.runs.BadInput(f"{path}: trained for other angle or counterweight ranges than this script's")
+    sizes = (2, hidden, hidden, hidden, 2)
+    shapes = {f"W{i + 1}": (n_in, n_out) for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))}
+    shapes.update({f"b{i + 1}": (n_out,) for i, n_out in enumerate(sizes[1:])})
+    arrays = ad.runs.load_arrays(path, shapes, "saved aimer")
+    net = make_aimer(np.random.default_rng(0), hidden)
+    for name, p in net.named_parameters().items():
+        p.data = arrays[name].astype(np.float64)
+    return net
+
+
+def evaluate_saved(net, args, metrics, test, reach_curve, out, started):
+    """--aimer FILE: the held-out measurement of a saved aimer, written to evaluation.json (so that a
+    training run's metrics.json in the same folder is never replaced)."""
+    print(f"4. Held-out evaluation of {args.aimer} on {args.eval_pairs} (target, wind) pairs")
+    metrics["held_out"] = miss_statistics(net, *test, reach_curve)
+    metrics["aimer_file"] = args.aimer
+    ad.runs.write_metrics(out, metrics, args, started, name="evaluation.json")
+    r = metrics["held_out"]["reachable"]
+    print(f"   targets within reach: {r['n']}, mean miss {r.get('mean_m', math.nan):.3f} m; "
+          f"all targets: {metrics['held_out']['all']['mean_m']:.3f} m; written to {out}/evaluation.json")
+
+
+def train_and_save(net, rng, args, monitor, path):
+    """Train (section 6) and save the aimer; a diverged run still saves its last finite parameters."""
+    try:
+        curve = train(net, rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
+    except ad.runs.Diverged as error:
+        save_aimer(path, net, args.hidden)
+        raise ad.runs.Diverged(f"{error}; the last finite aimer is saved in {path}") from None
+    save_aimer(path, net, args.hidden)
+    return curve
 
 
 def blog_call():
@@ -769,12 +834,13 @@ def newton_aiming(target, wind, reach_curve):
         print(f"   target {target[i]:.2f} m, wind {wind[i]:+.2f} m/s: distances {steps} "
               f"-> {math.degrees(aimed['angle'][i]):.2f}°, {aimed['weight'][i]:.1f} kg")
     result = dict(shots=int(target.size), within_reach=int(within.sum()),
-                  converged_within_1cm=int(np.sum(aim_miss[within] < 0.01)),
-                  max_evaluations=int(aimed["evaluations"][within].max()),
-                  mean_evaluations=float(aimed["evaluations"][within].mean()),
-                  max_miss_m=float(aim_miss[within].max()))
+                  converged_within_1cm=int(np.sum(aim_miss[within] < 0.01)))
+    if within.any():      # (with very few held-out pairs, none may be within reach)
+        result.update(max_evaluations=int(aimed["evaluations"][within].max()),
+                      mean_evaluations=float(aimed["evaluations"][within].mean()),
+                      max_miss_m=float(aim_miss[within].max()))
     print(f"   {result['converged_within_1cm']}/{within.sum()} reachable shots within 1 cm, "
-          f"evaluations: mean {result['mean_evaluations']:.1f}, max {result['max_evaluations']}")
+          f"evaluations: mean {result.get('mean_evaluations', math.nan):.1f}, max {result.get('max_evaluations')}")
     return result
 
 
@@ -798,8 +864,9 @@ def report_results(metrics, train_seconds, total_seconds, out):
     r, a = stats["reachable"], stats["all"]
     print()
     print(f"  {'':34s} {'mean':>9s} {'median':>9s} {'95th pct':>9s}")
-    print(f"  {'held-out miss, targets in reach':34s} {r['mean_m']:8.3f}m {r['median_m']:8.3f}m {r['p95_m']:8.3f}m"
-          f"   ({r['mean_percent']:.2f}% / {r['median_percent']:.2f}% / {r['p95_percent']:.2f}%)")
+    if r["n"]:
+        print(f"  {'held-out miss, targets in reach':34s} {r['mean_m']:8.3f}m {r['median_m']:8.3f}m {r['p95_m']:8.3f}m"
+              f"   ({r['mean_percent']:.2f}% / {r['median_percent']:.2f}% / {r['p95_percent']:.2f}%)")
     print(f"  {'held-out miss, all targets':34s} {a['mean_m']:8.3f}m {a['median_m']:8.3f}m {a['p95_m']:8.3f}m"
           f"   ({a['mean_percent']:.2f}% / {a['median_percent']:.2f}% / {a['p95_percent']:.2f}%)")
     print(f"  out of reach: {100 * stats['out_of_reach_fraction']:.1f}% of targets "
@@ -807,7 +874,7 @@ def report_results(metrics, train_seconds, total_seconds, out):
           f"unavoidable shortfall {stats['unreachable_mean_shortfall_m']:.2f} m on average)")
     print(f"  mean miss beyond the unavoidable, all targets: {stats['mean_excess_miss_m']:.3f} m")
     print(f"  Newton aiming: {newton['converged_within_1cm']}/{newton['within_reach']} "
-          f"within 1 cm, at most {newton['max_evaluations']} simulator evaluations")
+          f"within 1 cm, at most {newton.get('max_evaluations')} simulator evaluations")
     g = blog["ours"]["gradient"]
     print(f"  blog call gradient: ({g[0]:.2f}, {g[1]:.2f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
     print(f"  training {train_seconds:.1f} s, total {total_seconds:.1f} s; outputs in {out}/")

@@ -134,11 +134,35 @@ def test_pong_pg_refuses_bad_input(tmp_path):
 # trebuchet.py
 # ============================================================================
 TREBUCHET_CASES = [
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--out", "{tmp}/bad/empty.npz"],                      # an existing file, not a folder
+    ["--aimer", "{bad}"],
+    ["--aimer", "{tmp}/no_such_aimer.npz"],
+    ["--eval-pairs", "0"],
+    ["--steps", "1e11"],
+    ["--batch", "100000000000"],
+    ["--hidden", "0"],
+    ["--seed", str(2**70)],
+    ["--seed", "-1"],
+    ["--lr", "nan"],
+    ["--lr", "1e308"],
+    ["--no-such-flag"],
 ]
 
 
 def test_trebuchet_refuses_bad_input(tmp_path):
     run_cases("trebuchet", TREBUCHET_CASES, tmp_path)
+
+
+def test_trebuchet_bad_aimer_leaves_an_existing_run_untouched(tmp_path):
+    bad = make_bad_files(tmp_path / "bad")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    np.savez(run / "params.npz", W1=np.ones((2, 4)))
+    for kind in ("random_bytes", "truncated", "another_scripts_file"):
+        assert_refused("trebuchet", ["--aimer", bad[kind], "--out", str(run)], untouched=run)
 
 
 # ============================================================================

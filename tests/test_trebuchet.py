@@ -147,3 +147,32 @@ def test_main_rejects_bad_flags():
         T.main(["--steps", "0"])
     with pytest.raises(SystemExit):
         T.main(["--lr", "nan"])
+
+
+def test_a_saved_aimer_loads_back_and_aims_the_same(tmp_path):
+    net = T.make_aimer(np.random.default_rng(5), hidden=6)
+    T.save_aimer(tmp_path / "params.npz", net, 6)
+    again = T.load_aimer(tmp_path / "params.npz")
+    x = T.network_inputs(np.array([30.0, 80.0]), np.array([-2.0, 4.0]))
+    assert np.array_equal(net(ad.Tensor(x)).data, again(ad.Tensor(x)).data)
+    np.savez(tmp_path / "wrong.npz", **{k: v for k, v in np.load(tmp_path / "params.npz").items() if k != "b2"})
+    with pytest.raises(ad.runs.BadInput, match="missing 'b2'"):
+        T.load_aimer(tmp_path / "wrong.npz")
+
+
+def test_divergence_stops_training_and_keeps_the_last_finite_parameters():
+    net = T.make_aimer(np.random.default_rng(0), hidden=4)
+    kept = [p.data.copy() for p in net.parameters()]
+    net.layers[0][0].data = np.full_like(kept[0], np.nan)
+    with pytest.raises(ad.runs.Diverged, match="parameter W1 is not finite at training step 7"):
+        T.stop_if_diverged(net, ad.Tensor(1.0), kept, 7)
+    assert all(np.array_equal(p.data, k) for p, k in zip(net.parameters(), kept))
+    with pytest.raises(ad.runs.Diverged, match="loss is not finite"):
+        T.stop_if_diverged(net, ad.Tensor(np.nan), kept, 1)
+
+
+def test_newton_summary_with_no_target_within_reach():
+    """--eval-pairs 1 may draw a single target out of reach: a result (0 of 0), not a crash."""
+    curve = T.ReachCurve(-4.0, 4.0, n=3, n_iter=10)
+    result = T.newton_aiming(np.array([150.0]), np.array([0.0]), curve)
+    assert result["within_reach"] == 0 and "max_evaluations" not in result
