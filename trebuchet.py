@@ -25,6 +25,7 @@ Run:  python trebuchet.py                 the lesson run, about a minute (output
 Results: see README.md (section trebuchet.py).
 """
 
+import argparse
 import math
 import time
 
@@ -34,13 +35,25 @@ import numpy as np
 # ----------------------------------------------------------------------------
 # 1. Settings: the lesson run's values, what --full changes, and the task
 # ----------------------------------------------------------------------------
-SETTINGS = dict(steps=500, batch=128, lr=2e-2, hidden=48, eval_pairs=1000)
+SETTINGS = dict(steps=500, batch=128, lr=2e-2, hidden=48, aim_within_reach=False, huber_delta=1.0,
+                eval_pairs=1000, eval_stream="test", model="virtualtrebuchet", compare_supervised=False, figures=True)
 FULL = dict(steps=4000, batch=256, hidden=64)
 HELP = dict(steps="training steps of the aimer",
             batch="shots per training step",
             lr="Adam's initial learning rate (cosine schedule to 0)",
             hidden="units in each of the aimer's three hidden layers",
-            eval_pairs="held-out (target, wind) pairs for the final measurement")
+            aim_within_reach="train on the nearest reachable distance for targets out of reach",
+            huber_delta="misses (m) up to which the loss is quadratic, linear beyond",
+            eval_pairs="held-out (target, wind) pairs for the final measurement",
+            eval_stream="random stream of the final measurement: 'tuning' to choose settings, 'test' to report",
+            model="virtualtrebuchet (the machine as documented) or trebuchet_jl (as Trebuchet.jl runs it)",
+            compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
+            figures="write the figures and the GIF")
+# Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
+# the learning curve's targets, "labels" the supervised baseline's, "integrator" the accuracy check's shots.
+# "tuning" chose every value in SETTINGS (README: the sweep); "test" is the held-out set of every reported
+# figure and shaped nothing. The two are disjoint streams of the same distribution.
+STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
 ANGLE_RANGE = (math.radians(5.0), math.radians(75.0))  # release angles the aimer may choose
@@ -62,8 +75,6 @@ PROJECTILE_MASS = 0.328 * POUND
 ARM_MASS = 10.65 * POUND
 ARM_INERTIA = ARM_MASS * (LONG_ARM + SHORT_ARM) ** 2 / 12   # uniform beam, about its centre
 WEIGHT_INERTIA = 1.0 * POUND * FOOT ** 2                    # counterweight about its centre
-# (Trebuchet.jl overwrites the counterweight's inertia with 1 lb ft², and its stage
-# functions unpack the two inertias in swapped order; we use them as named.)
 GRAVITY = 9.80665
 AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
 ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
@@ -76,15 +87,30 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 #           the short arm (accelerations of hundreds of rad/s² for a few
 #           hundredths of a second); at 1/120 s the distance is off by up to 21 cm;
 #   flight: Heun (RK2), 1/60 s: a smooth point mass.
-# Measured against a converged solution (RK4 at 1/480 s, hang 1/1920 s) on 126
-# shots spanning wind ±10 m/s, angle 5-75°, counterweight 15-180 kg: the distance
-# is off by 8 mm on average, 3 cm at worst (0.03%); energy is conserved in the
-# swing to 0.1% of the kinetic energy (tests/test_trebuchet.py). The reference's
-# explicit Euler at 1/60 s everywhere (`REFERENCE_INTEGRATION`) is off by 1.4 m on
-# average, 6.7 m at worst, because it creates energy during the whip.
+# Trebuchet.jl uses explicit Euler at 1/60 s in every phase (`REFERENCE_INTEGRATION`), which
+# creates energy during the whip. Every run measures both against a converged solution
+# (`CONVERGED`) on random shots and prints the errors (Part 2, `integrator_accuracy`).
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
+CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
+
+# Two models of one machine; --model picks one for the whole run.
+#   "virtualtrebuchet" (the default): the machine as virtualtrebuchet.com documents it, the arm's
+#       inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
+#       sling held on the ground exactly and every event interpolated. It is the physics as named.
+#   "trebuchet_jl": the same machine as FluxML's Trebuchet.jl runs it, which is what the blog's
+#       numbers come from. Its stage functions unpack the two inertias in swapped order
+#       (`IA3, IW3 = i.iw, i.ia`), so the arm turns with 1 lb ft² and the counterweight with the
+#       beam's inertia; it integrates with explicit Euler at 1/60 s, detects lift-off its own way
+#       (`ground_as_trebuchet_jl`, Part 2) and finds the release on the step's straight line
+#       (`release_fraction`).
+MODELS = dict(virtualtrebuchet=dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA,
+                                    ground="lagrange", integration=INTEGRATION),
+              trebuchet_jl=dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                                ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
+                                release="state_interpolant"))
+MODEL = MODELS["virtualtrebuchet"]      # the model every function uses unless given another (`select_model`)
 
 
 # -------------------- Forward-mode derivatives with complex numbers --------
@@ -173,13 +199,14 @@ def asin(z):
 # projectile's velocity points along the release angle. Flight: a point mass with
 # quadratic drag against the air, which moves with the wind w:
 #   ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|,  k = ρ C_d π z² / (2 m_p).
-def shot_constants(weight):
+def shot_constants(weight, model=None):
     """Everything in M and r that depends on the counterweight m_w (all of it
     linear in m_w), computed once per shot."""
+    model = model or MODEL
     a, b, c, d = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM
     mp, ma = PROJECTILE_MASS, ARM_MASS
-    return dict(m11=ARM_INERTIA + ma * ARM_CG ** 2 + mp * b ** 2 + c ** 2 * weight,
-                m22=WEIGHT_INERTIA + d ** 2 * weight,
+    return dict(m11=model["arm_inertia"] + ma * ARM_CG ** 2 + mp * b ** 2 + c ** 2 * weight,
+                m22=model["weight_inertia"] + d ** 2 * weight,
                 k12=c * d * weight,                                          # -M12 / cos(α-β)
                 g1=GRAVITY * (ma * ARM_CG + mp * b) - GRAVITY * c * weight,  # g (m_a r_g - m_w c + m_p b)
                 g2=GRAVITY * d * weight)
@@ -339,7 +366,7 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
 INPUT_NAMES = ("wind", "release angle", "counterweight")
 
 
-def swing(shot, release_angle, integration, tracks):
+def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
     Returns the hang state at the release, the event times, the shots that got there, and the
     bracketing states of the release step (for the copies that carry other derivatives)."""
@@ -350,14 +377,17 @@ def swing(shot, release_angle, integration, tracks):
     dtype = np.result_type(shot["m11"])
     ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
     ok = np.ones(batch, dtype=bool)
-    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
-                                          integration["dt_ground"], MAX_SECONDS["ground"], ok, method, shot, None,
-                                          tracks["ground"])
+    if model["ground"] == "trebuchet_jl":
+        hang, t_lift, failed = ground_as_trebuchet_jl(ground, shot, integration, tracks, model)
+    else:
+        ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
+                                              integration["dt_ground"], MAX_SECONDS["ground"], ok, method, shot,
+                                              None, tracks["ground"])
+        alpha, beta, alpha_dot, beta_dot = ground
+        gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+        hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
     ok &= ~failed
     # 2. hang: three free angles until the velocity points along the release angle
-    alpha, beta, alpha_dot, beta_dot = ground
-    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
     hang, t_release, failed, bracket = integrate(
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
         method, shot, release_angle, tracks["hang"])
@@ -370,22 +400,39 @@ def _start(tracks, name, state):
     return state
 
 
-def release_per_copy(bracket, release_angle, wind, ok, copies):
+def release_per_copy(bracket, release_angle, wind, ok, copies, model):
     """The release again, for every complex copy: the same bracketing states (their real parts, except in
     the counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its
-    own copy, so the release event moves with the angle in that copy alone."""
+    own copy, so the release event moves with the angle in that copy alone. (copies=[None]: one real copy.)"""
     def per_copy(x, nudged):
         if nudged is None:
             return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1)
         return np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
     before, after = per_copy(bracket[0], None), per_copy(bracket[1], None)
     angles = per_copy(release_angle, 1)
-    h0, h1 = release_condition(before, angles), release_condition(after, angles)
-    hang = np.where(np.tile(ok, len(copies)), before + h0 / (h0 - h1) * (after - before), before)
+    s = release_fraction(before, after, angles, model)
+    hang = np.where(np.tile(ok, len(copies)), before + s * (after - before), before)
     return hang, per_copy(wind, 0)
 
 
-def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=INTEGRATION, record=False):
+def release_fraction(before, after, angles, model):
+    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before).
+    By default the event function is interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. The
+    trebuchet_jl model finds the zero of the event function along the straight line between the two
+    states instead (explicit Euler's interpolant, on which DifferentialEquations' root finder works):
+    Newton's method on s, whose imaginary part then carries the implicit derivative -∂h/∂p / ∂h/∂s."""
+    h0, h1 = release_condition(before, angles), release_condition(after, angles)
+    s = h0 / (h0 - h1)
+    if model.get("release") == "state_interpolant":
+        def h(s):
+            return release_condition(before + s * (after - before), angles)
+        for _ in range(4):
+            slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
+            s = s - h(s) / slope
+    return s
+
+
+def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
     """Throw a batch of shots and differentiate the distances.
 
     wind (m/s), release_angle (rad), weight (kg): 1-D float arrays of one length
@@ -398,14 +445,17 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     once, as complex numbers only if ∂/∂weight is wanted. The release angle only
     decides where the swing stops, so its derivative enters at the release
     event; the wind only acts in flight. From the release on, the batch runs as
-    one complex copy per flagged input."""
+    one complex copy per flagged input. `model` (default: MODEL) is one of MODELS,
+    `integration` (default: the model's) the steppers and step sizes."""
+    model = model or MODEL
+    integration = integration or model["integration"]
     batch = wind.shape[0]
     copies = [i for i in range(3) if wrt[i]]
     tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
-    shot = shot_constants(weight + EPS * 1j if wrt[2] else weight)
-    hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks)
-    if copies:
-        hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies)
+    shot = shot_constants(weight + EPS * 1j if wrt[2] else weight, model)
+    hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks, model)
+    if copies or model.get("release") == "state_interpolant":
+        hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies or [None], model)
     # 3. flight: a point mass with drag until it is back on the ground
     n_copies = max(len(copies), 1)
     flight = _start(tracks, "flight", np.stack(projectile_motion(hang)))
@@ -421,7 +471,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
 
 
 # -------------------- The whole throw as one autodiff op -------------------
-def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=INTEGRATION):
+def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=None, model=None):
     """Distances of a batch of shots (any broadcastable shapes, flattened) and
     {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
     inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
@@ -430,12 +480,12 @@ def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, T
         if not np.all(np.isfinite(x)):
             raise ValueError(f"the {name} contains nan or inf")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration)
+        result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration, model=model)
     return result["distance"], result["jacobian"]
 
 
 @ad.primitive
-def throw(wind, release_angle, counterweight, integration=INTEGRATION, needs_grad=(True, True, True)):
+def throw(wind, release_angle, counterweight, integration=None, needs_grad=(True, True, True)):
     """Distance (m) of a batch of shots as one op. The forward already has
     ∂distance/∂input for every shot, so the VJP only scales them by g."""
     shape = np.broadcast_shapes(np.shape(wind), np.shape(release_angle), np.shape(counterweight))
@@ -446,7 +496,7 @@ def throw(wind, release_angle, counterweight, integration=INTEGRATION, needs_gra
     return distance.reshape(shape), vjp
 
 
-def shoot(wind_mps, release_angle, counterweight_kg, integration=INTEGRATION):
+def shoot(wind_mps, release_angle, counterweight_kg, integration=None):
     """Distance in metres from the pivot to where the projectile lands.
 
     wind_mps          wind speed, positive towards the target (m/s)
@@ -494,31 +544,31 @@ def settings(net, target, wind):
 # ----------------------------------------------------------------------------
 # 4. Loss: the miss of the aimed shot, through the simulator
 # ----------------------------------------------------------------------------
-HUBER_DELTA = 1.0   # m
+def aimer_loss(net, target, wind, reach_curve=None, huber_delta=1.0):
+    """L = mean Huber(shoot(wind, aimer(target, wind)) - target'): ½ miss² up to δ, δ (|miss| - δ/2) beyond.
 
-
-def aimer_loss(net, target, wind):
-    """L = mean Huber(shoot(wind, aimer(target, wind)) - target): ½ miss² up to 1 m, linear beyond.
-
-    Linear for large misses so that a target out of reach (too far to hit in that wind) still
-    pulls its shot towards the longest throw without drowning the gradient of every other shot.
-    Returns the loss (a Tensor) and the misses (m)."""
+    target' is the target, or with `reach_curve` the nearest distance the machine can reach in that
+    wind: a target out of reach then asks for the longest (or shortest) throw, a miss of zero is
+    possible for every shot, and no gradient is spent pulling at the impossible. Linear beyond δ so
+    that early, large misses do not drown the gradient of every other shot.
+    Returns the loss (a Tensor) and the misses from the real targets (m)."""
+    aim_at = target if reach_curve is None else np.clip(target, *reach_curve(wind))
     angle, weight = settings(net, target, wind)
-    miss = shoot(wind, angle, weight) - target
+    distance = shoot(wind, angle, weight)
+    miss = distance - aim_at
     size = ad.abs(miss)
-    small = ad.minimum(size, HUBER_DELTA)
-    return ad.mean(0.5 * small * small + HUBER_DELTA * (size - small)), miss.data
+    small = ad.minimum(size, huber_delta)
+    return ad.mean(0.5 * small * small + huber_delta * (size - small)), distance.data - target
 
 
 # ----------------------------------------------------------------------------
-# 5. Update: one Adam step on a fresh batch of shots
+# 5. Update: one Adam step on one batch
 # ----------------------------------------------------------------------------
-def update(net, optimizer, rng, batch, lr):
-    """Forward (aimer, then simulator), backward (through the throw op's Jacobian into the
-    network), one Adam step at learning rate `lr`. Returns (loss, misses)."""
+def update(optimizer, batch_loss, lr):
+    """batch_loss() runs the forward pass (aimer, then simulator) and returns (loss, misses); then
+    backward (through the throw op's Jacobian into the network) and one Adam step at rate `lr`."""
     optimizer.lr = lr
-    target, wind = sample_shots(rng, batch)
-    loss, miss = aimer_loss(net, target, wind)
+    loss, miss = batch_loss()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -528,20 +578,23 @@ def update(net, optimizer, rng, batch, lr):
 # ----------------------------------------------------------------------------
 # 6. Training: the loop, with a cosine learning rate and a monitor set
 # ----------------------------------------------------------------------------
-def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0):
-    """Adam on random batches, learning rate on a cosine from `lr` to 0.
-    `monitor(net)` -> dict is called every `monitor_every` steps for the
-    learning curve. Returns the curve as a dict of lists."""
+def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0, reach_curve=None,
+          batch_loss=None, huber_delta=1.0):
+    """Adam on random batches of shots, learning rate on a cosine from `lr` to 0. `monitor(net)` -> dict
+    is called every `monitor_every` steps for the learning curve. `batch_loss` replaces the loss through
+    the simulator (the supervised baseline uses it). Returns the curve as a dict of lists."""
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
-    curve = dict(step=[], batch_mean_miss=[], monitor_step=[], monitor={})
+    batch_loss = batch_loss or (lambda: aimer_loss(net, *sample_shots(rng, batch), reach_curve, huber_delta))
+    curve = dict(step=[], batch_loss=[], batch_mean_miss=[], monitor_step=[], monitor={})
     progress = ad.runs.Progress(steps, "train", every=log_every)
     for step in range(steps):
         kept = [p.data.copy() for p in net.parameters()]
-        loss, miss = update(net, optimizer, rng, batch, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+        loss, miss = update(optimizer, batch_loss, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
         stop_if_diverged(net, loss, kept, step + 1)
         curve["step"].append(step + 1)
-        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))))
-        fields = dict(loss=float(loss.data), mean_miss_m=curve["batch_mean_miss"][-1])
+        curve["batch_loss"].append(float(loss.data))
+        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
+        fields = dict(loss=curve["batch_loss"][-1], mean_miss_m=curve["batch_mean_miss"][-1])
         if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
             figures = monitor(net)
             curve["monitor_step"].append(step + 1)
@@ -565,7 +618,7 @@ def stop_if_diverged(net, loss, kept, step):
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: aiming one shot by Newton's method on the simulator alone
+# 7. Baseline: Newton's method on the simulator, and an aimer regressed on its answers
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
     """Find a release angle and counterweight that land each shot at `target`
@@ -600,20 +653,38 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
     return dict(angle=angle, weight=weight, distance=distance, evaluations=evaluations, history=history)
 
 
+def newton_labels(target, wind, max_evaluations=8):
+    """Newton's aims as regression labels: (angle, counterweight) scaled to [0, 1] over their ranges
+    (the aimer's sigmoid outputs), and the simulator evaluations they cost (each one a shot with two
+    derivative copies, like one shot of a training batch through the simulator)."""
+    aimed = aim(target, wind, max_evaluations=max_evaluations)
+    labels = np.stack([(aimed["angle"] - ANGLE_RANGE[0]) / (ANGLE_RANGE[1] - ANGLE_RANGE[0]),
+                       (aimed["weight"] - WEIGHT_RANGE[0]) / (WEIGHT_RANGE[1] - WEIGHT_RANGE[0])], axis=1)
+    return labels, int(aimed["evaluations"].sum())
+
+
+def regression_loss(net, target, wind, labels):
+    """The supervised baseline's loss: mean squared error between the aimer's two sigmoid outputs and
+    Newton's (angle, counterweight), both on the [0, 1] scale. No simulator in the loop: the network
+    learns to copy the labels, not to hit the target."""
+    error = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind)))) - labels
+    return ad.mean(error * error)
+
+
 # ----------------------------------------------------------------------------
 # 8. Measurement: misses on held-out targets, against what the machine can reach
 # ----------------------------------------------------------------------------
-def reach(winds, n_iter=30):
+def reach(winds, n_iter=30, heaviest=WEIGHT_RANGE[1], integration=None):
     """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
     and the shortest (lightest counterweight, steepest or flattest angle). A target outside
     [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
     winds = np.asarray(winds, dtype=float)
 
     def distance(angle, weight):
-        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False))[0]
+        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False), integration=integration)[0]
 
     lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
-    _, longest = _golden_max(lambda r: distance(r, WEIGHT_RANGE[1]), lo, hi, n_iter)
+    _, longest = _golden_max(lambda r: distance(r, heaviest), lo, hi, n_iter)
     shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
     return shortest, longest
 
@@ -660,39 +731,68 @@ def main(argv=None):
     started = time.perf_counter()
     out = ad.runs.prepare_out(args.out)
     saved = load_aimer(args.aimer) if args.aimer else None     # a bad file stops here, before any work
-    # independent random streams: network and training batches / monitor set / held-out test set
-    train_seed, monitor_seed, test_seed = np.random.SeedSequence(args.seed).spawn(3)
-    train_rng = np.random.default_rng(train_seed)
-    metrics = dict(blog_call=report_blog_call(blog_call()))
+    select_model(args.model)
+    streams = ad.runs.random_streams(args.seed, *STREAMS)
+    metrics = dict(model=args.model, blog_call=report_blog_call(blog_call()))
+    metrics["integrator_accuracy"] = report_integrator_accuracy(integrator_accuracy(streams["integrator"]))
     reach_curve = ReachCurve()
     metrics["longest_throw_m"] = report_reach(reach_curve)
-    test_target, test_wind = sample_shots(np.random.default_rng(test_seed), args.eval_pairs)
-    metrics["newton_aim"] = newton_aiming(test_target[:100], test_wind[:100], reach_curve)
+    held_out = sample_shots(streams[args.eval_stream], args.eval_pairs)
+    metrics["reachability"] = report_reachability(reachability(*held_out))
+    metrics["newton_aim"] = newton_aiming(held_out[0][:100], held_out[1][:100], reach_curve)
     if saved is not None:
-        return evaluate_saved(saved, args, metrics, (test_target, test_wind), reach_curve, out, started)
+        return evaluate_saved(saved, args, metrics, held_out, reach_curve, out, started)
 
-    print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
-          f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)")
-    net = make_aimer(train_rng, args.hidden)
-    monitor = monitor_on(sample_shots(np.random.default_rng(monitor_seed), 256), reach_curve)
-    train_started = time.perf_counter()
-    curve = train_and_save(net, train_rng, args, monitor, f"{out}/params.npz")
-    train_seconds = time.perf_counter() - train_started
-
-    print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs (a random stream disjoint from training)")
-    stats = miss_statistics(net, test_target, test_wind, reach_curve)
-    metrics.update(train_seconds=train_seconds, train_steps=args.steps, batch=args.batch,
-                   final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
-    print("6. Figures")
-    metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
+    monitor = monitor_on(sample_shots(streams["monitor"], 256), reach_curve)
+    net, curve, (train_seconds, train_cpu_seconds) = train_aimer(args, streams, monitor, reach_curve, out)
+    print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs of the '{args.eval_stream}' stream")
+    stats = miss_statistics(net, *held_out, reach_curve)
+    metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
+                   batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
+    if args.compare_supervised:
+        metrics["supervised"] = compare_with_supervised(args, streams, held_out, reach_curve, net, train_cpu_seconds)
+    if args.figures:
+        print("6. Figures")
+        metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
     ad.runs.write_metrics(out, metrics, args, started)
     report_results(metrics, train_seconds, time.perf_counter() - started, out)
 
 
 # ============================== Part 2: running the experiment ==============================
 # Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
-TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4), lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
-             hidden=ad.runs.whole(1, 1024), eval_pairs=ad.runs.whole(1, 10**5))
+def one_of(*choices):
+    """An argparse type: one of the given words (a candidate for autodiff/runs.py)."""
+    def parse(text):
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    parse.__name__ = "choice"
+    return parse
+
+
+TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
+             lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
+             eval_pairs=ad.runs.whole(1, 10**5), huber_delta=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
+             eval_stream=one_of("test", "tuning"), model=one_of(*MODELS))
+
+
+def select_model(name):
+    """Make MODELS[name] the model every simulator call of this run uses."""
+    global MODEL
+    MODEL = MODELS[name]
+
+
+def train_aimer(args, streams, monitor, reach_curve, out):
+    """Section 6 on a fresh aimer; returns it, its learning curve and the training time (wall and CPU
+    seconds: on a shared machine the CPU time is the figure to compare with a quiet machine's wall time)."""
+    print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
+          f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)"
+          + (", targets out of reach replaced by the nearest reachable distance" if args.aim_within_reach else ""))
+    net = make_aimer(streams["init"], args.hidden)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    curve = train_and_save(net, streams["train"], args, monitor, f"{out}/params.npz",
+                           reach_curve if args.aim_within_reach else None)
+    return net, curve, (time.perf_counter() - started, time.process_time() - cpu_started)
 
 
 def add_flags(parser):
@@ -732,10 +832,50 @@ def evaluate_saved(net, args, metrics, test, reach_curve, out, started):
           f"all targets: {metrics['held_out']['all']['mean_m']:.3f} m; written to {out}/evaluation.json")
 
 
-def train_and_save(net, rng, args, monitor, path):
+SUPERVISED_STEPS_PER_STEP = 4    # regression steps per end-to-end step: no simulator in them, so they are cheap
+
+
+def compare_with_supervised(args, streams, held_out, reach_curve, end_to_end, end_to_end_cpu_seconds):
+    """The side-by-side: an aimer of the same shape and initial weights, trained by regression on
+    Newton's aims (section 7) whose simulator budget is the end-to-end aimer's (steps x batch shots),
+    then both measured on the same held-out pairs (paired differences of |miss| over those in reach)."""
+    budget = args.steps * args.batch
+    print(f"7. Supervised baseline: Newton's aims (at most 8 evaluations each) for {budget:,} simulated shots, then "
+          f"{SUPERVISED_STEPS_PER_STEP * args.steps} regression steps of {args.batch}")
+    started, chunks, spent = time.process_time(), [], 0
+    while spent < budget:
+        target, wind = sample_shots(streams["labels"], min(1024, max(64, (budget - spent) // 5)))
+        labels, cost = newton_labels(target, wind)
+        chunks.append((target, wind, labels))
+        spent += cost
+    target, wind, labels = (np.concatenate(c) for c in zip(*chunks))
+    label_cpu_seconds = time.process_time() - started
+    net = make_aimer(ad.runs.random_streams(args.seed, "init")["init"], args.hidden)   # the same initial weights
+    rng = streams["labels"]
+
+    def batch_loss():
+        i = rng.integers(0, target.size, args.batch)
+        return regression_loss(net, target[i], wind[i], labels[i]), None
+    started = time.process_time()
+    train(net, rng, SUPERVISED_STEPS_PER_STEP * args.steps, args.batch, args.lr, batch_loss=batch_loss)
+    regression_cpu_seconds = time.process_time() - started
+    misses = [np.abs(aimed_distances(n, *held_out)[0] - held_out[0]) for n in (net, end_to_end)]
+    shortest, longest = reach_curve(held_out[1])
+    within = (held_out[0] >= shortest) & (held_out[0] <= longest)
+    if args.figures:
+        plot_miss_distributions([m[within] for m in misses], f"{args.out}/supervised_vs_end_to_end.png")
+    return dict(simulated_shots_end_to_end=budget, simulated_shots_for_labels=spent, labelled_targets=int(target.size),
+                label_cpu_seconds=label_cpu_seconds, regression_steps=SUPERVISED_STEPS_PER_STEP * args.steps,
+                regression_cpu_seconds=regression_cpu_seconds, end_to_end_cpu_seconds=end_to_end_cpu_seconds,
+                held_out=miss_statistics(net, *held_out, reach_curve),
+                supervised_minus_end_to_end_reachable_m=ad.runs.paired_difference(misses[0][within], misses[1][within]))
+
+
+def train_and_save(net, rng, args, monitor, path, reach_curve=None):
     """Train (section 6) and save the aimer; a diverged run still saves its last finite parameters."""
     try:
-        curve = train(net, rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1))
+        curve = train(net, rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1),
+                      reach_curve=reach_curve, huber_delta=args.huber_delta)
     except ad.runs.Diverged as error:
         save_aimer(path, net, args.hidden)
         raise ad.runs.Diverged(f"{error}; the last finite aimer is saved in {path}") from None
@@ -743,31 +883,122 @@ def train_and_save(net, rng, args, monitor, path):
     return curve
 
 
+BLOG_CALL = dict(wind=-2.0, angle_degrees=45.0, weight_lb=200.0, published=(4.02, -0.99, 0.051))
+# Variants of the trebuchet_jl model, each undoing one way in which it runs differently from the
+# default, to see which of them moves the blog's weight component.
+BLOG_VARIANTS = {
+    "trebuchet_jl": {},
+    "trebuchet_jl, lift-off interpolated": dict(lift_off="interpolated"),
+    "trebuchet_jl, release interpolated linearly": dict(release="linear"),
+    "trebuchet_jl, sling held on the ground": dict(ground="lagrange"),
+    "trebuchet_jl, inertias as named": dict(arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA),
+    "trebuchet_jl, our integrator": dict(integration=INTEGRATION),
+    "virtualtrebuchet, explicit Euler 1/60 s": dict(model="virtualtrebuchet", integration=REFERENCE_INTEGRATION),
+    "virtualtrebuchet": dict(model="virtualtrebuchet"),
+}
+
+
 def blog_call():
-    """The blog's `gradient(shoot)(-2, 45, 200)`: wind -2 m/s, angle 45 rad
-    (Trebuchet.jl takes asin(sin(45)) = 1.0177 rad = 58.3°; d asin(sin x)/dx = +1
-    there), counterweight 200 lb. Gradient in (m per m/s, m per rad, m per lb)."""
-    angle, weight = math.asin(math.sin(45.0)), 200.0 * POUND
-    result = {}
-    for name, integration in (("ours", INTEGRATION), ("reference_integration", REFERENCE_INTEGRATION)):
-        distance, jacobian = distance_and_jacobian(-2.0, angle, weight, (True, True, True), integration)
-        result[name] = dict(distance_m=float(distance[0]),
-                            gradient=[float(jacobian[0][0]), float(jacobian[1][0]), float(jacobian[2][0] * POUND)])
-    near = distance_and_jacobian(-2.0, [angle - 0.05, angle + 0.05], weight, (False, False, False))[0]
-    result["distance_at_angle_minus_plus_0.05rad"] = [float(d) for d in near]
-    result["published"] = [4.02, -0.99, 0.051]
+    """The blog's `gradient(shoot)(-2, 45, 200)` in the blog's units. Its `shoot` (the original's
+    DiffRL.jl) is `Trebuchet.shoot((wind, deg2rad(angle), weight))[2]`: wind in m/s, the angle in
+    degrees, the weight in pounds (Trebuchet.jl converts lb to kg). So the published slopes are
+    metres per m/s, per degree and per pound, at 45°. Every variant of BLOG_VARIANTS is evaluated,
+    and the weight slope of trebuchet_jl at 196 and 204 lb shows how fast that component changes."""
+    angle, weight = math.radians(BLOG_CALL["angle_degrees"]), BLOG_CALL["weight_lb"] * POUND
+    published = np.array(BLOG_CALL["published"])
+    result = dict(published=list(published), units=["m per m/s", "m per degree", "m per lb"], variants={})
+    for name, change in BLOG_VARIANTS.items():
+        model = dict(MODELS[change.get("model", "trebuchet_jl")], **{k: v for k, v in change.items() if k != "model"})
+        distance, gradient = _blog_gradient(angle, weight, model)
+        result["variants"][name] = dict(distance_m=distance, gradient=gradient,
+                                        relative_difference=list((np.array(gradient) - published) / np.abs(published)))
+    result["trebuchet_jl_weight_slope_at_196_200_204_lb"] = [
+        _blog_gradient(angle, lb * POUND, MODELS["trebuchet_jl"])[1][2] for lb in (196.0, 200.0, 204.0)]
+    result["old_reading_45_radians"] = dict(zip(("distance_m", "gradient_per_radian"), _blog_gradient(
+        math.asin(math.sin(45.0)), weight, MODELS["virtualtrebuchet"], per_degree=False)))
     return result
 
 
+def _blog_gradient(angle, weight, model, per_degree=True):
+    distance, jacobian = distance_and_jacobian(BLOG_CALL["wind"], angle, weight, (True, True, True), model=model)
+    angle_unit = math.pi / 180 if per_degree else 1.0
+    return float(distance[0]), [float(jacobian[0][0]), float(jacobian[1][0] * angle_unit),
+                                float(jacobian[2][0] * POUND)]
+
+
+# The ground phase as Trebuchet.jl runs it (the "trebuchet_jl" model). Two things differ from
+# `ground_rates` + `lift_off` in section 2, both found in its source (src/simulate.jl):
+#  * it integrates all three angles, the sling's included (its acceleration is the one that keeps
+#    the projectile on the ground), so with Euler steps the projectile drifts off the ground a little;
+#  * lift-off is the zero of  m g - T cos θ  (θ the sling from the vertical), with the sling's
+#    tension T estimated from the projectile's acceleration by a backward difference of its velocity
+#    over the step, and T = 0 exactly at the step's start. DifferentialEquations' root finder then
+#    brackets the jump at the step's start: the event lands there (`lift_off="step_start"`), so the
+#    lift-off time does not move with the inputs and carries no derivative.
+def ground_rates_free_sling(state, shot):
+    """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    angles = np.stack([alpha, gamma])
+    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    j1, j3 = LONG_ARM * c_a, SLING * c_g
+    free = _solve_arrow(m12, m13, shot, r1, r2, r3)
+    unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
+    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
+    normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
+    return np.stack([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
+
+
+def _projectile_vx(state):
+    alpha, _, gamma, alpha_dot, _, gamma_dot = state
+    return -LONG_ARM * sin(alpha) * alpha_dot - SLING * sin(gamma) * gamma_dot
+
+
+def _lift_estimate(new, old, dt):
+    """m g - T cos θ at the end of a step, T from the backward difference of the projectile's velocity
+    (horizontal: m a_x = -T cos γ in our angles, vertical part of the pull: -T sin γ)."""
+    tension = -PROJECTILE_MASS * (_projectile_vx(new) - _projectile_vx(old)) / dt / cos(new[2])
+    return PROJECTILE_MASS * GRAVITY + tension * sin(new[2]), tension
+
+
+def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
+    """Phase 1 as Trebuchet.jl runs it, from the rest state `ground` (α, β, α̇, β̇): returns the hang
+    state at lift-off, the lift-off time and the failed shots (no lift-off, or a negative tension
+    estimate: the original's "weight is too light")."""
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    state = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
+    dt, step = integration["dt_ground"], STEPPERS[integration["method"]]
+    running, failed = np.ones(state.shape[1], dtype=bool), np.zeros(state.shape[1], dtype=bool)
+    elapsed, h_old = np.zeros(state.shape[1]), None
+    for _ in range(int(math.ceil(MAX_SECONDS["ground"] / dt))):
+        if not running.any():
+            break
+        _start(tracks, "ground", state[[0, 1, 3, 4]])
+        new = step(state, ground_rates_free_sling(state, shot)[0], ground_rates_free_sling, dt, shot)
+        h, tension = _lift_estimate(new, state, dt)
+        lifted = running & (h.real <= 0.0)
+        failed |= running & ~lifted & (tension.real < 0.0)
+        if model.get("lift_off") == "interpolated" and h_old is not None:
+            s = h_old / (h_old - h)      # as section 2 does it: the event inside the step, with its derivative
+            state = np.where(lifted, state + s * (new - state), state)
+            elapsed = np.where(lifted, elapsed + s.real * dt, elapsed)
+        running &= ~lifted & ~failed
+        state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
+    return state, elapsed, failed | running
+
+
 def report_blog_call(blog):
-    print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle asin(sin 45) rad, 200 lb")
-    for name in ("ours", "reference_integration"):
-        g = blog[name]["gradient"]
-        print(f"   {name:22s} distance {blog[name]['distance_m']:.3f} m   gradient ({g[0]:.3f} m per m/s, "
-              f"{g[1]:.2f} m/rad, {g[2]:.4f} m/lb)")
-    below, above = blog["distance_at_angle_minus_plus_0.05rad"]
-    print(f"   published              gradient ({blog['published'][0]}, {blog['published'][1]}, "
-          f"{blog['published'][2]});  distance at angle ∓0.05 rad: {below:.2f} / {above:.2f} m")
+    print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle 45°, counterweight 200 lb;"
+          " slopes in m per m/s, m per degree, m per lb")
+    p = blog["published"]
+    print(f"   {'published':44s} {'':>9s}   ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.4f})")
+    for name, v in blog["variants"].items():
+        g, r = v["gradient"], v["relative_difference"]
+        print(f"   {name:44s} {v['distance_m']:7.3f} m   ({g[0]:.3f}, {g[1]:.3f}, {g[2]:.4f})   "
+              f"vs published {100 * r[0]:+.1f}%, {100 * r[1]:+.1f}%, {100 * r[2]:+.1f}%")
+    slopes = blog["trebuchet_jl_weight_slope_at_196_200_204_lb"]
+    print(f"   trebuchet_jl weight slope at 196 / 200 / 204 lb: {slopes[0]:.4f} / {slopes[1]:.4f} / {slopes[2]:.4f}")
     return blog
 
 
@@ -789,30 +1020,66 @@ def _golden_max(f, low, high, n_iter):
     return np.where(fc > fd, c, d), np.maximum(fc, fd)
 
 
-def reach(winds, n_iter=30):
-    """For each wind: the longest throw (heaviest counterweight, best angle)
-    and the shortest (lightest counterweight, steepest or flattest angle)."""
-    winds = np.asarray(winds, dtype=float)
-
-    def distance(angle, weight):
-        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False))[0]
-
-    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
-    _, longest = _golden_max(lambda r: distance(r, WEIGHT_RANGE[1]), lo, hi, n_iter)
-    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
-    return shortest, longest
-
-
 class ReachCurve:
     """shortest(w) and longest(w) on a grid of winds, linearly interpolated
     (both are smooth in the wind; 0.5 m/s spacing is ample)."""
 
-    def __init__(self, low=-20.0, high=20.0, n=81, n_iter=25):
+    def __init__(self, low=-20.0, high=20.0, n=81, n_iter=25, **reach_options):
         self.winds = np.linspace(low, high, n)
-        self.shortest, self.longest = reach(self.winds, n_iter)
+        self.shortest, self.longest = reach(self.winds, n_iter, **reach_options)
 
     def __call__(self, wind):
         return np.interp(wind, self.winds, self.shortest), np.interp(wind, self.winds, self.longest)
+
+
+def integrator_accuracy(rng, n=200):
+    """Distances of n random shots (wind N(0, 5²), angle and counterweight uniform over the aimer's
+    ranges) with our steppers and with explicit Euler at 1/60 s (the original's), against CONVERGED;
+    CONVERGED itself against steps half as long, to show that it has converged."""
+    wind, angle, weight = rng.normal(0.0, WIND_STD, n), rng.uniform(*ANGLE_RANGE, n), rng.uniform(*WEIGHT_RANGE, n)
+    finer = dict(CONVERGED, dt_ground=CONVERGED["dt_ground"] / 2, dt_hang=CONVERGED["dt_hang"] / 2,
+                 dt_flight=CONVERGED["dt_flight"] / 2)
+
+    def distance(integration):
+        return distance_and_jacobian(wind, angle, weight, (False, False, False), integration)[0]
+    converged = distance(CONVERGED)
+    result = dict(shots=n, model=MODEL["name"])
+    for name, integration in (("default", MODEL["integration"]), ("euler_1/60s", REFERENCE_INTEGRATION),
+                              ("converged_vs_half_steps", finer)):
+        error = np.abs(distance(integration) - converged)
+        result[name] = dict(mean_abs_error_m=float(np.mean(error)), max_abs_error_m=float(np.max(error)))
+    return result
+
+
+def report_integrator_accuracy(result):
+    print(f"   integrator accuracy on {result['shots']} random shots, |distance - converged| (m):")
+    for name in ("default", "euler_1/60s", "converged_vs_half_steps"):
+        r = result[name]
+        print(f"   {name:24s} mean {r['mean_abs_error_m']:.4f}  max {r['max_abs_error_m']:.4f}")
+    return result
+
+
+def reachability(target, wind):
+    """The fraction of (target, wind) pairs some setting can hit, with the counterweight capped at 180 kg
+    (the aimer's range) and at 1440 kg. The blog's counterweight is unbounded (200 lb plus a network
+    output); past ~180 kg the whip needs far smaller steps than ours (measured: 2.3 m of error at 360 kg),
+    so the heavy cap is measured with CONVERGED steps, which agree with steps half as long within 4 mm at
+    1440 kg. Beyond that the longest calm-air throw grows by about 3 m per doubling of the counterweight."""
+    result = {}
+    for heaviest, integration, n in ((WEIGHT_RANGE[1], None, 81), (1440.0, CONVERGED, 21)):
+        curve = ReachCurve(n=n, n_iter=20, heaviest=heaviest, integration=integration)
+        shortest, longest = curve(wind)
+        within = (target <= longest) & (target >= shortest)
+        result[f"{heaviest:.0f}_kg"] = dict(reachable_fraction=float(np.mean(within)),
+                                            longest_calm_m=float(curve(0.0)[1]))
+    return result
+
+
+def report_reachability(result):
+    for cap, r in result.items():
+        print(f"   counterweight up to {cap.replace('_', ' ')}: {100 * r['reachable_fraction']:.1f}% of the held-out "
+              f"targets within reach (longest throw in calm air {r['longest_calm_m']:.1f} m)")
+    return result
 
 
 def report_reach(reach_curve):
@@ -875,8 +1142,14 @@ def report_results(metrics, train_seconds, total_seconds, out):
     print(f"  mean miss beyond the unavoidable, all targets: {stats['mean_excess_miss_m']:.3f} m")
     print(f"  Newton aiming: {newton['converged_within_1cm']}/{newton['within_reach']} "
           f"within 1 cm, at most {newton.get('max_evaluations')} simulator evaluations")
-    g = blog["ours"]["gradient"]
-    print(f"  blog call gradient: ({g[0]:.2f}, {g[1]:.2f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
+    if "supervised" in metrics:
+        sup, d = metrics["supervised"], metrics["supervised"]["supervised_minus_end_to_end_reachable_m"]
+        print(f"  {'supervised on Newton aims, in reach':34s} {sup['held_out']['reachable']['mean_m']:8.3f}m "
+              f"{sup['held_out']['reachable']['median_m']:8.3f}m {sup['held_out']['reachable']['p95_m']:8.3f}m   "
+              f"(paired difference to end to end {d['mean']:+.3f} ± {d['se']:.3f} m over {d['n']} pairs)")
+    for name in ("virtualtrebuchet", "trebuchet_jl"):
+        g = blog["variants"][name]["gradient"]
+        print(f"  blog call gradient, {name:16s}: ({g[0]:.3f}, {g[1]:.3f}, {g[2]:.4f})  published (4.02, -0.99, 0.051)")
     print(f"  training {train_seconds:.1f} s, total {total_seconds:.1f} s; outputs in {out}/")
 
 
@@ -895,7 +1168,7 @@ def save_figures(out, net, curve, reach_curve):
     return save_throw_gif(shots[0], f"{out}/throw.gif")
 
 
-def energies(state, weight):
+def energies(state, weight, model=None):
     """Kinetic and potential energy (J) of a hang-layout state (α, β, γ, α̇, β̇, γ̇),
     the T and V of the Lagrangian above (V = 0 with everything on the ground);
     their sum is constant in the frictionless swing."""
@@ -905,7 +1178,9 @@ def energies(state, weight):
     weight_speed2 = (c * alpha_dot) ** 2 + (d * beta_dot) ** 2 - 2 * c * d * alpha_dot * beta_dot * np.cos(alpha - beta)
     projectile_speed2 = ((b * alpha_dot) ** 2 + (e * gamma_dot) ** 2
                          + 2 * b * e * alpha_dot * gamma_dot * np.cos(alpha - gamma))
-    kinetic = 0.5 * ((ARM_INERTIA + ma * ARM_CG ** 2) * alpha_dot ** 2 + WEIGHT_INERTIA * beta_dot ** 2
+    model = model or MODEL
+    kinetic = 0.5 * ((model["arm_inertia"] + ma * ARM_CG ** 2) * alpha_dot ** 2
+                     + model["weight_inertia"] * beta_dot ** 2
                      + weight * weight_speed2 + mp * projectile_speed2)
     potential = GRAVITY * ((ma * ARM_CG - weight * c + mp * b) * np.sin(alpha) + weight * d * np.sin(beta)
                            + mp * e * np.sin(gamma) + (ma + weight + mp) * a)
@@ -924,9 +1199,10 @@ def machine_points(alpha, beta, gamma):
     return tip, hinge, weight, projectile
 
 
-def trajectory(wind, angle, weight, integration=INTEGRATION):
+def trajectory(wind, angle, weight, integration=None):
     """One shot recorded for pictures: time (s) and the machine's points for
     the swing; time and projectile positions for the flight."""
+    integration = integration or MODEL["integration"]
     result = simulate(np.array([wind], float), np.array([angle], float), np.array([weight], float),
                       integration=integration, record=True)
     tracks = result["tracks"]
@@ -962,6 +1238,26 @@ def draw_machine(ax, points, i, alpha=1.0, sling_color="tab:brown"):
 def _square(centre, size, alpha):
     from matplotlib.patches import Rectangle
     return Rectangle((centre[0] - size / 2, centre[1] - size / 2), size, size, color="dimgray", alpha=alpha)
+
+
+def plot_miss_distributions(misses, path):
+    """Cumulative distribution of |miss| over the held-out targets within reach, for the aimer regressed
+    on Newton's aims and the one trained through the simulator."""
+    plt = ad.runs.pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for m, label, color in zip(misses, ("supervised on Newton's aims", "end to end through the simulator"),
+                               ("tab:orange", "tab:blue")):
+        ax.plot(np.sort(np.maximum(m, 1e-4)), np.arange(1, m.size + 1) / m.size, color=color,
+                label=f"{label} (mean {m.mean():.3f} m)")
+    ax.axvline(0.16, color="tab:red", ls="--", lw=1, label="blog: 0.16 m")
+    ax.set_xscale("log")
+    ax.set_xlabel("|miss| (m), held-out targets within reach")
+    ax.set_ylabel("fraction of targets")
+    ax.set_title("Same network, same simulator budget: what the gradient through the simulator buys", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_learning_curve(curve, path):
@@ -1090,8 +1386,8 @@ def _throw_gif_figure(shot, plt):
     a = dict(arm=left.plot([], [], color="saddlebrown", lw=3)[0], rod=left.plot([], [], color="0.2", lw=1.5)[0],
              counterweight=_square(weight[0], 0.32, 1.0))
     left.add_patch(a["counterweight"])
-    a.update(sling=left.plot([], [], color="tab:brown", lw=1)[0], near_path=left.plot([], [], color="tab:green", lw=1)[0],
-             ball=left.plot([], [], "o", color="black", ms=4)[0])
+    a.update(sling=left.plot([], [], color="tab:brown", lw=1)[0],
+             near_path=left.plot([], [], color="tab:green", lw=1)[0], ball=left.plot([], [], "o", color="black", ms=4)[0])
     for ax in (left, right):
         ax.axhline(0, color="0.3", lw=1)
     left.set_aspect("equal")
