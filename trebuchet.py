@@ -35,9 +35,9 @@ import numpy as np
 # ----------------------------------------------------------------------------
 # 1. Settings: the lesson run's values, what --full changes, and the task
 # ----------------------------------------------------------------------------
-SETTINGS = dict(steps=500, batch=128, lr=2e-2, hidden=48, aim_within_reach=False, huber_delta=1.0,
+SETTINGS = dict(steps=600, batch=128, lr=2e-2, hidden=48, aim_within_reach=True, huber_delta=1.0,
                 eval_pairs=1000, eval_stream="test", model="virtualtrebuchet", compare_supervised=False, figures=True)
-FULL = dict(steps=4000, batch=256, hidden=64)
+FULL = dict(steps=2000, batch=256, hidden=64)
 HELP = dict(steps="training steps of the aimer",
             batch="shots per training step",
             lr="Adam's initial learning rate (cosine schedule to 0)",
