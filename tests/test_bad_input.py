@@ -147,6 +147,9 @@ TREBUCHET_CASES = [
     ["--seed", "-1"],
     ["--lr", "nan"],
     ["--lr", "1e308"],
+    ["--huber-delta", "0"],
+    ["--model", "bogus"],
+    ["--eval-stream", "train"],               # only 'test' and 'tuning' are held out
     ["--no-such-flag"],
 ]
 

@@ -240,3 +240,16 @@ def test_aiming_within_reach_asks_for_the_longest_throw():
     expected = abs(distance[0] - curve(0.0)[1]) - 0.5
     assert float(loss.data) == pytest.approx(expected, rel=1e-6)
     assert miss[0] == pytest.approx(distance[0] - 150.0)
+
+
+def test_select_model_switches_every_simulator_call():
+    """--model trebuchet_jl: shoot (the op the aimer trains through) then runs the reference model."""
+    try:
+        T.select_model("trebuchet_jl")
+        through_op = T.shoot(-2.0, math.radians(45.0), 200 * T.POUND).data
+    finally:
+        T.select_model("virtualtrebuchet")
+    reference = T.distance_and_jacobian(-2.0, math.radians(45.0), 200 * T.POUND, model=T.MODELS["trebuchet_jl"])[0]
+    default = T.shoot(-2.0, math.radians(45.0), 200 * T.POUND).data
+    assert through_op == pytest.approx(reference[0], rel=1e-12)
+    assert abs(through_op - default) > 1.0          # the two models differ by metres at 45°
