@@ -1,124 +1,73 @@
 """CartPole learned by backprop through a differentiable twin of the environment (DP), against REINFORCE (RL).
 
-The idea. Gymnasium's CartPole-v1 is ten lines of explicit-Euler physics. Written
-with our engine (one fused op, `cartpole_step`, whose VJP is the transposed
-Jacobian of the Euler step) it becomes a differentiable twin that reproduces
-gymnasium bit for bit. A cost on the state is then a loss. Backprop carries it
-through the physics into the force and into the policy network, and the RL
-problem becomes ordinary training. The action is discrete (push left or right),
-so the policy ends in a straight-through sign: forward sign(net(obs)), backward
-the identity; force = 10·sign. The RL baseline is REINFORCE with a learned
-baseline on the real environment, with the same engine, network and optimiser.
+The idea. Gymnasium's CartPole-v1 is ten lines of explicit-Euler physics. Written with our engine as one fused
+op, `cartpole_step`, whose backward is the transposed Jacobian of the Euler step, it becomes a differentiable
+twin that reproduces Gymnasium bit for bit. A cost on the state is then a loss: backprop carries it through the
+physics into the force and into the policy network, and the RL problem becomes ordinary training.
 
-Measured by `python cartpole_dp.py` (training seeds 0-9 for DP, 0-4 for RL;
-evaluation = 100 deterministic episodes of gymnasium.make("CartPole-v1") from
-reset seeds 1000000-1000099, which no training uses; bar = mean ≥ 475):
+    state s = (x, ẋ, θ, θ̇),   force F = 10·sign(net(s))     sign is straight-through: backward = identity
+    s' = s + τ·f(s, F)                                       explicit Euler, τ = 0.02 s, as in Gymnasium
+    cost(s') = (r_x·r_θ − 2.4·0.2094)²                       r_x, r_θ = distances to the failure limits
+    one Adam step on ∂cost/∂weights after every simulated step (truncated BPTT, a one-step window)
 
-    DP episodes to the bar, seeds 0-9:   3 2 2 1 2 2 2 1 5 3   (mean 2.3, max 5; 10/10 ≤ 5)
-       gymnasium mean/min at that point: 500/500 499.8/483 500/500 499.9/491 500/500
-                                         483.1/319 499.8/479 480.7/316 500/500 497.7/421
-       simulated steps used: 800 per seed on average (8,002 in all)
-    RL episodes to the bar, seeds 0-4:   36 8 3 89 20          (mean 31.2, median 20; 2,683 env steps per seed)
-    RL / DP episodes:                    13.6
-    the saved policy (seed 0), reloaded by policy_from_file: mean 500.0, min 500
+The claim tested is the Flux team's (Innes, Joy and Karmali, 2019, "DP vs RL" on the Flux blog, with its code
+in FluxML/model-zoo): backprop through the simulator solves CartPole in "around 5 episodes", where RL needs
+hundreds. "Solved" here is Gymnasium's bar for CartPole-v1: a mean return ≥ 475 over deterministic episodes of
+the real environment. The RL comparison is REINFORCE with a learned baseline on the real environment, with the
+same engine, network (4-24-48-1, tanh) and optimizer.
 
-and by `--full` (DP seeds 0-29, RL seeds 0-19): DP 30/30 seeds within 5
-episodes (mean 2.23, max 5, 740 simulated steps); RL mean 47.5 and median 35.5
-episodes (3 to 157; 4,872 env steps). RL / DP = 21.2. So DP needs about 20 times
-fewer episodes. That is far from the blog's "around 5 against hundreds": with the
-same network, REINFORCE is a much stronger baseline than the blog's RL. With
-trainable biases it needs 85 episodes on average (--full).
+One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
+the policy is updated during it. After each training episode (DP and RL alike) the deterministic policy is
+evaluated, and training stops at the bar.
 
-Counting. One DP training episode is one trajectory of the twin from a reset
-(U(−0.05, 0.05)⁴, drawn from the training seed) until it fails or reaches 500
-steps; the policy is updated during it. After every training episode (DP and
-RL alike) the deterministic policy is screened on the twin from gymnasium's own
-start states: this replays gymnasium's 100 episodes exactly (a test checks it)
-at 1/20 of the cost. When the screen says ≥ 475, the same 100 episodes run on
-gymnasium itself, and the bar counts only if gymnasium agrees (it always has).
-Stopping at the first pass favours both methods equally.
+Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL seeds, figures (about a minute)
+      python cartpole_dp.py --full   # 30 DP seeds, 20 RL seeds, and what each design choice is worth
+Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, params.npz (the first DP
+seed's policy), curves.png and balancing.gif. To use a saved policy:
 
-What works, and why (the --full ablation: DP seeds 0-29, reached within 5 / within 10 episodes):
+    policy = cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")     # observation -> action 0 or 1
 
-  this script: tanh, biases fixed at 0, window 1 + lookahead   30/30   30/30
-  the Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03   2/30   18/30
-  ReLU hidden layers (biases fixed at 0)                       15/30   22/30
-  biases trained                                               10/30   30/30
-  window 2, no lookahead, gradient through the policy input    29/30   30/30
-  window 3, no lookahead, gradient through the policy input    16/30   16/30
-  window 3, lookahead, gradient through the policy input       30/30   30/30
-  window 4, lookahead, gradient through the policy input       23/30   25/30
-  window 4, lookahead, policy input detached                   29/30   30/30
-  window 16, lookahead, policy input detached                  23/30   30/30
-
-1. The network: tanh hidden layers with the biases fixed at 0. Raw
-   observations are about 0.05 in size, so the state-dependent part of the
-   output is tiny, while Adam moves every bias by about lr per step. The biases
-   take over and the policy collapses to a constant push (evaluation return 9).
-   Without biases a tanh network is odd, f(−s) = −f(s). That is the symmetry of
-   the physics (mirror the state and the right force is mirrored too). Near the
-   origin the network is linear, so the policy starts as a random linear switching
-   controller sign(k·s), the right family: sign(θ + 0.2θ̇ + 0.1x + 0.1ẋ) lasts
-   500 steps in all 100 evaluation episodes. The prior alone does something: 4
-   of 100 untrained networks already pass (--full), so "1 episode" results are
-   partly the prior. RL gets the same network.
-2. The window: one step, each force credited with the positions it first moves.
-   Under explicit Euler a force changes the velocities at the next step and the
-   positions one step later. The Flux cost looks at positions only, so the last
-   action of every window gets no gradient; here the cost is taken at x + τẋ,
-   θ + τθ̇ (the next positions, already fixed by the state). Longer windows do
-   not help, for a reason specific to the straight-through sign. With the
-   gradient also flowing through the policy's input (the state that one force
-   produced sets the next force), the backward pass sees a feedback loop of gain
-   10·∂net/∂s. That gain is large for a good bang-bang controller, and under
-   explicit Euler the linearised loop is unstable. Each step back flips the
-   gradient's sign and multiplies its size by about 10 (median over 4 trained
-   policies × 8 states; 2.5 to 150 in 80% of cases; --full prints one such
-   window). A window's gradient is then dominated by its first action, with a
-   sign set by the parity of the number of credited actions (W − 1 without the
-   lookahead, W with it): one or three work, two or four do not (table).
-   Detaching the policy's input removes the parity effect, but long windows
-   then give only greedy open-loop sensitivities and fewer updates (window 16:
-   23/30 within 5, mean 4.2 episodes). A one-step window gives one Adam step per
-   simulated step, the most updates an episode can give.
-3. The cost: the Flux per-step loss (r_x r_θ − 2.4·0.2094)², where r_x and r_θ are
-   the distances of the cart and of the angle to their limits. In development
-   runs (not reproduced by --full) a quadratic cost, a log barrier, and a cost on
-   the pole tip x + 2l·sinθ were no better (tip 177/180 seeds within 5, Flux
-   178/180). Adam's lr 0.01 beat 0.003 and 0.03.
-What still fails, 2 seeds in 180 in development runs (they needed 6 and 7
-episodes): a single trajectory stays close to the switching surface, where
-ẋ is nearly a function of the other coordinates. Its coefficient is then poorly
-determined and can take the greedy (wrong) sign, and the cart drifts.
-
-The RL baseline: P(push right) = σ(net(obs)), returns-to-go with γ = 0.99,
-advantages G_t − V(s_t) normalised per episode, one Adam(0.01) update per
-episode, and a value network of the same shape (with biases: V is even in s).
-Tuned like DP's (seeds 0-9, mean episodes to the bar): lr 0.01 gave 42, against
-92 and 86 for lr 0.02 and 0.03 and 180 for 0.001. γ 0.95 or 0.999 and a value
-lr of 0.03 were within seed noise (43, 32, 33).
-
-Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL seeds, figures: 44 s (19 s of CPU)
-      python cartpole_dp.py --full   # 30 DP seeds, 20 RL seeds, the ablations: 8 min (3.2 min of CPU)
-(wall times measured on 2 cores shared with other jobs)
-RL is cheap here (about 3 s per seed), so the default run includes five RL
-curves, not only the --full run. Outputs in runs/cartpole_dp/: metrics.json,
-params.npz (the seed-0 DP policy), curves.png and balancing.gif. To use a policy:
-
-    policy = cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")
-    obs, _ = env.reset(); obs, reward, terminated, truncated, _ = env.step(policy(obs))
+Results: see README.md, section cartpole_dp.py.
 """
 
 import math
 import os
 import time
 
+import autodiff as ad   # first: it makes BLAS single-threaded before NumPy loads (small matrices, shared cores)
 import numpy as np
 
-import autodiff as ad
+# ----------------------------------------------------------------------------
+# 1. Settings: the lesson run's values; --full only adds seeds (and the ablations)
+# ----------------------------------------------------------------------------
+SETTINGS = {
+    "dp_seeds": 10,             # DP training seeds: --seed, --seed + 1, ...
+    "dp_max_episodes": 10,
+    "rl_seeds": 5,
+    "rl_max_episodes": 1000,
+    "window": 1,
+    "lr": 0.01,
+}
+FULL = {"dp_seeds": 30, "rl_seeds": 20}
+HELP = {
+    "dp_seeds": "DP training seeds",
+    "dp_max_episodes": "give up on a DP seed after this many training episodes",
+    "rl_seeds": "RL training seeds (0 skips RL)",
+    "rl_max_episodes": "give up on an RL seed after this many training episodes",
+    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
+    "lr": "DP: Adam learning rate",
+}
+TYPES = {
+    "dp_seeds": ad.runs.whole(1, 1000),
+    "dp_max_episodes": ad.runs.whole(1, 10_000),
+    "rl_seeds": ad.runs.whole(0, 1000),
+    "rl_max_episodes": ad.runs.whole(1, 100_000),
+    "window": ad.runs.whole(1, 500),
+    "lr": ad.runs.number(exclusive_minimum=0.0),
+}
 
 # ----------------------------------------------------------------------------
-# Gymnasium's CartPole-v1, constant for constant
+# 2. Environment: Gymnasium's CartPole-v1, constant for constant, as a differentiable twin
 # ----------------------------------------------------------------------------
 GRAVITY = 9.8
 MASS_CART = 1.0
@@ -135,8 +84,8 @@ REWARD_THRESHOLD = 475.0          # gymnasium's registered reward_threshold
 
 
 def _dynamics(state, force):
-    """Gymnasium's equations, in gymnasium's order of operations (so the
-    results agree to the last bit), on a batch of states (B, 4)."""
+    """Gymnasium's equations, in Gymnasium's order of operations (so the results agree to the last bit), on a
+    batch of states (B, 4)."""
     x, x_dot, theta, theta_dot = state[:, 0], state[:, 1], state[:, 2], state[:, 3]
     costheta, sintheta = np.cos(theta), np.sin(theta)
     temp = (force + POLEMASS_LENGTH * np.square(theta_dot) * sintheta) / TOTAL_MASS
@@ -148,15 +97,20 @@ def _dynamics(state, force):
 
 @ad.primitive
 def cartpole_step(state, force):
-    """One explicit-Euler step of CartPole for a batch: state (B, 4) =
-    [x, ẋ, θ, θ̇], force (B,) in newtons. Returns the next state (B, 4).
+    """One explicit-Euler step of CartPole for a batch: state (B, 4) = [x, ẋ, θ, θ̇], force (B,) in newtons.
 
-        temp = (F + m_p l θ̇² sinθ) / M
-        θ̈    = (g sinθ − cosθ temp) / (l (4/3 − m_p cos²θ / M))
-        ẍ    = temp − m_p l θ̈ cosθ / M
-        x' = x + τ ẋ,  ẋ' = ẋ + τ ẍ,  θ' = θ + τ θ̇,  θ̇' = θ̇ + τ θ̈
+        temp = (F + m_p l θ̇² sinθ) / M,   D = l (4/3 − m_p cos²θ / M)
+        θ̈ = (g sinθ − cosθ·temp) / D,     ẍ = temp − (m_p l / M) θ̈ cosθ
+        x' = x + τẋ,  ẋ' = ẋ + τẍ,  θ' = θ + τθ̇,  θ̇' = θ̇ + τθ̈
 
-    The VJP is the transpose of this map's Jacobian, written out by hand."""
+    The VJP, derived by hand: only ẍ and θ̈ depend on θ, θ̇ and F, so with g' = ∂L/∂s' the chain rule gives
+        ∂L/∂x = g'_x,   ∂L/∂ẋ = g'_ẋ + τ g'_x,   ∂L/∂θ = g'_θ + τ (g'_ẋ ∂ẍ/∂θ + g'_θ̇ ∂θ̈/∂θ),
+        ∂L/∂θ̇ = g'_θ̇ + τ g'_θ + τ (g'_ẋ ∂ẍ/∂θ̇ + g'_θ̇ ∂θ̈/∂θ̇),   ∂L/∂F = τ (g'_ẋ ∂ẍ/∂F + g'_θ̇ ∂θ̈/∂F),
+    with the quotient rule for θ̈ = N/D: ∂θ̈/∂θ = (g cosθ + sinθ·temp − cosθ ∂temp/∂θ − θ̈ ∂D/∂θ) / D,
+    ∂D/∂θ = 2 l m_p cosθ sinθ / M, ∂temp/∂θ = (m_p l/M) θ̇² cosθ, ∂temp/∂θ̇ = 2 (m_p l/M) θ̇ sinθ, ∂temp/∂F = 1/M,
+    and ∂ẍ/∂· = ∂temp/∂· − (m_p l/M)(cosθ ∂θ̈/∂· − θ̈ sinθ [for θ only]).
+    Checked against finite differences by tests/test_cartpole_dp.py::test_fused_step_gradient_matches_finite_differences,
+    and the forward against Gymnasium by test_twin_step_equals_gymnasium_for_random_states_and_both_actions."""
     state = np.asarray(state, dtype=np.float64)
     force = np.broadcast_to(np.asarray(force, dtype=np.float64), state.shape[:1])
     cos, sin, temp, denom, thetaacc, xacc = _dynamics(state, force)
@@ -166,7 +120,6 @@ def cartpole_step(state, force):
     def vjp(g):
         g_x, g_xdot, g_theta, g_thetadot = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
         k = POLEMASS_LENGTH / TOTAL_MASS
-        # partial derivatives of temp, θ̈ and ẍ with respect to θ, θ̇ and F
         dtemp_dth, dtemp_dthd, dtemp_dF = k * theta_dot ** 2 * cos, 2 * k * theta_dot * sin, 1.0 / TOTAL_MASS
         ddenom_dth = 2 * LENGTH * MASS_POLE * cos * sin / TOTAL_MASS
         dthacc_dth = ((GRAVITY * cos + sin * temp - cos * dtemp_dth) - thetaacc * ddenom_dth) / denom
@@ -196,12 +149,12 @@ def reset_states(rng, batch=1):
 
 
 def as_observation(state):
-    """What gymnasium shows the agent: the float64 state rounded to float32."""
+    """What Gymnasium shows the agent: the float64 state rounded to float32."""
     return np.asarray(state, dtype=np.float32).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------
-# The network (the same shape for DP and RL): 4 -> 24 -> 48 -> 1, tanh hidden
+# 3. Model: one network shape for DP and RL, 4 -> 24 -> 48 -> 1, tanh hidden, biases fixed at 0
 # ----------------------------------------------------------------------------
 SIZES = (4, 24, 48, 1)
 ACTIVATION = "tanh"
@@ -211,64 +164,32 @@ def make_network(rng):
     return ad.nn.MLP(SIZES, rng, activation=ACTIVATION, out_activation=None)
 
 
-def forward_numpy(weights, obs):
-    """The same network in plain NumPy, for acting (no graph): weights is the
-    list [W1, b1, W2, b2, W3, b3], obs is (B, 4) or (4,); returns (B,) or ()."""
-    h = np.asarray(obs, dtype=np.float64)
-    for i in range(0, len(weights) - 2, 2):
-        h = np.tanh(h @ weights[i] + weights[i + 1])
-    return (h @ weights[-2] + weights[-1])[..., 0]
-
-
-def weights_of(network):
-    return [p.data for p in network.parameters()]
-
-
-def scorer(network):
-    """obs (B, 4) or (4,) -> network output, without building a graph. The
-    tanh network runs in plain NumPy (fast for single observations)."""
-    if network.activation == ACTIVATION and network.out_activation is None:
-        weights = [w.copy() for w in weights_of(network)]
-        return lambda obs: forward_numpy(weights, obs)
-
-    def score(obs):
-        with ad.no_grad():
-            return network(ad.Tensor(np.atleast_2d(obs))).data[:, 0].reshape(np.shape(obs)[:-1])
-    return score
-
-
-def gym_action(score):
-    """Network output -> gymnasium action: 1 (push right, +10 N) if ≥ 0 else 0.
-    For DP this is the forward of the straight-through sign; for RL it is the
-    deterministic (most likely) action of the Bernoulli policy σ(score)."""
-    return int(score >= 0.0)
-
-
 def trainable_weights(network):
-    """The weight matrices only: the policy's biases stay at zero (see the
-    docstring: a tanh network without biases is odd, f(−s) = −f(s), like the
-    physics, and raw observations of size 0.05 would otherwise be swamped by
-    biases that Adam moves as fast as the weights)."""
+    """The weight matrices only: the biases stay at 0. Raw observations are about 0.05 in size, and Adam moves
+    a bias as fast as a weight, so trained biases swamp the state and the policy collapses to a constant push.
+    Without biases a tanh network is odd, f(−s) = −f(s), like the physics (mirror the state, mirror the push),
+    and near the origin it starts as a random linear switching controller sign(k·s): the right family."""
     return [p for name, p in network.named_parameters().items() if name.startswith("W")]
 
 
-# ----------------------------------------------------------------------------
-# DP: the training signal, and one training episode of truncated BPTT
-# ----------------------------------------------------------------------------
 def dp_force(policy, state):
-    """Force for a batch of states (Tensor (B, 4)) as a Tensor (B,) = 10·sign(policy(obs)).
-    The policy reads the float32-rounded observation, as under gymnasium; the
-    rounding is added as a constant, so a gradient can still reach the state."""
+    """Force for a batch of states (Tensor (B, 4)) as a Tensor (B,) = 10·sign(policy(obs)), the sign
+    straight-through. The policy reads the float32-rounded observation, as under Gymnasium; the rounding is
+    added as a constant, so a gradient can still reach the state."""
     rounding = ad.Tensor(as_observation(state.data) - state.data)
     sign = ad.straight_through_sign(policy(state + rounding))
     return FORCE_MAG * sign[:, 0]
 
 
+# ----------------------------------------------------------------------------
+# 4. Loss: the Flux per-step cost on the state, one step ahead
+# ----------------------------------------------------------------------------
 def step_cost(state, lookahead=True):
-    """The Flux per-step loss: (r_x r_θ − 2.4·0.2094)², where r_x and r_θ are
-    the distances of the cart and the angle to their failure limits (zero
-    beyond). With lookahead it is measured at x + τẋ, θ + τθ̇: the positions one
-    step later, already fixed by this state (see the docstring for why)."""
+    """(r_x r_θ − 2.4·0.2094)², the per-step loss of the original (Flux's code), where r_x and r_θ are the
+    distances of the cart and of the angle to their failure limits (0 beyond). Under explicit Euler a force
+    moves the velocities at the next step and the positions only one step later, so a cost on the positions
+    alone gives the last force of a window no gradient. With lookahead the cost is taken at x + τẋ, θ + τθ̇:
+    the positions one step later, already fixed by this state."""
     x, theta = state[:, 0], state[:, 2]
     if lookahead:
         x, theta = x + TAU * state[:, 1], theta + TAU * state[:, 3]
@@ -277,13 +198,18 @@ def step_cost(state, lookahead=True):
     return ad.mean((r_x * r_theta - X_LIMIT * THETA_LIMIT) ** 2)
 
 
+# ----------------------------------------------------------------------------
+# 5. Update: one window of truncated BPTT, then one Adam step
+# ----------------------------------------------------------------------------
 def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False):
-    """One training episode: a trajectory of the twin from a reset until it
-    fails or reaches 500 steps, with one Adam step per window of `window` steps
-    (truncated BPTT: each window starts from the previous one's state, detached).
-    closed_loop=True also lets the gradient flow through the policy's input
-    (how the state a force produced changes the next force). Returns the
-    number of steps, which is this episode's return."""
+    """One training episode: a trajectory of the twin from a reset until it fails or reaches 500 steps, with
+    one Adam step per window of `window` steps (each window starts from the previous one's state, detached).
+    Returns the number of steps, which is this episode's return.
+
+    Why one step: with closed_loop=True the gradient also flows through the policy's input (the state one force
+    produced sets the next force). For a good bang-bang policy that backward loop has a gain of about −10 per
+    step, so a longer window's gradient is dominated by its first force, with a sign set by the window's
+    length (`closed_loop_force_gradients` measures it). One step also gives the most updates per episode."""
     state, steps, done = reset_states(rng), 0, False
     while not done:
         s, costs = ad.Tensor(state), []
@@ -302,40 +228,34 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
     return steps
 
 
-def closed_loop_force_gradients(policy, state, steps=6):
-    """dL/dF_k for the forces of one window with the gradient flowing through
-    the policy's input, L = the cost after the window. For a trained bang-bang
-    policy these alternate in sign and grow going back: the reason longer
-    closed-loop windows fail (docstring, point 2)."""
-    s, forces = ad.Tensor(np.atleast_2d(state)), []
-    for _ in range(steps):
-        forces.append(dp_force(policy, s))
-        s = cartpole_step(s, forces[-1])
-    step_cost(s).backward()
-    policy.zero_grad()
-    return np.array([float(f.grad[0]) for f in forces])
+# ----------------------------------------------------------------------------
+# 6. Training: train a DP policy from one seed until the bar
+# ----------------------------------------------------------------------------
+def run_dp(seed, eval_states, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
+           activation=ACTIVATION, out_activation=None, train_biases=False, confirm_on_gym=True):
+    """Train a DP policy from `seed` until the bar or `max_episodes`, evaluating after every episode.
+    Returns (network, record) with per-episode returns and evaluations."""
+    rng = np.random.default_rng(seed)
+    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation)
+    params = policy.parameters() if train_biases else trainable_weights(policy)
+    optimizer = ad.optim.Adam(params, lr)
+    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
+    for episode in range(1, max_episodes + 1):
+        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop)
+        record["train_return"].append(steps)
+        record["steps"] += steps
+        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
+            record["episodes_to_bar"] = episode
+            break
+    return policy, record
 
 
 # ----------------------------------------------------------------------------
-# RL baseline: REINFORCE with a learned baseline, on the real gymnasium env
+# 7. Baseline: REINFORCE with a learned baseline, on the real Gymnasium environment
 # ----------------------------------------------------------------------------
-def run_rl_episode(env, weights, obs, rng):
-    """Sample one episode from the Bernoulli policy P(push right) = σ(net(obs))."""
-    observations, actions, rewards, done = [], [], [], False
-    while not done:
-        p_right = 1.0 / (1.0 + np.exp(-forward_numpy(weights, obs)))
-        action = int(rng.random() < p_right)
-        observations.append(obs)
-        actions.append(action)
-        obs, reward, term, trunc, _ = env.step(action)
-        rewards.append(reward)
-        done = term or trunc
-    return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
-
-
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
-    """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised; V is
-    regressed on the returns-to-go G_t = Σ_k γ^k r_{t+k}."""
+    """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
+    returns-to-go G_t = Σ_k γ^k r_{t+k}. π(push right) = σ(net(s))."""
     returns = np.zeros(len(rewards))
     running = 0.0
     for t in reversed(range(len(rewards))):
@@ -357,47 +277,47 @@ def reinforce_update(policy, value, policy_opt, value_opt, observations, actions
     value_opt.step()
 
 
-# ----------------------------------------------------------------------------
-# Evaluation: 100 episodes of the real CartPole-v1 from seeds no training used
-# ----------------------------------------------------------------------------
-EVAL_SEEDS = tuple(range(1_000_000, 1_000_100))
-
-
-def gym_initial_states(seeds):
-    """The float64 states gymnasium's CartPole-v1 starts from after reset(seed=s)."""
+def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False,
+           confirm_on_gym=True):
+    """REINFORCE with a learned baseline on Gymnasium's CartPole-v1, one update per episode, evaluated after
+    every episode like DP. Same network, same engine, same optimizer. lr 0.01 was the best of 0.001-0.03."""
     import gymnasium as gym
+    rng = np.random.default_rng(seed)
+    policy, value = make_network(rng), make_network(rng)
+    policy_opt = ad.optim.Adam(policy.parameters() if train_biases else trainable_weights(policy), lr)
+    value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
     env = gym.make("CartPole-v1")
-    states = []
-    for s in seeds:
-        env.reset(seed=int(s))
-        states.append(np.array(env.unwrapped.state, dtype=np.float64))
+    obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
+    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
+    for episode in range(1, max_episodes + 1):
+        observations, actions, rewards = sample_rl_episode(env, weights_of(policy), obs, rng)
+        obs, _ = env.reset()
+        record["train_return"].append(len(rewards))
+        record["steps"] += len(rewards)
+        reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
+        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
+            record["episodes_to_bar"] = episode
+            break
     env.close()
-    return np.array(states)
+    return policy, record
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: deterministic episodes of the real CartPole-v1 from starts no training uses
+# ----------------------------------------------------------------------------
+EVAL_SEEDS = tuple(range(1_000_000, 1_000_100))     # Gymnasium reset seeds of the evaluation episodes
 
 
 def evaluate_on_gym(score, seeds=EVAL_SEEDS):
-    """Returns of the deterministic policy on gymnasium.make("CartPole-v1");
-    score(obs) is the network's output, action = 1 if it is ≥ 0."""
-    import gymnasium as gym
-    env = gym.make("CartPole-v1")
-    returns = []
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        total, done = 0.0, False
-        while not done:
-            obs, reward, term, trunc, _ = env.step(gym_action(score(obs)))
-            total += reward
-            done = term or trunc
-        returns.append(total)
-    env.close()
-    return np.array(returns)
+    """Returns of the deterministic policy on gymnasium.make("CartPole-v1"), one episode per reset seed;
+    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0."""
+    result = ad.runs.play_episodes("CartPole-v1", lambda obs: (score(obs) >= 0.0).astype(int), seeds)
+    return result["returns"]
 
 
 def evaluate_on_twin(score, initial_states):
-    """The same evaluation on the twin, all episodes at once: from gymnasium's
-    own start states, with float32 observations, it replays gymnasium's
-    episodes exactly (tested), in ~1/20 of the time. Used to screen after every
-    training episode; the bar is then confirmed on gymnasium itself."""
+    """The same evaluation on the twin, all episodes at once: from Gymnasium's own start states, with float32
+    observations, it replays Gymnasium's episodes exactly (tested), in about 1/20 of the time."""
     state = np.array(initial_states, dtype=np.float64)
     alive = np.ones(len(state), dtype=bool)
     returns = np.zeros(len(state))
@@ -411,12 +331,9 @@ def evaluate_on_twin(score, initial_states):
     return returns
 
 
-# ----------------------------------------------------------------------------
-# Training runs: train, evaluate after every episode, stop at the bar
-# ----------------------------------------------------------------------------
 def reached_bar(score, eval_states, record, confirm_on_gym=True):
-    """Screen on the twin; if it says ≥ 475, confirm on gymnasium itself.
-    Appends the twin's mean to record["eval_mean"]; returns True at the bar."""
+    """The stopping rule, after every training episode: screen on the twin; if it says mean ≥ 475, confirm on
+    Gymnasium itself. Appends the twin's mean to record["eval_mean"]; returns True at the bar."""
     twin_returns = evaluate_on_twin(score, eval_states)
     record["eval_mean"].append(float(twin_returns.mean()))
     if twin_returns.mean() < REWARD_THRESHOLD or not confirm_on_gym:
@@ -427,48 +344,124 @@ def reached_bar(score, eval_states, record, confirm_on_gym=True):
     return gym_returns.mean() >= REWARD_THRESHOLD
 
 
-def run_dp(seed, eval_states, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
-           activation=ACTIVATION, out_activation=None, train_biases=False, confirm_on_gym=True):
-    """Train a DP policy from `seed` until the bar or `max_episodes`.
-    Returns (network, record) with per-episode returns and evaluations."""
-    rng = np.random.default_rng(seed)
-    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation)
-    params = policy.parameters() if train_biases else trainable_weights(policy)
-    optimizer = ad.optim.Adam(params, lr)
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
-    for episode in range(1, max_episodes + 1):
-        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop)
-        record["train_return"].append(steps)
-        record["steps"] += steps
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
-            record["episodes_to_bar"] = episode
-            break
-    return policy, record
+# ----------------------------------------------------------------------------
+# 9. main: train DP, train RL, measure, report
+# ----------------------------------------------------------------------------
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out = ad.runs.prepare_out(args.out)
+    eval_states = gym_initial_states(EVAL_SEEDS)
+    metrics = {"eval": "gymnasium CartPole-v1, deterministic policy, 100 episodes, "
+                       f"reset seeds {EVAL_SEEDS[0]}..{EVAL_SEEDS[-1]}; bar = mean >= {REWARD_THRESHOLD}"}
+
+    dp_policies, dp_records = train_seeds(
+        "DP", args.dp_seeds, args.seed,
+        lambda seed: run_dp(seed, eval_states, args.dp_max_episodes, window=args.window, lr=args.lr))
+    metrics["dp"] = summarise(dp_records, gym_fields=("gym_eval_mean", "gym_eval_min"))
+    metrics["dp"]["twin_screen_equals_gym"] = all(r.get("twin_equals_gym", True) for r in dp_records)
+    metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed)
+
+    rl_records = []
+    if args.rl_seeds:
+        _, rl_records = train_seeds("RL", args.rl_seeds, args.seed,
+                                    lambda seed: run_rl(seed, eval_states, args.rl_max_episodes))
+        metrics["rl"] = summarise(rl_records, gym_fields=("gym_eval_mean",))
+        if metrics["rl"]["mean_episodes"] and metrics["dp"]["mean_episodes"]:
+            metrics["rl_over_dp_episodes"] = metrics["rl"]["mean_episodes"] / metrics["dp"]["mean_episodes"]
+
+    if args.full:
+        long_run_extras(metrics, args, eval_states, dp_policies[0])
+
+    metrics["records"] = {"dp": dp_records, "rl": rl_records}
+    save_figures(out, dp_records, rl_records, dp_policies[0])
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_report(metrics)
+    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
+          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
+    return metrics
 
 
-def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False,
-           confirm_on_gym=True):
-    """REINFORCE with a learned baseline on gymnasium's CartPole-v1, evaluated
-    after every episode like DP. Same network, same engine, same optimiser."""
+# ============================== Part 2: running the experiment ==============================
+def parse_args(argv=None):
+    return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv)
+
+
+def train_seeds(method, n_seeds, first_seed, train):
+    """train(seed) -> (network, record) for n_seeds consecutive seeds, with a progress line per seed."""
+    networks, records = [], []
+    progress = ad.runs.Progress(n_seeds, f"{method} seeds", every=0)
+    steps_name = "sim_steps" if method == "DP" else "env_steps"
+    for i in range(n_seeds):
+        network, record = train(first_seed + i)
+        networks.append(network)
+        records.append(record)
+        progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
+                        **{steps_name: record["steps"]}, gym_mean=record.get("gym_eval_mean", float("nan")),
+                        gym_min=record.get("gym_eval_min", float("nan")))
+    return networks, records
+
+
+# ----------------------------------------------------------------------------
+# Acting without a graph, and the RL episode sampler
+# ----------------------------------------------------------------------------
+def forward_numpy(weights, obs):
+    """The tanh network in plain NumPy, for acting (no graph): weights is the list [W1, b1, W2, b2, W3, b3],
+    obs is (B, 4) or (4,); returns (B,) or (). Same as make_network(...)(obs), tested equal in
+    tests/test_cartpole_dp.py (test_policy_from_file_round_trip)."""
+    h = np.asarray(obs, dtype=np.float64)
+    for i in range(0, len(weights) - 2, 2):
+        h = np.tanh(h @ weights[i] + weights[i + 1])
+    return (h @ weights[-2] + weights[-1])[..., 0]
+
+
+def weights_of(network):
+    return [p.data for p in network.parameters()]
+
+
+def scorer(network):
+    """obs (B, 4) or (4,) -> network output, without building a graph. The tanh network runs in plain NumPy
+    (fast for single observations); other variants (the ablations) run through the engine."""
+    if network.activation == ACTIVATION and network.out_activation is None:
+        weights = [w.copy() for w in weights_of(network)]
+        return lambda obs: forward_numpy(weights, obs)
+
+    def score(obs):
+        with ad.no_grad():
+            return network(ad.Tensor(np.atleast_2d(obs))).data[:, 0].reshape(np.shape(obs)[:-1])
+    return score
+
+
+def gym_action(score):
+    """Network output -> Gymnasium action: 1 (push right, +10 N) if ≥ 0 else 0. For DP this is the forward of
+    the straight-through sign; for RL it is the deterministic (most likely) action of the policy σ(score)."""
+    return int(score >= 0.0)
+
+
+def sample_rl_episode(env, weights, obs, rng):
+    """Sample one training episode from the Bernoulli policy P(push right) = σ(net(obs))."""
+    observations, actions, rewards, done = [], [], [], False
+    while not done:
+        p_right = 1.0 / (1.0 + np.exp(-forward_numpy(weights, obs)))
+        action = int(rng.random() < p_right)
+        observations.append(obs)
+        actions.append(action)
+        obs, reward, term, trunc, _ = env.step(action)
+        rewards.append(reward)
+        done = term or trunc
+    return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
+
+
+def gym_initial_states(seeds):
+    """The float64 states Gymnasium's CartPole-v1 starts from after reset(seed=s)."""
     import gymnasium as gym
-    rng = np.random.default_rng(seed)
-    policy, value = make_network(rng), make_network(rng)
-    policy_opt = ad.optim.Adam(policy.parameters() if train_biases else trainable_weights(policy), lr)
-    value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
     env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
-    for episode in range(1, max_episodes + 1):
-        observations, actions, rewards = run_rl_episode(env, weights_of(policy), obs, rng)
-        obs, _ = env.reset()
-        record["train_return"].append(len(rewards))
-        record["steps"] += len(rewards)
-        reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
-            record["episodes_to_bar"] = episode
-            break
+    states = []
+    for s in seeds:
+        env.reset(seed=int(s))
+        states.append(np.array(env.unwrapped.state, dtype=np.float64))
     env.close()
-    return policy, record
+    return np.array(states)
 
 
 # ----------------------------------------------------------------------------
@@ -480,13 +473,13 @@ def save_policy(path, network, **extra):
 
 
 def policy_from_file(path):
-    """A function gymnasium observation -> gymnasium action (0 or 1), from a
-    params.npz written by this script. Raises ValueError naming the problem if
-    the file is corrupt or holds another network."""
+    """A function Gymnasium observation -> Gymnasium action (0 or 1), from a params.npz written by this script.
+    Raises ValueError (ad.runs.BadInput) naming the file and the problem if it is damaged or holds another
+    network."""
     network = make_network(0)
     arrays = ad.nn.load_parameters(path, network.named_parameters())
     if "sizes" in arrays and tuple(arrays["sizes"].tolist()) != SIZES:
-        raise ValueError(f"{path}: network sizes {tuple(arrays['sizes'].tolist())}, expected {SIZES}")
+        raise ad.runs.BadInput(f"{path}: network sizes {tuple(arrays['sizes'].tolist())}, expected {SIZES}")
     weights = weights_of(network)
 
     def policy(observation):
@@ -499,9 +492,63 @@ def policy_from_file(path):
     return policy
 
 
+def save_and_reload(out, network, record, seed):
+    """Save the policy to out/params.npz, reload it the way a user would, and score it on Gymnasium."""
+    path = os.path.join(out, "params.npz")
+    save_policy(path, network, seed=seed, episodes=len(record["train_return"]))
+    reloaded = policy_from_file(path)
+    returns = evaluate_on_gym(lambda obs: np.array([1.0 if reloaded(o) else -1.0 for o in obs]))
+    return {"seed": seed, "training_episodes": len(record["train_return"]),
+            "gym_eval_mean": float(returns.mean()), "gym_eval_min": float(returns.min())}
+
+
+# ----------------------------------------------------------------------------
+# Summaries and the printed report
+# ----------------------------------------------------------------------------
+def summarise(records, bar_episodes=5, gym_fields=()):
+    episodes = [r["episodes_to_bar"] for r in records]
+    reached = [e for e in episodes if e is not None]
+    steps = [r["steps"] for r in records if r["episodes_to_bar"]]
+    summary = {"episodes_to_bar": episodes, "reached": len(reached), "seeds": len(records),
+               "within_5": sum(e <= bar_episodes for e in reached),
+               "mean_episodes": float(np.mean(reached)) if reached else None,
+               "median_episodes": float(np.median(reached)) if reached else None,
+               "max_episodes": max(reached) if reached else None,
+               "simulated_steps_to_bar": [r["steps"] for r in records],
+               "mean_steps_to_bar": float(np.mean(steps)) if reached else None}
+    for field in gym_fields:
+        summary[field] = [r.get(field) for r in records]
+    return summary
+
+
+def print_report(metrics):
+    dp, rl = metrics["dp"], metrics.get("rl") or {}
+    rows = [["seeds reaching the bar", f"{dp['reached']}/{dp['seeds']}",
+             f"{rl['reached']}/{rl['seeds']}" if rl else None],
+            ["episodes to the bar, per seed", str(dp["episodes_to_bar"]), str(rl.get("episodes_to_bar"))],
+            ["mean episodes", dp["mean_episodes"], rl.get("mean_episodes")],
+            ["median episodes", dp["median_episodes"], rl.get("median_episodes")],
+            ["max episodes", dp["max_episodes"], rl.get("max_episodes")],
+            ["mean simulated / env steps used", dp["mean_steps_to_bar"], rl.get("mean_steps_to_bar")],
+            ["seeds within 5 episodes", f"{dp['within_5']}/{dp['seeds']}",
+             f"{rl['within_5']}/{rl['seeds']}" if rl else None],
+            ["RL episodes / DP episodes", None, metrics.get("rl_over_dp_episodes")]]
+    ad.runs.print_table(["", "DP (twin, BPTT)", "RL (REINFORCE)"], rows,
+                        title="Training episodes to the bar (mean >= 475 on Gymnasium CartPole-v1)")
+    sp = metrics["saved_policy"]
+    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on gymnasium: "
+          f"mean {sp['gym_eval_mean']:.1f}, min {sp['gym_eval_min']:.0f} over 100 episodes")
+
+
 # ----------------------------------------------------------------------------
 # Figures: learning curves and a GIF of the learned policy
 # ----------------------------------------------------------------------------
+def save_figures(out, dp_records, rl_records, network):
+    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records)
+    states = record_gym_episode(scorer(network), EVAL_SEEDS[0])
+    save_balancing_gif(os.path.join(out, "balancing.gif"), states)
+
+
 def plot_curves(path, dp_records, rl_records):
     plt = ad.runs.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -521,22 +568,15 @@ def plot_curves(path, dp_records, rl_records):
     ax.set_ylim(0, 520)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ad.runs.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=110)
 
 
 def record_gym_episode(score, seed):
-    """States of one real gymnasium episode under the deterministic policy."""
-    import gymnasium as gym
-    env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=int(seed))
-    states, done = [np.array(env.unwrapped.state)], False
-    while not done:
-        obs, _, term, trunc, _ = env.step(gym_action(score(obs)))
-        states.append(np.array(env.unwrapped.state))
-        done = term or trunc
-    env.close()
-    return np.array(states)
+    """Observations of one real Gymnasium episode under the deterministic policy."""
+    observations = []
+    ad.runs.play_episodes("CartPole-v1", lambda obs: (score(obs) >= 0.0).astype(int), [seed],
+                          watch=lambda t, obs, running: observations.append(obs[0].copy()))
+    return np.array(observations)
 
 
 def save_balancing_gif(path, states, every=4):
@@ -581,153 +621,51 @@ ABLATIONS = {   # name -> keyword arguments of run_dp
 }
 
 
-def summarise(records, bar_episodes=5):
-    episodes = [r["episodes_to_bar"] for r in records]
-    reached = [e for e in episodes if e is not None]
-    return {"episodes_to_bar": episodes,
-            "reached": len(reached), "seeds": len(records),
-            "within_5": sum(e <= bar_episodes for e in reached),
-            "mean_episodes": float(np.mean(reached)) if reached else None,
-            "median_episodes": float(np.median(reached)) if reached else None,
-            "max_episodes": max(reached) if reached else None,
-            "simulated_steps_to_bar": [r["steps"] for r in records],
-            "mean_steps_to_bar": float(np.mean([r["steps"] for r in records if r["episodes_to_bar"]]))
-            if reached else None}
+def closed_loop_force_gradients(policy, state, steps=6):
+    """dL/dF_k for the forces of one window with the gradient flowing through the policy's input, L = the cost
+    after the window. For a trained bang-bang policy these alternate in sign and grow going back: the reason
+    longer closed-loop windows fail (train_dp_episode)."""
+    s, forces = ad.Tensor(np.atleast_2d(state)), []
+    for _ in range(steps):
+        forces.append(dp_force(policy, s))
+        s = cartpole_step(s, forces[-1])
+    step_cost(s).backward()
+    policy.zero_grad()
+    return np.array([float(f.grad[0]) for f in forces])
 
 
 def untrained_pass_rate(eval_states, seeds):
-    """How often a freshly initialised network already passes: a reminder
-    that 'reached the bar after 1 episode' is partly the prior."""
+    """How often a freshly initialised network already passes: 'reached the bar after 1 episode' is partly
+    the prior."""
     means = [evaluate_on_twin(scorer(make_network(np.random.default_rng(s))), eval_states).mean() for s in seeds]
     return float(np.mean(np.array(means) >= REWARD_THRESHOLD))
 
 
-# ----------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------
-def parse_args(argv):
-    parser = ad.runs.parser(__doc__, "cartpole_dp")
-    parser.add_argument("--dp-seeds", type=ad.runs.positive_int, default=None,
-                        help="DP training seeds (default 10; 30 with --full)")
-    parser.add_argument("--dp-max-episodes", type=ad.runs.positive_int, default=10,
-                        help="give up on a DP seed after this many training episodes")
-    parser.add_argument("--rl-seeds", type=ad.runs.nonnegative_int, default=None,
-                        help="RL training seeds (default 5; 20 with --full; 0 skips RL)")
-    parser.add_argument("--rl-max-episodes", type=ad.runs.positive_int, default=1000,
-                        help="give up on an RL seed after this many training episodes")
-    parser.add_argument("--window", type=ad.runs.positive_int, default=1, help="DP: steps per BPTT window")
-    parser.add_argument("--lr", type=ad.runs.positive_float, default=0.01, help="DP: Adam learning rate")
-    args = parser.parse_args(argv)
-    if args.dp_seeds is None:
-        args.dp_seeds = 30 if args.full else 10
-    if args.rl_seeds is None:
-        args.rl_seeds = 20 if args.full else 5
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    started = time.perf_counter()
-    out = ad.runs.prepare_out(args.out)
-    eval_states = gym_initial_states(EVAL_SEEDS)
-    metrics = {"eval": "gymnasium CartPole-v1, deterministic policy, 100 episodes, "
-                       f"reset seeds {EVAL_SEEDS[0]}..{EVAL_SEEDS[-1]}; bar = mean >= {REWARD_THRESHOLD}"}
-
-    # -- DP: backprop through the twin, from several training seeds -------------
-    dp_records, dp_policies = [], []
-    progress = ad.runs.Progress(args.dp_seeds, "DP seeds", every=0)
-    for i in range(args.dp_seeds):
-        policy, record = run_dp(args.seed + i, eval_states, args.dp_max_episodes, window=args.window, lr=args.lr)
-        dp_records.append(record)
-        dp_policies.append(policy)
-        progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
-                        sim_steps=record["steps"], gym_mean=record.get("gym_eval_mean", float("nan")),
-                        gym_min=record.get("gym_eval_min", float("nan")))
-    metrics["dp"] = summarise(dp_records)
-    metrics["dp"]["gym_eval_mean"] = [r.get("gym_eval_mean") for r in dp_records]
-    metrics["dp"]["gym_eval_min"] = [r.get("gym_eval_min") for r in dp_records]
-    metrics["dp"]["twin_screen_equals_gym"] = all(r.get("twin_equals_gym", True) for r in dp_records)
-
-    # -- the saved policy, reloaded the way a user would -----------------------
-    params_path = os.path.join(out, "params.npz")
-    save_policy(params_path, dp_policies[0], seed=args.seed, episodes=len(dp_records[0]["train_return"]))
-    reloaded = policy_from_file(params_path)
-    saved_returns = evaluate_on_gym(lambda obs: 1.0 if reloaded(obs) else -1.0)
-    metrics["saved_policy"] = {"seed": args.seed, "training_episodes": len(dp_records[0]["train_return"]),
-                               "gym_eval_mean": float(saved_returns.mean()), "gym_eval_min": float(saved_returns.min())}
-
-    # -- RL: REINFORCE with a baseline on the real environment -----------------
-    rl_records = []
-    if args.rl_seeds:
-        progress = ad.runs.Progress(args.rl_seeds, "RL seeds", every=0)
-        for i in range(args.rl_seeds):
-            _, record = run_rl(args.seed + i, eval_states, args.rl_max_episodes)
-            rl_records.append(record)
-            progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
-                            env_steps=record["steps"], gym_mean=record.get("gym_eval_mean", float("nan")),
-                            gym_min=record.get("gym_eval_min", float("nan")))
-        metrics["rl"] = summarise(rl_records)
-        metrics["rl"]["gym_eval_mean"] = [r.get("gym_eval_mean") for r in rl_records]
-        if metrics["rl"]["mean_episodes"] and metrics["dp"]["mean_episodes"]:
-            metrics["rl_over_dp_episodes"] = metrics["rl"]["mean_episodes"] / metrics["dp"]["mean_episodes"]
-
-    # -- the long run: what each choice is worth --------------------------------
-    if args.full:
-        seeds = range(args.seed, args.seed + 30)
-        state = eval_states[:1]
-        for _ in range(100):                  # a state on the trained policy's own trajectory
-            state = cartpole_step(state, np.where(scorer(dp_policies[0])(state) >= 0, FORCE_MAG, -FORCE_MAG)).data
-        grads = closed_loop_force_gradients(dp_policies[0], state)
-        metrics["closed_loop_force_gradients"] = grads
-        print("closed loop, dL/dF_k for k = 0..5:", np.array2string(grads, precision=2),
-              "| ratios dL/dF_k / dL/dF_k+1:", np.array2string(grads[:-1] / grads[1:], precision=1))
-        metrics["untrained_pass_rate"] = untrained_pass_rate(eval_states, range(args.seed, args.seed + 100))
-        print(f"untrained networks that already pass: {100 * metrics['untrained_pass_rate']:.0f}% of 100")
-        metrics["ablations"] = {}
-        for name, options in ABLATIONS.items():
-            records = [run_dp(s, eval_states, args.dp_max_episodes, confirm_on_gym=False, **options)[1]
-                       for s in seeds]
-            summary = summarise(records)
-            metrics["ablations"][name] = summary
-            print(f"ablation {name:56s} within 5 episodes {summary['within_5']:2d}/{len(records)}, "
-                  f"within {args.dp_max_episodes} {summary['reached']:2d}/{len(records)}", flush=True)
-        records = [run_rl(s, eval_states, args.rl_max_episodes, train_biases=True, confirm_on_gym=False)[1]
-                   for s in range(args.seed, args.seed + args.rl_seeds)]
-        summary = metrics["ablations"]["RL with biases trained"] = summarise(records)
-        print(f"ablation {'RL with biases trained':56s} episodes to the bar: mean {summary['mean_episodes']:.1f}, "
-              f"median {summary['median_episodes']:.1f} ({summary['reached']}/{len(records)} seeds)")
-
-    # -- figures ------------------------------------------------------------------
-    metrics["records"] = {"dp": dp_records, "rl": rl_records}
-    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records)
-    states = record_gym_episode(scorer(dp_policies[0]), EVAL_SEEDS[0])
-    save_balancing_gif(os.path.join(out, "balancing.gif"), states)
-    ad.runs.write_metrics(out, metrics, args, started)
-
-    # -- headline -----------------------------------------------------------------
-    dp, rl = metrics["dp"], metrics.get("rl")
-    print(f"\n{'':34s}{'DP (twin, BPTT)':>18s}{'RL (REINFORCE)':>18s}")
-    print(f"{'seeds reaching the bar':34s}{dp['reached']:>15d}/{dp['seeds']:<2d}"
-          + (f"{rl['reached']:>15d}/{rl['seeds']:<2d}" if rl else ""))
-    print(f"{'episodes to the bar, per seed':34s}{str(dp['episodes_to_bar'])}")
-    if rl:
-        print(f"{'':34s}{str(rl['episodes_to_bar'])}  (RL)")
-    print(f"{'mean / median / max episodes':34s}"
-          f"{dp['mean_episodes']:>8.2f} / {dp['median_episodes']:.1f} / {dp['max_episodes']:<3d}"
-          + (f"{rl['mean_episodes']:>7.1f} / {rl['median_episodes']:.1f} / {rl['max_episodes']:<3d}"
-             if rl and rl["mean_episodes"] else ""))
-    print(f"{'mean simulated / env steps used':34s}{dp['mean_steps_to_bar']:>18.0f}"
-          + (f"{rl['mean_steps_to_bar']:>18.0f}" if rl and rl["mean_steps_to_bar"] else ""))
-    print(f"{'DP seeds within 5 episodes':34s}{dp['within_5']:>15d}/{dp['seeds']}")
-    if "rl_over_dp_episodes" in metrics:
-        print(f"{'RL episodes / DP episodes':34s}{metrics['rl_over_dp_episodes']:>18.1f}")
-    sp = metrics["saved_policy"]
-    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on gymnasium: "
-          f"mean {sp['gym_eval_mean']:.1f}, min {sp['gym_eval_min']:.0f} over 100 episodes")
-    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
-          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
-    return metrics
+def long_run_extras(metrics, args, eval_states, policy):
+    """--full: the closed-loop gradient of one window, the untrained pass rate, and the ablation table."""
+    seeds = range(args.seed, args.seed + 30)
+    state = eval_states[:1]
+    for _ in range(100):                  # a state on the trained policy's own trajectory
+        state = cartpole_step(state, np.where(scorer(policy)(state) >= 0, FORCE_MAG, -FORCE_MAG)).data
+    grads = closed_loop_force_gradients(policy, state)
+    metrics["closed_loop_force_gradients"] = grads
+    print("closed loop, dL/dF_k for k = 0..5:", np.array2string(grads, precision=2),
+          "| ratios dL/dF_k / dL/dF_k+1:", np.array2string(grads[:-1] / grads[1:], precision=1))
+    metrics["untrained_pass_rate"] = untrained_pass_rate(eval_states, range(args.seed, args.seed + 100))
+    print(f"untrained networks that already pass: {100 * metrics['untrained_pass_rate']:.0f}% of 100")
+    metrics["ablations"] = {}
+    for name, options in ABLATIONS.items():
+        records = [run_dp(s, eval_states, args.dp_max_episodes, confirm_on_gym=False, **options)[1] for s in seeds]
+        summary = metrics["ablations"][name] = summarise(records)
+        print(f"ablation {name:56s} within 5 episodes {summary['within_5']:2d}/{len(records)}, "
+              f"within {args.dp_max_episodes} {summary['reached']:2d}/{len(records)}", flush=True)
+    records = [run_rl(s, eval_states, args.rl_max_episodes, train_biases=True, confirm_on_gym=False)[1]
+               for s in range(args.seed, args.seed + args.rl_seeds)]
+    summary = metrics["ablations"]["RL with biases trained"] = summarise(records)
+    print(f"ablation {'RL with biases trained':56s} episodes to the bar: "
+          f"mean {ad.runs.format_cell(summary['mean_episodes'])}, median {ad.runs.format_cell(summary['median_episodes'])}"
+          f" ({summary['reached']}/{len(records)} seeds)")
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)
