@@ -244,6 +244,7 @@ def run_dp(seed, eval_states, max_episodes, window=1, lookahead=True, closed_loo
         steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop)
         record["train_return"].append(steps)
         record["steps"] += steps
+        check_weights(policy, f"DP seed {seed}, training episode {episode}")
         if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
             record["episodes_to_bar"] = episode
             break
@@ -295,6 +296,7 @@ def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, 
         record["train_return"].append(len(rewards))
         record["steps"] += len(rewards)
         reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
+        check_weights(policy, f"RL seed {seed}, training episode {episode}")
         if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
             record["episodes_to_bar"] = episode
             break
@@ -350,6 +352,8 @@ def reached_bar(score, eval_states, record, confirm_on_gym=True):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.play:
+        return play(args, started)
     out = ad.runs.prepare_out(args.out)
     eval_states = gym_initial_states(EVAL_SEEDS)
     metrics = {"eval": "gymnasium CartPole-v1, deterministic policy, 100 episodes, "
@@ -384,7 +388,31 @@ def main(argv=None):
 
 # ============================== Part 2: running the experiment ==============================
 def parse_args(argv=None):
-    return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv)
+    return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
+                                add_arguments=add_arguments)
+
+
+def play(args, started):
+    """--play PARAMS: the saved policy's deterministic returns on Gymnasium, written to out/play.json."""
+    policy = policy_from_file(args.play)
+    out = ad.runs.prepare_out(args.out)
+    returns = evaluate_on_gym(lambda obs: np.array([policy(o) for o in obs]) * 2.0 - 1.0)
+    mean, se = ad.runs.mean_and_se(returns)
+    print(f"{args.play}: mean return {mean:.1f} ± {se:.1f} (min {returns.min():.0f}) over {len(returns)} "
+          f"Gymnasium CartPole-v1 episodes")
+    ad.runs.write_metrics(out, {"params": args.play, "returns": returns, "mean": mean, "se": se}, args, started,
+                          name="play.json")
+
+
+def add_arguments(parser):
+    parser.add_argument("--play", metavar="PARAMS", default=None,
+                        help="instead of training: play a saved params.npz on Gymnasium (writes play.json in --out)")
+
+
+def check_weights(network, when):
+    """A diverged run stops here, named (exit 3), before anything is saved: an earlier params.npz is kept."""
+    for name, p in network.named_parameters().items():
+        ad.runs.check_finite(f"weight {name}", p.data, when)
 
 
 def train_seeds(method, n_seeds, first_seed, train):
@@ -393,7 +421,8 @@ def train_seeds(method, n_seeds, first_seed, train):
     progress = ad.runs.Progress(n_seeds, f"{method} seeds", every=0)
     steps_name = "sim_steps" if method == "DP" else "env_steps"
     for i in range(n_seeds):
-        network, record = train(first_seed + i)
+        with np.errstate(over="ignore", invalid="ignore"):    # non-finite weights are caught, named, by check_weights
+            network, record = train(first_seed + i)
         networks.append(network)
         records.append(record)
         progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
@@ -535,6 +564,9 @@ def print_report(metrics):
             ["RL episodes / DP episodes", None, metrics.get("rl_over_dp_episodes")]]
     ad.runs.print_table(["", "DP (twin, BPTT)", "RL (REINFORCE)"], rows,
                         title="Training episodes to the bar (mean >= 475 on Gymnasium CartPole-v1)")
+    for name, summary in (("DP", dp), ("RL", rl)):
+        if summary and not summary["reached"]:
+            print(f"No {name} seed reached the bar within its training episodes (a result, not an error).")
     sp = metrics["saved_policy"]
     print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on gymnasium: "
           f"mean {sp['gym_eval_mean']:.1f}, min {sp['gym_eval_min']:.0f} over 100 episodes")

@@ -145,11 +145,29 @@ def test_trebuchet_refuses_bad_input(tmp_path):
 # cartpole_dp.py
 # ============================================================================
 CARTPOLE_CASES = [
+    ["--play", "{bad}"],                                   # every bad parameter file, refused on load
+    ["--out", ""], ["--out", "/proc/not_writable"], ["--out", "{tmp}/bad/random_bytes.npz"],
+    ["--seed", str(2**70)], ["--seed", "-1"],
+    ["--dp-seeds", "100000000000"], ["--dp-seeds", "1e11"], ["--dp-seeds", "0"],
+    ["--rl-max-episodes", "100000000000"], ["--dp-max-episodes", "100000000000"], ["--rl-seeds", "-1"],
+    ["--window", "0"], ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"], ["--no-such-flag"],
 ]
 
 
 def test_cartpole_dp_refuses_bad_input(tmp_path):
     run_cases("cartpole_dp", CARTPOLE_CASES, tmp_path)
+
+
+def test_cartpole_dp_divergence_and_bad_play_keep_existing_output(tmp_path):
+    """A diverged run (exit 3) and a bad --play file stop before writing: an earlier run's files stay."""
+    out = tmp_path / "earlier_run"
+    out.mkdir()
+    (out / "params.npz").write_bytes(b"an earlier run's policy")
+    (out / "metrics.json").write_text("{}")
+    assert "not finite" in assert_refused("cartpole_dp", ["--lr", "1e308", "--dp-seeds", "1", "--rl-seeds", "0",
+                                                          "--out", str(out)], untouched=out)
+    bad = make_bad_files(tmp_path / "bad")
+    assert_refused("cartpole_dp", ["--play", bad["nan_inside"], "--out", str(out)], untouched=out)
 
 
 # ============================================================================

@@ -1,6 +1,7 @@
 """cartpole_dp.py: the twin against gymnasium step for step, the fused step's
 gradient, learning on the real environment, and saved policies."""
 
+import json
 import subprocess
 import sys
 
@@ -151,3 +152,20 @@ def test_bad_command_line_values_are_rejected(capsys):
 def test_import_has_no_side_effects():
     code = "import sys, cartpole_dp; assert 'matplotlib' not in sys.modules and 'gymnasium' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=cp.os.path.dirname(cp.__file__))
+
+
+def test_no_seed_reaching_the_bar_is_reported_as_a_result_and_play_reads_the_saved_policy(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--dp-seeds", "1", "--dp-max-episodes", "1", "--rl-seeds", "1", "--rl-max-episodes", "2"]
+    done = subprocess.run([sys.executable, "cartpole_dp.py", *argv, "--out", str(out)], capture_output=True,
+                          text=True, cwd=cp.os.path.dirname(cp.__file__), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "No DP seed reached the bar" in done.stdout and "No RL seed reached the bar" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["dp"]["reached"] == 0 and metrics["dp"]["mean_episodes"] is None
+    played = subprocess.run([sys.executable, "cartpole_dp.py", "--play", str(out / "params.npz"), "--out",
+                             str(tmp_path / "play")], capture_output=True, text=True,
+                            cwd=cp.os.path.dirname(cp.__file__), timeout=300)
+    assert played.returncode == 0, played.stderr[-2000:]
+    record = json.loads((tmp_path / "play" / "play.json").read_text())["metrics"]
+    assert len(record["returns"]) == len(cp.EVAL_SEEDS) and record["mean"] == np.mean(record["returns"])
