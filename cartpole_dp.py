@@ -17,11 +17,14 @@ the real environment. The RL comparison is REINFORCE with a learned baseline on 
 same engine, network (4-24-48-1, tanh) and optimizer.
 
 One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
-the policy is updated during it. After each training episode (DP and RL alike) the deterministic policy is
-evaluated, and training stops at the bar.
+the policy is updated during it. Three disjoint sets of start states (section 8): after each training episode
+a stopping rule scores the policy on its own 100 starts; the result is then measured once on 1,000 starts that
+nothing else touches; a third set served development. Baselines on the same starts: REINFORCE, random search
+over untrained networks, and LQR on the linearised twin (zero episodes); and the original's own setting,
+CartPole-v0 (200 steps, bar 195), for the Flux setup and this script's.
 
-Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL seeds, figures (about a minute)
-      python cartpole_dp.py --full   # 30 DP seeds, 20 RL seeds, and what each design choice is worth
+Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL, 5 random-search, 3+3 CartPole-v0 (about a minute)
+      python cartpole_dp.py --full   # 30 seeds each (20 RL), 100 Gymnasium checks per policy, the ablations
 Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, params.npz (the first DP
 seed's policy), curves.png and balancing.gif. To use a saved policy:
 
@@ -33,37 +36,58 @@ Results: see README.md, section cartpole_dp.py.
 import math
 import os
 import time
+import warnings
 
 import autodiff as ad   # first: it makes BLAS single-threaded before NumPy loads (small matrices, shared cores)
 import numpy as np
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the lesson run's values; --full only adds seeds (and the ablations)
+# 1. Settings: the lesson run's values; --full adds seeds, Gymnasium checks and the ablations
 # ----------------------------------------------------------------------------
 SETTINGS = {
     "dp_seeds": 10,             # DP training seeds: --seed, --seed + 1, ...
     "dp_max_episodes": 10,
+    "margin": 10.0,             # the stopping rule: mean >= 475 + margin on the stopping starts
     "rl_seeds": 5,
     "rl_max_episodes": 1000,
+    "rs_seeds": 5,              # random search over untrained networks: its seeds, and draws per seed
+    "rs_draws": 25,
+    "v0_seeds": 3,              # the original's setting, CartPole-v0: seeds for the Flux setup and for this script
+    "v0_max_episodes": 50,
     "window": 1,
     "lr": 0.01,
+    "gym_check": 20,            # reported starts also played on Gymnasium itself, per policy
+    "ablations": False,         # what each design choice is worth (on the DP seeds, development starts)
 }
-FULL = {"dp_seeds": 30, "rl_seeds": 20}
+FULL = {"dp_seeds": 30, "rl_seeds": 20, "rs_seeds": 30, "v0_seeds": 30, "gym_check": 100, "ablations": True}
 HELP = {
     "dp_seeds": "DP training seeds",
     "dp_max_episodes": "give up on a DP seed after this many training episodes",
+    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
     "rl_seeds": "RL training seeds (0 skips RL)",
     "rl_max_episodes": "give up on an RL seed after this many training episodes",
+    "rs_seeds": "random-search seeds (0 skips it)",
+    "rs_draws": "untrained networks drawn per random-search seed",
+    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
+    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
     "window": "DP: simulated steps per BPTT window (one Adam step per window)",
     "lr": "DP: Adam learning rate",
+    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
+    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
 }
 TYPES = {
     "dp_seeds": ad.runs.whole(1, 1000),
     "dp_max_episodes": ad.runs.whole(1, 10_000),
+    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
     "rl_seeds": ad.runs.whole(0, 1000),
     "rl_max_episodes": ad.runs.whole(1, 100_000),
+    "rs_seeds": ad.runs.whole(0, 1000),
+    "rs_draws": ad.runs.whole(1, 10_000),
+    "v0_seeds": ad.runs.whole(0, 1000),
+    "v0_max_episodes": ad.runs.whole(1, 10_000),
     "window": ad.runs.whole(1, 500),
     "lr": ad.runs.number(exclusive_minimum=0.0),
+    "gym_check": ad.runs.whole(0, 1000),
 }
 
 # ----------------------------------------------------------------------------
@@ -201,8 +225,8 @@ def step_cost(state, lookahead=True):
 # ----------------------------------------------------------------------------
 # 5. Update: one window of truncated BPTT, then one Adam step
 # ----------------------------------------------------------------------------
-def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False):
-    """One training episode: a trajectory of the twin from a reset until it fails or reaches 500 steps, with
+def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False, max_steps=MAX_STEPS):
+    """One training episode: a trajectory of the twin from a reset until it fails or reaches max_steps, with
     one Adam step per window of `window` steps (each window starts from the previous one's state, detached).
     Returns the number of steps, which is this episode's return.
 
@@ -217,7 +241,7 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
             s = cartpole_step(s, dp_force(policy, s if closed_loop else s.detach()))
             costs.append(step_cost(s, lookahead))
             steps += 1
-            done = bool(terminated(s.data)[0]) or steps == MAX_STEPS
+            done = bool(terminated(s.data)[0]) or steps == max_steps
             if done:
                 break
         loss = ad.sum(ad.stack(costs)) / len(costs)
@@ -229,30 +253,30 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
 
 
 # ----------------------------------------------------------------------------
-# 6. Training: train a DP policy from one seed until the bar
+# 6. Training: train a DP policy from one seed until the stopping rule says "bar reached"
 # ----------------------------------------------------------------------------
-def run_dp(seed, eval_states, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
-           activation=ACTIVATION, out_activation=None, train_biases=False, confirm_on_gym=True):
-    """Train a DP policy from `seed` until the bar or `max_episodes`, evaluating after every episode.
-    Returns (network, record) with per-episode returns and evaluations."""
+def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
+           activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
+    """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
+    Returns (network, record) with per-episode returns and stopping-set scores."""
     rng = np.random.default_rng(seed)
-    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation)
+    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
     optimizer = ad.optim.Adam(params, lr)
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
+    record = new_record(seed)
     for episode in range(1, max_episodes + 1):
-        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop)
+        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop, rule.max_steps)
         record["train_return"].append(steps)
         record["steps"] += steps
         check_weights(policy, f"DP seed {seed}, training episode {episode}")
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
+        if rule(scorer(policy), record):
             record["episodes_to_bar"] = episode
             break
     return policy, record
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE with a learned baseline, on the real Gymnasium environment
+# 7. Baseline: REINFORCE on the real environment; random search over initialisations; LQR on the linearised twin
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -278,10 +302,9 @@ def reinforce_update(policy, value, policy_opt, value_opt, observations, actions
     value_opt.step()
 
 
-def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False,
-           confirm_on_gym=True):
-    """REINFORCE with a learned baseline on Gymnasium's CartPole-v1, one update per episode, evaluated after
-    every episode like DP. Same network, same engine, same optimizer. lr 0.01 was the best of 0.001-0.03."""
+def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False):
+    """REINFORCE with a learned baseline on Gymnasium's CartPole-v1, one update per sampled episode, with the
+    same stopping rule as DP. Same network, engine and optimizer; lr 0.01 was the best of 0.001-0.03."""
     import gymnasium as gym
     rng = np.random.default_rng(seed)
     policy, value = make_network(rng), make_network(rng)
@@ -289,7 +312,7 @@ def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, 
     value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
     env = gym.make("CartPole-v1")
     obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
+    record = new_record(seed)
     for episode in range(1, max_episodes + 1):
         observations, actions, rewards = sample_rl_episode(env, weights_of(policy), obs, rng)
         obs, _ = env.reset()
@@ -297,33 +320,89 @@ def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, 
         record["steps"] += len(rewards)
         reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
         check_weights(policy, f"RL seed {seed}, training episode {episode}")
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
+        if rule(scorer(policy), record):
             record["episodes_to_bar"] = episode
             break
     env.close()
     return policy, record
 
 
-# ----------------------------------------------------------------------------
-# 8. Measurement: deterministic episodes of the real CartPole-v1 from starts no training uses
-# ----------------------------------------------------------------------------
-EVAL_SEEDS = tuple(range(1_000_000, 1_000_100))     # Gymnasium reset seeds of the evaluation episodes
+def random_search(seed, rule, draws):
+    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
+    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
+    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
+    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
+    record, best = new_record(seed), None
+    for draw in range(1, draws + 1):
+        network = make_network(stream)
+        if rule(scorer(network), record):
+            record["episodes_to_bar"] = draw
+            return network, record
+        if best is None or record["stop_mean"][-1] > best[0]:
+            best = (record["stop_mean"][-1], network)
+    return best[1], record
 
 
-def evaluate_on_gym(score, seeds=EVAL_SEEDS):
-    """Returns of the deterministic policy on gymnasium.make("CartPole-v1"), one episode per reset seed;
+def linearised_twin():
+    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
+    VJP: the backward of output i is row i of the Jacobian."""
+    A, B = np.zeros((4, 4)), np.zeros((4, 1))
+    for i in range(4):
+        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
+        ad.sum(cartpole_step(state, force)[:, i]).backward()
+        A[i], B[i, 0] = state.grad[0], force.grad[0]
+    return A, B
+
+
+def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
+    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
+    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
+    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
+    F = 10·sign(−K s): knowing the model, with zero training episodes."""
+    Q = np.eye(4) if Q is None else Q
+    R = np.eye(1) if R is None else R
+    P = Q
+    for _ in range(iterations):
+        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P_next = Q + A.T @ P @ (A - B @ K)
+        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
+        P = P_next
+        if converged:
+            break
+    return K
+
+
+def lqr_scorer(K):
+    """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
+    return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: three disjoint sets of starts, the stopping rule, and the reported score
+# ----------------------------------------------------------------------------
+# Gymnasium reset seeds. The twin's training starts come from each training seed's own generator instead.
+DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the stopping margin
+STOPPING_SEEDS = range(2_000_000, 2_000_100)     # the stopping rule's own 100 starts, after every episode
+REPORTED_SEEDS = range(3_000_000, 3_001_000)     # measured once, after training; nothing else touches them
+STOP_MARGIN = 10.0     # stop at a stopping-set mean >= bar + 10, chosen on development seeds and starts
+TASKS = {"CartPole-v1": {"max_steps": 500, "bar": 475.0},    # Gymnasium's registered reward_threshold
+         "CartPole-v0": {"max_steps": 200, "bar": 195.0}}    # the original's setting
+
+
+def evaluate_on_gym(score, seeds, env_id="CartPole-v1"):
+    """Returns of the deterministic policy on gymnasium.make(env_id), one episode per reset seed;
     score(obs) is the network's output, action = 1 (push right) if it is ≥ 0."""
-    result = ad.runs.play_episodes("CartPole-v1", lambda obs: (score(obs) >= 0.0).astype(int), seeds)
+    result = ad.runs.play_episodes(env_id, lambda obs: (score(obs) >= 0.0).astype(int), seeds)
     return result["returns"]
 
 
-def evaluate_on_twin(score, initial_states):
+def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
     """The same evaluation on the twin, all episodes at once: from Gymnasium's own start states, with float32
-    observations, it replays Gymnasium's episodes exactly (tested), in about 1/20 of the time."""
+    observations, it replays Gymnasium's episodes exactly (tested, and checked in every run), ~20x faster."""
     state = np.array(initial_states, dtype=np.float64)
     alive = np.ones(len(state), dtype=bool)
     returns = np.zeros(len(state))
-    for _ in range(MAX_STEPS):
+    for _ in range(max_steps):
         force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
         state = cartpole_step(state, force).data
         returns += alive                      # +1 every step, the failing one included
@@ -333,21 +412,58 @@ def evaluate_on_twin(score, initial_states):
     return returns
 
 
-def reached_bar(score, eval_states, record, confirm_on_gym=True):
-    """The stopping rule, after every training episode: screen on the twin; if it says mean ≥ 475, confirm on
-    Gymnasium itself. Appends the twin's mean to record["eval_mean"]; returns True at the bar."""
-    twin_returns = evaluate_on_twin(score, eval_states)
-    record["eval_mean"].append(float(twin_returns.mean()))
-    if twin_returns.mean() < REWARD_THRESHOLD or not confirm_on_gym:
-        return twin_returns.mean() >= REWARD_THRESHOLD
-    gym_returns = evaluate_on_gym(score)
-    record["gym_eval_mean"], record["gym_eval_min"] = float(gym_returns.mean()), float(gym_returns.min())
-    record["twin_equals_gym"] = bool(np.array_equal(twin_returns, gym_returns))
-    return gym_returns.mean() >= REWARD_THRESHOLD
+class StoppingRule:
+    """Asked after every training episode: is the deterministic policy at the bar on the stopping starts?
+
+    Screened on the twin; when the twin's mean is ≥ bar + margin, confirmed on Gymnasium itself (if
+    confirm_on_gym). Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy;
+    the margin buys the reported set its bar. The first episode at which the plain rule (margin 0) would have
+    stopped is recorded too, with that policy's reported score (measured, never used to decide)."""
+
+    def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
+                 reported=None):
+        self.env_id, self.seeds, self.margin, self.confirm_on_gym = env_id, seeds, margin, confirm_on_gym
+        self.max_steps, self.bar = TASKS[env_id]["max_steps"], TASKS[env_id]["bar"]
+        self.states, self.reported = gym_initial_states(seeds, env_id), reported
+
+    def __call__(self, score, record):
+        twin = evaluate_on_twin(score, self.states, self.max_steps)
+        record["stop_mean"].append(float(twin.mean()))
+        if record["plain_rule_episode"] is None and twin.mean() >= self.bar:
+            record["plain_rule_episode"] = len(record["stop_mean"])
+            if self.reported is not None:
+                record["plain_rule_reported_mean"] = self.reported(score)["mean"]
+        if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
+            return bool(twin.mean() >= self.bar + self.margin)
+        gym = evaluate_on_gym(score, self.seeds, self.env_id)
+        record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
+        record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
+        return bool(gym.mean() >= self.bar + self.margin)
+
+
+class ReportedScore:
+    """The reported score of a finished policy: the 1,000 reported starts on the twin (an exact replay of
+    Gymnasium), and the first `gym_check` of them also on Gymnasium itself, which must agree episode for
+    episode. Returns the per-start returns too, for paired comparisons between methods."""
+
+    def __init__(self, env_id="CartPole-v1", seeds=REPORTED_SEEDS, gym_check=20):
+        self.env_id, self.seeds, self.gym_check = env_id, seeds, gym_check
+        self.max_steps, self.bar = TASKS[env_id]["max_steps"], TASKS[env_id]["bar"]
+        self.states = gym_initial_states(seeds, env_id)
+
+    def __call__(self, score, check_on_gym=False):
+        returns = evaluate_on_twin(score, self.states, self.max_steps)
+        mean, se = ad.runs.mean_and_se(returns)
+        result = {"mean": mean, "se": se, "min": float(returns.min()), "returns": returns,
+                  "reaches_bar": bool(mean >= self.bar)}
+        if check_on_gym and self.gym_check:
+            gym = evaluate_on_gym(score, self.seeds[:self.gym_check], self.env_id)
+            result["twin_equals_gym"] = bool(np.array_equal(gym, returns[:self.gym_check]))
+        return result
 
 
 # ----------------------------------------------------------------------------
-# 9. main: train DP, train RL, measure, report
+# 9. main: train DP, the baselines, the original's setting; measure on the reported starts; report
 # ----------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
@@ -355,30 +471,32 @@ def main(argv=None):
     if args.play:
         return play(args, started)
     out = ad.runs.prepare_out(args.out)
-    eval_states = gym_initial_states(EVAL_SEEDS)
-    metrics = {"eval": "gymnasium CartPole-v1, deterministic policy, 100 episodes, "
-                       f"reset seeds {EVAL_SEEDS[0]}..{EVAL_SEEDS[-1]}; bar = mean >= {REWARD_THRESHOLD}"}
+    reported = ReportedScore(gym_check=args.gym_check)
+    rule = StoppingRule(margin=args.margin, reported=reported)
+    metrics = {"sets": describe_sets(args)}
 
-    dp_policies, dp_records = train_seeds(
-        "DP", args.dp_seeds, args.seed,
-        lambda seed: run_dp(seed, eval_states, args.dp_max_episodes, window=args.window, lr=args.lr))
-    metrics["dp"] = summarise(dp_records, gym_fields=("gym_eval_mean", "gym_eval_min"))
-    metrics["dp"]["twin_screen_equals_gym"] = all(r.get("twin_equals_gym", True) for r in dp_records)
-    metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed)
-
-    rl_records = []
+    dp_policies, dp_records = train_seeds("DP", args.dp_seeds, args.seed, reported, lambda seed: run_dp(
+        seed, rule, args.dp_max_episodes, window=args.window, lr=args.lr))
+    metrics["dp"] = summarise(dp_records)
+    metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed, reported)
+    rl_records, rs_records = [], []
     if args.rl_seeds:
-        _, rl_records = train_seeds("RL", args.rl_seeds, args.seed,
-                                    lambda seed: run_rl(seed, eval_states, args.rl_max_episodes))
-        metrics["rl"] = summarise(rl_records, gym_fields=("gym_eval_mean",))
-        if metrics["rl"]["mean_episodes"] and metrics["dp"]["mean_episodes"]:
-            metrics["rl_over_dp_episodes"] = metrics["rl"]["mean_episodes"] / metrics["dp"]["mean_episodes"]
+        _, rl_records = train_seeds("RL", args.rl_seeds, args.seed, reported,
+                                    lambda seed: run_rl(seed, rule, args.rl_max_episodes))
+        metrics["rl"] = summarise(rl_records)
+    if args.rs_seeds:
+        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
+                                    lambda seed: random_search(seed, rule, args.rs_draws))
+        metrics["random_search"] = summarise(rs_records)
+    metrics["lqr"] = lqr_baseline(rule, reported)
+    metrics["paired_vs_dp"] = paired_comparisons(dp_records, rl_records, rs_records, metrics["lqr"])
+    if args.v0_seeds:
+        metrics["original_setting"] = original_setting(args)
+    if args.ablations:
+        long_run_extras(metrics, args, dp_policies[0])
 
-    if args.full:
-        long_run_extras(metrics, args, eval_states, dp_policies[0])
-
-    metrics["records"] = {"dp": dp_records, "rl": rl_records}
-    save_figures(out, dp_records, rl_records, dp_policies[0])
+    metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
+    save_figures(out, dp_records, rl_records, dp_policies[0], rule.bar + rule.margin)
     ad.runs.write_metrics(out, metrics, args, started)
     print_report(metrics)
     print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
@@ -392,11 +510,17 @@ def parse_args(argv=None):
                                 add_arguments=add_arguments)
 
 
+def add_arguments(parser):
+    parser.add_argument("--play", metavar="PARAMS", default=None,
+                        help="instead of training: play a saved params.npz on Gymnasium from the first 100 "
+                             "reported starts (writes play.json in --out)")
+
+
 def play(args, started):
     """--play PARAMS: the saved policy's deterministic returns on Gymnasium, written to out/play.json."""
     policy = policy_from_file(args.play)
     out = ad.runs.prepare_out(args.out)
-    returns = evaluate_on_gym(lambda obs: np.array([policy(o) for o in obs]) * 2.0 - 1.0)
+    returns = evaluate_on_gym(lambda obs: np.array([policy(o) for o in obs]) * 2.0 - 1.0, REPORTED_SEEDS[:100])
     mean, se = ad.runs.mean_and_se(returns)
     print(f"{args.play}: mean return {mean:.1f} ± {se:.1f} (min {returns.min():.0f}) over {len(returns)} "
           f"Gymnasium CartPole-v1 episodes")
@@ -404,9 +528,18 @@ def play(args, started):
                           name="play.json")
 
 
-def add_arguments(parser):
-    parser.add_argument("--play", metavar="PARAMS", default=None,
-                        help="instead of training: play a saved params.npz on Gymnasium (writes play.json in --out)")
+def describe_sets(args):
+    def span(seeds):
+        return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
+    return {"development": span(DEVELOPMENT_SEEDS) + ": tuning, ablations, the stopping margin",
+            "stopping": span(STOPPING_SEEDS) + f": the stopping rule, mean >= bar + {args.margin:g}",
+            "reported": span(REPORTED_SEEDS) + f": scored once after training, on the twin, the first "
+                                               f"{args.gym_check} also on Gymnasium"}
+
+
+def new_record(seed):
+    return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "steps": 0,
+            "plain_rule_episode": None}
 
 
 def check_weights(network, when):
@@ -415,24 +548,57 @@ def check_weights(network, when):
         ad.runs.check_finite(f"weight {name}", p.data, when)
 
 
-def train_seeds(method, n_seeds, first_seed, train):
-    """train(seed) -> (network, record) for n_seeds consecutive seeds, with a progress line per seed."""
+def train_seeds(method, n_seeds, first_seed, reported, train):
+    """train(seed) -> (network, record) for n_seeds consecutive seeds, each then scored on the reported starts,
+    with a progress line per seed. Returns the networks and the records (per-start returns kept aside)."""
     networks, records = [], []
     progress = ad.runs.Progress(n_seeds, f"{method} seeds", every=0)
-    steps_name = "sim_steps" if method == "DP" else "env_steps"
     for i in range(n_seeds):
         with np.errstate(over="ignore", invalid="ignore"):    # non-finite weights are caught, named, by check_weights
             network, record = train(first_seed + i)
+        score = reported(scorer(network), check_on_gym=True)
+        record["reported_returns"] = score.pop("returns")
+        record["reported"] = score
         networks.append(network)
         records.append(record)
         progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
-                        **{steps_name: record["steps"]}, gym_mean=record.get("gym_eval_mean", float("nan")),
-                        gym_min=record.get("gym_eval_min", float("nan")))
+                        stopping_gym_mean=record.get("gym_stop_mean", float("nan")), reported_mean=score["mean"],
+                        reported_min=score["min"])
     return networks, records
 
 
+def lqr_baseline(rule, reported):
+    """LQR on the linearised twin, asked by the stopping rule once (zero training episodes) and then scored."""
+    A, B = linearised_twin()
+    K = lqr_gain(A, B)
+    score = lqr_scorer(K)
+    record = new_record(None)
+    record["episodes_to_bar"] = 0 if rule(score, record) else None
+    result = reported(score, check_on_gym=True)
+    record["reported_returns"] = result.pop("returns")
+    record["reported"] = result
+    record["gain"] = K[0]
+    record["closed_loop_spectral_radius"] = float(np.max(np.abs(np.linalg.eigvals(A - B @ K))))
+    return record
+
+
+def original_setting(args):
+    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
+    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
+    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
+    at 200 steps there too."""
+    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
+    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported)
+    result = {}
+    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
+        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
+                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
+        result[name] = summarise(records, bar=rule.bar)
+    return result
+
+
 # ----------------------------------------------------------------------------
-# Acting without a graph, and the RL episode sampler
+# Acting without a graph, the RL episode sampler, Gymnasium's start states
 # ----------------------------------------------------------------------------
 def forward_numpy(weights, obs):
     """The tanh network in plain NumPy, for acting (no graph): weights is the list [W1, b1, W2, b2, W3, b3],
@@ -450,7 +616,7 @@ def weights_of(network):
 
 def scorer(network):
     """obs (B, 4) or (4,) -> network output, without building a graph. The tanh network runs in plain NumPy
-    (fast for single observations); other variants (the ablations) run through the engine."""
+    (fast for single observations); other variants (the Flux setup, ablations) run through the engine."""
     if network.activation == ACTIVATION and network.out_activation is None:
         weights = [w.copy() for w in weights_of(network)]
         return lambda obs: forward_numpy(weights, obs)
@@ -481,10 +647,11 @@ def sample_rl_episode(env, weights, obs, rng):
     return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
 
 
-def gym_initial_states(seeds):
-    """The float64 states Gymnasium's CartPole-v1 starts from after reset(seed=s)."""
+def gym_initial_states(seeds, env_id="CartPole-v1"):
+    """The float64 states Gymnasium's CartPole starts from after reset(seed=s)."""
     import gymnasium as gym
-    env = gym.make("CartPole-v1")
+    warnings.filterwarnings("ignore", message=".*CartPole-v0 is out of date")   # it is the original's setting
+    env = gym.make(env_id)
     states = []
     for s in seeds:
         env.reset(seed=int(s))
@@ -521,88 +688,142 @@ def policy_from_file(path):
     return policy
 
 
-def save_and_reload(out, network, record, seed):
-    """Save the policy to out/params.npz, reload it the way a user would, and score it on Gymnasium."""
+def save_and_reload(out, network, record, seed, reported):
+    """Save the policy to out/params.npz, reload it the way a user would, and play it on Gymnasium from the
+    first reported starts: it must give the trained policy's returns."""
     path = os.path.join(out, "params.npz")
     save_policy(path, network, seed=seed, episodes=len(record["train_return"]))
     reloaded = policy_from_file(path)
-    returns = evaluate_on_gym(lambda obs: np.array([1.0 if reloaded(o) else -1.0 for o in obs]))
-    return {"seed": seed, "training_episodes": len(record["train_return"]),
-            "gym_eval_mean": float(returns.mean()), "gym_eval_min": float(returns.min())}
+    seeds = REPORTED_SEEDS[:reported.gym_check or 1]
+    returns = evaluate_on_gym(lambda obs: np.array([1.0 if reloaded(o) else -1.0 for o in obs]), seeds)
+    return {"seed": seed, "training_episodes": len(record["train_return"]), "gym_episodes": len(seeds),
+            "gym_mean": float(returns.mean()), "gym_min": float(returns.min()),
+            "same_returns_as_trained": bool(np.array_equal(returns, record["reported_returns"][:len(seeds)]))}
 
 
 # ----------------------------------------------------------------------------
-# Summaries and the printed report
+# Summaries, paired comparisons and the printed report
 # ----------------------------------------------------------------------------
-def summarise(records, bar_episodes=5, gym_fields=()):
+def summarise(records, bar=REWARD_THRESHOLD, bar_episodes=5):
+    """Episodes to the bar per seed, their mean/median/max, the stopping-set and reported scores per seed, and
+    the same for the plain rule (margin 0), so the margin's cost in episodes can be read off."""
     episodes = [r["episodes_to_bar"] for r in records]
     reached = [e for e in episodes if e is not None]
-    steps = [r["steps"] for r in records if r["episodes_to_bar"]]
+    plain = [r["plain_rule_episode"] for r in records]
+    both = [(e, p) for e, p in zip(episodes, plain) if e is not None and p is not None]
     summary = {"episodes_to_bar": episodes, "reached": len(reached), "seeds": len(records),
                "within_5": sum(e <= bar_episodes for e in reached),
                "mean_episodes": float(np.mean(reached)) if reached else None,
                "median_episodes": float(np.median(reached)) if reached else None,
                "max_episodes": max(reached) if reached else None,
-               "simulated_steps_to_bar": [r["steps"] for r in records],
-               "mean_steps_to_bar": float(np.mean(steps)) if reached else None}
-    for field in gym_fields:
-        summary[field] = [r.get(field) for r in records]
+               "steps_per_seed": [r["steps"] for r in records],
+               "mean_steps_to_bar": float(np.mean([r["steps"] for r in records if r["episodes_to_bar"]]))
+               if reached else None,
+               "plain_rule_episodes": plain,
+               "mean_plain_rule_episodes": float(np.mean([p for p in plain if p])) if any(plain) else None,
+               "margin_cost_episodes": float(np.mean([e - p for e, p in both])) if both else None}
+    if records and "reported" in records[0]:
+        means = [r["reported"]["mean"] for r in records]
+        plain_means = [r.get("plain_rule_reported_mean") for r in records]
+        summary.update({
+            "stopping_gym_mean": [r.get("gym_stop_mean") for r in records],
+            "stopping_gym_min": [r.get("gym_stop_min") for r in records],
+            "twin_equals_gym": all(r.get("twin_equals_gym", True) and r["reported"].get("twin_equals_gym", True)
+                                   for r in records),
+            "reported_mean": means, "reported_se": [r["reported"]["se"] for r in records],
+            "reported_min": [r["reported"]["min"] for r in records],
+            "reported_mean_over_seeds": ad.runs.mean_and_se(means)[0],
+            "reported_se_over_seeds": ad.runs.mean_and_se(means)[1],
+            "worst_seed_reported_mean": min(means),
+            "seeds_reported_at_bar": sum(m >= bar for m in means),
+            "seeds_within_5_and_reported_at_bar": sum(e is not None and e <= bar_episodes and m >= bar
+                                                      for e, m in zip(episodes, means)),
+            "plain_rule_reported_mean": plain_means,
+            "plain_rule_seeds_reported_at_bar": sum(m is not None and m >= bar for m in plain_means),
+            "plain_rule_seeds_within_5_and_reported_at_bar": sum(
+                p is not None and p <= bar_episodes and m is not None and m >= bar for p, m in zip(plain, plain_means))})
     return summary
 
 
+def paired_comparisons(dp_records, rl_records, rs_records, lqr_record):
+    """DP minus each baseline on the same 1,000 reported starts: per start, each method's return averaged over
+    its seeds; mean and standard error of the difference over starts."""
+    def per_start(records):
+        return np.mean([r["reported_returns"] for r in records], axis=0)
+    dp = per_start(dp_records)
+    found = {"RL": rl_records, "random search": rs_records, "LQR": [lqr_record]}
+    return {name: ad.runs.paired_difference(dp, per_start(records)) for name, records in found.items() if records}
+
+
+def without_returns(records):
+    return [{k: v for k, v in r.items() if k != "reported_returns"} for r in records]
+
+
 def print_report(metrics):
-    dp, rl = metrics["dp"], metrics.get("rl") or {}
-    rows = [["seeds reaching the bar", f"{dp['reached']}/{dp['seeds']}",
-             f"{rl['reached']}/{rl['seeds']}" if rl else None],
-            ["episodes to the bar, per seed", str(dp["episodes_to_bar"]), str(rl.get("episodes_to_bar"))],
-            ["mean episodes", dp["mean_episodes"], rl.get("mean_episodes")],
-            ["median episodes", dp["median_episodes"], rl.get("median_episodes")],
-            ["max episodes", dp["max_episodes"], rl.get("max_episodes")],
-            ["mean simulated / env steps used", dp["mean_steps_to_bar"], rl.get("mean_steps_to_bar")],
-            ["seeds within 5 episodes", f"{dp['within_5']}/{dp['seeds']}",
-             f"{rl['within_5']}/{rl['seeds']}" if rl else None],
-            ["RL episodes / DP episodes", None, metrics.get("rl_over_dp_episodes")]]
-    ad.runs.print_table(["", "DP (twin, BPTT)", "RL (REINFORCE)"], rows,
-                        title="Training episodes to the bar (mean >= 475 on Gymnasium CartPole-v1)")
-    for name, summary in (("DP", dp), ("RL", rl)):
-        if summary and not summary["reached"]:
+    rows = []
+    named = [("DP", metrics["dp"]), ("RL", metrics.get("rl")), ("random search", metrics.get("random_search"))]
+    for name, s in named:
+        if s:
+            rows.append(report_row({"DP": "DP (this script)", "RL": "RL (REINFORCE)"}.get(name, name + " (draws)"), s))
+    lqr = metrics["lqr"]
+    rows.append(["LQR (0 episodes)", "1/1" if lqr["episodes_to_bar"] == 0 else "0/1", 0, 0, "-",
+                 lqr.get("gym_stop_mean"), f"{lqr['reported']['mean']:.1f} ± {lqr['reported']['se']:.1f}",
+                 lqr["reported"]["mean"], "-", "-"])
+    for name, s in (metrics.get("original_setting") or {}).items():
+        rows.append(report_row(f"CartPole-v0, {name}", s, within="-"))
+    ad.runs.print_table(["method", "seeds at bar", "mean ep.", "max ep.", "<=5 ep. & reported at bar",
+                         "stopping set (Gym)", "reported ± se", "worst seed", "plain rule: ep.",
+                         "plain: <=5 ep. & at bar"], rows,
+                        title="Episodes to the bar (stopping rule) and the score on the reported starts")
+    for name, d in metrics["paired_vs_dp"].items():
+        print(f"DP minus {name} on the same {d['n']:,} reported starts: {d['mean']:+.1f} ± {d['se']:.1f}")
+    for name, s in named:
+        if s and not s["reached"]:
             print(f"No {name} seed reached the bar within its training episodes (a result, not an error).")
     sp = metrics["saved_policy"]
-    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on gymnasium: "
-          f"mean {sp['gym_eval_mean']:.1f}, min {sp['gym_eval_min']:.0f} over 100 episodes")
+    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on Gymnasium: "
+          f"mean {sp['gym_mean']:.1f}, min {sp['gym_min']:.0f} over {sp['gym_episodes']} reported starts "
+          f"(same returns as the trained policy: {sp['same_returns_as_trained']})")
+
+
+def report_row(name, s, within=None):
+    mean = lambda values: np.mean([v for v in values if v is not None]) if any(v is not None for v in values) else None
+    return [name, f"{s['reached']}/{s['seeds']}", s["mean_episodes"], s["max_episodes"],
+            within or f"{s['seeds_within_5_and_reported_at_bar']}/{s['seeds']}", mean(s["stopping_gym_mean"]),
+            f"{s['reported_mean_over_seeds']:.1f} ± {s['reported_se_over_seeds']:.1f}", s["worst_seed_reported_mean"],
+            s["mean_plain_rule_episodes"], f"{s['plain_rule_seeds_within_5_and_reported_at_bar']}/{s['seeds']}"]
 
 
 # ----------------------------------------------------------------------------
 # Figures: learning curves and a GIF of the learned policy
 # ----------------------------------------------------------------------------
-def save_figures(out, dp_records, rl_records, network):
-    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records)
-    states = record_gym_episode(scorer(network), EVAL_SEEDS[0])
+def save_figures(out, dp_records, rl_records, network, stop_level):
+    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records, stop_level)
+    states = record_gym_episode(scorer(network), REPORTED_SEEDS[0])
     save_balancing_gif(os.path.join(out, "balancing.gif"), states)
 
 
-def plot_curves(path, dp_records, rl_records):
+def plot_curves(path, dp_records, rl_records, stop_level):
     plt = ad.runs.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for records, color, name in ((dp_records, "tab:blue", "DP (backprop through the twin)"),
                                  (rl_records, "tab:orange", "RL (REINFORCE + baseline, real env)")):
         for i, r in enumerate(records):
-            episodes = np.arange(1, len(r["eval_mean"]) + 1)
-            ax.plot(episodes, r["eval_mean"], color=color, lw=1, alpha=0.6, label=name if i == 0 else None)
+            episodes = np.arange(1, len(r["stop_mean"]) + 1)
+            ax.plot(episodes, r["stop_mean"], color=color, lw=1, alpha=0.6, label=name if i == 0 else None)
             if r["episodes_to_bar"]:
-                ax.plot(r["episodes_to_bar"], r["eval_mean"][-1], "*", color=color, ms=9, mec="k", mew=0.5)
-    ax.axhline(REWARD_THRESHOLD, color="k", ls="--", lw=0.8, label="bar: mean 475 over 100 episodes")
+                ax.plot(r["episodes_to_bar"], r["reported"]["mean"], "*", color=color, ms=9, mec="k", mew=0.5)
+    ax.axhline(REWARD_THRESHOLD, color="k", ls="--", lw=0.8, label="bar: mean 475")
+    ax.axhline(stop_level, color="0.4", ls=":", lw=0.8, label=f"stopping level {stop_level:g} (stopping starts)")
     ax.set_xscale("log")
     ax.set_xlabel("training episodes")
-    ax.set_ylabel("evaluation return (mean of 100 episodes)")
+    ax.set_ylabel("return (mean over 100 stopping starts)")
     ax.set_title("CartPole-v1: deterministic policy after each training episode\n"
-                 "(one line per seed, ★ = bar reached, confirmed on gymnasium)", fontsize=9)
+                 "(one line per seed; ★ = score on the 1,000 reported starts when stopped)", fontsize=9)
     ax.set_ylim(0, 520)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     ad.runs.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=110)
-
-
 def record_gym_episode(score, seed):
     """Observations of one real Gymnasium episode under the deterministic policy."""
     observations = []
@@ -637,11 +858,11 @@ def save_balancing_gif(path, states, every=4):
 # ----------------------------------------------------------------------------
 # What each design choice is worth (--full): DP variants over many seeds
 # ----------------------------------------------------------------------------
+FLUX_SETUP = dict(activation="relu", train_biases=True, out_activation="tanh", window=8, lookahead=False,
+                  closed_loop=True, lr=0.03, init="glorot")     # the original's choices, from its code
 ABLATIONS = {   # name -> keyword arguments of run_dp
     "this script: tanh, zero biases, window 1 + lookahead": {},
-    "Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03": dict(
-        activation="relu", train_biases=True, out_activation="tanh", window=8, lookahead=False,
-        closed_loop=True, lr=0.03),
+    "Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03": FLUX_SETUP,
     "ReLU instead of tanh (zero biases)": dict(activation="relu"),
     "biases trained": dict(train_biases=True),
     "window 2, no lookahead, closed loop": dict(window=2, lookahead=False, closed_loop=True),
@@ -666,32 +887,34 @@ def closed_loop_force_gradients(policy, state, steps=6):
     return np.array([float(f.grad[0]) for f in forces])
 
 
-def untrained_pass_rate(eval_states, seeds):
+def untrained_pass_rate(states, seeds):
     """How often a freshly initialised network already passes: 'reached the bar after 1 episode' is partly
     the prior."""
-    means = [evaluate_on_twin(scorer(make_network(np.random.default_rng(s))), eval_states).mean() for s in seeds]
+    means = [evaluate_on_twin(scorer(make_network(np.random.default_rng(s))), states).mean() for s in seeds]
     return float(np.mean(np.array(means) >= REWARD_THRESHOLD))
 
 
-def long_run_extras(metrics, args, eval_states, policy):
-    """--full: the closed-loop gradient of one window, the untrained pass rate, and the ablation table."""
-    seeds = range(args.seed, args.seed + 30)
-    state = eval_states[:1]
+def long_run_extras(metrics, args, policy):
+    """--full, on development starts (the plain rule on the first 100, screened on the twin): the closed-loop
+    gradient of one window, the untrained pass rate, and what each design choice is worth."""
+    rule = StoppingRule(seeds=DEVELOPMENT_SEEDS[:100], margin=0.0, confirm_on_gym=False)
+    seeds = range(args.seed, args.seed + args.dp_seeds)
+    state = rule.states[:1]
     for _ in range(100):                  # a state on the trained policy's own trajectory
         state = cartpole_step(state, np.where(scorer(policy)(state) >= 0, FORCE_MAG, -FORCE_MAG)).data
     grads = closed_loop_force_gradients(policy, state)
     metrics["closed_loop_force_gradients"] = grads
     print("closed loop, dL/dF_k for k = 0..5:", np.array2string(grads, precision=2),
           "| ratios dL/dF_k / dL/dF_k+1:", np.array2string(grads[:-1] / grads[1:], precision=1))
-    metrics["untrained_pass_rate"] = untrained_pass_rate(eval_states, range(args.seed, args.seed + 100))
+    metrics["untrained_pass_rate"] = untrained_pass_rate(rule.states, range(args.seed, args.seed + 100))
     print(f"untrained networks that already pass: {100 * metrics['untrained_pass_rate']:.0f}% of 100")
     metrics["ablations"] = {}
     for name, options in ABLATIONS.items():
-        records = [run_dp(s, eval_states, args.dp_max_episodes, confirm_on_gym=False, **options)[1] for s in seeds]
+        records = [run_dp(s, rule, args.dp_max_episodes, **options)[1] for s in seeds]
         summary = metrics["ablations"][name] = summarise(records)
         print(f"ablation {name:56s} within 5 episodes {summary['within_5']:2d}/{len(records)}, "
               f"within {args.dp_max_episodes} {summary['reached']:2d}/{len(records)}", flush=True)
-    records = [run_rl(s, eval_states, args.rl_max_episodes, train_biases=True, confirm_on_gym=False)[1]
+    records = [run_rl(s, rule, args.rl_max_episodes, train_biases=True)[1]
                for s in range(args.seed, args.seed + args.rl_seeds)]
     summary = metrics["ablations"]["RL with biases trained"] = summarise(records)
     print(f"ablation {'RL with biases trained':56s} episodes to the bar: "
