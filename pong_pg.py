@@ -71,6 +71,7 @@ def make_game(env_id, **options):
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
     return gymnasium.make(env_id, **options)
 
 
@@ -263,6 +264,8 @@ def train(state, args, out, log=print):
     session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"]}
     state["session_start"] = session["start"]
     progress = progress_for(state, args)
+    if state["boundary"] is None:
+        mark_boundary(state)                    # what a checkpoint saves if stopped during the first batch
     with StopRequests() as stop:
         while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
             batch_start = time.perf_counter()
@@ -388,19 +391,23 @@ def _game_worker(connection, inherited, env_id, ids, seeds, frames):
         other.close()                    # this worker would never see the end of its own pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
+    try:
+        _serve(connection, env_id, ids, seeds, frames)
+    except (EOFError, OSError):           # the main process went away: nothing left to do
+        pass
+
+
+def _serve(connection, env_id, ids, seeds, frames):
     parent = os.getppid()
     envs = {g: make_game(env_id) for g in ids}
     for g, s in zip(ids, seeds):
         envs[g].reset(seed=int(s))
     connection.send("ready")
     while True:
-        try:
-            while not connection.poll(1.0):
-                if os.getppid() != parent:
-                    return                               # orphaned: the main process died
-            command, ids, payload = connection.recv()
-        except (EOFError, OSError):
-            return
+        while not connection.poll(1.0):
+            if os.getppid() != parent:
+                return                                   # orphaned: the main process died
+        command, ids, payload = connection.recv()
         if command == "step":
             answers = []
             for g, action in zip(ids, payload):

@@ -122,7 +122,20 @@ def test_divergence_is_named():
 # ============================================================================
 # pong_pg.py
 # ============================================================================
-PONG_CASES = [
+PONG_CASES = [               # damaged checkpoints, orphaned workers and SIGTERM: tests/test_pong_pg.py
+    ["--play", "{bad}"],
+    ["--resume", "--out", "{tmp}/no_checkpoint_here"],
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--env-id", "bogus"],
+    ["--env-id", "ALE/Breakout-v5"],
+    ["--games", "11"],
+    ["--episodes", "1e11"],
+    ["--seed", str(2**70)],
+    ["--hours", "nan"],
+    ["--standardise", "median"],
+    ["--play", "--resume"],
+    ["--resume", "--overwrite"],
 ]
 
 
