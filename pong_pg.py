@@ -195,7 +195,7 @@ def update(state, episodes):
 # ----------------------------------------------------------------------------
 # 6. Training: play exactly 10 whole episodes with the current policy, update, repeat
 # ----------------------------------------------------------------------------
-def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False):
+def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False, progress=None):
     """Play `n_episodes` whole episodes with the fixed policy (W1, W2), spread over the parallel games.
 
     All playing games are preprocessed and forwarded together (one batched forward per step); each then
@@ -203,7 +203,7 @@ def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=F
     starts another episode only while fewer than n_episodes were started, so every episode is played
     whole by this policy. Returns the episodes in the order they ended, each a dict of x (T, 6400) int8
     difference frames, up (T,) bool and rewards (T,); None if stop() became true. `film.add(frame,
-    reward)` receives game 0's first episode."""
+    reward)` receives game 0's first episode; `progress.update(done)` hears of each finished one."""
     n = len(games)
     playing, first_frame = np.zeros(n, bool), np.zeros(n, bool)
     previous, record = np.zeros((n, PIXELS), np.int8), [None] * n
@@ -241,6 +241,8 @@ def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=F
             episodes.append({k: np.array(v) for k, v in record[g].items()})
             record[g] = None
         filming = filming and 0 not in ended
+        if progress is not None and len(ended):
+            progress.update(len(episodes))
         playing[ended] = False
         restart = ended[:max(0, n_episodes - started)]     # new episodes while fewer than n were started
         if len(restart):
@@ -299,13 +301,13 @@ def screen_blind_policy():
 # ----------------------------------------------------------------------------
 # 8. Measurement: whole games against the built-in AI, on games no training saw
 # ----------------------------------------------------------------------------
-def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=False, film=None):
+def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=False, film=None, progress=None):
     """Play n_games whole games; returns per-game (points won, points lost). The evaluation games are
     seeded from `seed` + 12345 (training games from `seed` and 7), so they are not the training games."""
     rng = np.random.default_rng([seed, 11])
     games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
     try:
-        episodes = play_episodes(games, W1, W2, rng, n_games, film=film, greedy=greedy)
+        episodes = play_episodes(games, W1, W2, rng, n_games, film=film, greedy=greedy, progress=progress)
     finally:
         games.close()
     return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
@@ -327,8 +329,8 @@ def main(argv=None):
     args = parse_arguments(argv)
     out = ad.runs.prepare_out(args.out)                 # usable, or a one-line error, before any work
     started = time.perf_counter()
-    if args.play:
-        return play_command(args, out, started)
+    if args.play or args.curve:
+        return (play_command if args.play else curve_command)(args, out, started)
     resumed = read_checkpoint_for(args, out)             # validated before any game starts
     state = new_state(args)
     try:
@@ -869,25 +871,27 @@ def plot_learning_curve(history, out):
     ad.runs.save_figure(fig, out, "pong_pg_curve.png", dpi=100)
 
 
-def plot_neurons(W1, W2, out, count=40, columns=8):
+def plot_neurons(W1, W2, out, count=24, columns=8):
     """The original's picture, made readable: the input weights of the `count` hidden units with the
     largest say in the output (|W2_k| times the norm of W1's column k), each as an 80x80 image."""
     plt = ad.runs.pyplot()
     influence = np.abs(W2) * np.linalg.norm(W1, axis=0)
     units = np.argsort(-influence)[:count]
     rows = int(math.ceil(count / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.2 + 0.9))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.5 + 0.8))
     for ax, k in zip(axes.ravel(), units):
         image = W1[:, k].reshape(80, 80)
-        limit = np.abs(image).max() or 1.0
+        limit = np.abs(image).max() or 1.0       # each tile on its own scale: the strongest paths stand out
         ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-        ax.set_title(f"unit {k}, W2 {W2[k]:+.2f}", fontsize=6)
+        ax.set_title(f"unit {k}: W2 {W2[k]:+.2f}", fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle(f"What the first layer looks for: {count} of {HIDDEN} hidden units", fontsize=10)
-    fig.text(0.5, 0.005, "Each tile: one unit's weights on the 80x80 difference frame (red +, blue -, own scale); "
-             "the units with the largest |W2| x |W1 column|. W2 > 0 votes UP.", ha="center", fontsize=7)
-    ad.runs.save_figure(fig, out, "pong_pg_neurons.png", dpi=100)
+    fig.suptitle(f"What the first layer looks for: the {count} most influential of {HIDDEN} hidden units",
+                 fontsize=10)
+    fig.text(0.5, 0.01, "Each tile: one unit's 6,400 input weights as the 80x80 difference frame (red +, blue -, "
+             "each on its own scale). Units ranked by |W2| x |W1 column|; W2 > 0 votes UP.",
+             ha="center", fontsize=7)
+    ad.runs.save_figure(fig, out, "pong_pg_neurons.png", dpi=90)
 
 
 # ----------------------------------------------------------------------------
@@ -913,7 +917,8 @@ def play_command(args, out, started):
     for name, weights, greedy in (("sampling (as trained)", (W1, W2), False), ("argmax", (W1, W2), True),
                                   ("screen-blind, P(UP) = 1/2", screen_blind_policy(), False)):
         results = play_games(args.env_id, *weights, args.play_games, args.seed, workers=args.workers,
-                             greedy=greedy, film=film if not greedy and weights[0] is W1 else None)
+                             greedy=greedy, film=film if not greedy and weights[0] is W1 else None,
+                             progress=ad.runs.Progress(args.play_games, label=f"games, {name}", every=10))
         s = summaries[name] = summarise_games(results)
         rows.append([name, f"{s['games_won']} of {s['games']}", f"{s['mean_score']:+.2f} ± {s['mean_score_se']:.2f}",
                      f"{100 * s['points_won_fraction']:.0f}%"])
@@ -928,6 +933,31 @@ def play_command(args, out, started):
     print(f"wrote {out}/: play.json, pong_pg_play.gif (one whole point{', won' if film.won else ''}), "
           f"pong_pg_neurons.png")
     return summaries
+
+
+# ----------------------------------------------------------------------------
+# --curve: the figures of a learning curve (e.g. the committed long run's), from its curve.csv
+# ----------------------------------------------------------------------------
+def curve_command(args, out, started):
+    """Read a curve.csv this script wrote; write OUT/curve_summary.json with when the running reward first
+    reached -15, -10 and 0 and how the run ended. This is how the README's long-run figures are made."""
+    try:
+        table = np.loadtxt(args.curve, delimiter=",", skiprows=1, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise ad.runs.BadInput(f"{args.curve}: not a curve.csv of this script ({type(error).__name__})") from None
+    if table.shape[1] != 5 or not len(table) or not np.all(np.isfinite(table)):
+        raise ad.runs.BadInput(f"{args.curve}: not a curve.csv of this script (expected 5 finite columns)")
+    episode, hours, score, steps, running = table.T
+    summary = {"curve": args.curve, "episodes": int(episode[-1]), "hours": float(hours[-1]),
+               "env_steps": int(steps.sum()), "running_reward": float(running[-1]),
+               "best_running_reward": float(running.max()), "mean_score_last_100_episodes": float(score[-100:].mean())}
+    for level in (-15, -10, 0):
+        first = ad.runs.first_reaching(range(len(running)), running, level)
+        summary[f"first_running_reward_at_least_{level}"] = None if first is None else {
+            "episode": int(episode[first]), "hours": float(hours[first]), "env_steps": int(steps[:first + 1].sum())}
+    ad.runs.write_metrics(out, summary, args, started, name="curve_summary.json")
+    print(json.dumps(summary, indent=1))
+    return summary
 
 
 # ----------------------------------------------------------------------------
@@ -965,6 +995,8 @@ def extra_flags(parser):
     parser.add_argument("--play", nargs="?", const=TRAINED_WEIGHTS, metavar="WEIGHTS",
                         help="play the built-in AI with these weights (a checkpoint.npz or params.npz; "
                              "default: our long run's, docs/pong_pg_weights_float16.npz); writes OUT/play.json")
+    parser.add_argument("--curve", metavar="CSV", help="summarise a curve.csv (e.g. docs/pong_pg_curve.csv) "
+                                                        "into OUT/curve_summary.json, without training")
 
 
 def parse_arguments(argv=None):
