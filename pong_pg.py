@@ -951,6 +951,9 @@ def curve_command(args, out, started):
     summary = {"curve": args.curve, "episodes": int(episode[-1]), "hours": float(hours[-1]),
                "env_steps": int(steps.sum()), "running_reward": float(running[-1]),
                "best_running_reward": float(running.max()), "mean_score_last_100_episodes": float(score[-100:].mean())}
+    batches = steps[:len(steps) // BATCH_EPISODES * BATCH_EPISODES].reshape(-1, BATCH_EPISODES)
+    # a game whose episode ended waits for the batch's longest one: the share of game-steps actually played
+    summary["game_slots_busy"] = float(batches.sum() / (BATCH_EPISODES * batches.max(axis=1)).sum()) if len(batches) else None
     for level in (-15, -10, 0):
         first = ad.runs.first_reaching(range(len(running)), running, level)
         summary[f"first_running_reward_at_least_{level}"] = None if first is None else {

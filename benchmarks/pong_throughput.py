@@ -202,7 +202,7 @@ def main(argv=None):
     state = pong_pg.new_state(argparse.Namespace(seed=args.seed, env_id=args.env_id, games=args.games,
                                                  workers=args.workers, standardise="batch"))
     totals = {name: [0, 0.0] for name in ("ceiling", "ours", "original")}
-    profile = collections.defaultdict(float)
+    profile, busy = collections.defaultdict(float), []
     for r in range(args.rounds):
         steps, seconds = ceiling(args.env_id, args.games, args.workers, args.ceiling_seconds, args.seed + r)
         totals["ceiling"][0] += steps
@@ -213,6 +213,8 @@ def main(argv=None):
         totals["ours"][1] += time.perf_counter() - start
         undo()
         totals["ours"][0] += sum(len(e["rewards"]) for e in episodes)
+        lengths = [len(e["rewards"]) for e in episodes]
+        busy.append((sum(lengths), len(lengths) * max(lengths)))
         start = time.perf_counter()
         totals["original"][0] += original_loop(env, model, caches, rng, batch_size)
         totals["original"][1] += time.perf_counter() - start
@@ -227,6 +229,9 @@ def main(argv=None):
           f"= {100 * rate['ours'] / rate['ceiling']:.0f}% of the ceiling")
     print(f"  the original's loop (1 game, frame by frame)     {rate['original']:7.0f} env steps/s  "
           f"-> ours is {rate['ours'] / rate['original']:.2f}x the original")
+    slots = sum(b[0] for b in busy) / sum(b[1] for b in busy)
+    print(f"  game slots busy in our batches: {100 * slots:.0f}% (a game whose episode ended waits for the batch's "
+          f"longest; docs/pong_pg_curve.csv gives 82% over the long run, see --curve)")
     print("\nwhere pong_pg's wall time goes (main process):")
     accounted = sum(profile.values())
     for label, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
@@ -236,7 +241,7 @@ def main(argv=None):
     if args.json:
         profile["bookkeeping in play_episodes (Python)"] = rest
         metrics = {"env_steps_per_s": rate, "fraction_of_ceiling": rate["ours"] / rate["ceiling"],
-                   "ours_over_original": rate["ours"] / rate["original"], "steps": {k: v[0] for k, v in totals.items()},
+                   "ours_over_original": rate["ours"] / rate["original"], "game_slots_busy": slots, "steps": {k: v[0] for k, v in totals.items()},
                    "seconds": {k: v[1] for k, v in totals.items()}, "load_average_1min": os.getloadavg()[0],
                    "profile_seconds": dict(profile),
                    "profile_fraction": {k: v / totals["ours"][1] for k, v in profile.items()}}
