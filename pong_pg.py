@@ -14,8 +14,7 @@ The claim: this learns from pixels alone to beat the built-in AI; the original (
 took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Two defaults differ from
 the original: returns are standardised over the batch of 10 episodes (the original: per episode,
 `--standardise episode`), and ALE/Pong-v5 repeats each action 4 frames (the original's Pong-v0 draws
-2-4 at random, `--env-id Pong-v0`). New here: the backward pass through the project's autodiff engine,
-ten games in worker processes with one batched forward per step, and exact checkpoints.
+2-4 at random, `--env-id Pong-v0`). New: the engine's backward, ten games at once, exact checkpoints.
 
 Run:
     python pong_pg.py                   # the lesson run: 60 episodes, 6 updates, still close to random
@@ -280,13 +279,7 @@ def train(state, args, out, log=print):
             if state["updates"] % args.checkpoint_every == 0:
                 save_outputs(state, args, out, checkpoint)
             session["steps"] += report_batch(progress, state, args, episodes, time.perf_counter() - batch_start)
-    if stop.requested:
-        log(f"{stop.requested}: saved the state after update {state['updates']} (episode {state['episode']}) "
-            f"to {checkpoint}. Continue with:\n    {continue_command(args)}")
-    save_outputs(state, args, out, checkpoint)
-    seconds = time.perf_counter() - session["start"]
-    return {"interrupted": bool(stop.requested), "session_seconds": seconds,
-            "session_steps_per_s": session["steps"] / max(seconds, 1e-9)}
+    return end_session(state, args, out, checkpoint, session, stop.requested, log)
 
 
 # ----------------------------------------------------------------------------
@@ -302,8 +295,8 @@ def screen_blind_policy():
 # 8. Measurement: whole games against the built-in AI, on games no training saw
 # ----------------------------------------------------------------------------
 def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=False, film=None, progress=None):
-    """Play n_games whole games; returns per-game (points won, points lost). The evaluation games are
-    seeded from `seed` + 12345 (training games from `seed` and 7), so they are not the training games."""
+    """Play n_games whole games; returns per-game (points won, points lost). The emulators are seeded
+    from seed + 12345 (training's from seed), so these are not the games the policy trained on."""
     rng = np.random.default_rng([seed, 11])
     games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
     try:
@@ -311,15 +304,6 @@ def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=F
     finally:
         games.close()
     return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
-
-
-def summarise_games(results):
-    """Games won, mean score (points won - points lost) with its standard error, fraction of points won."""
-    scores = [won - lost for won, lost in results]
-    mean, se = ad.runs.mean_and_se(scores)
-    points_won, points = sum(w for w, _ in results), sum(w + l for w, l in results)
-    return {"games": len(results), "games_won": sum(s > 0 for s in scores), "mean_score": mean,
-            "mean_score_se": se, "points_won_fraction": points_won / max(points, 1), "scores": scores}
 
 
 # ----------------------------------------------------------------------------
@@ -611,6 +595,17 @@ class StopRequests:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+def end_session(state, args, out, checkpoint, session, stopped_by, log):
+    """Save the outputs; after Ctrl-C or SIGTERM say where and how to continue. Returns the session's figures."""
+    if stopped_by:
+        log(f"{stopped_by}: saved the state after update {state['updates']} (episode {state['episode']}) "
+            f"to {checkpoint}. Continue with:\n    {continue_command(args)}")
+    save_outputs(state, args, out, checkpoint)
+    seconds = time.perf_counter() - session["start"]
+    return {"interrupted": bool(stopped_by), "session_seconds": seconds,
+            "session_steps_per_s": session["steps"] / max(seconds, 1e-9)}
 
 
 def continue_command(args):
@@ -909,6 +904,15 @@ class PointFilm:
         self.current.append(frame)
         if reward != 0:
             self.kept, self.current, self.won = self.current, [], reward > 0
+
+
+def summarise_games(results):
+    """Games won, mean score (points won - points lost) with its standard error, fraction of points won."""
+    scores = [won - lost for won, lost in results]
+    mean, se = ad.runs.mean_and_se(scores)
+    points_won, points = sum(w for w, _ in results), sum(w + l for w, l in results)
+    return {"games": len(results), "games_won": sum(s > 0 for s in scores), "mean_score": mean,
+            "mean_score_se": se, "points_won_fraction": points_won / max(points, 1), "scores": scores}
 
 
 def play_command(args, out, started):
