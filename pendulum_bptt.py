@@ -36,15 +36,17 @@ import autodiff as ad   # first: it makes BLAS single-threaded before NumPy load
 import numpy as np
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the lesson run's values; --full changes only seeds, evaluation size and map
+# 1. Settings: the lesson run's values in one dict; --full: more seeds, finer grids, DDPG at BPTT's compute
 # ----------------------------------------------------------------------------
 SETTINGS = {
     "seeds": 1, "sim_steps": 320_000, "batch": 8, "window": 25, "lr": 0.01,
     "long_sim_steps": 4_000_000, "long_batch": 64, "long_window": 50, "long_lr": 0.001,
     "hidden": 64, "policy": "odd", "ddpg_steps": 20_000, "ddpg_seeds": 1,
-    "eval_episodes": 100, "curve_episodes": 20, "large_eval": 0, "grid": 25,
+    "eval_episodes": 100, "fresh_episodes": 1000, "curve_episodes": 20, "grid": 25,
+    "vi_angles": 401, "vi_speeds": 321, "vi_convergence": False, "original_seeds": 5,
 }
-FULL = {"seeds": 5, "ddpg_seeds": 5, "large_eval": 1000, "grid": 61}
+FULL = {"seeds": 5, "ddpg_seeds": 5, "ddpg_steps": 0, "grid": 61, "vi_angles": 601, "vi_speeds": 481,
+        "vi_convergence": True, "original_seeds": 10}
 HELP = {
     "seeds": "BPTT training seeds: seed, seed+1, ...",
     "sim_steps": "phase 1: simulated steps of training per BPTT seed (200 = one episode)",
@@ -53,11 +55,17 @@ HELP = {
     "long_sim_steps": "phase 2: simulated steps with longer windows (0: skip phase 2)",
     "long_batch": "phase 2: episodes side by side", "long_window": "phase 2: BPTT window (steps)",
     "long_lr": "phase 2: Adam step size", "hidden": "hidden units per layer of the policy",
-    "policy": "odd (mirror-symmetric) or plain MLP", "ddpg_steps": "Gymnasium steps for DDPG",
-    "ddpg_seeds": "DDPG training seeds", "eval_episodes": "final Gymnasium episodes",
+    "policy": "odd (mirror-symmetric) or plain MLP",
+    "ddpg_steps": "Gymnasium steps for DDPG (0: as many as give DDPG the network passes of one BPTT seed)",
+    "ddpg_seeds": "DDPG training seeds",
+    "eval_episodes": "episodes of the evaluation set that was seen during development",
+    "fresh_episodes": "episodes of the fresh evaluation set, which no choice was made on",
     "curve_episodes": "Gymnasium episodes per learning-curve point",
-    "large_eval": "also evaluate on this many Gymnasium episodes",
     "grid": "generalisation map resolution in θ (at least 3)",
+    "vi_angles": "value iteration (the optimum): grid points in θ",
+    "vi_speeds": "value iteration (the optimum): grid points in θ̇",
+    "vi_convergence": "also run value iteration on coarser grids, to show the optimum has converged",
+    "original_seeds": "seeds of the original's setting re-created (one 1,000-step episode each)",
 }
 POLICY_KINDS = ("odd", "plain")
 
@@ -74,12 +82,14 @@ TYPES = {
     "window": ad.runs.whole(1, 100_000), "lr": ad.runs.positive_float, "long_sim_steps": ad.runs.whole(0, 10**9),
     "long_batch": ad.runs.whole(1, 100_000), "long_window": ad.runs.whole(1, 100_000),
     "long_lr": ad.runs.positive_float, "hidden": ad.runs.whole(1, 4096), "policy": policy_kind,
-    "ddpg_steps": ad.runs.whole(1, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
-    "eval_episodes": ad.runs.whole(1, 100_000), "curve_episodes": ad.runs.whole(1, 10_000),
-    "large_eval": ad.runs.whole(0, 100_000), "grid": ad.runs.whole(3, 1001),
+    "ddpg_steps": ad.runs.whole(0, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
+    "eval_episodes": ad.runs.whole(1, 100_000), "fresh_episodes": ad.runs.whole(1, 100_000),
+    "curve_episodes": ad.runs.whole(1, 10_000), "grid": ad.runs.whole(3, 1001),
+    "vi_angles": ad.runs.whole(8, 2001), "vi_speeds": ad.runs.whole(3, 2001), "original_seeds": ad.runs.whole(0, 1000),
 }
-# Gymnasium reset seeds of each set of starts, disjoint: the evaluation's are never used in training
-EVAL_SEED_BASE = 1_000_000    # final evaluation: reset seeds 1,000,000 + k
+# Gymnasium reset seeds of each set of starts, disjoint; none is ever used in training.
+EVAL_SEED_BASE = 1_000_000    # the evaluation set, reset seeds 1,000,000 + k: seen while the method was chosen
+FRESH_SEED_BASE = 10_000_000  # the fresh set, reset seeds 10,000,000 + k: first played after every choice was made
 CURVE_SEED_BASE = 2_000_000   # learning-curve checks: reset seeds 2,000,000 + k
 DDPG_SEED_BASE = 3_000_000    # DDPG's training environment (BPTT never touches Gymnasium in training)
 
@@ -228,6 +238,19 @@ def reset_states(rng, n):
     return np.stack([rng.uniform(-np.pi, np.pi, n), rng.uniform(-1.0, 1.0, n)], axis=1)
 
 
+def original_step(state, torque):
+    """One step of the original's pendulum (Gym.jl's Pendulum-v0, which Flux's example trained on), with
+    the engine's ops: the same equations as Gymnasium's, but the torque is NOT clipped (Gym.jl clamps it
+    only for drawing), in the dynamics and in the cost, and θ moves with the speed before its ±8 clip.
+    state: Tensor (B, 2); torque: Tensor (B,) or (B, 1). Returns (next_state, cost of the pre-step state)."""
+    theta, speed, u = state[:, 0], state[:, 1], _torque_vector(torque)
+    wrapped = theta + ad.Tensor(angle_normalize(theta.data) - theta.data)
+    cost = wrapped * wrapped + 0.1 * (speed * speed) + 0.001 * (u * u)
+    raw_speed = speed + (GRAVITY_TERM * ad.sin(theta) + TORQUE_TERM * u) * DT
+    new_theta = theta + raw_speed * DT
+    return ad.stack([new_theta, ad.clip(raw_speed, -MAX_SPEED, MAX_SPEED)], axis=1), cost
+
+
 # ----------------------------------------------------------------------------
 # 3. Model: an odd MLP on the observation, torque squashed into [−2, 2]
 #
@@ -317,6 +340,19 @@ def bptt_update(net, optimizer, state, steps, kind, max_grad_norm):
     return loss, end.data, grad_norm
 
 
+def check_update(net, before, loss, when):
+    """A diverged update (non-finite loss or parameters) stops training: the parameters are put back to
+    the last finite ones (`before`) and Diverged carries the net, so that they can be saved."""
+    if np.isfinite(loss.item()) and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
+        return
+    for p, old in zip(net.parameters(), before):
+        p.data = old
+    which = "loss" if not np.isfinite(loss.item()) else "parameters"
+    error = ad.runs.Diverged(f"BPTT {which} not finite at {when} (training diverged; try a smaller learning rate)")
+    error.net = net
+    raise error
+
+
 def adam_schedule(lr, done, total):
     """Constant step size, then a linear decay to 5% over the last quarter of the steps."""
     return lr * min(1.0, 0.05 + 0.95 * (1.0 - done / total) / 0.25)
@@ -348,7 +384,10 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
             checkpoints = [c for c in checkpoints if c > done]
         optimizer.lr = adam_schedule(lr, done, sim_steps)
         steps = min(window, episode_length - t_episode)
-        loss, state, grad_norm = bptt_update(net, optimizer, state, steps, kind, max_grad_norm)
+        before = [p.data.copy() for p in net.parameters()]
+        with np.errstate(over="ignore", invalid="ignore"):           # a divergence is caught just below
+            loss, state, grad_norm = bptt_update(net, optimizer, state, steps, kind, max_grad_norm)
+        check_update(net, before, loss, f"{label}, update {len(grad_norms) + 1} (step {done:,})")
         grad_norms.append(grad_norm)
         done, t_episode = done + batch * steps, t_episode + steps
         if t_episode >= episode_length:
@@ -398,6 +437,26 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
 # follow RL Zoo's DDPG/TD3 for Pendulum (γ = 0.98, σ = 0.1 of the action range is 0.2 here, one
 # gradient step per environment step), with smaller networks (64, 64) to fit the one-minute budget.
 # ----------------------------------------------------------------------------
+# Compute, counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
+# counting as two forward ones. BPTT, per simulated step: f on o and on mirror(o), forward and backward (6;
+# a plain policy 3). DDPG, per replayed sample of a gradient step: target actor and target critic forward
+# (2), critic forward and backward for the TD loss (3), actor and critic forward and backward for the
+# actor's loss (6); plus one actor forward to act at each step after the warm-up.
+BPTT_PASSES_PER_STEP = {"odd": 6, "plain": 3}
+DDPG_PASSES_PER_SAMPLE = 11
+
+
+def ddpg_passes(env_steps, batch=128, warmup=1000):
+    gradient_steps = max(0, env_steps - warmup + 1)
+    return gradient_steps * batch * DDPG_PASSES_PER_SAMPLE + max(0, env_steps - warmup)
+
+
+def ddpg_steps_matching(passes, batch=128, warmup=1000):
+    """The fewest DDPG environment steps whose network passes reach `passes` (e.g. one BPTT seed's)."""
+    per_step = batch * DDPG_PASSES_PER_SAMPLE + 1
+    return warmup - 1 + -(-(passes + 1) // per_step)
+
+
 def q_value(params, obs, action):
     """The critic Q(o, a) with parameters `params`; the action is scaled to [−1, 1] as its input."""
     return ad.mlp(ad.concatenate([obs, action], axis=1), *params, activation="relu")
@@ -465,7 +524,8 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
             continue
         index = rng.integers(0, t + 1, batch)
         sample = tuple(ad.Tensor(buffer[k][index]) for k in ("obs", "action", "reward", "next_obs"))
-        critic_loss = ddpg_update(actor, critic, optimizers, targets, sample, gamma, tau)
+        critic_loss = ad.runs.check_finite("DDPG critic loss", ddpg_update(actor, critic, optimizers, targets,
+                                                                           sample, gamma, tau), f"step {t + 1}")
         progress.update(t + 1, critic_loss=critic_loss.item(), last_return=episode_returns[-1] if episode_returns else 0.0)
     if curve_policy_eval is not None:
         curve.append((env_steps, curve_policy_eval(policy)))
@@ -520,29 +580,97 @@ def steps_to_upright(angles, tolerance=0.3):
     return first
 
 
+# The reference: a near-optimal controller from finite-horizon value iteration on an (angle, speed) grid
+#
+#   V_T = 0,   V_t(s) = max_u [ −cost(s, u) + V_{t+1}(step(s, u)) ],   t = T−1, ..., 0   (T = 200 steps)
+#
+# V between grid points is bilinear (periodic in θ; θ̇ spans the whole clipped range ±8). The controller
+# then acts on the exact state, u_t = argmax_u [ −cost(s, u) + V_{t+1}(step(s, u)) ] over 41 torques, and
+# is played on Gymnasium like any policy: its measured return is a lower bound on the optimum, and the
+# grid is fine enough when refining it no longer moves that return (--vi-convergence).
+VI_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 11)      # the backups' actions
+GREEDY_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 41)  # the controller's actions
+
+
+def grid_neighbours(states, n_theta, n_speed):
+    """For states (N, 2): flat indices (4, N) of the surrounding grid points and their bilinear weights."""
+    x = (angle_normalize(states[:, 0]) + np.pi) * (n_theta / (2 * np.pi))
+    i0 = np.floor(x).astype(np.int64)
+    fx, i0 = x - i0, i0 % n_theta
+    i1 = (i0 + 1) % n_theta
+    y = (states[:, 1] + MAX_SPEED) * ((n_speed - 1) / (2 * MAX_SPEED))
+    j0 = np.clip(np.floor(y).astype(np.int64), 0, n_speed - 2)
+    fy = y - j0
+    index = np.stack([i0 * n_speed + j0, i0 * n_speed + j0 + 1, i1 * n_speed + j0, i1 * n_speed + j0 + 1])
+    weight = np.stack([(1 - fx) * (1 - fy), (1 - fx) * fy, fx * (1 - fy), fx * fy])
+    return index.astype(np.int32), weight
+
+
+def value_iteration(n_theta, n_speed, horizon=EPISODE_STEPS):
+    """V_t on the grid for t = 0..horizon, (horizon + 1, n_theta · n_speed) float32. Every (state, torque)
+    pair's successor and cost are computed once (the dynamics do not change with t); a backup is then a
+    gather, a weighted sum and a max."""
+    theta, speed, torque = np.meshgrid(-np.pi + 2 * np.pi * np.arange(n_theta) / n_theta,
+                                       np.linspace(-MAX_SPEED, MAX_SPEED, n_speed), VI_TORQUES, indexing="ij")
+    successors, cost = step_numpy(np.stack([theta.ravel(), speed.ravel()], axis=1), torque.ravel())
+    index, weight = grid_neighbours(successors, n_theta, n_speed)
+    values = np.zeros((horizon + 1, n_theta * n_speed), dtype=np.float32)
+    for t in range(horizon - 1, -1, -1):
+        q = (weight * values[t + 1][index]).sum(axis=0) - cost
+        values[t] = q.reshape(-1, len(VI_TORQUES)).max(axis=1)
+    return values
+
+
+def optimal_controller(values, n_theta, n_speed):
+    """A fresh controller for one set of episodes played in lockstep (it counts the steps: at step t it
+    looks one step ahead onto V_{t+1})."""
+    clock = [0]
+
+    def policy(obs):
+        obs = np.asarray(obs, dtype=np.float64)
+        state = np.stack([np.arctan2(obs[:, 1], obs[:, 0]), obs[:, 2]], axis=1)
+        successors, cost = step_numpy(np.repeat(state, len(GREEDY_TORQUES), axis=0),
+                                      np.tile(GREEDY_TORQUES, len(obs)))
+        index, weight = grid_neighbours(successors, n_theta, n_speed)
+        q = (weight * values[clock[0] + 1][index]).sum(axis=0) - cost
+        clock[0] += 1
+        return GREEDY_TORQUES[q.reshape(len(obs), -1).argmax(axis=1)]
+    return policy
+
+
+def gap_to_optimum(optimum, result):
+    """The paired gap on the same starts: mean and standard error of (optimum − policy) per episode."""
+    return ad.runs.paired_difference(optimum["returns"], result["returns"])
+
+
 # ----------------------------------------------------------------------------
 # 9. main: train BPTT, then the baseline, then measure and report
 # ----------------------------------------------------------------------------
 def main(argv=None):
     started, cpu_started = time.perf_counter(), time.process_time()
-    args = ad.runs.command_line(__doc__, "pendulum_bptt", SETTINGS, FULL, HELP, types=TYPES, argv=argv)
+    args = ad.runs.command_line(__doc__, "pendulum_bptt", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
+                                add_arguments=add_play_flag)
+    if args.play:
+        return play_policy_file(args, started)
     out = ad.runs.prepare_out(args.out)
     curve_eval = curve_evaluator(args.curve_episodes)
-    bptt_runs = [train_and_evaluate_bptt(args, args.seed + i, curve_eval) for i in range(args.seeds)]
+    # 6. BPTT through the twin, each seed measured on both evaluation sets
+    bptt_runs = [train_and_evaluate_bptt(args, args.seed + i, curve_eval, out) for i in range(args.seeds)]
     save_policy(os.path.join(out, "params.npz"), bptt_runs[0]["net"], args.policy, seed=bptt_runs[0]["seed"])
-    one_episode = one_trajectory_runs(args)
-    zero_torque = evaluate(lambda obs: np.zeros(len(obs)), args.eval_episodes)      # a reference point
-    ddpg_runs = [train_and_evaluate_ddpg(args, args.seed + i, curve_eval) for i in range(args.ddpg_seeds)]
-    main_policy = bptt_runs[0]["policy"]
-    generalisation = measure_generalisation(main_policy, args.grid)
-    save_figures(out, args, bptt_runs, ddpg_runs, one_episode, generalisation, main_policy)
-    metrics = collect_metrics(args, bptt_runs, ddpg_runs, one_episode, zero_torque, generalisation)
+    # 7. DDPG on Gymnasium: RL Zoo's 20,000 steps, or (0) the network passes of one BPTT seed
+    ddpg_steps = args.ddpg_steps or ddpg_steps_matching(bptt_runs[0]["info"]["network_passes"])
+    ddpg_runs = [train_and_evaluate_ddpg(args, args.seed + i, ddpg_steps, curve_eval) for i in range(args.ddpg_seeds)]
+    # 8. The references: the optimum on the same starts, doing nothing, the original's own setting
+    optimum = measure_optimum(args)
+    zero_torque = evaluate_sets(lambda: lambda obs: np.zeros(len(obs)), args)
+    original = reproduce_original(args)
+    generalisation = measure_generalisation(bptt_runs[0]["policy"], args.grid)
+    # report
+    metrics = collect_metrics(args, bptt_runs, ddpg_runs, optimum, original, zero_torque, generalisation)
     metrics["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
-    metrics["evaluation"] = {"env": "gymnasium.make('Pendulum-v1')", "episodes": args.eval_episodes,
-                             "reset_seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_episodes - 1}",
-                             "deterministic": True}
+    save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisation)
     ad.runs.write_metrics(out, metrics, args, started)
-    print_report(args, bptt_runs, ddpg_runs, one_episode, zero_torque, metrics)
+    print_report(metrics)
     print(f"wall time {time.perf_counter() - started:.1f}s; outputs in {out}/")
     return metrics
 
@@ -550,7 +678,7 @@ def main(argv=None):
 # ============================== Part 2: running the experiment ==============================
 
 def curve_evaluator(episodes):
-    """Mean return on fixed Gymnasium episodes whose reset seeds are disjoint from the final evaluation's."""
+    """Mean return on fixed Gymnasium episodes whose reset seeds are disjoint from both evaluation sets."""
     def curve_eval(policy):
         return float(run_gymnasium(policy, seeds=CURVE_SEED_BASE + np.arange(episodes))[0].mean())
     return curve_eval
@@ -565,46 +693,173 @@ def summary(result):
     return {k: v for k, v in result.items() if k != "returns"}
 
 
-def train_and_evaluate_bptt(args, seed, curve_eval):
-    """Both phases for one seed, then the evaluation (and the large one, if asked)."""
-    t0 = time.perf_counter()
+def evaluate_sets(make_policy, args):
+    """Returns on both evaluation sets: {"evaluation": the 100 seen in development, "fresh": the fresh set}.
+    make_policy() gives a policy for one set of episodes (the optimal controller counts steps)."""
+    return {"evaluation": evaluate(make_policy(), args.eval_episodes, EVAL_SEED_BASE),
+            "fresh": evaluate(make_policy(), args.fresh_episodes, FRESH_SEED_BASE)}
+
+
+def train_and_evaluate_bptt(args, seed, curve_eval, out):
+    """Both phases for one seed, then both evaluation sets. A divergence saves the last finite parameters."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
     phase_1 = dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr)
     phase_2 = dict(sim_steps=args.long_sim_steps, batch=args.long_batch, window=args.long_window, lr=args.long_lr)
-    net, curve, info = train_two_phases(seed, phase_1, phase_2, args.hidden, args.policy,
-                                        curve_at=log_checkpoints(args.sim_steps + args.long_sim_steps),
-                                        curve_policy_eval=curve_eval, label=f"bptt seed {seed}")
-    train_time = time.perf_counter() - t0
+    try:
+        net, curve, info = train_two_phases(seed, phase_1, phase_2, args.hidden, args.policy,
+                                            curve_at=log_checkpoints(args.sim_steps + args.long_sim_steps),
+                                            curve_policy_eval=curve_eval, label=f"bptt seed {seed}")
+    except ad.runs.Diverged as error:
+        path = os.path.join(out, "params_last_finite.npz")
+        save_policy(path, error.net, args.policy, seed=seed)
+        raise ad.runs.Diverged(f"{error}; the last finite parameters are in {path}") from None
+    info.update(train_seconds=time.perf_counter() - t0, train_cpu_seconds=time.process_time() - cpu0,
+                network_passes=info["sim_steps"] * BPTT_PASSES_PER_STEP[args.policy])
     policy = lambda obs: act(net, obs, args.policy)                                    # noqa: E731
-    result = evaluate(policy, args.eval_episodes)
-    if args.large_eval:
-        result["large"] = summary(evaluate(policy, args.large_eval))
-    print(f"bptt seed {seed}: mean {result['mean']:.1f}  std {result['std']:.1f}  worst {result['worst']:.1f}  "
-          f"({info['sim_steps']} simulated steps, {train_time:.1f}s)")
-    return dict(seed=seed, net=net, policy=policy, curve=curve, info=info, train_s=train_time, result=result)
+    results = evaluate_sets(lambda: policy, args)
+    print(f"bptt seed {seed}: {results['evaluation']['mean']:.1f} on the evaluation set, "
+          f"{results['fresh']['mean']:.1f} on the fresh set ({info['sim_steps']:,} simulated steps, "
+          f"{info['train_seconds']:.1f}s)")
+    return dict(seed=seed, net=net, policy=policy, curve=curve, info=info, results=results)
 
 
-def one_trajectory_runs(args):
-    """BPTT on ONE trajectory with the original's schedule (4-step windows, Adam 0.03), on this file's
-    twin and policy: 200 steps, and the original's 1,000-step episode."""
-    one_episode = {}
-    for steps in (EPISODE_STEPS, 1000):
-        net, _, info = train_bptt(args.seed, sim_steps=steps, batch=1, window=4, lr=0.03, hidden=args.hidden,
-                                  kind=args.policy, episode_length=steps, label=f"one trajectory of {steps} steps")
-        one_episode[steps] = evaluate(lambda obs: act(net, obs, args.policy), args.eval_episodes)
-    return one_episode
-
-
-def train_and_evaluate_ddpg(args, seed, curve_eval):
-    t0 = time.perf_counter()
-    policy, _, curve, info = train_ddpg(seed, args.ddpg_steps, curve_at=log_checkpoints(args.ddpg_steps),
+def train_and_evaluate_ddpg(args, seed, env_steps, curve_eval):
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    policy, _, curve, info = train_ddpg(seed, env_steps, curve_at=log_checkpoints(env_steps),
                                         curve_policy_eval=curve_eval, label=f"ddpg seed {seed}")
-    train_time = time.perf_counter() - t0
-    result = evaluate(policy, args.eval_episodes)
-    if args.large_eval:
-        result["large"] = summary(evaluate(policy, args.large_eval))
-    print(f"ddpg seed {seed}: mean {result['mean']:.1f}  std {result['std']:.1f}  worst {result['worst']:.1f}  "
-          f"({args.ddpg_steps} Gymnasium steps, {train_time:.1f}s)")
-    return dict(seed=seed, curve=curve, info=info, train_s=train_time, result=result)
+    info.update(train_seconds=time.perf_counter() - t0, train_cpu_seconds=time.process_time() - cpu0,
+                network_passes=ddpg_passes(env_steps))
+    results = evaluate_sets(lambda: policy, args)
+    print(f"ddpg seed {seed}: {results['evaluation']['mean']:.1f} on the evaluation set, "
+          f"{results['fresh']['mean']:.1f} on the fresh set ({env_steps:,} Gymnasium steps, "
+          f"{info['train_seconds']:.1f}s)")
+    return dict(seed=seed, curve=curve, info=info, results=results)
+
+
+def measure_optimum(args):
+    """Value iteration on the chosen grid, its controller on both sets and the curve episodes; with
+    --vi-convergence, also on grids of 1/2 and 1/3 the points per axis, to show the figure has settled."""
+    grids = [(args.vi_angles, args.vi_speeds)]
+    if args.vi_convergence:
+        grids = [(args.vi_angles // k | 1, args.vi_speeds // k | 1) for k in (3, 2)] + grids
+    found = []
+    for n_theta, n_speed in grids:
+        t0 = time.perf_counter()
+        values = value_iteration(n_theta, n_speed)
+        seconds = time.perf_counter() - t0
+        results = evaluate_sets(lambda: optimal_controller(values, n_theta, n_speed), args)
+        found.append(dict(grid=[n_theta, n_speed], value_iteration_seconds=round(seconds, 2),
+                          **{k: summary(v) for k, v in results.items()}))
+        print(f"optimum, {n_theta} x {n_speed} grid: {results['evaluation']['mean']:.2f} on the evaluation set, "
+              f"{results['fresh']['mean']:.2f} on the fresh set (value iteration {seconds:.1f}s)")
+    curve_mean = float(run_gymnasium(optimal_controller(values, n_theta, n_speed),
+                                     seeds=CURVE_SEED_BASE + np.arange(args.curve_episodes))[0].mean())
+    return dict(results=results, grid=[n_theta, n_speed], curve_episodes_mean=curve_mean, convergence=found,
+                backup_torques=len(VI_TORQUES), controller_torques=len(GREEDY_TORQUES))
+
+
+def gaps(results, optimum):
+    """Each set's summary with the paired gap to the optimum on the same starts."""
+    return {k: dict(summary(v), gap_to_optimum=gap_to_optimum(optimum["results"][k], v)) for k, v in results.items()}
+
+
+def seed_averaged_gap(runs, optimum, which="fresh"):
+    """The gap of a method averaged over its seeds, per start, then its mean and standard error over starts."""
+    if not runs:
+        return None
+    per_start = np.mean([optimum["results"][which]["returns"] - r["results"][which]["returns"] for r in runs], axis=0)
+    mean, se = ad.runs.mean_and_se(per_start)
+    per_seed = [float(np.mean(optimum["results"][which]["returns"] - r["results"][which]["returns"])) for r in runs]
+    return {"mean": mean, "se": se, "episodes": int(per_start.size), "seeds": len(runs),
+            "best_seed": min(per_seed), "worst_seed": max(per_seed),
+            "seeds_within_3": int(np.sum(np.array(per_seed) <= 3.0))}
+
+
+# ----------------------------------------------------------------------------
+# The original's setting re-created: Flux's model-zoo pendulum (blog era) on Gym.jl's Pendulum-v0
+#
+# Network Dense(3,24,relu) → Dense(24,48,relu) → Dense(48,1), Glorot-uniform weights, zero biases, a linear
+# (unbounded) torque; loss Flux.mse(r, 0) = cost² per step, summed over windows of 4 steps, ADAM(0.03) after
+# each window; ONE training episode of 1,000 steps (250 updates), the state carried from window to window.
+# That is "Flux's schedule". Evaluated, as the leaderboard was, as a mean over 100 episodes of 200 steps.
+# ----------------------------------------------------------------------------
+ORIGINAL = {"sizes": (3, 24, 48, 1), "window": 4, "lr": 0.03, "episode_steps": 1000}
+LEADERBOARD_BEST = -123.11     # best 100-episode mean on the old Gym leaderboard for Pendulum-v0 (D4PG)
+
+
+def train_original(seed, step):
+    """One 1,000-step episode of the original's BPTT through `step` (original_step or Gymnasium's step_ops)."""
+    rng = np.random.default_rng((seed, 17))
+    net = ad.nn.MLP(ORIGINAL["sizes"], rng, activation="relu", out_activation=None, init="glorot")
+    optimizer = ad.optim.Adam(net.parameters(), lr=ORIGINAL["lr"])
+    state = reset_states(rng, 1)
+    for _ in range(ORIGINAL["episode_steps"] // ORIGINAL["window"]):
+        state_t, loss = ad.Tensor(state), 0.0
+        for _ in range(ORIGINAL["window"]):
+            state_t, cost = step(state_t, net(observation(state_t)))
+            loss = loss + (cost * cost).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        state = state_t.data
+    return net
+
+
+def play_original(net, starts):
+    """200-step episodes of the original's pendulum from `starts` (B, 2): returns (B,) and the peak |u|."""
+    state, total, peak = ad.Tensor(starts), np.zeros(len(starts)), 0.0
+    with ad.no_grad():
+        for _ in range(EPISODE_STEPS):
+            torque = net(observation(state))
+            state, cost = original_step(state, torque)
+            total, peak = total - cost.data, max(peak, float(np.max(np.abs(torque.data))))
+    return total, peak
+
+
+def original_policy(net):
+    """The original's network as a Gymnasium policy: observations (B, 3) → torques (B,), unbounded."""
+    def policy(obs):
+        with ad.no_grad():
+            return net(ad.Tensor(np.asarray(obs, dtype=np.float64))).data[:, 0]
+    return policy
+
+
+def gymnasium_starts(seeds):
+    """The start states [θ, θ̇] Gymnasium's reset gives for these seeds."""
+    import gymnasium as gym
+    env = gym.make("Pendulum-v1")
+    starts = []
+    for seed in seeds:
+        env.reset(seed=int(seed))
+        starts.append(np.array(env.unwrapped.state, dtype=np.float64))
+    env.close()
+    return np.array(starts)
+
+
+def reproduce_original(args):
+    """Each seed: trained on the original's pendulum and scored there, the same policy on Gymnasium (which
+    clips its torque to ±2), and the same recipe trained on Gymnasium's clipped dynamics (step_ops)."""
+    starts = gymnasium_starts(EVAL_SEED_BASE + np.arange(args.eval_episodes))
+    rows = []
+    for seed in range(args.seed, args.seed + args.original_seeds):
+        net = train_original(seed, original_step)
+        on_original, peak = play_original(net, starts)
+        on_gymnasium = evaluate(original_policy(net), args.eval_episodes)
+        trained_clipped = evaluate(original_policy(train_original(seed, step_ops)), args.eval_episodes)
+        rows.append(dict(seed=seed, on_original_pendulum=float(on_original.mean()), peak_abs_torque=peak,
+                         same_policy_on_gymnasium=on_gymnasium["mean"],
+                         trained_on_clipped_twin_on_gymnasium=trained_clipped["mean"]))
+        print(f"original's setting, seed {seed}: {rows[-1]['on_original_pendulum']:.1f} on its own pendulum "
+              f"(peak |u| {peak:.1f}), {on_gymnasium['mean']:.1f} on Gymnasium")
+    if not rows:
+        return None
+    column = lambda key: np.array([r[key] for r in rows])                            # noqa: E731
+    return {"per_seed": rows, "episodes": args.eval_episodes, "leaderboard_best": LEADERBOARD_BEST,
+            "median_on_original_pendulum": float(np.median(column("on_original_pendulum"))),
+            "seeds_beating_leaderboard": int(np.sum(column("on_original_pendulum") >= LEADERBOARD_BEST)),
+            "median_same_policy_on_gymnasium": float(np.median(column("same_policy_on_gymnasium"))),
+            "median_trained_on_clipped_twin": float(np.median(column("trained_on_clipped_twin_on_gymnasium"))),
+            "peak_abs_torque_range": [float(column("peak_abs_torque").min()), float(column("peak_abs_torque").max())]}
 
 
 def measure_generalisation(policy, grid):
@@ -629,82 +884,133 @@ def measure_generalisation(policy, grid):
     }
 
 
-def save_figures(out, args, bptt_runs, ddpg_runs, one_episode, generalisation, main_policy):
-    plot_learning_curves(os.path.join(out, "learning_curve.png"), [r["curve"] for r in bptt_runs],
-                         [r["curve"] for r in ddpg_runs],
-                         [("one trajectory, 200 steps", EPISODE_STEPS, one_episode[EPISODE_STEPS]["mean"]),
-                          ("one trajectory, 1000 steps", 1000, one_episode[1000]["mean"])],
-                         phase_two_at=args.sim_steps if args.long_sim_steps else None,
-                         phase_two_window=args.long_window, curve_episodes=args.curve_episodes)
-    g = generalisation
-    plot_generalisation(os.path.join(out, "generalisation.png"), g["grid_theta"], g["grid_speed"], g["returns"],
-                        g["_upright_map"])
-    save_swing_up_gif(os.path.join(out, "swing_up.gif"), main_policy)
-
-
-def bptt_record(r):
-    return dict(seed=r["seed"], **summary(r["result"]), train_seconds=round(r["train_s"], 2),
-                simulated_steps=r["info"]["sim_steps"], episodes_simulated=r["info"]["episodes_simulated"],
-                updates=r["info"]["updates"], gymnasium_steps_in_training=0,
-                phases={k: r["info"][k] for k in ("phase_1", "phase_2")},
-                steps_to_mean_minus_200=first_reaching(r["curve"], -200),
-                steps_to_mean_minus_150=first_reaching(r["curve"], -150), curve=r["curve"])
-
-
-def ddpg_record(r):
-    return dict(seed=r["seed"], **summary(r["result"]), train_seconds=round(r["train_s"], 2),
-                gymnasium_steps=r["info"]["env_steps"], steps_to_mean_minus_200=first_reaching(r["curve"], -200),
-                steps_to_mean_minus_150=first_reaching(r["curve"], -150), curve=r["curve"])
-
-
 def first_reaching(curve, level):
     """The first checkpoint (steps) of a [(steps, mean return)] curve whose mean is ≥ level, or None."""
     return ad.runs.first_reaching([s for s, _ in curve], [m for _, m in curve], level)
 
 
-def collect_metrics(args, bptt_runs, ddpg_runs, one_episode, zero_torque, generalisation):
-    bptt_means = [r["result"]["mean"] for r in bptt_runs]
+def run_record(r, optimum, extra):
+    info = r["info"]
+    return dict(seed=r["seed"], **gaps(r["results"], optimum), **extra,
+                train_seconds=round(info["train_seconds"], 2), train_cpu_seconds=round(info["train_cpu_seconds"], 2),
+                network_passes=info["network_passes"], steps_to_mean_minus_200=first_reaching(r["curve"], -200),
+                steps_to_mean_minus_150=first_reaching(r["curve"], -150), curve=r["curve"])
+
+
+def collect_metrics(args, bptt_runs, ddpg_runs, optimum, original, zero_torque, generalisation):
+    bptt_fresh = [r["results"]["fresh"]["mean"] for r in bptt_runs]
+    bptt = [run_record(r, optimum, dict(simulated_steps=r["info"]["sim_steps"], updates=r["info"]["updates"],
+                                        episodes_simulated=r["info"]["episodes_simulated"],
+                                        gymnasium_steps_in_training=0,
+                                        phases={k: r["info"][k] for k in ("phase_1", "phase_2")})) for r in bptt_runs]
+    ddpg = [run_record(r, optimum, dict(gymnasium_steps=r["info"]["env_steps"])) for r in ddpg_runs]
+    paired = None
+    if ddpg_runs:
+        per_method = [np.mean([r["results"]["fresh"]["returns"] for r in runs], axis=0) for runs in (bptt_runs, ddpg_runs)]
+        paired = ad.runs.paired_difference(*per_method)
     return {
-        "bptt": {
-            "per_seed": [bptt_record(r) for r in bptt_runs],
-            "mean_over_seeds": float(np.mean(bptt_means)), "worst_seed_mean": float(np.min(bptt_means)),
-            "all_seeds_at_least_minus_150": bool(np.min(bptt_means) >= -150),
-            "setup": dict(hidden=args.hidden, policy=args.policy,
-                          phase_1=dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr),
-                          phase_2=dict(sim_steps=args.long_sim_steps, batch=args.long_batch,
-                                       window=args.long_window, lr=args.long_lr)),
-        },
-        "one_trajectory_flux_schedule": {str(k): summary(v) for k, v in one_episode.items()},
-        "zero_torque": summary(zero_torque),
-        "ddpg": {"per_seed": [ddpg_record(r) for r in ddpg_runs]},
+        "sets": {"evaluation": {"reset_seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_episodes - 1}",
+                                "role": "seen during development: the method was chosen while looking at it"},
+                 "fresh": {"reset_seeds": f"{FRESH_SEED_BASE}..{FRESH_SEED_BASE + args.fresh_episodes - 1}",
+                           "role": "first played by BPTT and DDPG after every setting was fixed"},
+                 "env": "gymnasium.make('Pendulum-v1')", "deterministic": True},
+        "headline": {"bptt_gap_to_optimum_fresh": seed_averaged_gap(bptt_runs, optimum),
+                     "ddpg_gap_to_optimum_fresh": seed_averaged_gap(ddpg_runs, optimum),
+                     "bptt_gap_to_optimum_evaluation": seed_averaged_gap(bptt_runs, optimum, "evaluation"),
+                     "ddpg_gap_to_optimum_evaluation": seed_averaged_gap(ddpg_runs, optimum, "evaluation"),
+                     "bptt_minus_ddpg_fresh": paired},
+        "optimum": {k: v for k, v in optimum.items() if k != "results"} | {
+            k: summary(v) for k, v in optimum["results"].items()},
+        "bptt": {"per_seed": bptt, "mean_over_seeds_fresh": float(np.mean(bptt_fresh)),
+                 "worst_seed_fresh": float(np.min(bptt_fresh)),
+                 "setup": dict(hidden=args.hidden, policy=args.policy,
+                               phase_1=dict(sim_steps=args.sim_steps, batch=args.batch, window=args.window, lr=args.lr),
+                               phase_2=dict(sim_steps=args.long_sim_steps, batch=args.long_batch,
+                                            window=args.long_window, lr=args.long_lr))},
+        "ddpg": {"per_seed": ddpg, "compute_matched_to_bptt": args.ddpg_steps == 0},
+        "original_recreated": original,
+        "zero_torque": gaps(zero_torque, optimum),
         "generalisation": {k: v for k, v in generalisation.items() if not k.startswith("_")},
     }
 
 
-def print_report(args, bptt_runs, ddpg_runs, one_episode, zero_torque, metrics):
-    header = [f"Pendulum-v1, {args.eval_episodes} Gymnasium episodes", "mean", "std", "worst", "training"]
-    rows = [[f"BPTT seed {r['seed']}", *stats(r["result"]), f"{r['info']['sim_steps']:,} simulated steps "
-             f"({r['info']['episodes_simulated']:.0f} episodes), {r['train_s']:.1f}s"] for r in bptt_runs]
-    rows += [[f"BPTT, one trajectory of {steps} steps (4-step windows)", *stats(res), f"{steps:,} simulated steps"]
-             for steps, res in one_episode.items()]
-    rows += [["zero torque (reference)", *stats(zero_torque), ""]]
-    rows += [[f"DDPG seed {r['seed']}", *stats(r["result"]), f"{args.ddpg_steps:,} Gymnasium steps "
-              f"({args.ddpg_steps / EPISODE_STEPS:.0f} episodes), {r['train_s']:.1f}s"] for r in ddpg_runs]
-    if args.large_eval:
-        rows += [[f"{name} seed {r['seed']}, {args.large_eval} episodes", *stats(r["result"]["large"]), ""]
-                 for name, runs in (("BPTT", bptt_runs), ("DDPG", ddpg_runs)) for r in runs]
-    ad.runs.print_table(header, rows)
-    g, means = metrics["generalisation"], [r["result"]["mean"] for r in bptt_runs]
-    print(f"generalisation grid ({g['returns'].size} starts, θ in [−π, π], θ̇ in [−2, 2]): "
-          f"mean {g['mean_return']:.1f}, worst {g['worst_return']:.1f}; "
-          f"hanging down: mean {g['hanging_down_mean_return']:.1f}, "
-          f"worst {g['hanging_down_worst_return']:.1f}; never upright {100 * g['never_upright_fraction']:.1f}%")
-    print(f"BPTT over {len(means)} seed(s): mean of means {np.mean(means):.1f}, worst seed {np.min(means):.1f} "
-          f"(bar: >= -150)")
+def gap_text(gap):
+    return f"{gap['mean']:.1f} ± {gap['se']:.1f}"
 
 
-def stats(result):
-    return [f"{result['mean']:.1f}", f"{result['std']:.1f}", f"{result['worst']:.1f}"]
+def print_report(metrics):
+    rows = [["optimum (value iteration)", metrics["optimum"]["evaluation"]["mean"], "0",
+             metrics["optimum"]["fresh"]["mean"], "0", ""]]
+    for name, key, unit in (("BPTT", "bptt", "simulated_steps"), ("DDPG", "ddpg", "gymnasium_steps")):
+        rows += [[f"{name} seed {r['seed']}", r["evaluation"]["mean"], gap_text(r["evaluation"]["gap_to_optimum"]),
+                  r["fresh"]["mean"], gap_text(r["fresh"]["gap_to_optimum"]),
+                  f"{r[unit]:,} {unit.replace('_', ' ')}, {r['network_passes'] / 1e6:.1f} M passes, "
+                  f"{r['train_cpu_seconds']:.0f} cpu-s"] for r in metrics[key]["per_seed"]]
+    z = metrics["zero_torque"]
+    rows.append(["zero torque", z["evaluation"]["mean"], gap_text(z["evaluation"]["gap_to_optimum"]),
+                 z["fresh"]["mean"], gap_text(z["fresh"]["gap_to_optimum"]), ""])
+    sets = metrics["sets"]
+    ad.runs.print_table(["Pendulum-v1 on Gymnasium", "evaluation set", "gap to optimum", "fresh set",
+                         "gap to optimum", "training"], [[c if isinstance(c, str) else f"{c:.1f}" for c in row]
+                                                         for row in rows],
+                        title=f"Mean return; evaluation set = reset seeds {sets['evaluation']['reset_seeds']} (seen "
+                              f"in development), fresh set = {sets['fresh']['reset_seeds']} (never looked at)")
+    original = metrics["original_recreated"]
+    if original:
+        ad.runs.print_table(["seed", "on the original's pendulum", "peak |u|", "same policy on Gymnasium",
+                             "trained on Gymnasium's dynamics"],
+                            [[r["seed"], f"{r['on_original_pendulum']:.1f}", f"{r['peak_abs_torque']:.1f}",
+                              f"{r['same_policy_on_gymnasium']:.1f}", f"{r['trained_on_clipped_twin_on_gymnasium']:.1f}"]
+                             for r in original["per_seed"]],
+                            title=f"The original's setting re-created (one 1,000-step episode, {original['episodes']} "
+                                  f"evaluation episodes of 200 steps; leaderboard best {LEADERBOARD_BEST})")
+        print(f"median {original['median_on_original_pendulum']:.1f} on the original's pendulum, "
+              f"{original['seeds_beating_leaderboard']} of {len(original['per_seed'])} seeds at or above "
+              f"{LEADERBOARD_BEST}; the same policies on Gymnasium: median {original['median_same_policy_on_gymnasium']:.1f}")
+    print_headline(metrics)
+
+
+def print_headline(metrics):
+    h, g = metrics["headline"], metrics["generalisation"]
+    print(f"generalisation grid ({g['returns'].size} starts, θ in [−π, π], θ̇ in [−2, 2]): mean "
+          f"{g['mean_return']:.1f}, worst {g['worst_return']:.1f}; never upright {100 * g['never_upright_fraction']:.1f}%")
+    for name, key in (("BPTT", "bptt_gap_to_optimum_fresh"), ("DDPG", "ddpg_gap_to_optimum_fresh")):
+        if h[key]:
+            print(f"{name} is {gap_text(h[key])} below the optimum on the fresh set ({h[key]['episodes']} starts, "
+                  f"paired, {h[key]['seeds']} seed(s): {h[key]['best_seed']:.1f} to {h[key]['worst_seed']:.1f}; "
+                  f"{h[key]['seeds_within_3']} within 3)")
+    if h["bptt_minus_ddpg_fresh"]:
+        print(f"BPTT minus DDPG on the fresh set: {gap_text(h['bptt_minus_ddpg_fresh'])} (paired)")
+
+
+def save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisation):
+    bptt_passes, ddpg_passes_at = BPTT_PASSES_PER_STEP[args.policy], ddpg_passes
+    plot_learning_curves(os.path.join(out, "learning_curve.png"),
+                         [(r["curve"], lambda s: s * bptt_passes) for r in bptt_runs],
+                         [(r["curve"], ddpg_passes_at) for r in ddpg_runs], optimum["curve_episodes_mean"],
+                         original, phase_two_at=args.sim_steps if args.long_sim_steps else None,
+                         phase_two_window=args.long_window, curve_episodes=args.curve_episodes)
+    g = generalisation
+    plot_generalisation(os.path.join(out, "generalisation.png"), g["grid_theta"], g["grid_speed"], g["returns"],
+                        g["_upright_map"])
+    save_swing_up_gif(os.path.join(out, "swing_up.gif"), bptt_runs[0]["policy"])
+
+
+def add_play_flag(parser):
+    parser.add_argument("--play", metavar="PARAMS", default=None,
+                        help="instead of training: play a saved params.npz on both evaluation sets (writes play.json)")
+
+
+def play_policy_file(args, started):
+    """--play: the file is checked first (one-line errors), then the output folder, then the episodes."""
+    policy = policy_from_file(args.play)
+    out = ad.runs.prepare_out(args.out)
+    results = evaluate_sets(lambda: lambda obs: policy(obs)[:, 0], args)
+    for name, result in results.items():
+        mean, se = ad.runs.mean_and_se(result["returns"])
+        print(f"{args.play} on the {name} set ({result['episodes']} episodes): mean {mean:.1f} ± {se:.1f}")
+    ad.runs.write_metrics(out, {k: summary(v) for k, v in results.items()}, args, started, name="play.json")
+    return results
 
 
 # ----------------------------------------------------------------------------
@@ -749,38 +1055,42 @@ def policy_from_file(path):
 # ----------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------
-def plot_learning_curves(path, bptt_curves, ddpg_curves, one_episode_points, phase_two_at=None, phase_two_window=50,
-                         curve_episodes=20):
+def plot_learning_curves(path, bptt_curves, ddpg_curves, optimum_mean, original, phase_two_at=None,
+                         phase_two_window=50, curve_episodes=20):
+    """Two panels: mean return against the experience used for training (simulated steps for BPTT,
+    Gymnasium steps for DDPG) and against compute (network passes); the optimum as a line in both.
+    bptt_curves, ddpg_curves: [(curve [(steps, mean)], steps → passes)]."""
     plt = ad.runs.pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, curve in enumerate(bptt_curves):
-        steps, returns = zip(*curve[1:])                  # from the first checkpoint (log axis: no 0)
-        ax.plot(steps, returns, color="tab:blue", alpha=0.85 if i == 0 else 0.4,
-                label="BPTT through the twin (each seed)" if i == 0 else None)
-    for i, curve in enumerate(ddpg_curves):
-        steps, returns = zip(*curve[1:])
-        ax.plot(steps, returns, color="tab:orange", alpha=0.85 if i == 0 else 0.4,
-                label="DDPG on Gymnasium (each seed)" if i == 0 else None)
-    for i, (name, steps, mean) in enumerate(one_episode_points):
-        ax.scatter([steps], [mean], marker="x", s=60, color="tab:red", zorder=5,
-                   label="BPTT, one trajectory, Flux's schedule" if i == 0 else None)
-        ax.annotate(name, (steps, mean), textcoords="offset points", xytext=(-20, 10 + 14 * i), fontsize=8,
-                    color="tab:red")
-    ax.axhline(-150, color="gray", linestyle="--", linewidth=1)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for panel, ax in enumerate(axes):
+        for curves, color, name in ((bptt_curves, "tab:blue", "BPTT through the twin"),
+                                    (ddpg_curves, "tab:orange", "DDPG on Gymnasium")):
+            for i, (curve, passes) in enumerate(curves):
+                steps, returns = np.array(curve[1:]).T                  # from the first checkpoint (log axis: no 0)
+                label = (f"{name} ({len(curves)} seeds)" if len(curves) > 1 else f"{name} (1 seed)") if i == 0 else None
+                ax.plot(steps if panel == 0 else [passes(s) for s in steps], returns, color=color,
+                        alpha=0.85 if i == 0 else 0.4, label=label)
+        ax.axhline(optimum_mean, color="black", linestyle="--", linewidth=1,
+                   label=f"optimum (value iteration): {optimum_mean:.1f}")
+        ax.set_xscale("log")
+        ax.set_ylim(-1700, 0)
+        ax.set_ylabel(f"mean return, {curve_episodes} Gymnasium episodes")
     if phase_two_at:
-        ax.axvline(phase_two_at, color="tab:blue", linestyle=":", linewidth=1)
-        ax.text(phase_two_at * 1.1, -330, f"BPTT phase 2:\n{phase_two_window}-step windows", color="tab:blue", fontsize=8)
-    ax.text(150, -140, "−150", color="gray", fontsize=8)
-    ax.scatter([20000], [-152.1], marker="D", color="gray", zorder=5)
-    ax.annotate("published context: RL Zoo DDPG\n−152 after 20k steps (750 episodes)", (20000, -152.1),
-                textcoords="offset points", xytext=(-150, -60), fontsize=8, color="gray",
-                arrowprops=dict(arrowstyle="-", color="gray"))
-    ax.set_xscale("log")
-    ax.set_xlabel("simulated environment steps used for training (200 = one episode)")
-    ax.set_ylabel(f"mean return, {curve_episodes} Gymnasium episodes")
-    ax.set_ylim(-1700, 0)
-    ax.set_title("Pendulum-v1: BPTT through a differentiable twin vs DDPG")
-    ax.legend(loc="lower right", fontsize=8)
+        axes[0].axvline(phase_two_at, color="tab:blue", linestyle=":", linewidth=1)
+        axes[0].text(phase_two_at * 1.1, -330, f"BPTT phase 2:\n{phase_two_window}-step windows", color="tab:blue",
+                     fontsize=8)
+    axes[0].scatter([20000], [-152.1], marker="D", color="gray", zorder=5,
+                    label="RL Zoo DDPG (published): −152 after 20,000 steps (100 episodes)")
+    if original:
+        axes[0].scatter([ORIGINAL["episode_steps"]], [original["median_same_policy_on_gymnasium"]], marker="x", s=60,
+                        color="tab:red", zorder=5, label="the original's recipe, one 1,000-step episode (median seed)")
+    axes[0].set_xlabel("environment steps used for training (simulated for BPTT, Gymnasium for DDPG; 200 = one episode)")
+    axes[0].set_title("Sample efficiency")
+    axes[1].set_xlabel("network passes in training (one sample through a 64-64 MLP; backward = 2)")
+    axes[1].set_title("Compute")
+    for ax in axes:
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle("Pendulum-v1: BPTT through a differentiable twin vs DDPG", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
