@@ -29,6 +29,7 @@ Gymnasium observation to a Gymnasium action.
 Results: see README.md#pendulum_bpttpy.
 """
 
+import json
 import os
 import time
 
@@ -43,7 +44,7 @@ SETTINGS = {
     "long_sim_steps": 4_000_000, "long_batch": 64, "long_window": 50, "long_lr": 0.001,
     "hidden": 64, "policy": "odd", "ddpg_steps": 20_000, "ddpg_seeds": 1,
     "eval_episodes": 100, "fresh_episodes": 1000, "curve_episodes": 20, "grid": 25,
-    "vi_angles": 401, "vi_speeds": 321, "vi_convergence": False, "original_seeds": 5,
+    "vi_angles": 301, "vi_speeds": 241, "vi_convergence": False, "original_seeds": 3,
 }
 FULL = {"seeds": 5, "ddpg_seeds": 5, "ddpg_steps": 0, "grid": 61, "vi_angles": 601, "vi_speeds": 481,
         "vi_convergence": True, "original_seeds": 10}
@@ -340,15 +341,18 @@ def bptt_update(net, optimizer, state, steps, kind, max_grad_norm):
     return loss, end.data, grad_norm
 
 
-def check_update(net, before, loss, when):
-    """A diverged update (non-finite loss or parameters) stops training: the parameters are put back to
-    the last finite ones (`before`) and Diverged carries the net, so that they can be saved."""
-    if np.isfinite(loss.item()) and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
-        return
-    for p, old in zip(net.parameters(), before):
+def check_update(net, before, last_good, loss, when):
+    """A diverged update stops training. `before` holds the parameters this update started from,
+    `last_good` those of the latest update whose loss was finite. A non-finite loss puts back `last_good`,
+    non-finite parameters after the step put back `before`, and Diverged carries the net to be saved.
+    Returns the new `last_good`."""
+    loss_finite = np.isfinite(loss.item())
+    if loss_finite and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
+        return before
+    for p, old in zip(net.parameters(), before if loss_finite else (last_good or before)):
         p.data = old
-    which = "loss" if not np.isfinite(loss.item()) else "parameters"
-    error = ad.runs.Diverged(f"BPTT {which} not finite at {when} (training diverged; try a smaller learning rate)")
+    error = ad.runs.Diverged(f"BPTT {'parameters' if loss_finite else 'loss'} not finite at {when} "
+                             f"(training diverged; try a smaller learning rate)")
     error.net = net
     raise error
 
@@ -374,25 +378,26 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
     rng = np.random.default_rng(seed)
     net = net if net is not None else make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
-    curve, grad_norms, done = [], [], 0
+    curve, grad_norms, done, last_good = [], [], 0, None
     checkpoints = sorted(c - steps_before for c in curve_at if c >= steps_before)
     state, t_episode = reset_states(rng, batch), 0
     progress = ad.runs.Progress(sim_steps, label, every=5.0)
-    while done < sim_steps:
-        if checkpoints and done >= checkpoints[0]:
-            curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
-            checkpoints = [c for c in checkpoints if c > done]
-        optimizer.lr = adam_schedule(lr, done, sim_steps)
-        steps = min(window, episode_length - t_episode)
-        before = [p.data.copy() for p in net.parameters()]
-        with np.errstate(over="ignore", invalid="ignore"):           # a divergence is caught just below
+    with np.errstate(over="ignore", invalid="ignore"):     # a divergence is caught by check_update
+        while done < sim_steps:
+            if checkpoints and done >= checkpoints[0]:
+                curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
+                checkpoints = [c for c in checkpoints if c > done]
+            optimizer.lr = adam_schedule(lr, done, sim_steps)
+            steps = min(window, episode_length - t_episode)
+            before = [p.data.copy() for p in net.parameters()]
             loss, state, grad_norm = bptt_update(net, optimizer, state, steps, kind, max_grad_norm)
-        check_update(net, before, loss, f"{label}, update {len(grad_norms) + 1} (step {done:,})")
-        grad_norms.append(grad_norm)
-        done, t_episode = done + batch * steps, t_episode + steps
-        if t_episode >= episode_length:
-            state, t_episode = reset_states(rng, batch), 0
-        progress.update(min(done, sim_steps), last_window_loss=loss.item())
+            last_good = check_update(net, before, last_good, loss, f"{label}, update {len(grad_norms) + 1} "
+                                                                   f"(step {done:,})")
+            grad_norms.append(grad_norm)
+            done, t_episode = done + batch * steps, t_episode + steps
+            if t_episode >= episode_length:
+                state, t_episode = reset_states(rng, batch), 0
+            progress.update(min(done, sim_steps), last_window_loss=loss.item())
     if curve_policy_eval is not None:
         curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
     info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
@@ -655,11 +660,14 @@ def main(argv=None):
     out = ad.runs.prepare_out(args.out)
     curve_eval = curve_evaluator(args.curve_episodes)
     # 6. BPTT through the twin, each seed measured on both evaluation sets
-    bptt_runs = [train_and_evaluate_bptt(args, args.seed + i, curve_eval, out) for i in range(args.seeds)]
+    bptt_runs = [resumable(out, f"bptt_seed_{args.seed + i}", args,
+                           lambda: train_and_evaluate_bptt(args, args.seed + i, curve_eval, out)) for i in range(args.seeds)]
     save_policy(os.path.join(out, "params.npz"), bptt_runs[0]["net"], args.policy, seed=bptt_runs[0]["seed"])
     # 7. DDPG on Gymnasium: RL Zoo's 20,000 steps, or (0) the network passes of one BPTT seed
     ddpg_steps = args.ddpg_steps or ddpg_steps_matching(bptt_runs[0]["info"]["network_passes"])
-    ddpg_runs = [train_and_evaluate_ddpg(args, args.seed + i, ddpg_steps, curve_eval) for i in range(args.ddpg_seeds)]
+    ddpg_runs = [resumable(out, f"ddpg_seed_{args.seed + i}", args,
+                           lambda: train_and_evaluate_ddpg(args, args.seed + i, ddpg_steps, curve_eval))
+                 for i in range(args.ddpg_seeds)]
     # 8. The references: the optimum on the same starts, doing nothing, the original's own setting
     optimum = measure_optimum(args)
     zero_torque = evaluate_sets(lambda: lambda obs: np.zeros(len(obs)), args)
@@ -734,6 +742,32 @@ def train_and_evaluate_ddpg(args, seed, env_steps, curve_eval):
           f"{results['fresh']['mean']:.1f} on the fresh set ({env_steps:,} Gymnasium steps, "
           f"{info['train_seconds']:.1f}s)")
     return dict(seed=seed, curve=curve, info=info, results=results)
+
+
+def resumable(out, name, args, compute):
+    """compute() once per setting: its result (a run dict) is kept in out/parts/ as soon as it is done, so a
+    long run that is stopped resumes where it was by running the same command again."""
+    settings = {key: getattr(args, key) for key in ["seed", *SETTINGS]} | {"commit": ad.runs.provenance()["commit"]}
+    path = os.path.join(out, "parts", name)
+    if os.path.exists(path + ".json"):
+        with open(path + ".json") as f:
+            stored = json.load(f)
+        if stored["settings"] == settings:
+            run = stored["run"]
+            for result in run["results"].values():
+                result["returns"] = np.array(result["returns"])
+            if os.path.exists(path + ".npz"):
+                net, kind = load_policy(path + ".npz")
+                run.update(net=net, policy=lambda obs: act(net, obs, kind))
+            print(f"{name}: resumed from {path}.json")
+            return run
+    run = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if "net" in run:
+        save_policy(path + ".npz", run["net"], args.policy, seed=run["seed"])
+    ad.runs.write_json(path + ".json", {"settings": settings,
+                                        "run": {k: v for k, v in run.items() if k not in ("net", "policy")}})
+    return run
 
 
 def measure_optimum(args):
@@ -954,7 +988,7 @@ def print_report(metrics):
                          "gap to optimum", "training"], [[c if isinstance(c, str) else f"{c:.1f}" for c in row]
                                                          for row in rows],
                         title=f"Mean return; evaluation set = reset seeds {sets['evaluation']['reset_seeds']} (seen "
-                              f"in development), fresh set = {sets['fresh']['reset_seeds']} (never looked at)")
+                              f"in development), fresh set = {sets['fresh']['reset_seeds']} (no choice made on it)")
     original = metrics["original_recreated"]
     if original:
         ad.runs.print_table(["seed", "on the original's pendulum", "peak |u|", "same policy on Gymnasium",

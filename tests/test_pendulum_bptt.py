@@ -232,6 +232,9 @@ def test_main_writes_every_output(tmp_path, capsys):
     assert gap["n"] == 6 and metrics["optimum"]["fresh"]["episodes"] == 6
     assert metrics["sets"]["fresh"]["reset_seeds"] == "10000000..10000005"
     assert metrics["ddpg"]["per_seed"][0]["network_passes"] == pb.ddpg_passes(1020)
+    again = pb.main(QUICK + ["--out", out])                               # resumes the trained seeds from out/parts
+    assert "resumed" in capsys.readouterr().out
+    assert again["headline"]["bptt_gap_to_optimum_fresh"] == pytest.approx(metrics["headline"]["bptt_gap_to_optimum_fresh"])
 
 
 def test_bad_arguments_fail_with_a_clear_message(capsys):
@@ -283,3 +286,4 @@ def test_compute_matching_and_divergence():
     with pytest.raises(ad.runs.Diverged, match="not finite") as error:
         pb.train_bptt(0, 20_000, batch=8, window=25, lr=1e308, net=net, label="test diverging")
     assert all(np.all(np.isfinite(p.data)) for p in error.value.net.parameters())
+    assert np.all(np.isfinite(pb.act(error.value.net, np.array([[-1.0, 0.0, 0.0]]))))   # and still usable
