@@ -29,6 +29,7 @@ Gymnasium observation to a Gymnasium action.
 Results: see README.md#pendulum_bpttpy.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -746,8 +747,11 @@ def train_and_evaluate_ddpg(args, seed, env_steps, curve_eval):
 
 def resumable(out, name, args, compute):
     """compute() once per setting: its result (a run dict) is kept in out/parts/ as soon as it is done, so a
-    long run that is stopped resumes where it was by running the same command again."""
-    settings = {key: getattr(args, key) for key in ["seed", *SETTINGS]} | {"commit": ad.runs.provenance()["commit"]}
+    long run that is stopped resumes where it was by running the same command again. A part is reused only
+    if the settings and this file's text are the same (an edited script trains again)."""
+    with open(os.path.abspath(__file__), "rb") as f:
+        script = hashlib.sha1(f.read()).hexdigest()
+    settings = {key: getattr(args, key) for key in ["seed", *SETTINGS]} | {"script_sha1": script}
     path = os.path.join(out, "parts", name)
     if os.path.exists(path + ".json"):
         with open(path + ".json") as f:
