@@ -20,7 +20,9 @@ training". Here: how far below the optimum BPTT and DDPG end, on starts no choic
 episode suffices on Gymnasium's pendulum, whose torque is clipped to ±2.
 
 Run:  python pendulum_bptt.py            # the lesson run: BPTT seed 0 (both phases), DDPG seed 0, the map
-      python pendulum_bptt.py --full     # 5 + 5 seeds, a finer map (outputs in runs/pendulum_bptt_full/)
+      python pendulum_bptt.py --full     # 5 + 5 seeds, DDPG at BPTT's compute, the optimum's grid converged,
+                                         # a finer map (outputs in runs/pendulum_bptt_full/; resumable)
+      python pendulum_bptt.py --play runs/pendulum_bptt/params.npz   # a saved policy on both evaluation sets
       python pendulum_bptt.py --help     # every setting, with the value each mode uses
 Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png,
 swing_up.gif. pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz") returns a function from a
