@@ -327,7 +327,7 @@ def test_no_grad_builds_no_graph():
     with ad.no_grad():
         y = ad.exp(x) * 2.0
         assert not ad.is_grad_enabled()
-    assert not y.requires_grad and y._parents == () and y._vjp is None
+    assert not y.requires_grad and y._inputs == () and y._vjp is None
     assert ad.is_grad_enabled()
     assert (x * 2.0).requires_grad
 
