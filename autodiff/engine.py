@@ -18,6 +18,7 @@ shapes) and `kernels.py` (fused layers); this file knows none of them.
 import contextlib
 import inspect
 import itertools
+import operator
 import os
 
 import numpy as np
@@ -78,7 +79,7 @@ class Tensor:
     op             name of the primitive that made it ("leaf" for inputs)
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "op", "_inputs", "_vjp", "name", "_tick", "_changed")
+    __slots__ = ("_data", "grad", "requires_grad", "op", "_inputs", "_vjp", "_saved", "name", "_tick", "_changed")
     __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, name=None):
@@ -107,6 +108,7 @@ class Tensor:
         self.op = "leaf"
         self._inputs = ()
         self._vjp = None
+        self._saved = None
         self.name = name
         self._tick = 0          # leaves come before every op
         self._changed = 0       # tick of the last in-place change of data
@@ -200,15 +202,12 @@ class Tensor:
             node.grad = g if node.grad is None else node.grad + g
             if _last_change > node._tick:     # something changed in place since this op ran
                 _refuse_stale_inputs(node)
-            inputs = node._inputs
-            if type(vjp) is tuple:            # one VJP per input: call only those that are needed
-                grads = [f(g) if f is not None and x.__class__ is Tensor and x.requires_grad else None
-                         for x, f in zip(inputs, vjp)]
-            else:
-                grads = vjp(g)
-            for x, gx in zip(inputs, grads):
+            saved = node._saved               # not None: one VJP per input, called only where needed
+            for x, gx in zip(node._inputs, vjp if saved is not None else vjp(g)):
                 if gx is None or not (isinstance(x, Tensor) and x.requires_grad):
                     continue
+                if saved is not None:
+                    gx = gx(g, *saved)
                 data = x._data
                 if gx.shape != data.shape:
                     gx = unbroadcast(gx, data.shape)
@@ -242,14 +241,13 @@ def _newest_first(root):
     return nodes
 
 
-def _tick_of(node):
-    return node._tick
+_tick_of = operator.attrgetter("_tick")
 
 
 def _refuse_stale_inputs(node):
     """Raise if an input or the output of `node` was changed in place after `node` ran."""
     for i, x in enumerate((node,) + tuple(node._inputs)):
-        if isinstance(x, Tensor) and x._changed > node._tick:
+        if isinstance(x, Tensor) and getattr(x, "_changed", 0) > node._tick:   # set only by an in-place change
             which = "its output" if i == 0 else f"its input {i - 1}, {x.describe()},"
             raise RuntimeError(f"backward: the data of {which} was changed in place after '{node.op}' ran "
                                f"(e.g. t.data *= ..., or an optimizer step), so the values '{node.op}' saved are "
@@ -276,20 +274,27 @@ def unbroadcast(grad, shape):
 PRIMITIVES = {}  # name -> op, every primitive defined (ops, kernels, and any script's own)
 
 
-def primitive(forward=None, *, name=None, float_inputs=False):
+def primitive(forward=None, *, name=None, vjp=None, float_inputs=False):
     """Turn a NumPy function with a hand-written VJP into an autodiff op.
 
     `forward(*inputs, **options)` receives the positional inputs as ndarrays
     (or whatever non-Tensor values were passed) and keyword options unchanged.
     It returns `(output, vjp)` where `vjp(g)` maps the gradient of the output
     to a tuple with one gradient per positional input (None where there is
-    none). Instead, `vjp` may be a tuple of functions, one per input (None for
-    an input without gradient), and only those whose input needs a gradient
-    are called. Gradients may have the broadcast shape and any float dtype:
-    they are summed back to each input's shape and cast to its dtype. A
-    forward that declares a keyword argument `needs_grad` receives a tuple of
+    none). Gradients may have the broadcast shape and any float dtype: they
+    are summed back to each input's shape and cast to its dtype. A forward
+    that declares a keyword argument `needs_grad` receives a tuple of
     booleans, one per input, so it can skip gradients nobody asked for.
-    With float_inputs=True, integer and bool arrays arrive as float64.
+
+    The other form, for ops that need nothing but their inputs and output
+    (most of ops.py), gives one VJP per input up front, `vjp=(f1, f2, ...)`,
+    each `f(g, *inputs, output)`, or None for an input without gradient; the
+    forward then returns only the output. Only the VJPs of inputs that need a
+    gradient are called, and no closure is made per call (it is faster).
+
+    With float_inputs=True, an op whose inputs are all integer or bool (so
+    NumPy would give an integer result, or refuse, as for bool − bool) is
+    computed again with them as float64.
 
     Example, a softplus with its derivative written beside it:
 
@@ -300,6 +305,8 @@ def primitive(forward=None, *, name=None, float_inputs=False):
 
         y = softplus(ad.Tensor([0.0, 1.0], requires_grad=True))
     """
+    vjps = vjp
+
     def wrap(forward):
         op_name = name or forward.__name__
         wants_needs = "needs_grad" in inspect.signature(forward).parameters
@@ -308,10 +315,7 @@ def primitive(forward=None, *, name=None, float_inputs=False):
             arrays, recording = [], False
             for x in inputs:
                 if isinstance(x, Tensor):
-                    a = x._data
-                    if float_inputs and a.dtype.kind in "biu":
-                        a = a.astype(np.float64)
-                    arrays.append(a)
+                    arrays.append(x._data)
                     if x.requires_grad:
                         recording = True
                 else:
@@ -321,11 +325,16 @@ def primitive(forward=None, *, name=None, float_inputs=False):
                 options["needs_grad"] = tuple(recording and isinstance(x, Tensor) and x.requires_grad
                                               for x in inputs)
             try:
-                out, vjp = forward(*arrays, **options)
-            except (ValueError, TypeError, IndexError) as error:
-                raise _named(error, op_name, arrays) from None
-            if not isinstance(out, np.ndarray):
-                out = np.asarray(out)
+                if vjps is None:
+                    out, vjp = forward(*arrays, **options)
+                else:
+                    out, vjp = forward(*arrays, **options), vjps
+                if type(out) is not np.ndarray:
+                    out = np.asarray(out)
+                if float_inputs and out.dtype is not _FLOAT64 and out.dtype.kind in "biu":
+                    raise _IntegerResult
+            except (ValueError, TypeError, IndexError, _IntegerResult) as error:
+                out, vjp, arrays = _again_in_float64(error, op_name, float_inputs, forward, vjps, arrays, options)
             if _detect_anomaly:
                 _check_forward(op_name, inputs, arrays, out)
             result = Tensor.__new__(Tensor)
@@ -333,11 +342,15 @@ def primitive(forward=None, *, name=None, float_inputs=False):
             result.grad = None
             result.name = None
             result.op = op_name
-            result._changed = 0
             if recording:
                 result.requires_grad = True
                 result._inputs = inputs
                 result._vjp = vjp
+                if vjps is not None:
+                    arrays.append(out)
+                    result._saved = arrays            # what each f(g, *inputs, output) is given
+                else:
+                    result._saved = None
                 result._tick = next(_clock)
             else:
                 result.requires_grad = False
@@ -350,6 +363,7 @@ def primitive(forward=None, *, name=None, float_inputs=False):
         op.__qualname__ = op_name
         op.__doc__ = forward.__doc__
         op.forward = forward
+        op.vjps = vjps
         key = op_name
         if key in PRIMITIVES and PRIMITIVES[key].forward.__module__ != forward.__module__:
             key = f"{forward.__module__}.{op_name}"     # a script's op of the same name does not hide ours
@@ -357,6 +371,30 @@ def primitive(forward=None, *, name=None, float_inputs=False):
         return op
 
     return wrap(forward) if forward is not None else wrap
+
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+class _IntegerResult(Exception):
+    """A maths op gave an integer array: its inputs were all integer or bool (uint8 1 − 2 = 255)."""
+
+
+def _again_in_float64(error, op_name, float_inputs, forward, vjps, arrays, options):
+    """The forward failed, or gave integers: for a maths op with integer or bool inputs, run it again with
+    those as float64; otherwise raise the error with the op's name and its inputs' shapes."""
+    integers = [isinstance(a, np.ndarray) and a.dtype.kind in "biu" for a in arrays]
+    if not (float_inputs and any(integers)):
+        raise _named(error, op_name, arrays) from None
+    arrays = [a.astype(np.float64) if is_integer else a for a, is_integer in zip(arrays, integers)]
+    try:
+        if vjps is None:
+            out, vjp = forward(*arrays, **options)
+        else:
+            out, vjp = forward(*arrays, **options), vjps
+    except (ValueError, TypeError, IndexError) as again:
+        raise _named(again, op_name, arrays) from None
+    return np.asarray(out), vjp, arrays
 
 
 def _named(error, op_name, arrays):

@@ -43,11 +43,13 @@ def _dense_forward(x, W, b, activation):
 
 def _dense_backward(g, x, W, y, activation, need_x):
     """One layer's backward. Returns (dx or None, dW, db)."""
-    derivative = _activation(activation)[1]
+    derivative = ACTIVATIONS[activation][1]               # the name was checked in the forward
     dz = g if derivative is None else g * derivative(y)
-    dz2 = dz.reshape(-1, dz.shape[-1])
-    dW = x.reshape(-1, x.shape[-1]).T @ dz2
-    db = dz2.sum(axis=0)
+    if dz.ndim == 2:                                      # a batch of rows: the usual case
+        dW, db = x.T @ dz, dz.sum(axis=0)
+    else:                                                 # more batch axes: flatten them
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        dW, db = x.reshape(-1, x.shape[-1]).T @ dz2, dz2.sum(axis=0)
     dx = dz @ W.T if need_x else None
     return dx, dW, db
 

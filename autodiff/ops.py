@@ -1,8 +1,10 @@
 """Every primitive op, each with its vector-Jacobian product beside its forward.
 
 Read an op as: "the output is ..., and given g = dL/d(output), the gradients of
-the inputs are ...". A binary op gives one VJP per input, and the engine calls
-only those whose input needs a gradient (no work for the constant in `x * 2`).
+the inputs are ...". Most ops give one VJP per input, written above the
+forward as `vjp=(f_a, f_b)`, each f(g, *inputs, output); the engine calls only
+those whose input needs a gradient (no work for the constant in `x * 2`).
+Ops that keep intermediate values return a closure with their output instead.
 Binary ops may return gradients in the broadcast shape: the engine sums them
 back to each input's shape (`engine.unbroadcast`). Every op keeps its input's
 float dtype, forward and backward: float32 in, float32 out.
@@ -46,146 +48,161 @@ def stable_sigmoid(x):
 
 
 # ----------------------------------------------------------------------------
-# Arithmetic (the Tensor operators)
+# Arithmetic (the Tensor operators). Each VJP is given (g, *inputs, output).
 # ----------------------------------------------------------------------------
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g,
+               lambda g, a, b, out: g))
 def add(a, b):
-    return a + b, (lambda g: g, lambda g: g)
+    return a + b
 
 
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g,
+               lambda g, a, b, out: -g))
 def sub(a, b):
-    return a - b, (lambda g: g, lambda g: -g)
+    return a - b
 
 
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g * b,
+               lambda g, a, b, out: g * a))
 def mul(a, b):
-    return a * b, (lambda g: g * b, lambda g: g * a)
+    return a * b
 
 
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g / b,
+               lambda g, a, b, out: -g * a / (b * b)))
 def div(a, b):
-    return a / b, (lambda g: g / b, lambda g: -g * a / (b * b))
+    return a / b
 
 
-@float_op
+@float_op(vjp=(lambda g, a, out: -g,))
 def neg(a):
-    return -a, lambda g: (-g,)
+    return -a
 
 
-@float_op
+def _power_grad_base(g, a, b, out):
+    """d/da a^b = b a^(b−1), and 0 where b = 0 (even at a = 0, where a^(b−1) is inf)."""
+    if np.ndim(b) == 0:
+        return np.zeros_like(g) if b == 0 else g * b * a ** (b - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b == 0, 0, g * b * a ** (b - 1))
+
+
+def _power_grad_exponent(g, a, b, out):
+    """d/db a^b = a^b log a, taken where a > 0 (elsewhere a^b is not differentiable in b)."""
+    log_a = np.log(np.where(a > 0, a, 1)) if isinstance(a, np.ndarray) else (math.log(a) if a > 0 else 0.0)
+    return g * out * log_a
+
+
+@float_op(vjp=(_power_grad_base, _power_grad_exponent))
 def power(a, b):
-    """a ** b. d/da = b a^(b-1) (0 where b = 0, also at a = 0);  d/db = a^b log a (only where a > 0)."""
-    out = a ** b
-
-    def grad_a(g):
-        if np.ndim(b) == 0:
-            return np.zeros_like(g) if b == 0 else g * b * a ** (b - 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(b == 0, 0, g * b * a ** (b - 1))
-
-    def grad_b(g):
-        log_a = np.log(np.where(a > 0, a, 1)) if isinstance(a, np.ndarray) else (math.log(a) if a > 0 else 0.0)
-        return g * out * log_a
-    return out, (grad_a, grad_b)
+    """a ** b."""
+    return a ** b
 
 
-@float_op
+def _matmul_grad_a(g, a, b, out):
+    """dA = g Bᵀ (a vector a is a one-row matrix; leading axes are batch axes, summed by the engine)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 2 and b.ndim == 2:
+        return g @ b.T
+    a2, b2, g2 = _as_matrices(g, a, b)
+    grad = g2 @ np.swapaxes(b2, -1, -2)
+    return grad[..., 0, :] if a.ndim == 1 else grad
+
+
+def _matmul_grad_b(g, a, b, out):
+    """dB = Aᵀ g (a vector b is a one-column matrix)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 2 and b.ndim == 2:
+        return a.T @ g
+    a2, b2, g2 = _as_matrices(g, a, b)
+    grad = np.swapaxes(a2, -1, -2) @ g2
+    return grad[..., 0] if b.ndim == 1 else grad
+
+
+def _as_matrices(g, a, b):
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    shape = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
+    return a2, b2, np.reshape(g, shape)
+
+
+@float_op(vjp=(_matmul_grad_a, _matmul_grad_b))
 def matmul(a, b):
-    """a @ b. For matrices: dA = g Bᵀ, dB = Aᵀ g, batched over leading axes.
-    A vector is treated as a one-row matrix on the left, one column on the right."""
+    """a @ b. For matrices: dA = g Bᵀ, dB = Aᵀ g, batched over leading axes."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul needs at least 1-D inputs; use * for scalars")
     inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
     if a.shape[-1] != inner_b:
         raise ValueError(f"inner dimensions differ ({a.shape[-1]} != {inner_b})")
-    out = a @ b
-    if a.ndim == 2 and b.ndim == 2:                      # the common case, said plainly
-        return out, (lambda g: g @ b.T, lambda g: a.T @ g)
-    a2 = a[None, :] if a.ndim == 1 else a
-    b2 = b[:, None] if b.ndim == 1 else b
-    g_shape = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
-
-    def grad_a(g):
-        grad = np.reshape(g, g_shape) @ np.swapaxes(b2, -1, -2)
-        return grad[..., 0, :] if a.ndim == 1 else grad
-
-    def grad_b(g):
-        grad = np.swapaxes(a2, -1, -2) @ np.reshape(g, g_shape)
-        return grad[..., 0] if b.ndim == 1 else grad
-    return out, (grad_a, grad_b)
+    return a @ b
 
 
 # ----------------------------------------------------------------------------
 # Elementwise functions
 # ----------------------------------------------------------------------------
-@float_op
+@float_op(vjp=(lambda g, x, out: g * out,))
 def exp(x):
-    out = np.exp(x)
-    return out, lambda g: (g * out,)
+    return np.exp(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g / x,))
 def log(x):
-    return np.log(x), lambda g: (g / x,)
+    return np.log(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * 0.5 / out,))
 def sqrt(x):
-    out = np.sqrt(x)
-    return out, lambda g: (g * 0.5 / out,)
+    return np.sqrt(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * np.cos(x),))
 def sin(x):
-    return np.sin(x), lambda g: (g * np.cos(x),)
+    return np.sin(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: -g * np.sin(x),))
 def cos(x):
-    return np.cos(x), lambda g: (-g * np.sin(x),)
+    return np.cos(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * (1.0 - out * out),))
 def tanh(x):
-    out = np.tanh(x)
-    return out, lambda g: (g * (1.0 - out * out),)
+    return np.tanh(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * out * (1.0 - out),))
 def sigmoid(x):
-    out = stable_sigmoid(x)
-    return out, lambda g: (g * out * (1.0 - out),)
+    return stable_sigmoid(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * (x > 0),))
 def relu(x):
-    return np.maximum(x, 0), lambda g: (g * (x > 0),)
+    return np.maximum(x, 0)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * stable_sigmoid(x),))
 def softplus(x):
     """log(1 + e^x), computed as logaddexp(0, x) so it never overflows."""
-    return np.logaddexp(0.0, x), lambda g: (g * stable_sigmoid(x),)
+    return np.logaddexp(0.0, x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g * np.sign(x),))
 def abs(x):  # noqa: A001 (shadows the builtin on purpose: ad.abs)
-    return np.abs(x), lambda g: (g * np.sign(x),)
+    return np.abs(x)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, low, high, out: g * (out == x), None, None))   # unchanged by the clip = inside
 def clip(x, low, high):
     """Gradient passes where low <= x <= high, and is zero where clipped."""
-    inside = (x >= low) & (x <= high)
-    return np.clip(x, low, high), (lambda g: g * inside, None, None)
+    return np.clip(x, low, high)
 
 
-@float_op
+@float_op(vjp=(None,
+               lambda g, condition, a, b, out: np.where(condition, g, 0),
+               lambda g, condition, a, b, out: np.where(condition, 0, g)))
 def where(condition, a, b):
-    condition = np.asarray(condition, dtype=bool)
-    return np.where(condition, a, b), (None, lambda g: np.where(condition, g, 0), lambda g: np.where(condition, 0, g))
+    return np.where(condition, a, b)
 
 
 def _share_of_a(a, b, a_wins, dtype):
@@ -193,36 +210,36 @@ def _share_of_a(a, b, a_wins, dtype):
     return np.where(a_wins, 1.0, np.where(a == b, 0.5, 0.0)).astype(dtype, copy=False)
 
 
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g * _share_of_a(a, b, a > b, g.dtype),
+               lambda g, a, b, out: g * (1 - _share_of_a(a, b, a > b, g.dtype))))
 def maximum(a, b):
     """Ties share the gradient equally, the average of the two one-sided slopes."""
-    return np.maximum(a, b), (lambda g: g * _share_of_a(a, b, a > b, g.dtype),
-                              lambda g: g * (1 - _share_of_a(a, b, a > b, g.dtype)))
+    return np.maximum(a, b)
 
 
-@float_op
+@float_op(vjp=(lambda g, a, b, out: g * _share_of_a(a, b, a < b, g.dtype),
+               lambda g, a, b, out: g * (1 - _share_of_a(a, b, a < b, g.dtype))))
 def minimum(a, b):
-    return np.minimum(a, b), (lambda g: g * _share_of_a(a, b, a < b, g.dtype),
-                              lambda g: g * (1 - _share_of_a(a, b, a < b, g.dtype)))
+    return np.minimum(a, b)
 
 
-@float_op
+@float_op(vjp=(lambda g, x, out: g,))
 def straight_through_sign(x):
     """Forward: sign(x) with sign(0) = +1. Backward: identity (the gradient of
     the sign is taken to be 1, the 'straight-through' estimator)."""
-    return np.where(x >= 0, 1.0, -1.0).astype(np.result_type(x, np.float32)), lambda g: (g,)
+    return np.where(x >= 0, 1.0, -1.0).astype(np.result_type(x, np.float32))
 
 
-@primitive
+@primitive(vjp=(None,))
 def stop_gradient(x):
     """The identity whose gradient is zero: a constant in the graph."""
-    return np.array(x, copy=True), lambda g: (None,)
+    return np.array(x, copy=True)
 
 
-@primitive
+@primitive(vjp=(lambda g, x, scale, out: g * scale, None))
 def scale_gradient(x, scale):
     """Forward: x unchanged. Backward: the gradient is multiplied by `scale`."""
-    return np.array(x, copy=True), (lambda g: g * scale, None)
+    return np.array(x, copy=True)
 
 
 # ----------------------------------------------------------------------------
@@ -307,7 +324,7 @@ def log_softmax(x, axis=-1):
 # ----------------------------------------------------------------------------
 @primitive
 def reshape(x, shape):
-    return np.reshape(x, shape), (lambda g: np.reshape(g, np.shape(x)), None)
+    return np.reshape(x, shape), lambda g: (np.reshape(g, np.shape(x)), None)
 
 
 @primitive
@@ -343,8 +360,8 @@ def getitem(x, index):
             np.add.at(grad, index, g)
         else:
             grad[index] = g
-        return grad
-    return x[index], (vjp, None)
+        return grad, None
+    return x[index], vjp
 
 
 def _split_vjp(g, sizes, axis):
@@ -363,7 +380,9 @@ def _concatenate(*xs, axis=0):
 
 @primitive(name="stack")
 def _stack(*xs, axis=0):
-    return np.stack(xs, axis=axis), lambda g: tuple(np.moveaxis(g, axis, 0))
+    out = np.stack(xs, axis=axis)
+    before = (slice(None),) * (axis % out.ndim)                       # g[:, ..., i] along the new axis
+    return out, lambda g: tuple(g[before + (i,)] for i in range(len(xs)))
 
 
 def concatenate(tensors, axis=0):

@@ -260,7 +260,7 @@ def test_listing_shows_every_engine_primitive_with_file_and_line(capsys):
             path, line = ad.engine.where_defined(op)
             assert f"{os.path.basename(path)}:{line}" in text and name in text
             with open(path) as source:
-                assert any(f"def {op.forward.__name__}(" in row for row in source.readlines()[line - 1:line + 2])
+                assert any(f"def {op.forward.__name__}(" in row for row in source.readlines()[line - 1:line + 4])
     assert "--script trebuchet.py" in text and "--all-scripts" in text
 
 
