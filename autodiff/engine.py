@@ -4,9 +4,8 @@ A Tensor wraps a NumPy array. Every operation on Tensors is a *primitive*: a
 NumPy forward that returns its output together with a vector-Jacobian product
 (VJP), mapping the gradient of the output to the gradients of the inputs.
 When any input requires a gradient, the output remembers its inputs and the
-VJP; `backward()` then visits the graph from the output back to the leaves,
-newest node first, calling each VJP once and summing the gradients that
-arrive at each node.
+VJP; `backward()` then walks the graph in reverse topological order, calling
+each VJP once and summing the gradients that arrive at each node.
 
     forward:   y = f(x1, x2, ...)                    (NumPy)
     backward:  (dL/dx1, dL/dx2, ...) = vjp(dL/dy)    (NumPy, written by hand)
@@ -18,7 +17,6 @@ shapes) and `kernels.py` (fused layers); this file knows none of them.
 import contextlib
 import inspect
 import itertools
-import operator
 import os
 
 import numpy as np
@@ -57,10 +55,9 @@ def is_grad_enabled():
     return _grad_enabled
 
 
-# One clock orders everything: each recorded op gets the next tick when it runs, and so does each in-place
-# change of a tensor's data. An input changed at a later tick than the op that read it makes that op's saved
-# values stale, and backward says so instead of returning a silently wrong gradient. The clock also orders the
-# backward pass: an op's inputs always have earlier ticks than the op.
+# One clock for ops and in-place changes: each recorded op gets the next tick when it runs, and so does each
+# in-place change of a tensor's data. An input changed at a later tick than the op that read it makes that op's
+# saved values stale, and backward says so instead of returning a silently wrong gradient.
 _clock = itertools.count(1)
 _last_change = 0          # tick of the latest in-place change of any tensor's data
 
@@ -188,7 +185,7 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape {self.shape}")
 
         pending = {self: grad}                # gradients that arrived, not yet passed on
-        for node in _newest_first(self):
+        for node in reversed(_topological_order(self)):
             g = pending.pop(node, None)
             if g is None:
                 continue
@@ -222,26 +219,29 @@ class Tensor:
         self.grad = None
 
 
-def _newest_first(root):
-    """Every node reachable from root that needs a gradient, newest first.
+def _topological_order(root):
+    """Nodes reachable from root that need a gradient, every node after all of its inputs.
 
-    An op's inputs were made before it, so sorting by the clock gives an order
-    in which each node comes after everything that uses it. The search is
-    iterative (an explicit stack), so a graph of hundreds of thousands of
-    nodes, e.g. BPTT over a long episode, is fine.
+    Iterative depth-first search (an explicit stack, no recursion), so a graph
+    of hundreds of thousands of nodes, e.g. BPTT over a long episode, is fine.
+    (The order also fixes the order in which gradients are summed, so it is
+    kept as it was: same graph, same gradients, to the last bit.)
     """
-    nodes, stack, seen = [root], [root], {root}
+    order, visited = [], set()
+    stack = [(root, False)]
     while stack:
-        for x in stack.pop()._inputs:
-            if isinstance(x, Tensor) and x.requires_grad and x not in seen:
-                seen.add(x)
-                nodes.append(x)
-                stack.append(x)
-    nodes.sort(key=_tick_of, reverse=True)
-    return nodes
-
-
-_tick_of = operator.attrgetter("_tick")
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+            continue
+        if node in visited:
+            continue
+        visited.add(node)
+        stack.append((node, True))
+        for x in node._inputs:
+            if isinstance(x, Tensor) and x.requires_grad and x not in visited:
+                stack.append((x, False))
+    return order
 
 
 def _refuse_stale_inputs(node):

@@ -53,29 +53,34 @@ def stable_sigmoid(x):
 @float_op(vjp=(lambda g, a, b, out: g,
                lambda g, a, b, out: g))
 def add(a, b):
+    """a + b;  da = g, db = g."""
     return a + b
 
 
 @float_op(vjp=(lambda g, a, b, out: g,
                lambda g, a, b, out: -g))
 def sub(a, b):
+    """a − b;  da = g, db = −g."""
     return a - b
 
 
 @float_op(vjp=(lambda g, a, b, out: g * b,
                lambda g, a, b, out: g * a))
 def mul(a, b):
+    """a ⊙ b;  da = g ⊙ b, db = g ⊙ a."""
     return a * b
 
 
 @float_op(vjp=(lambda g, a, b, out: g / b,
                lambda g, a, b, out: -g * a / (b * b)))
 def div(a, b):
+    """a / b;  da = g / b, db = −g a / b²."""
     return a / b
 
 
 @float_op(vjp=(lambda g, a, out: -g,))
 def neg(a):
+    """−a;  da = −g."""
     return -a
 
 
@@ -95,7 +100,7 @@ def _power_grad_exponent(g, a, b, out):
 
 @float_op(vjp=(_power_grad_base, _power_grad_exponent))
 def power(a, b):
-    """a ** b."""
+    """a ** b;  da = g b a^(b−1) (0 where b = 0), db = g a^b log a (where a > 0)."""
     return a ** b
 
 
@@ -143,41 +148,49 @@ def matmul(a, b):
 # ----------------------------------------------------------------------------
 @float_op(vjp=(lambda g, x, out: g * out,))
 def exp(x):
+    """e^x;  dx = g e^x (the output, reused)."""
     return np.exp(x)
 
 
 @float_op(vjp=(lambda g, x, out: g / x,))
 def log(x):
+    """log x;  dx = g / x."""
     return np.log(x)
 
 
 @float_op(vjp=(lambda g, x, out: g * 0.5 / out,))
 def sqrt(x):
+    """√x;  dx = g / (2√x)."""
     return np.sqrt(x)
 
 
 @float_op(vjp=(lambda g, x, out: g * np.cos(x),))
 def sin(x):
+    """sin x;  dx = g cos x."""
     return np.sin(x)
 
 
 @float_op(vjp=(lambda g, x, out: -g * np.sin(x),))
 def cos(x):
+    """cos x;  dx = −g sin x."""
     return np.cos(x)
 
 
 @float_op(vjp=(lambda g, x, out: g * (1.0 - out * out),))
 def tanh(x):
+    """tanh x;  dx = g (1 − tanh² x)."""
     return np.tanh(x)
 
 
 @float_op(vjp=(lambda g, x, out: g * out * (1.0 - out),))
 def sigmoid(x):
+    """σ(x) = 1/(1+e^−x), without overflow;  dx = g σ (1 − σ)."""
     return stable_sigmoid(x)
 
 
 @float_op(vjp=(lambda g, x, out: g * (x > 0),))
 def relu(x):
+    """max(x, 0);  dx = g where x > 0, else 0."""
     return np.maximum(x, 0)
 
 
@@ -189,6 +202,7 @@ def softplus(x):
 
 @float_op(vjp=(lambda g, x, out: g * np.sign(x),))
 def abs(x):  # noqa: A001 (shadows the builtin on purpose: ad.abs)
+    """|x|;  dx = g sign(x)."""
     return np.abs(x)
 
 
@@ -202,6 +216,7 @@ def clip(x, low, high):
                lambda g, condition, a, b, out: np.where(condition, g, 0),
                lambda g, condition, a, b, out: np.where(condition, 0, g)))
 def where(condition, a, b):
+    """a where condition, else b;  da = g where condition, db = g elsewhere."""
     return np.where(condition, a, b)
 
 
@@ -220,6 +235,7 @@ def maximum(a, b):
 @float_op(vjp=(lambda g, a, b, out: g * _share_of_a(a, b, a < b, g.dtype),
                lambda g, a, b, out: g * (1 - _share_of_a(a, b, a < b, g.dtype))))
 def minimum(a, b):
+    """The smaller of a and b; ties share the gradient equally, as in maximum."""
     return np.minimum(a, b)
 
 
@@ -247,12 +263,14 @@ def scale_gradient(x, scale):
 # ----------------------------------------------------------------------------
 @float_op
 def sum(x, axis=None, keepdims=False):  # noqa: A001
+    """Σ x over axis;  dx = g, broadcast back over the summed axes."""
     shape = np.shape(x)
     return np.sum(x, axis=axis, keepdims=keepdims), lambda g: (np.broadcast_to(_expand(g, shape, axis, keepdims), shape),)
 
 
 @float_op
 def mean(x, axis=None, keepdims=False):
+    """The mean over axis;  dx = g / n, broadcast back (n = entries averaged)."""
     shape = np.shape(x)
     count = math.prod(shape[a] for a in _axes(axis, len(shape)))     # a Python int keeps float32 float32
     return (np.mean(x, axis=axis, keepdims=keepdims),
@@ -324,11 +342,13 @@ def log_softmax(x, axis=-1):
 # ----------------------------------------------------------------------------
 @primitive
 def reshape(x, shape):
+    """x with a new shape;  dx = g reshaped back."""
     return np.reshape(x, shape), lambda g: (np.reshape(g, np.shape(x)), None)
 
 
 @primitive
 def transpose(x, axes=None):
+    """x with its axes permuted;  dx = g with the inverse permutation."""
     inverse = None if axes is None else tuple(np.argsort(axes))
     return np.transpose(x, axes), lambda g: (np.transpose(g, inverse),)
 
@@ -370,6 +390,7 @@ def _split_vjp(g, sizes, axis):
 
 @primitive(name="concatenate")
 def _concatenate(*xs, axis=0):
+    """Join tensors along an existing axis;  each dx is its slice of g."""
     for i, x in enumerate(xs):
         if np.ndim(x) == 0:
             raise ValueError(f"input {i} is 0-d (a single number) and has no axis to join along; "
@@ -380,6 +401,7 @@ def _concatenate(*xs, axis=0):
 
 @primitive(name="stack")
 def _stack(*xs, axis=0):
+    """Join equally shaped tensors along a new axis;  each dx is its slice of g."""
     out = np.stack(xs, axis=axis)
     before = (slice(None),) * (axis % out.ndim)                       # g[:, ..., i] along the new axis
     return out, lambda g: tuple(g[before + (i,)] for i in range(len(xs)))
