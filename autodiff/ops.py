@@ -437,9 +437,8 @@ def _attach():
     T = Tensor
     T.__add__, T.__sub__, T.__mul__, T.__truediv__, T.__pow__, T.__matmul__ = add, sub, mul, div, power, matmul
     T.__neg__ = neg
-    T.__radd__ = lambda a, b: add(b, a)
+    T.__radd__, T.__rmul__ = add, mul                 # 2.0 * x is x * 2.0, to the last bit
     T.__rsub__ = lambda a, b: sub(b, a)
-    T.__rmul__ = lambda a, b: mul(b, a)
     T.__rtruediv__ = lambda a, b: div(b, a)
     T.__rpow__ = lambda a, b: power(b, a)
     T.__rmatmul__ = lambda a, b: matmul(b, a)

@@ -278,3 +278,51 @@ def test_python_dash_m_autodiff_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-m", "autodiff"], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "gru_sequence" in done.stdout
+
+
+# ----------------------------------------------------------------------------
+# Defining primitives
+# ----------------------------------------------------------------------------
+def test_a_primitive_with_one_vjp_per_input_calls_only_those_needed():
+    called = []
+
+    def vjp_x(g, x, c, out):
+        called.append("x")
+        return g * c
+
+    def vjp_c(g, x, c, out):
+        called.append("c")
+        return g * x
+
+    @ad.primitive(vjp=(vjp_x, vjp_c))
+    def scaled(x, c):
+        return x * c
+
+    x = leaf(1.0, 2.0)
+    scaled(x, ad.Tensor([3.0, 4.0])).sum().backward()
+    assert x.grad.tolist() == [3.0, 4.0] and called == ["x"]        # not the constant's
+    ad.assert_gradcheck(lambda x, c: scaled(x, c), [np.array([1.0, 2.0]), np.array([3.0, -1.0])])
+
+
+def test_a_scripts_primitive_of_the_same_name_does_not_hide_the_engines():
+    @ad.primitive
+    def add(a, b):
+        return a + b, lambda g: (g, g)
+
+    assert ad.PRIMITIVES["add"] is ad.add
+    assert ad.PRIMITIVES[f"{__name__}.add"] is add
+
+
+def test_the_benchmark_variants_agree_and_run_without_torch():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import autodiff_overhead as bench
+    params, state0 = bench.pendulum_setup(batch=4, hidden=5)
+    reference = bench.pendulum_numpy(params, state0, 6)
+    bench.assert_same("plain", *bench.pendulum_plain(params, state0, 6), reference)
+    bench.assert_same("fused", *bench.pendulum_fused(params, state0, 6), reference)
+    params, data = bench.gru_setup(T=3, batch=2, n_in=3, hidden=4, n_actions=2)
+    reference = bench.gru_numpy(params, data)
+    for fused in (False, True):
+        bench.assert_same("gru", *bench.gru_engine(params, data, fused), reference)
+    assert "holds" in bench.verdict(1.0, 1.3) and "DOES NOT HOLD" in bench.verdict(2.0, 1.3)
