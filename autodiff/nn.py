@@ -152,6 +152,11 @@ def save_parameters(path, named, **extra):
     interrupted save never leaves a half-written file behind."""
     arrays = {name: (p.data if isinstance(p, Tensor) else np.asarray(p)) for name, p in named.items()}
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
+    for name, array in arrays.items():
+        # np.savez would pickle an object array (e.g. an int beyond 64 bits), and load_arrays never unpickles:
+        # refuse to write a file that could not be read back.
+        if array.dtype.kind not in "biufcSU":
+            raise ValueError(f"{path}: {name!r} is a {array.dtype} array that .npz cannot store without pickling")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, "." + os.path.basename(path) + ".tmp.npz")
