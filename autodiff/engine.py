@@ -15,6 +15,7 @@ shapes) and `kernels.py` (fused layers); this file knows none of them.
 """
 
 import contextlib
+import gc
 import inspect
 import itertools
 import os
@@ -184,6 +185,15 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape {self.shape}")
 
+        collecting = gc.isenabled()
+        gc.disable()     # the pass makes no reference cycles: spare the collector rescanning the whole graph
+        try:
+            self._backward(grad)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _backward(self, grad):
         pending = {self: grad}                # gradients that arrived, not yet passed on
         for node in reversed(_topological_order(self)):
             g = pending.pop(node, None)
@@ -260,6 +270,8 @@ def unbroadcast(grad, shape):
     if grad.shape == shape:
         return grad
     extra = grad.ndim - len(shape)
+    if extra == 1 and grad.shape[1:] == shape:            # the usual case: a bias added to a batch of rows
+        return grad.sum(axis=0)
     if extra > 0:
         grad = grad.sum(axis=tuple(range(extra)))
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
@@ -327,8 +339,8 @@ def primitive(forward=None, *, name=None, vjp=None, float_inputs=False):
             try:
                 if vjps is None:
                     out, vjp = forward(*arrays, **options)
-                else:
-                    out, vjp = forward(*arrays, **options), vjps
+                else:                                   # (a call without ** is faster when there are no options)
+                    out, vjp = (forward(*arrays, **options) if options else forward(*arrays)), vjps
                 if type(out) is not np.ndarray:
                     out = np.asarray(out)
                 if float_inputs and out.dtype is not _FLOAT64 and out.dtype.kind in "biu":

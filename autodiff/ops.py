@@ -106,9 +106,9 @@ def power(a, b):
 
 def _matmul_grad_a(g, a, b, out):
     """dA = g Bᵀ (a vector a is a one-row matrix; leading axes are batch axes, summed by the engine)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.ndim == 2 and b.ndim == 2:
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2:
         return g @ b.T
+    a, b = np.asarray(a), np.asarray(b)
     a2, b2, g2 = _as_matrices(g, a, b)
     grad = g2 @ np.swapaxes(b2, -1, -2)
     return grad[..., 0, :] if a.ndim == 1 else grad
@@ -116,9 +116,9 @@ def _matmul_grad_a(g, a, b, out):
 
 def _matmul_grad_b(g, a, b, out):
     """dB = Aᵀ g (a vector b is a one-column matrix)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.ndim == 2 and b.ndim == 2:
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2:
         return a.T @ g
+    a, b = np.asarray(a), np.asarray(b)
     a2, b2, g2 = _as_matrices(g, a, b)
     grad = np.swapaxes(a2, -1, -2) @ g2
     return grad[..., 0] if b.ndim == 1 else grad
@@ -404,7 +404,7 @@ def _stack(*xs, axis=0):
     """Join equally shaped tensors along a new axis;  each dx is its slice of g."""
     out = np.stack(xs, axis=axis)
     before = (slice(None),) * (axis % out.ndim)                       # g[:, ..., i] along the new axis
-    return out, lambda g: tuple(g[before + (i,)] for i in range(len(xs)))
+    return out, lambda g: [g[before + (i,)] for i in range(len(xs))]
 
 
 def concatenate(tensors, axis=0):

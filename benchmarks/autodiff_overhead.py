@@ -22,7 +22,11 @@ counted; on a quiet machine they equal wall time. Each ratio is printed with its
 holds. BLAS runs on one thread (set by `import autodiff`, which therefore comes
 before numpy here). Run:
 
-    python benchmarks/autodiff_overhead.py [--repeats N] [--quick]
+    python benchmarks/autodiff_overhead.py [--repeats N] [--quick] [--baseline DIR]
+
+--baseline DIR also times the plain workloads with another version of the
+engine (DIR/autodiff), in the same run: on a loaded machine, where absolute
+times mean little, that is how a speed-up is measured.
 """
 
 import os
@@ -32,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import autodiff as ad  # noqa: E402  (first: it sets single-threaded BLAS before NumPy loads)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -133,8 +138,9 @@ def pendulum_numpy(params, state0, steps):
     return loss, grads
 
 
-def pendulum_plain(params, state0, steps):
-    """The engine's elementary ops only: the code a learner writes first."""
+def pendulum_plain(params, state0, steps, ad=ad):
+    """The engine's elementary ops only: the code a learner writes first. (`ad` may be another version
+    of the engine, for --baseline.)"""
     W1, b1, W2, b2, W3, b3 = [ad.Tensor(p, requires_grad=True) for p in params]
     th, thd = ad.Tensor(state0[:, 0]), ad.Tensor(state0[:, 1])
     costs = []
@@ -326,7 +332,7 @@ def gru_engine(params, data, fused):
 # ----------------------------------------------------------------------------
 # 3. A chain of tiny ops
 # ----------------------------------------------------------------------------
-def chain_engine(n_ops=1000):
+def chain_engine(n_ops=1000, ad=ad):
     x = ad.Tensor(np.linspace(0.1, 0.4, 4), requires_grad=True)
     y = x
     for i in range(n_ops):
@@ -349,6 +355,20 @@ def chain_numpy(n_ops=1000):
 TORCH_OVER_NUMPY = 47.0 / 12.5   # PyTorch eager / hand-written NumPy on workload 1, measured once elsewhere
 
 
+def load_baseline(folder):
+    """Another version of the engine, e.g. an earlier commit's: `git archive <commit> autodiff | tar -x -C DIR`
+    gives DIR/autodiff. Imported under another name, so both versions run in this one process."""
+    init = os.path.join(folder, "autodiff", "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"autodiff_overhead.py: error: --baseline {folder}: no autodiff/__init__.py there")
+    spec = importlib.util.spec_from_file_location("autodiff_baseline", init,
+                                                  submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["autodiff_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def verdict(value, target):
     return f"{value:6.2f}  target <= {target:<5g} {'holds' if value <= target else 'DOES NOT HOLD'}"
 
@@ -357,7 +377,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--repeats", type=ad.runs.positive_int, default=7, help="timed repeats (median is reported)")
     parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke test, not the figures)")
+    parser.add_argument("--baseline", metavar="DIR", help="also time the plain workloads with the engine in "
+                        "DIR/autodiff (e.g. the previous commit's), in the same run")
     args = parser.parse_args(argv)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     scale = 4 if args.quick else 1
     print(f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (timings move with the load; "
@@ -371,6 +394,8 @@ def main(argv=None):
                 "numpy": lambda: pendulum_numpy(params, state0, steps)}
     if torch is not None:
         pendulum["torch"] = lambda: pendulum_torch(params, state0, steps)
+    if baseline is not None:
+        pendulum["baseline"] = lambda: pendulum_plain(params, state0, steps, ad=baseline)
     for name, fn in pendulum.items():
         assert_same(f"pendulum {name}", *fn(), reference)
     t1 = interleaved_medians(pendulum, args.repeats)
@@ -385,12 +410,16 @@ def main(argv=None):
     t2 = interleaved_medians(gru, max(3, args.repeats // 2))
 
     assert np.allclose(chain_engine(), chain_numpy())
-    t3 = interleaved_medians({"plain": chain_engine, "numpy": chain_numpy}, args.repeats)
+    chain = {"plain": chain_engine, "numpy": chain_numpy}
+    if baseline is not None:
+        chain["baseline"] = lambda: chain_engine(ad=baseline)
+    t3 = interleaved_medians(chain, args.repeats)
 
-    print(f"{'workload (forward + backward)':44s} {'plain':>9s} {'fused':>9s} {'numpy':>9s} {'torch':>9s}")
+    columns = ("plain", "fused", "numpy", "torch") + (("baseline",) if baseline is not None else ())
+    print(f"{'workload (forward + backward)':44s} " + " ".join(f"{c:>9s}" for c in columns))
     for title, t in (("1. pendulum BPTT (64 x %d steps, MLP 32-32)" % steps, t1),
                      ("2. GRU actor-critic (256 x %d, H=256)" % (100 // scale), t2), ("3. chain of 1,000 tiny ops", t3)):
-        cells = [f"{t[k] * 1e3:7.1f}ms" if k in t else f"{'-':>9s}" for k in ("plain", "fused", "numpy", "torch")]
+        cells = [f"{t[k] * 1e3:7.1f}ms" if k in t else f"{'-':>9s}" for k in columns]
         print(f"{title:44s} " + " ".join(cells))
 
     per_op = t3["plain"] / 1000 * 1e6
@@ -404,6 +433,11 @@ def main(argv=None):
         print("  1. pendulum, plain / torch eager                         skipped: torch is not installed")
     plain_numpy = t1["plain"] / t1["numpy"]
     print(f"  1. pendulum, plain / numpy (for reference)               {plain_numpy:6.2f}")
+    if baseline is not None:
+        print(f"  against --baseline {args.baseline}: tiny-op chain, this engine / baseline   "
+              f"{verdict(t3['plain'] / t3['baseline'], 1.0)}")
+        print(f"  against --baseline {args.baseline}: pendulum plain, this engine / baseline  "
+              f"{verdict(t1['plain'] / t1['baseline'], 1.0)}")
     if torch is None:   # an estimate, not a measurement: say so
         print(f"     estimate without torch: PyTorch eager once took {TORCH_OVER_NUMPY:.2f}x hand-written NumPy on this "
               f"workload (47 ms / 12.5 ms, another machine),\n     so plain / torch would be about "
