@@ -119,7 +119,8 @@ class Tensor:
     @data.setter
     def data(self, value):
         """`t.data = array` and `t.data -= step` (what optimizers do). Writing into the same array, as `-=`
-        does, is noted: an op recorded before it now holds stale values, and its backward will refuse."""
+        does, is noted: an op recorded before it now holds stale values, and its backward will refuse.
+        (Writes that bypass this, t.data[0] = 1 or np.add(..., out=t.data), cannot be seen.)"""
         global _last_change
         old = self._data
         if value is old or (isinstance(value, np.ndarray) and np.may_share_memory(value, old)):
@@ -360,7 +361,8 @@ def primitive(forward=None, *, name=None, vjp=None, float_inputs=False):
                 result._vjp = vjp
                 if vjps is not None:
                     arrays.append(out)
-                    result._saved = arrays            # what each f(g, *inputs, output) is given
+                    result._saved = tuple(arrays)     # what each f(g, *inputs, output) is given (a tuple of
+                                                      # arrays, which the cycle collector soon stops scanning)
                 else:
                     result._saved = None
                 result._tick = next(_clock)
