@@ -335,8 +335,8 @@ def primitive(forward=None, *, name=None, vjp=None, float_inputs=False):
                     arrays.append(x)
             recording = recording and _grad_enabled
             if wants_needs:
-                options["needs_grad"] = tuple(recording and isinstance(x, Tensor) and x.requires_grad
-                                              for x in inputs)
+                options["needs_grad"] = tuple([recording and isinstance(x, Tensor) and x.requires_grad
+                                               for x in inputs])
             try:
                 if vjps is None:
                     out, vjp = forward(*arrays, **options)

@@ -54,23 +54,29 @@ def _dense_backward(g, x, W, y, activation, need_x):
     return dx, dW, db
 
 
+def _shape(a):
+    return a.shape if type(a) is np.ndarray else np.shape(a)
+
+
 def _check_layer(kernel, features, W, b, layer=""):
     """A layer's W must be (features, n_out) and its bias (n_out,) or absent. Returns n_out."""
-    if np.ndim(W) != 2:
-        raise ValueError(f"{kernel}: W{layer} must be a matrix (n_in, n_out), got shape {np.shape(W)}")
-    if W.shape[0] != features:
-        raise ValueError(f"{kernel}: x has {features} features but W{layer} expects {W.shape[0]} "
-                         f"(W{layer} is {W.shape}, i.e. (n_in, n_out))")
-    if b is not None and np.shape(b) != (W.shape[1],):
-        raise ValueError(f"{kernel}: b{layer} has shape {np.shape(b)} but W{layer} {W.shape} needs a bias of "
-                         f"shape ({W.shape[1]},)")
-    return W.shape[1]
+    shape = _shape(W)
+    if len(shape) != 2:
+        raise ValueError(f"{kernel}: W{layer} must be a matrix (n_in, n_out), got shape {shape}")
+    if shape[0] != features:
+        raise ValueError(f"{kernel}: x has {features} features but W{layer} expects {shape[0]} "
+                         f"(W{layer} is {shape}, i.e. (n_in, n_out))")
+    if b is not None and _shape(b) != (shape[1],):
+        raise ValueError(f"{kernel}: b{layer} has shape {_shape(b)} but W{layer} {shape} needs a bias of "
+                         f"shape ({shape[1]},)")
+    return shape[1]
 
 
 def _features(kernel, x):
-    if np.ndim(x) == 0:
+    shape = _shape(x)
+    if not shape:
         raise ValueError(f"{kernel}: x is a single number; it needs a last axis of features")
-    return np.shape(x)[-1]
+    return shape[-1]
 
 
 @primitive
@@ -129,10 +135,10 @@ def _check_gru(kernel, x, h, Wx, Wh, bx, bh):
     n_in, H = _features(kernel, x), _features(kernel, h)
     expected = {"Wx": (n_in, 3 * H), "Wh": (H, 3 * H), "bx": (3 * H,), "bh": (3 * H,)}
     for name, array in zip(expected, (Wx, Wh, bx, bh)):
-        if np.shape(array) != expected[name]:
-            raise ValueError(f"{kernel}: {name} has shape {np.shape(array)}, expected {expected[name]} for "
+        if _shape(array) != expected[name]:
+            raise ValueError(f"{kernel}: {name} has shape {_shape(array)}, expected {expected[name]} for "
                              f"{n_in} input features and hidden size {H} (gates r, z, n side by side)")
-    if np.shape(x)[:-1] != np.shape(h)[:-1]:
+    if _shape(x)[:-1] != _shape(h)[:-1]:
         raise ValueError(f"{kernel}: x {np.shape(x)} and h {np.shape(h)} differ in their batch axes")
 
 

@@ -160,42 +160,44 @@ def pendulum_plain(params, state0, steps, ad=ad):
 
 @ad.primitive
 def pendulum_step(state, a):
-    """One fused step. The state carries the cost so far: (θ, θ̇, C) → (θ', θ̇', C + cost), with the
-    policy's output a = tanh(·) (B, 1) and the torque u = 2a (already inside the clip at ±2):
-        θ̇' = clip(θ̇ + (15 sin θ + 3u) dt, ±8),  θ' = θ + θ̇' dt,  cost = wrap(θ)² + 0.1 θ̇² + 0.001 u²
+    """One fused step. The state is three rows (θ, θ̇, C) of B entries, C the cost so far; a = tanh(·) (B, 1)
+    is the policy's output and u = 2a the torque (already inside the clip at ±2):
+        θ̇' = clip(θ̇ + (15 sin θ + 3u) dt, ±8),  θ' = θ + θ̇' dt,  C' = C + wrap(θ)² + 0.1 θ̇² + 0.001 u²
     Backward, given (gθ', gθ̇', gC'):  gC = gC',  s = (gθ̇' + gθ' dt)·[θ̇' not clipped],
         gθ = gθ' + 15 cos θ dt s + 2 wrap(θ) gC',  gθ̇ = s + 0.2 θ̇ gC',  ga = 2 (3 dt s + 0.002 u gC')."""
-    th, thd, u = state[:, 0], state[:, 1], MAX_TORQUE * a[:, 0]
+    th, thd, total = state
+    u = MAX_TORQUE * a[:, 0]
     wrapped = wrap_angle(th)
     raw = thd + (3 * G / 2 * np.sin(th) + 3.0 * u) * DT
     out = np.empty_like(state)
-    new_thd = np.clip(raw, -MAX_SPEED, MAX_SPEED, out=out[:, 1])
-    np.add(th, new_thd * DT, out=out[:, 0])
-    np.add(state[:, 2], wrapped * wrapped + 0.1 * (thd * thd) + 0.001 * (u * u), out=out[:, 2])
+    new_thd = np.clip(raw, -MAX_SPEED, MAX_SPEED, out=out[1])
+    np.add(th, new_thd * DT, out=out[0])
+    np.add(total, wrapped * wrapped + 0.1 * (thd * thd) + 0.001 * (u * u), out=out[2])
 
     def vjp(g):
-        g_cost = g[:, 2]
-        s = (g[:, 1] + g[:, 0] * DT) * (new_thd == raw)
+        g_th, g_thd, g_cost = g
+        s = (g_thd + g_th * DT) * (new_thd == raw)
         d_state = np.empty_like(g)
-        d_state[:, 0] = g[:, 0] + (3 * G / 2 * DT) * np.cos(th) * s + 2 * wrapped * g_cost
-        d_state[:, 1] = s + 0.2 * thd * g_cost
-        d_state[:, 2] = g_cost
+        d_state[0] = g_th + (3 * G / 2 * DT) * np.cos(th) * s + 2 * wrapped * g_cost
+        d_state[1] = s + 0.2 * thd * g_cost
+        d_state[2] = g_cost
         return d_state, (MAX_TORQUE * (3.0 * DT * s + 0.002 * u * g_cost))[:, None]
     return out, vjp
 
 
 @ad.primitive
 def observe(state):
-    """[cos θ, sin θ, θ̇] of a (B, 3) state (θ, θ̇, C). Backward: gθ = −g_cos sin θ + g_sin cos θ, gθ̇ = g_θ̇."""
-    obs = np.empty_like(state)
-    c, s = np.cos(state[:, 0], out=obs[:, 0]), np.sin(state[:, 0], out=obs[:, 1])
-    obs[:, 2] = state[:, 1]
+    """The policy's input [cos θ, sin θ, θ̇], (B, 3), from the rows (θ, θ̇, C).
+    Backward: gθ = −g_cos sin θ + g_sin cos θ, gθ̇ = g_θ̇, gC = 0."""
+    c, s = np.cos(state[0]), np.sin(state[0])
+    obs = np.empty((state.shape[1], 3))
+    obs[:, 0], obs[:, 1], obs[:, 2] = c, s, state[1]
 
     def vjp(g):
-        d_state = np.empty_like(g)
-        d_state[:, 0] = g[:, 1] * c - g[:, 0] * s
-        d_state[:, 1] = g[:, 2]
-        d_state[:, 2] = 0.0
+        d_state = np.empty_like(state)
+        d_state[0] = g[:, 1] * c - g[:, 0] * s
+        d_state[1] = g[:, 2]
+        d_state[2] = 0.0
         return (d_state,)
     return obs, vjp
 
@@ -203,10 +205,10 @@ def observe(state):
 def pendulum_fused(params, state0, steps):
     """The same with ad.mlp for the policy and one fused op for the physics: three ops a step."""
     tensors = [ad.Tensor(p, requires_grad=True) for p in params]
-    state = ad.Tensor(np.concatenate([state0, np.zeros((len(state0), 1))], axis=1))
+    state = ad.Tensor(np.stack([state0[:, 0], state0[:, 1], np.zeros(len(state0))]))
     for _ in range(steps):
         state = pendulum_step(state, ad.mlp(observe(state), *tensors, activation="tanh", out_activation="tanh"))
-    loss = state[:, 2].sum() / state0.shape[0]
+    loss = state[2].sum() / state0.shape[0]
     loss.backward()
     return loss.item(), [t.grad for t in tensors]
 
