@@ -69,8 +69,8 @@ _last_change = 0          # tick of the latest in-place change of any tensor's d
 class Tensor:
     """An ndarray that can remember how it was made.
 
-    data           the ndarray. Python numbers and lists become float64, float16 becomes float32, other
-                   arrays are kept as given (so an int8 frame stays small). The ops compute in floating point:
+    data           the ndarray. Python numbers and lists become float64 (lists of bools stay a bool mask),
+                   float16 becomes float32, other arrays are kept as given (so an int8 frame stays small). The ops compute in floating point:
                    integer and bool inputs are promoted to float64 (Tensor(np.uint8(1)) - 2 is -1.0).
     grad           d(output)/d(self), summed over every backward that reached it; same dtype as data
     requires_grad  True for parameters (leaves) and anything computed from one; only float data may
@@ -96,8 +96,8 @@ class Tensor:
         if kind != "f":
             if requires_grad:
                 raise TypeError(f"Tensor: requires_grad=True needs a float array, got dtype {array.dtype}")
-            if not isinstance(data, np.ndarray):
-                array = array.astype(np.float64)  # Tensor([1, 2]) and Tensor(3) are float
+            if kind in "iu" and not isinstance(data, np.ndarray):
+                array = array.astype(np.float64)  # Tensor([1, 2]) and Tensor(3) are float; [True, False] a mask
         elif array.dtype == np.float16:
             array = array.astype(np.float32)
         self._data = array

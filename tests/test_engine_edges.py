@@ -326,3 +326,11 @@ def test_the_benchmark_variants_agree_and_run_without_torch():
     for fused in (False, True):
         bench.assert_same("gru", *bench.gru_engine(params, data, fused), reference)
     assert "holds" in bench.verdict(1.0, 1.3) and "DOES NOT HOLD" in bench.verdict(2.0, 1.3)
+
+
+def test_a_list_of_bools_stays_a_mask():
+    mask = ad.Tensor([True, False, True])
+    assert mask.dtype == bool
+    x = leaf(1.0, 2.0, 3.0)
+    x[mask].sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, 1.0]
