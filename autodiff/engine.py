@@ -70,8 +70,9 @@ class Tensor:
     """An ndarray that can remember how it was made.
 
     data           the ndarray. Python numbers and lists become float64 (lists of bools stay a bool mask),
-                   float16 becomes float32, other arrays are kept as given (so an int8 frame stays small). The ops compute in floating point:
-                   integer and bool inputs are promoted to float64 (Tensor(np.uint8(1)) - 2 is -1.0).
+                   float16 becomes float32, other arrays are kept as given (so an int8 frame stays small).
+                   The maths ops compute in floating point: integer and bool inputs are promoted to
+                   float64 (Tensor(np.uint8(1)) - 2 is -1.0). Complex arrays are refused.
     grad           d(output)/d(self), summed over every backward that reached it; same dtype as data
     requires_grad  True for parameters (leaves) and anything computed from one; only float data may
     op             name of the primitive that made it ("leaf" for inputs)
@@ -108,7 +109,7 @@ class Tensor:
         self._vjp = None
         self._saved = None
         self.name = name
-        self._tick = 0          # leaves come before every op
+        self._tick = 0          # the tick of the op that made it (none for a leaf)
         self._changed = 0       # tick of the last in-place change of data
 
     # -- data, with in-place changes noticed -----------------------------------
