@@ -102,7 +102,7 @@ def mlp(x, *params, activation="tanh", out_activation=None, needs_grad=None):
     weights, biases = params[0::2], params[1::2]
     features = _features("mlp", x)
     for i, (W, b) in enumerate(zip(weights, biases)):
-        features = _check_layer("mlp", features, W, b, layer=str(i + 1))
+        features = _check_layer("mlp", features, W, b, layer=i + 1)
     layer_inputs, outputs = [], []
     h = x
     for i, (W, b) in enumerate(zip(weights, biases)):
