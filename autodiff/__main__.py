@@ -9,6 +9,7 @@ import argparse
 import glob
 import importlib.util
 import os
+import re
 import sys
 
 from . import engine
@@ -43,7 +44,7 @@ def scripts_here():
     found = []
     for path in sorted(glob.glob(os.path.join(REPOSITORY, "*.py"))):
         with open(path, encoding="utf-8") as file:
-            if "@ad.primitive" in file.read():
+            if re.search(r"^@(\w+\.)?primitive\b", file.read(), re.MULTILINE):
                 found.append(path)
     return found
 
