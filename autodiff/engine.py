@@ -123,6 +123,8 @@ class Tensor:
         does, is noted: an op recorded before it now holds stale values, and its backward will refuse.
         (Writes that bypass this, t.data[0] = 1 or np.add(..., out=t.data), cannot be seen.)"""
         global _last_change
+        if isinstance(value, Tensor):
+            value = value._data
         old = self._data
         if value is old or (isinstance(value, np.ndarray) and np.may_share_memory(value, old)):
             self._changed = _last_change = next(_clock)
