@@ -649,15 +649,8 @@ def sample_rl_episode(env, weights, obs, rng):
 
 def gym_initial_states(seeds, env_id="CartPole-v1"):
     """The float64 states Gymnasium's CartPole starts from after reset(seed=s)."""
-    import gymnasium as gym
     warnings.filterwarnings("ignore", message=".*CartPole-v0 is out of date")   # it is the original's setting
-    env = gym.make(env_id)
-    states = []
-    for s in seeds:
-        env.reset(seed=int(s))
-        states.append(np.array(env.unwrapped.state, dtype=np.float64))
-    env.close()
-    return np.array(states)
+    return ad.runs.reset_states(env_id, seeds)
 
 
 # ----------------------------------------------------------------------------

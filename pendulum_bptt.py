@@ -866,14 +866,7 @@ def original_policy(net):
 
 def gymnasium_starts(seeds):
     """The start states [θ, θ̇] Gymnasium's reset gives for these seeds."""
-    import gymnasium as gym
-    env = gym.make("Pendulum-v1")
-    starts = []
-    for seed in seeds:
-        env.reset(seed=int(seed))
-        starts.append(np.array(env.unwrapped.state, dtype=np.float64))
-    env.close()
-    return np.array(starts)
+    return ad.runs.reset_states("Pendulum-v1", seeds)
 
 
 def reproduce_original(args):

@@ -25,7 +25,6 @@ Run:  python trebuchet.py                 the lesson run, about a minute (output
 Results: see README.md (section trebuchet.py).
 """
 
-import argparse
 import math
 import time
 
@@ -762,20 +761,10 @@ def main(argv=None):
 
 # ============================== Part 2: running the experiment ==============================
 # Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
-def one_of(*choices):
-    """An argparse type: one of the given words (a candidate for autodiff/runs.py)."""
-    def parse(text):
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
-    parse.__name__ = "choice"
-    return parse
-
-
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
              eval_pairs=ad.runs.whole(1, 10**5), huber_delta=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
-             eval_stream=one_of("test", "tuning"), model=one_of(*MODELS))
+             eval_stream=ad.runs.one_of("test", "tuning"), model=ad.runs.one_of(*MODELS))
 
 
 def select_model(name):
