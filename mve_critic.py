@@ -700,20 +700,11 @@ def comma_list(convert, check, what):
     return parse
 
 
-def choice(options):
-    def parse(text):
-        if text not in options:
-            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(options)})")
-        return text
-    parse.__name__ = "choice"
-    return parse
-
-
 def setting_types():
     """Each setting's parser: sizes are bounded so that a typo (1e11) is refused at once, not after hours."""
     whole = ad.runs.whole
     return {
-        "exp": choice(("1", "2", "3", "all")),
+        "exp": ad.runs.one_of("1", "2", "3", "all"),
         "snapshots": comma_list(str, lambda s: s in SNAPSHOTS, "snapshot names (init, good)"),
         "rhos": comma_list(float, lambda r: 0.0 <= r <= 0.1, "smoothing widths in [0, 0.1]"),
         "horizons": comma_list(int, lambda h: h == 0 or (h > 0 and T % h == 0), f"horizons (0 or divisors of {T})"),

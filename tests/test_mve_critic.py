@@ -222,7 +222,8 @@ def test_command_line_rejects_bad_values(capsys):
     for argv in (["--exp", "4"], ["--seeds", "0"], ["--env-steps", "-5"], ["--episodes", "x"]):
         with pytest.raises(SystemExit):
             mve.main(argv)
-    assert "invalid" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(line.startswith("mve_critic.py: error: argument --") for line in err), err
 
 
 # ----------------------------------------------------------------------------
