@@ -1460,6 +1460,8 @@ def print_exp3(exp3, methods):
                                                                            "G steps to Q's score / budget"],
          [[k, c["mean"], c["se"], ", ".join(ad.runs.format_cell(f) for f in c["G_env_steps_to_Q_score_fraction"])]
           for k, c in exp3["comparisons"].items()])
+    if min(s["seeds"] for s in exp3["summary"].values()) < 5:
+        print("  One seed per arm: these training differences are anecdotes; the README's come from 5 seeds (--seeds 5).")
 
 
 if __name__ == "__main__":
