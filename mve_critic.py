@@ -24,8 +24,8 @@ variance rises with H, and smoothing cuts BPTT's variance by ~5e3 at a chatterin
 (2) annealing H and rho together does not beat the best fixed setting (BPTT on rho = 0.01); a short H is what hurts
 at a small budget, and switching H hurts at a larger one, because the critic's gradient, which a short H leans on,
 points away from the true gradient at the states the annealed policy reaches; refitting the critic at each switch
-recovers the loss against a fixed short H, and with a rho-conditioned gradient critic comes closest to the best arm,
-without reaching it; (3) a TD(lambda) value critic has far better values than gradients; a VGL(lambda) gradient
+recovers the loss against a fixed short H, but no schedule tried (a rho-conditioned gradient critic included) comes
+near the best arm; (3) a TD(lambda) value critic has far better values than gradients; a VGL(lambda) gradient
 critic points the right way more often.
 
 Run:
