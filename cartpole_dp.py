@@ -60,35 +60,7 @@ SETTINGS = {
     "ablations": False,         # what each design choice is worth (on the DP seeds, development starts)
 }
 FULL = {"dp_seeds": 30, "rl_seeds": 20, "rs_seeds": 30, "v0_seeds": 30, "gym_check": 100, "ablations": True}
-HELP = {
-    "dp_seeds": "DP training seeds",
-    "dp_max_episodes": "give up on a DP seed after this many training episodes",
-    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
-    "rl_seeds": "RL training seeds (0 skips RL)",
-    "rl_max_episodes": "give up on an RL seed after this many training episodes",
-    "rs_seeds": "random-search seeds (0 skips it)",
-    "rs_draws": "untrained networks drawn per random-search seed",
-    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
-    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
-    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
-    "lr": "DP: Adam learning rate",
-    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
-    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
-}
-TYPES = {
-    "dp_seeds": ad.runs.whole(1, 1000),
-    "dp_max_episodes": ad.runs.whole(1, 10_000),
-    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
-    "rl_seeds": ad.runs.whole(0, 1000),
-    "rl_max_episodes": ad.runs.whole(1, 100_000),
-    "rs_seeds": ad.runs.whole(0, 1000),
-    "rs_draws": ad.runs.whole(1, 10_000),
-    "v0_seeds": ad.runs.whole(0, 1000),
-    "v0_max_episodes": ad.runs.whole(1, 10_000),
-    "window": ad.runs.whole(1, 500),
-    "lr": ad.runs.number(exclusive_minimum=0.0),
-    "gym_check": ad.runs.whole(0, 1000),
-}
+# The --help text and the type and bounds of every flag: Part 2, beside parse_args.
 
 # ----------------------------------------------------------------------------
 # 2. Environment: Gymnasium's CartPole-v1, constant for constant, as a differentiable twin
@@ -276,7 +248,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE on the real environment; random search over initialisations; LQR on the linearised twin
+# 7. Baseline: REINFORCE on the real environment; LQR on the linearised twin
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -327,20 +299,7 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     return policy, record
 
 
-def random_search(seed, rule, draws):
-    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
-    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
-    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
-    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
-    record, best = new_record(seed), None
-    for draw in range(1, draws + 1):
-        network = make_network(stream)
-        if rule(scorer(network), record):
-            record["episodes_to_bar"] = draw
-            return network, record
-        if best is None or record["stop_mean"][-1] > best[0]:
-            best = (record["stop_mean"][-1], network)
-    return best[1], record
+# A control for luck, random search over untrained networks: see Part 2, random_search.
 
 
 def linearised_twin():
@@ -505,6 +464,38 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
+# The command line: the --help text, each flag's type and bounds, --play
+HELP = {
+    "dp_seeds": "DP training seeds",
+    "dp_max_episodes": "give up on a DP seed after this many training episodes",
+    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
+    "rl_seeds": "RL training seeds (0 skips RL)",
+    "rl_max_episodes": "give up on an RL seed after this many training episodes",
+    "rs_seeds": "random-search seeds (0 skips it)",
+    "rs_draws": "untrained networks drawn per random-search seed",
+    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
+    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
+    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
+    "lr": "DP: Adam learning rate",
+    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
+    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
+}
+TYPES = {
+    "dp_seeds": ad.runs.whole(1, 1000),
+    "dp_max_episodes": ad.runs.whole(1, 10_000),
+    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
+    "rl_seeds": ad.runs.whole(0, 1000),
+    "rl_max_episodes": ad.runs.whole(1, 100_000),
+    "rs_seeds": ad.runs.whole(0, 1000),
+    "rs_draws": ad.runs.whole(1, 10_000),
+    "v0_seeds": ad.runs.whole(0, 1000),
+    "v0_max_episodes": ad.runs.whole(1, 10_000),
+    "window": ad.runs.whole(1, 500),
+    "lr": ad.runs.number(exclusive_minimum=0.0),
+    "gym_check": ad.runs.whole(0, 1000),
+}
+
+
 def parse_args(argv=None):
     return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
                                 add_arguments=add_arguments)
@@ -595,6 +586,25 @@ def original_setting(args):
                                  lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
         result[name] = summarise(records, bar=rule.bar)
     return result
+
+
+# ----------------------------------------------------------------------------
+# A control for luck: random search over untrained networks (a secondary baseline)
+# ----------------------------------------------------------------------------
+def random_search(seed, rule, draws):
+    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
+    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
+    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
+    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
+    record, best = new_record(seed), None
+    for draw in range(1, draws + 1):
+        network = make_network(stream)
+        if rule(scorer(network), record):
+            record["episodes_to_bar"] = draw
+            return network, record
+        if best is None or record["stop_mean"][-1] > best[0]:
+            best = (record["stop_mean"][-1], network)
+    return best[1], record
 
 
 # ----------------------------------------------------------------------------
