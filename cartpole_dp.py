@@ -227,7 +227,8 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
 def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
            activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
     """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
-    Returns (network, record) with per-episode returns and stopping-set scores."""
+    Returns (network, record) with per-episode returns and stopping-set scores. The keywords after `lr` exist
+    for the original's setup and the ablations (Part 2, FLUX_SETUP and ABLATIONS)."""
     rng = np.random.default_rng(seed)
     policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
