@@ -11,10 +11,9 @@ well it turned out: supervised learning on your own samples, weighted by the adv
     update     = RMSProp (decay 0.99, lr 1e-4, eps 1e-5) on the gradient summed over 10 episodes
 
 The claim: this learns from pixels alone to beat the built-in AI; the original (Karpathy's pg-pong.py)
-took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Two defaults differ from
-the original: returns are standardised over the batch of 10 episodes (the original: per episode,
-`--standardise episode`), and ALE/Pong-v5 repeats each action 4 frames (the original's Pong-v0 draws
-2-4 at random, `--env-id Pong-v0`). New: the engine's backward, ten games at once, exact checkpoints.
+took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Unlike the original,
+returns are standardised over the batch (`--standardise episode`: per episode, as the original) and
+ALE/Pong-v5 repeats each action 4 frames (`--env-id Pong-v0`: 2-4 at random, as the original).
 
 Run:
     python pong_pg.py                   # the lesson run: 60 episodes, 6 updates, still close to random
@@ -52,26 +51,13 @@ BACKGROUND = (144, 109)      # red-channel values of the two background colours
 SETTINGS = {"env_id": "ALE/Pong-v5", "standardise": "batch", "episodes": 60, "hours": None,
             "games": BATCH_EPISODES, "workers": 2, "checkpoint_every": 20, "play_games": 3}
 FULL = {"episodes": 30000}
-HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frameskip 2-4)",
-        "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
-        "episodes": "train until this many episodes in total",
-        "hours": "also stop after this many hours of training in total; None is no time limit",
-        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
-        "workers": "processes that run the games (0: all in this one); results do not depend on it",
-        "checkpoint_every": "updates between checkpoints",
-        "play_games": "games per policy for --play"}
+# the flags' help text and types: Part 2, "The command line"
 
 
 # ----------------------------------------------------------------------------
 # 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
-def make_game(env_id, **options):
-    """One Atari game through Gymnasium (ale-py ships the Pong ROM). Part 2's `Games` runs ten of them."""
-    import ale_py
-    import gymnasium
-    gymnasium.register_envs(ale_py)
-    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
-    return gymnasium.make(env_id, **options)
+# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` runs ten copies, in worker processes.
 
 
 def preprocess(frames):
@@ -261,25 +247,15 @@ def train_batch(state, stop=None):
 def train(state, args, out, log=print):
     """Train until args.episodes episodes or args.hours of training in total, checkpointing every
     args.checkpoint_every updates; Ctrl-C or SIGTERM saves the last update's state and stops."""
-    checkpoint = os.path.join(out, "checkpoint.npz")
-    session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"]}
-    state["session_start"] = session["start"]
-    progress = progress_for(state, args)
-    if state["boundary"] is None:
-        mark_boundary(state)                    # what a checkpoint saves if stopped during the first batch
+    session = start_session(state, args, out)          # Part 2: the clock, progress line, checkpoint path
     with StopRequests() as stop:
         while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
             batch_start = time.perf_counter()
             episodes = train_batch(state, stop=stop)
             if episodes is None:
                 break
-            state["seconds"] = session["seconds_before"] + time.perf_counter() - session["start"]
-            record_batch(state, episodes, state["seconds"] / 3600)
-            mark_boundary(state)
-            if state["updates"] % args.checkpoint_every == 0:
-                save_outputs(state, args, out, checkpoint)
-            session["steps"] += report_batch(progress, state, args, episodes, time.perf_counter() - batch_start)
-    return end_session(state, args, out, checkpoint, session, stop.requested, log)
+            finish_batch(state, args, out, session, episodes, batch_start)   # Part 2: history, checkpoint
+    return end_session(state, args, out, session["checkpoint"], session, stop.requested, log)
 
 
 # ----------------------------------------------------------------------------
@@ -320,24 +296,14 @@ def main(argv=None):
     try:
         if resumed is not None:
             apply_checkpoint(resumed, state)
-            print(f"resumed from {resumed['path']}: episode {state['episode']}, update {state['updates']}, "
-                  f"running reward {state['running_reward']}")
-        print(f"{args.env_id}: {args.games} games at once, {BATCH_EPISODES} episodes per update, "
-              f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+        print_start(args, state, resumed)
         session = train(state, args, out)
     finally:
         state["games"].close()
     film = PointFilm()
     demo = [] if session["interrupted"] else play_games(args.env_id, state["W1"], state["W2"], 1, args.seed,
                                                         film=film)
-    if film.kept:
-        ad.runs.save_gif(os.path.join(out, "pong_pg_game.gif"), film.kept[::2], fps=15)
-    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
-               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
-    ad.runs.write_metrics(out, metrics, args, started)
-    print_results(state, session, metrics, demo, out)
-    if not args.full and resumed is None:
-        print_next_steps(out)
+    metrics = report(args, state, session, demo, film, resumed, out, started)     # Part 2: files, table
     return {"state": state, "metrics": metrics}
 
 
@@ -348,6 +314,15 @@ def main(argv=None):
 # ----------------------------------------------------------------------------
 # The games: n copies of the game, stepped in worker processes
 # ----------------------------------------------------------------------------
+def make_game(env_id, **options):
+    """One Atari game through Gymnasium (ale-py ships the Pong ROM). Part 2's `Games` runs ten of them."""
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
+    return gymnasium.make(env_id, **options)
+
+
 def _emulator_state(env):
     """One game's full state including the emulator's RNG (ALE's own serialisation, as bytes) and the
     env's NumPy RNG (it draws Pong-v0's random frameskip)."""
@@ -541,6 +516,29 @@ def config_of(args):
     """The settings a checkpoint must agree with to be resumed."""
     return {"env_id": args.env_id, "games": args.games, "hidden": HIDDEN, "pixels": PIXELS,
             "batch_episodes": BATCH_EPISODES, "standardise": args.standardise}
+
+
+def start_session(state, args, out):
+    """This session's clock and progress line, and the first boundary: what a checkpoint saves if
+    stopped during the first batch."""
+    session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"],
+               "checkpoint": os.path.join(out, "checkpoint.npz")}
+    state["session_start"] = session["start"]
+    session["progress"] = progress_for(state, args)
+    if state["boundary"] is None:
+        mark_boundary(state)
+    return session
+
+
+def finish_batch(state, args, out, session, episodes, batch_start):
+    """After an update: the clock, the history, the boundary, a checkpoint when due, the progress line."""
+    state["seconds"] = session["seconds_before"] + time.perf_counter() - session["start"]
+    record_batch(state, episodes, state["seconds"] / 3600)
+    mark_boundary(state)
+    if state["updates"] % args.checkpoint_every == 0:
+        save_outputs(state, args, out, session["checkpoint"])
+    batch_seconds = time.perf_counter() - batch_start
+    session["steps"] += report_batch(session["progress"], state, args, episodes, batch_seconds)
 
 
 def record_batch(state, episodes, hours):
@@ -821,6 +819,27 @@ def run_metrics(state):
     }
 
 
+def print_start(args, state, resumed):
+    if resumed is not None:
+        print(f"resumed from {resumed['path']}: episode {state['episode']}, update {state['updates']}, "
+              f"running reward {state['running_reward']}")
+    print(f"{args.env_id}: {args.games} games at once, {BATCH_EPISODES} episodes per update, "
+          f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+
+
+def report(args, state, session, demo, film, resumed, out, started):
+    """The demo game's GIF, metrics.json, the results table; after a lesson run, what to try next."""
+    if film.kept:
+        ad.runs.save_gif(os.path.join(out, "pong_pg_game.gif"), film.kept[::2], fps=15)
+    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
+               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_results(state, session, metrics, demo, out)
+    if not args.full and resumed is None:
+        print_next_steps(out)
+    return metrics
+
+
 def print_results(state, session, metrics, demo, out):
     h = state["history"]
     first_last = (f"{metrics['mean_score_first_episodes']:.2f} / {metrics['mean_score_last_episodes']:.2f}"
@@ -970,6 +989,14 @@ def curve_command(args, out, started):
 # ----------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------
+HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frameskip 2-4)",
+        "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
+        "episodes": "train until this many episodes in total",
+        "hours": "also stop after this many hours of training in total; None is no time limit",
+        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
+        "workers": "processes that run the games (0: all in this one); results do not depend on it",
+        "checkpoint_every": "updates between checkpoints",
+        "play_games": "games per policy for --play"}
 TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")
 
 
