@@ -181,58 +181,32 @@ def update(state, episodes):
 # 6. Training: play exactly 10 whole episodes with the current policy, update, repeat
 # ----------------------------------------------------------------------------
 def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False, progress=None):
-    """Play `n_episodes` whole episodes with the fixed policy (W1, W2), spread over the parallel games.
-
-    All playing games are preprocessed and forwarded together (one batched forward per step); each then
-    samples UP with probability P(UP) (or, if greedy, takes the likelier action). A game that finishes
-    starts another episode only while fewer than n_episodes were started, so every episode is played
-    whole by this policy. Returns the episodes in the order they ended, each a dict of x (T, 6400) int8
-    difference frames, up (T,) bool and rewards (T,); None if stop() became true. `film.add(frame,
-    reward)` receives game 0's first episode; `progress.update(done)` hears of each finished one."""
-    n = len(games)
-    playing, first_frame = np.zeros(n, bool), np.zeros(n, bool)
-    previous, record = np.zeros((n, PIXELS), np.int8), [None] * n
-    episodes, started, filming = [], 0, film is not None
-
-    def start(ids):
-        nonlocal started
-        games.reset(ids)
-        playing[ids], first_frame[ids] = True, True
-        for g in ids:
-            record[g] = {"x": [], "up": [], "rewards": []}
-        started += len(ids)
-
-    start(np.arange(min(n, n_episodes)))
-    while playing.any():
+    """Play `n_episodes` whole episodes with the fixed policy (W1, W2) over the parallel games: one
+    batched forward per step, then each game samples UP with probability P(UP) (greedy: the likelier).
+    Returns the episodes in the order they ended, dicts of x (T, 6400) int8 difference frames, up (T,)
+    bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives game 0's first
+    episode; `progress.update(done)` hears of each finished one."""
+    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, exactly n whole episodes
+    filming = film is not None
+    while book.playing.any():
         if stop is not None and stop():
             return None
-        ids = np.flatnonzero(playing)
+        ids = np.flatnonzero(book.playing)
         current = preprocess(games.frames[ids])
-        x = current - previous[ids]                 # difference frame, values in {-1, 0, 1}
-        x[first_frame[ids]] = 0                     # the original's first input: no previous frame, zeros
-        previous[ids], first_frame[ids] = current, False
+        x = current - book.previous[ids]            # difference frame, values in {-1, 0, 1}
+        x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
+        book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
         up = p_up > 0.5 if greedy else rng.random(len(ids)) < p_up
-        frame_0 = games.frames[0].copy() if filming and playing[0] else None
+        frame_0 = games.frames[0].copy() if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
-        for j, g in enumerate(ids):
-            record[g]["x"].append(x[j])
-            record[g]["up"].append(up[j])
-            record[g]["rewards"].append(rewards[j])
+        ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
         if frame_0 is not None:
             film.add(frame_0, rewards[0])           # ids is sorted: game 0 comes first
-        ended = ids[dones]
-        for g in ended:
-            episodes.append({k: np.array(v) for k, v in record[g].items()})
-            record[g] = None
         filming = filming and 0 not in ended
         if progress is not None and len(ended):
-            progress.update(len(episodes))
-        playing[ended] = False
-        restart = ended[:max(0, n_episodes - started)]     # new episodes while fewer than n were started
-        if len(restart):
-            start(restart)
-    return episodes
+            progress.update(len(book.finished))
+    return book.finished
 
 
 def train_batch(state, stop=None):
@@ -496,6 +470,45 @@ class Games:
                 pass
             process.join(timeout=5)
         self.connections, self.processes, self.envs = [], [], []
+
+
+class Episodes:
+    """play_episodes' bookkeeping: which games are playing, each one's previous frame and steps so far,
+    the episodes in the order they ended. A game that finishes starts another episode only while fewer
+    than n_episodes were started, so every episode is played whole by the one policy (exactly 10 per
+    batch, however many games run at once)."""
+
+    def __init__(self, games, n_episodes):
+        n = len(games)
+        self.games, self.n_episodes, self.started = games, n_episodes, 0
+        self.playing, self.first_frame = np.zeros(n, bool), np.zeros(n, bool)
+        self.previous, self.steps = np.zeros((n, PIXELS), np.int8), [None] * n
+        self.finished = []
+        self.start(np.arange(min(n, n_episodes)))
+
+    def start(self, ids):
+        self.games.reset(ids)
+        self.playing[ids], self.first_frame[ids] = True, True
+        for g in ids:
+            self.steps[g] = {"x": [], "up": [], "rewards": []}
+        self.started += len(ids)
+
+    def add(self, ids, x, up, rewards, dones):
+        """Record one step of the games `ids`; end the episodes that are done, start new ones while
+        fewer than n_episodes were started. Returns the games whose episode ended."""
+        for j, g in enumerate(ids):
+            self.steps[g]["x"].append(x[j])
+            self.steps[g]["up"].append(up[j])
+            self.steps[g]["rewards"].append(rewards[j])
+        ended = ids[dones]
+        for g in ended:
+            self.finished.append({k: np.array(v) for k, v in self.steps[g].items()})
+            self.steps[g] = None
+        self.playing[ended] = False
+        restart = ended[:max(0, self.n_episodes - self.started)]
+        if len(restart):
+            self.start(restart)
+        return ended
 
 
 # ----------------------------------------------------------------------------
