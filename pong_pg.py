@@ -14,6 +14,7 @@ The claim: this learns from pixels alone to beat the built-in AI; the original (
 took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Unlike the original,
 returns are standardised over the batch (`--standardise episode`: per episode, as the original) and
 ALE/Pong-v5 repeats each action 4 frames (`--env-id Pong-v0`: 2-4 at random, as the original).
+New: the engine's backward, ten games at once, exact checkpoints.
 
 Run:
     python pong_pg.py                   # the lesson run: 60 episodes, 6 updates, still close to random
@@ -282,7 +283,8 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# The games in worker processes, exact checkpoints, Ctrl-C, --play, figures, the command line.
+# The games in worker processes, the episodes' and the session's bookkeeping, exact checkpoints, Ctrl-C,
+# --play, figures, the command line (help text and flag types).
 
 
 # ----------------------------------------------------------------------------
