@@ -71,26 +71,7 @@ HELP = {
     "vi_convergence": "also run value iteration on coarser grids, to show the optimum has converged",
     "original_seeds": "seeds of the original's setting re-created (one 1,000-step episode each)",
 }
-POLICY_KINDS = ("odd", "plain")
-
-
-def policy_kind(text):
-    if text not in POLICY_KINDS:
-        raise ValueError(text)
-    return text
-
-
-policy_kind.__name__ = "policy kind (odd or plain)"
-TYPES = {
-    "seeds": ad.runs.whole(1, 1000), "sim_steps": ad.runs.whole(1, 10**9), "batch": ad.runs.whole(1, 100_000),
-    "window": ad.runs.whole(1, 100_000), "lr": ad.runs.positive_float, "long_sim_steps": ad.runs.whole(0, 10**9),
-    "long_batch": ad.runs.whole(1, 100_000), "long_window": ad.runs.whole(1, 100_000),
-    "long_lr": ad.runs.positive_float, "hidden": ad.runs.whole(1, 4096), "policy": policy_kind,
-    "ddpg_steps": ad.runs.whole(0, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
-    "eval_episodes": ad.runs.whole(1, 100_000), "fresh_episodes": ad.runs.whole(1, 100_000),
-    "curve_episodes": ad.runs.whole(1, 10_000), "grid": ad.runs.whole(3, 1001),
-    "vi_angles": ad.runs.whole(8, 2001), "vi_speeds": ad.runs.whole(3, 2001), "original_seeds": ad.runs.whole(0, 1000),
-}
+# each flag's type and range (TYPES, POLICY_KINDS): see Part 2
 # Gymnasium reset seeds of each set of starts, disjoint; none is ever used in training.
 EVAL_SEED_BASE = 1_000_000    # the evaluation set, reset seeds 1,000,000 + k: seen while the method was chosen
 FRESH_SEED_BASE = 10_000_000  # the fresh set, reset seeds 10,000,000 + k: first played after every choice was made
@@ -1027,6 +1008,31 @@ def save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisat
     plot_generalisation(os.path.join(out, "generalisation.png"), g["grid_theta"], g["grid_speed"], g["returns"],
                         g["_upright_map"])
     save_swing_up_gif(os.path.join(out, "swing_up.gif"), bptt_runs[0]["policy"])
+
+
+# ----------------------------------------------------------------------------
+# The command line: each setting's type and range (SETTINGS and HELP are in section 1)
+# ----------------------------------------------------------------------------
+POLICY_KINDS = ("odd", "plain")
+
+
+def policy_kind(text):
+    if text not in POLICY_KINDS:
+        raise ValueError(text)
+    return text
+
+
+policy_kind.__name__ = "policy kind (odd or plain)"
+TYPES = {
+    "seeds": ad.runs.whole(1, 1000), "sim_steps": ad.runs.whole(1, 10**9), "batch": ad.runs.whole(1, 100_000),
+    "window": ad.runs.whole(1, 100_000), "lr": ad.runs.positive_float, "long_sim_steps": ad.runs.whole(0, 10**9),
+    "long_batch": ad.runs.whole(1, 100_000), "long_window": ad.runs.whole(1, 100_000),
+    "long_lr": ad.runs.positive_float, "hidden": ad.runs.whole(1, 4096), "policy": policy_kind,
+    "ddpg_steps": ad.runs.whole(0, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
+    "eval_episodes": ad.runs.whole(1, 100_000), "fresh_episodes": ad.runs.whole(1, 100_000),
+    "curve_episodes": ad.runs.whole(1, 10_000), "grid": ad.runs.whole(3, 1001),
+    "vi_angles": ad.runs.whole(8, 2001), "vi_speeds": ad.runs.whole(3, 2001), "original_seeds": ad.runs.whole(0, 1000),
+}
 
 
 def add_play_flag(parser):
