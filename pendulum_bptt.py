@@ -217,23 +217,12 @@ def observation(state):
     return obs, vjp
 
 
-
 def reset_states(rng, n):
     """n start states from Pendulum-v1's reset distribution: θ ~ U(−π, π), θ̇ ~ U(−1, 1)."""
     return np.stack([rng.uniform(-np.pi, np.pi, n), rng.uniform(-1.0, 1.0, n)], axis=1)
 
 
-def original_step(state, torque):
-    """One step of the original's pendulum (Gym.jl's Pendulum-v0, which Flux's example trained on), with
-    the engine's ops: the same equations as Gymnasium's, but the torque is NOT clipped (Gym.jl clamps it
-    only for drawing), in the dynamics and in the cost, and θ moves with the speed before its ±8 clip.
-    state: Tensor (B, 2); torque: Tensor (B,) or (B, 1). Returns (next_state, cost of the pre-step state)."""
-    theta, speed, u = state[:, 0], state[:, 1], _torque_vector(torque)
-    wrapped = theta + ad.Tensor(angle_normalize(theta.data) - theta.data)
-    cost = wrapped * wrapped + 0.1 * (speed * speed) + 0.001 * (u * u)
-    raw_speed = speed + (GRAVITY_TERM * ad.sin(theta) + TORQUE_TERM * u) * DT
-    new_theta = theta + raw_speed * DT
-    return ad.stack([new_theta, ad.clip(raw_speed, -MAX_SPEED, MAX_SPEED)], axis=1), cost
+# The original's pendulum (Gym.jl's Pendulum-v0: the torque unclipped): see Part 2, original_step
 
 
 # ----------------------------------------------------------------------------
@@ -426,24 +415,7 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
 # follow RL Zoo's DDPG/TD3 for Pendulum (γ = 0.98, σ = 0.1 of the action range is 0.2 here, one
 # gradient step per environment step), with smaller networks (64, 64) to fit the one-minute budget.
 # ----------------------------------------------------------------------------
-# Compute, counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
-# counting as two forward ones. BPTT, per simulated step: f on o and on mirror(o), forward and backward (6;
-# a plain policy 3). DDPG, per replayed sample of a gradient step: target actor and target critic forward
-# (2), critic forward and backward for the TD loss (3), actor and critic forward and backward for the
-# actor's loss (6); plus one actor forward to act at each step after the warm-up.
-BPTT_PASSES_PER_STEP = {"odd": 6, "plain": 3}
-DDPG_PASSES_PER_SAMPLE = 11
-
-
-def ddpg_passes(env_steps, batch=128, warmup=1000):
-    gradient_steps = max(0, env_steps - warmup + 1)
-    return gradient_steps * batch * DDPG_PASSES_PER_SAMPLE + max(0, env_steps - warmup)
-
-
-def ddpg_steps_matching(passes, batch=128, warmup=1000):
-    """The fewest DDPG environment steps whose network passes reach `passes` (e.g. one BPTT seed's)."""
-    per_step = batch * DDPG_PASSES_PER_SAMPLE + 1
-    return warmup - 1 + -(-(passes + 1) // per_step)
+# Compute matching (--full gives DDPG the network passes of one BPTT seed): see Part 2, ddpg_steps_matching
 
 
 def q_value(params, obs, action):
@@ -692,6 +664,30 @@ def evaluate_sets(make_policy, args):
             "fresh": evaluate(make_policy(), args.fresh_episodes, FRESH_SEED_BASE)}
 
 
+# ----------------------------------------------------------------------------
+# Compute matching: BPTT and DDPG measured in network passes
+#
+# Counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
+# counting as two forward ones. BPTT, per simulated step: f on o and on mirror(o), forward and backward (6;
+# a plain policy 3). DDPG, per replayed sample of a gradient step: target actor and target critic forward
+# (2), critic forward and backward for the TD loss (3), actor and critic forward and backward for the
+# actor's loss (6); plus one actor forward to act at each step after the warm-up.
+# ----------------------------------------------------------------------------
+BPTT_PASSES_PER_STEP = {"odd": 6, "plain": 3}
+DDPG_PASSES_PER_SAMPLE = 11
+
+
+def ddpg_passes(env_steps, batch=128, warmup=1000):
+    gradient_steps = max(0, env_steps - warmup + 1)
+    return gradient_steps * batch * DDPG_PASSES_PER_SAMPLE + max(0, env_steps - warmup)
+
+
+def ddpg_steps_matching(passes, batch=128, warmup=1000):
+    """The fewest DDPG environment steps whose network passes reach `passes` (e.g. one BPTT seed's)."""
+    per_step = batch * DDPG_PASSES_PER_SAMPLE + 1
+    return warmup - 1 + -(-(passes + 1) // per_step)
+
+
 def train_and_evaluate_bptt(args, seed, curve_eval, out):
     """Both phases for one seed, then both evaluation sets. A divergence saves the last finite parameters."""
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -806,6 +802,19 @@ def seed_averaged_gap(runs, optimum, which="fresh"):
 # ----------------------------------------------------------------------------
 ORIGINAL = {"sizes": (3, 24, 48, 1), "window": 4, "lr": 0.03, "episode_steps": 1000}
 LEADERBOARD_BEST = -123.11     # best 100-episode mean on the old Gym leaderboard for Pendulum-v0 (D4PG)
+
+
+def original_step(state, torque):
+    """One step of the original's pendulum (Gym.jl's Pendulum-v0, which Flux's example trained on), with
+    the engine's ops: the same equations as Gymnasium's, but the torque is NOT clipped (Gym.jl clamps it
+    only for drawing), in the dynamics and in the cost, and θ moves with the speed before its ±8 clip.
+    state: Tensor (B, 2); torque: Tensor (B,) or (B, 1). Returns (next_state, cost of the pre-step state)."""
+    theta, speed, u = state[:, 0], state[:, 1], _torque_vector(torque)
+    wrapped = theta + ad.Tensor(angle_normalize(theta.data) - theta.data)
+    cost = wrapped * wrapped + 0.1 * (speed * speed) + 0.001 * (u * u)
+    raw_speed = speed + (GRAVITY_TERM * ad.sin(theta) + TORQUE_TERM * u) * DT
+    new_theta = theta + raw_speed * DT
+    return ad.stack([new_theta, ad.clip(raw_speed, -MAX_SPEED, MAX_SPEED)], axis=1), cost
 
 
 def train_original(seed, step):
