@@ -314,22 +314,6 @@ def bptt_update(net, optimizer, state, steps, kind, max_grad_norm):
     return loss, end.data, grad_norm
 
 
-def check_update(net, before, last_good, loss, when):
-    """A diverged update stops training. `before` holds the parameters this update started from,
-    `last_good` those of the latest update whose loss was finite. A non-finite loss puts back `last_good`,
-    non-finite parameters after the step put back `before`, and Diverged carries the net to be saved.
-    Returns the new `last_good`."""
-    loss_finite = np.isfinite(loss.item())
-    if loss_finite and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
-        return before
-    for p, old in zip(net.parameters(), before if loss_finite else (last_good or before)):
-        p.data = old
-    error = ad.runs.Diverged(f"BPTT {'parameters' if loss_finite else 'loss'} not finite at {when} "
-                             f"(training diverged; try a smaller learning rate)")
-    error.net = net
-    raise error
-
-
 def adam_schedule(lr, done, total):
     """Constant step size, then a linear decay to 5% over the last quarter of the steps."""
     return lr * min(1.0, 0.05 + 0.95 * (1.0 - done / total) / 0.25)
@@ -355,7 +339,7 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
     checkpoints = sorted(c - steps_before for c in curve_at if c >= steps_before)
     state, t_episode = reset_states(rng, batch), 0
     progress = ad.runs.Progress(sim_steps, label, every=5.0)
-    with np.errstate(over="ignore", invalid="ignore"):     # a divergence is caught by check_update
+    with np.errstate(over="ignore", invalid="ignore"):     # a divergence: check_update (Part 2)
         while done < sim_steps:
             if checkpoints and done >= checkpoints[0]:
                 curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
@@ -532,15 +516,6 @@ def evaluate(policy, episodes=100, seed_base=EVAL_SEED_BASE):
             "best": float(returns.max()), "episodes": episodes, "returns": returns}
 
 
-def steps_to_upright(angles, tolerance=0.3):
-    """First step after which |θ| < tolerance for the rest of the episode (nan if never)."""
-    upright = np.abs(angles) < tolerance
-    stays = np.flip(np.logical_and.accumulate(np.flip(upright, axis=1), axis=1), axis=1)
-    first = np.argmax(stays, axis=1).astype(float)
-    first[~stays[:, -1]] = np.nan
-    return first
-
-
 # The reference: a near-optimal controller from finite-horizon value iteration on an (angle, speed) grid
 #
 #   V_T = 0,   V_t(s) = max_u [ −cost(s, u) + V_{t+1}(step(s, u)) ],   t = T−1, ..., 0   (T = 200 steps)
@@ -640,6 +615,22 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
+
+def check_update(net, before, last_good, loss, when):
+    """A diverged update stops training. `before` holds the parameters this update started from,
+    `last_good` those of the latest update whose loss was finite. A non-finite loss puts back `last_good`,
+    non-finite parameters after the step put back `before`, and Diverged carries the net to be saved.
+    Returns the new `last_good`."""
+    loss_finite = np.isfinite(loss.item())
+    if loss_finite and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
+        return before
+    for p, old in zip(net.parameters(), before if loss_finite else (last_good or before)):
+        p.data = old
+    error = ad.runs.Diverged(f"BPTT {'parameters' if loss_finite else 'loss'} not finite at {when} "
+                             f"(training diverged; try a smaller learning rate)")
+    error.net = net
+    raise error
+
 
 def curve_evaluator(episodes):
     """Mean return on fixed Gymnasium episodes whose reset seeds are disjoint from both evaluation sets."""
@@ -883,6 +874,15 @@ def reproduce_original(args):
             "median_same_policy_on_gymnasium": float(np.median(column("same_policy_on_gymnasium"))),
             "median_trained_on_clipped_twin": float(np.median(column("trained_on_clipped_twin_on_gymnasium"))),
             "peak_abs_torque_range": [float(column("peak_abs_torque").min()), float(column("peak_abs_torque").max())]}
+
+
+def steps_to_upright(angles, tolerance=0.3):
+    """First step after which |θ| < tolerance for the rest of the episode (nan if never)."""
+    upright = np.abs(angles) < tolerance
+    stays = np.flip(np.logical_and.accumulate(np.flip(upright, axis=1), axis=1), axis=1)
+    first = np.argmax(stays, axis=1).astype(float)
+    first[~stays[:, -1]] = np.nan
+    return first
 
 
 def measure_generalisation(policy, grid):
