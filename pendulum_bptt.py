@@ -335,15 +335,13 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
     rng = np.random.default_rng(seed)
     net = net if net is not None else make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
-    curve, grad_norms, done, last_good = [], [], 0, None
-    checkpoints = sorted(c - steps_before for c in curve_at if c >= steps_before)
+    grad_norms, done, last_good = [], 0, None
+    curve = LearningCurve(curve_at, curve_policy_eval, offset=steps_before)   # Part 2: the curve's checkpoints
     state, t_episode = reset_states(rng, batch), 0
     progress = ad.runs.Progress(sim_steps, label, every=5.0)
     with np.errstate(over="ignore", invalid="ignore"):     # a divergence: check_update (Part 2)
         while done < sim_steps:
-            if checkpoints and done >= checkpoints[0]:
-                curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
-                checkpoints = [c for c in checkpoints if c > done]
+            curve.record_if_due(done, lambda obs: act(net, obs, kind))
             optimizer.lr = adam_schedule(lr, done, sim_steps)
             steps = min(window, episode_length - t_episode)
             before = [p.data.copy() for p in net.parameters()]
@@ -355,12 +353,11 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
             if t_episode >= episode_length:
                 state, t_episode = reset_states(rng, batch), 0
             progress.update(min(done, sim_steps), last_window_loss=loss.item())
-    if curve_policy_eval is not None:
-        curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
+    curve.finish(done, lambda obs: act(net, obs, kind))
     info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
             "max_grad_norm_seen": float(np.max(grad_norms, initial=0.0)),
             "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
-    return net, curve, info
+    return net, curve.points, info
 
 
 def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None,
@@ -447,12 +444,10 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
     buffer = {k: np.zeros((env_steps, n)) for k, n in (("obs", 3), ("action", 1), ("reward", 1), ("next_obs", 3))}
     env = gym.make("Pendulum-v1")
     obs = env.reset(seed=DDPG_SEED_BASE + seed)[0]
-    curve, checkpoints, episode_return, episode_returns = [], sorted(curve_at), 0.0, []
+    curve, episode_return, episode_returns = LearningCurve(curve_at, curve_policy_eval), 0.0, []
     progress = ad.runs.Progress(env_steps, label, every=5.0)
     for t in range(env_steps):
-        if checkpoints and t >= checkpoints[0]:
-            curve.append((t, curve_policy_eval(policy)))
-            checkpoints = [c for c in checkpoints if c > t]
+        curve.record_if_due(t, policy)
         if t < warmup:
             action = rng.uniform(-MAX_TORQUE, MAX_TORQUE)
         else:
@@ -472,10 +467,9 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
         critic_loss = ad.runs.check_finite("DDPG critic loss", ddpg_update(actor, critic, optimizers, targets,
                                                                            sample, gamma, tau), f"step {t + 1}")
         progress.update(t + 1, critic_loss=critic_loss.item(), last_return=episode_returns[-1] if episode_returns else 0.0)
-    if curve_policy_eval is not None:
-        curve.append((env_steps, curve_policy_eval(policy)))
+    curve.finish(env_steps, policy)
     env.close()
-    return policy, actor, curve, {"env_steps": env_steps, "training_episode_returns": episode_returns}
+    return policy, actor, curve.points, {"env_steps": env_steps, "training_episode_returns": episode_returns}
 
 
 # ----------------------------------------------------------------------------
@@ -630,6 +624,25 @@ def check_update(net, before, last_good, loss, when):
                              f"(training diverged; try a smaller learning rate)")
     error.net = net
     raise error
+
+
+class LearningCurve:
+    """The learning curve's bookkeeping: record_if_due(done, policy) evaluates the policy the first time the
+    running total `done` reaches each checkpoint of `at` (totals counted from `offset`), finish(done, policy)
+    once at the end. points: [(total steps, mean return)]. Without an evaluate function it records nothing."""
+
+    def __init__(self, at, evaluate, offset=0):
+        self.points, self.evaluate, self.offset = [], evaluate, offset
+        self.pending = sorted(c - offset for c in at if c >= offset)
+
+    def record_if_due(self, done, policy):
+        if self.pending and done >= self.pending[0]:
+            self.points.append((self.offset + done, self.evaluate(policy)))
+            self.pending = [c for c in self.pending if c > done]
+
+    def finish(self, done, policy):
+        if self.evaluate is not None:
+            self.points.append((self.offset + done, self.evaluate(policy)))
 
 
 def curve_evaluator(episodes):
