@@ -9,11 +9,10 @@ and the summed cost of an episode is differentiated with respect to the policy's
 through time (BPTT), exactly as for an RNN. A late cost reaches the torque that caused it through the physics:
 no value function, no exploration noise.
 
-What is here: a twin of Gymnasium's Pendulum-v1 (bitwise equal to its step; a fused version with hand-written
-VJPs), a mirror-symmetric policy u = 2 tanh(f(o) − f(mirror o)), truncated BPTT in two phases (short windows
-learn the swing-up, longer ones then refine it), DDPG on the real environment as the RL baseline, and the
-measurements: returns on gymnasium.make("Pendulum-v1") from fixed starts, paired with the same starts played
-by a near-optimal controller (value iteration on an (angle, speed) grid).
+What is here: a twin of Gymnasium's Pendulum-v1 (bitwise equal to its step; fused, with hand-written VJPs), a
+mirror-symmetric policy u = 2 tanh(f(o) − f(mirror o)), truncated BPTT in two phases (short windows learn the
+swing-up, longer ones refine it), DDPG on the real environment as the RL baseline, and returns on
+gymnasium.make("Pendulum-v1") from fixed starts, each paired with a near-optimal controller's (value iteration).
 
 The claim tested: the original (Flux's pendulum) says BPTT beats the RL leaderboard "in a single episode of
 training". Here: how far below the optimum BPTT and DDPG end, on starts no choice was made on, and whether one
@@ -24,9 +23,8 @@ Run:  python pendulum_bptt.py            # the lesson run: BPTT seed 0 (both pha
                                          # a finer map (outputs in runs/pendulum_bptt_full/; resumable)
       python pendulum_bptt.py --play runs/pendulum_bptt/params.npz   # a saved policy on both evaluation sets
       python pendulum_bptt.py --help     # every setting, with the value each mode uses
-Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png,
-swing_up.gif. pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz") returns a function from a
-Gymnasium observation to a Gymnasium action.
+Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png, swing_up.gif;
+pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz") maps a Gymnasium observation to an action.
 
 Results: see README.md#pendulum_bpttpy.
 """
