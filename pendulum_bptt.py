@@ -69,7 +69,7 @@ HELP = {
     "vi_convergence": "also run value iteration on coarser grids, to show the optimum has converged",
     "original_seeds": "seeds of the original's setting re-created (one 1,000-step episode each)",
 }
-# each flag's type and range (TYPES, POLICY_KINDS): see Part 2
+# Each flag's type and range (TYPES, POLICY_KINDS): see Part 2
 # Gymnasium reset seeds of each set of starts, disjoint; none is ever used in training.
 EVAL_SEED_BASE = 1_000_000    # the evaluation set, reset seeds 1,000,000 + k: seen while the method was chosen
 FRESH_SEED_BASE = 10_000_000  # the fresh set, reset seeds 10,000,000 + k: first played after every choice was made
