@@ -87,29 +87,17 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 #           the short arm (accelerations of hundreds of rad/s² for a few
 #           hundredths of a second); at 1/120 s the distance is off by up to 21 cm;
 #   flight: Heun (RK2), 1/60 s: a smooth point mass.
-# Trebuchet.jl uses explicit Euler at 1/60 s in every phase (`REFERENCE_INTEGRATION`), which
-# creates energy during the whip. Every run measures both against a converged solution
-# (`CONVERGED`) on random shots and prints the errors (Part 2, `integrator_accuracy`).
+# Trebuchet.jl's explicit Euler at 1/60 s creates energy during the whip; every run measures both
+# against a converged solution (Part 2, `integrator_accuracy`).
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
-REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
-CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# Two models of one machine; --model picks one for the whole run.
-#   "virtualtrebuchet" (the default): the machine as virtualtrebuchet.com documents it, the arm's
-#       inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
-#       sling held on the ground exactly and every event interpolated. It is the physics as named.
-#   "trebuchet_jl": the same machine as FluxML's Trebuchet.jl runs it, which is what the blog's
-#       numbers come from. Its stage functions unpack the two inertias in swapped order
-#       (`IA3, IW3 = i.iw, i.ia`), so the arm turns with 1 lb ft² and the counterweight with the
-#       beam's inertia; it integrates with explicit Euler at 1/60 s, detects lift-off its own way
-#       (`ground_as_trebuchet_jl`, Part 2) and finds the release on the step's straight line
-#       (`release_fraction`).
+# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it,
+# the arm's inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
+# sling held on the ground exactly and every event interpolated. The same machine as FluxML's
+# Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from): see Part 2.
 MODELS = dict(virtualtrebuchet=dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA,
-                                    ground="lagrange", integration=INTEGRATION),
-              trebuchet_jl=dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
-                                ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
-                                release="state_interpolant"))
+                                    ground="lagrange", integration=INTEGRATION))
 MODEL = MODELS["virtualtrebuchet"]      # the model every function uses unless given another (`select_model`)
 
 
@@ -377,7 +365,7 @@ def swing(shot, release_angle, integration, tracks, model):
     dtype = np.result_type(shot["m11"])
     ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
     ok = np.ones(batch, dtype=bool)
-    if model["ground"] == "trebuchet_jl":
+    if model["ground"] == "trebuchet_jl":     # the original's lift-off: see Part 2
         hang, t_lift, failed = ground_as_trebuchet_jl(ground, shot, integration, tracks, model)
     else:
         ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
@@ -416,19 +404,13 @@ def release_per_copy(bracket, release_angle, wind, ok, copies, model):
 
 
 def release_fraction(before, after, angles, model):
-    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before).
-    By default the event function is interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. The
-    trebuchet_jl model finds the zero of the event function along the straight line between the two
-    states instead (explicit Euler's interpolant, on which DifferentialEquations' root finder works):
-    Newton's method on s, whose imaginary part then carries the implicit derivative -∂h/∂p / ∂h/∂s."""
+    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
+    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. (The trebuchet_jl
+    model then refines s by root finding: Part 2, `release_on_interpolant`.)"""
     h0, h1 = release_condition(before, angles), release_condition(after, angles)
     s = h0 / (h0 - h1)
     if model.get("release") == "state_interpolant":
-        def h(s):
-            return release_condition(before + s * (after - before), angles)
-        for _ in range(4):
-            slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
-            s = s - h(s) / slope
+        s = release_on_interpolant(before, after, angles, s)
     return s
 
 
@@ -760,7 +742,21 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
+# The trebuchet_jl model, flag types, printed reports, the blog's call, the reach curve, the integrator
+# check, the supervised side experiment, saving, figures and the GIF.
+
+# The second model of the machine (--model trebuchet_jl): the same machine as FluxML's Trebuchet.jl
+# runs it, which is what the blog's numbers come from. Its stage functions unpack the two inertias in
+# swapped order (`IA3, IW3 = i.iw, i.ia`), so the arm turns with 1 lb ft² and the counterweight with the
+# beam's inertia; it integrates with explicit Euler at 1/60 s in every phase, detects lift-off its own
+# way (`ground_as_trebuchet_jl`) and finds the release on the step's straight line
+# (`release_on_interpolant`). CONVERGED: the steps `integrator_accuracy` and `reachability` trust.
+REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
+CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
+MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                              ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
+                              release="state_interpolant")
+
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
              eval_pairs=ad.runs.whole(1, 10**5), huber_delta=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
@@ -977,6 +973,19 @@ def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
         running &= ~lifted & ~failed
         state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
     return state, elapsed, failed | running
+
+
+def release_on_interpolant(before, after, angles, s):
+    """The trebuchet_jl model's release: the zero of the event function along the straight line between
+    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
+    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
+    derivative -∂h/∂p / ∂h/∂s."""
+    def h(s):
+        return release_condition(before + s * (after - before), angles)
+    for _ in range(4):
+        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
+        s = s - h(s) / slope
+    return s
 
 
 def report_blog_call(blog):
