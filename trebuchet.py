@@ -565,7 +565,7 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
           batch_loss=None, huber_delta=1.0):
     """Adam on random batches of shots, learning rate on a cosine from `lr` to 0. `monitor(net)` -> dict
     is called every `monitor_every` steps for the learning curve. `batch_loss` replaces the loss through
-    the simulator (the supervised baseline uses it). Returns the curve as a dict of lists."""
+    the simulator (Part 2's supervised side experiment uses it). Returns the curve as a dict of lists."""
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
     batch_loss = batch_loss or (lambda: aimer_loss(net, *sample_shots(rng, batch), reach_curve, huber_delta))
     curve = dict(step=[], batch_loss=[], batch_mean_miss=[], monitor_step=[], monitor={})
@@ -573,7 +573,7 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
     for step in range(steps):
         kept = [p.data.copy() for p in net.parameters()]
         loss, miss = update(optimizer, batch_loss, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
-        stop_if_diverged(net, loss, kept, step + 1)
+        stop_if_diverged(net, loss, kept, step + 1)     # Part 2: a non-finite loss ends the run
         curve["step"].append(step + 1)
         curve["batch_loss"].append(float(loss.data))
         curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
@@ -588,20 +588,8 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
     return curve
 
 
-def stop_if_diverged(net, loss, kept, step):
-    """A non-finite loss or parameter ends the run (ad.runs.Diverged), with the network put back to
-    its last finite parameters `kept` so that they can still be saved."""
-    bad = [name for name, p in net.named_parameters().items() if not np.all(np.isfinite(p.data))]
-    if bad or not np.isfinite(loss.data):
-        for p, k in zip(net.parameters(), kept):
-            p.data = k
-        what = f"parameter {bad[0]}" if bad else "loss"
-        raise ad.runs.Diverged(f"the {what} is not finite at training step {step} (training diverged; "
-                               "try a smaller --lr)")
-
-
 # ----------------------------------------------------------------------------
-# 7. Baseline: Newton's method on the simulator, and an aimer regressed on its answers
+# 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
     """Find a release angle and counterweight that land each shot at `target`
@@ -634,24 +622,6 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
         step = -(miss / np.sum(slope * slope, axis=1))[:, None] * slope
         u = np.where(going[:, None], np.clip(u + step, 0.0, 1.0), u)
     return dict(angle=angle, weight=weight, distance=distance, evaluations=evaluations, history=history)
-
-
-def newton_labels(target, wind, max_evaluations=8):
-    """Newton's aims as regression labels: (angle, counterweight) scaled to [0, 1] over their ranges
-    (the aimer's sigmoid outputs), and the simulator evaluations they cost (each one a shot with two
-    derivative copies, like one shot of a training batch through the simulator)."""
-    aimed = aim(target, wind, max_evaluations=max_evaluations)
-    labels = np.stack([(aimed["angle"] - ANGLE_RANGE[0]) / (ANGLE_RANGE[1] - ANGLE_RANGE[0]),
-                       (aimed["weight"] - WEIGHT_RANGE[0]) / (WEIGHT_RANGE[1] - WEIGHT_RANGE[0])], axis=1)
-    return labels, int(aimed["evaluations"].sum())
-
-
-def regression_loss(net, target, wind, labels):
-    """The supervised baseline's loss: mean squared error between the aimer's two sigmoid outputs and
-    Newton's (angle, counterweight), both on the [0, 1] scale. No simulator in the loop: the network
-    learns to copy the labels, not to hit the target."""
-    error = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind)))) - labels
-    return ad.mean(error * error)
 
 
 # ----------------------------------------------------------------------------
@@ -694,15 +664,6 @@ def miss_statistics(net, target, wind, reach_curve):
                 too_close_fraction=float(np.mean(target < shortest)),
                 mean_excess_miss_m=float(np.mean(miss - unavoidable)),
                 unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
-
-
-def _summary(m, t):
-    if m.size == 0:
-        return dict(n=0)
-    return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
-                p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
-                mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
-                p95_percent=float(np.percentile(100 * m / t, 95)))
 
 
 # ----------------------------------------------------------------------------
@@ -819,6 +780,24 @@ def evaluate_saved(net, args, metrics, test, reach_curve, out, started):
           f"all targets: {metrics['held_out']['all']['mean_m']:.3f} m; written to {out}/evaluation.json")
 
 
+def newton_labels(target, wind, max_evaluations=8):
+    """Newton's aims as regression labels: (angle, counterweight) scaled to [0, 1] over their ranges
+    (the aimer's sigmoid outputs), and the simulator evaluations they cost (each one a shot with two
+    derivative copies, like one shot of a training batch through the simulator)."""
+    aimed = aim(target, wind, max_evaluations=max_evaluations)
+    labels = np.stack([(aimed["angle"] - ANGLE_RANGE[0]) / (ANGLE_RANGE[1] - ANGLE_RANGE[0]),
+                       (aimed["weight"] - WEIGHT_RANGE[0]) / (WEIGHT_RANGE[1] - WEIGHT_RANGE[0])], axis=1)
+    return labels, int(aimed["evaluations"].sum())
+
+
+def regression_loss(net, target, wind, labels):
+    """The supervised baseline's loss: mean squared error between the aimer's two sigmoid outputs and
+    Newton's (angle, counterweight), both on the [0, 1] scale. No simulator in the loop: the network
+    learns to copy the labels, not to hit the target."""
+    error = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind)))) - labels
+    return ad.mean(error * error)
+
+
 SUPERVISED_STEPS_PER_STEP = 4    # regression steps per end-to-end step: no simulator in them, so they are cheap
 
 
@@ -856,6 +835,18 @@ def compare_with_supervised(args, streams, held_out, reach_curve, end_to_end, en
                 regression_cpu_seconds=regression_cpu_seconds, end_to_end_cpu_seconds=end_to_end_cpu_seconds,
                 held_out=miss_statistics(net, *held_out, reach_curve),
                 supervised_minus_end_to_end_reachable_m=ad.runs.paired_difference(misses[0][within], misses[1][within]))
+
+
+def stop_if_diverged(net, loss, kept, step):
+    """A non-finite loss or parameter ends the run (ad.runs.Diverged), with the network put back to
+    its last finite parameters `kept` so that they can still be saved."""
+    bad = [name for name, p in net.named_parameters().items() if not np.all(np.isfinite(p.data))]
+    if bad or not np.isfinite(loss.data):
+        for p, k in zip(net.parameters(), kept):
+            p.data = k
+        what = f"parameter {bad[0]}" if bad else "loss"
+        raise ad.runs.Diverged(f"the {what} is not finite at training step {step} (training diverged; "
+                               "try a smaller --lr)")
 
 
 def train_and_save(net, rng, args, monitor, path, reach_curve=None):
@@ -1080,6 +1071,15 @@ def report_reachability(result):
         print(f"   counterweight up to {cap.replace('_', ' ')}: {100 * r['reachable_fraction']:.1f}% of the held-out "
               f"targets within reach (longest throw in calm air {r['longest_calm_m']:.1f} m)")
     return result
+
+
+def _summary(m, t):
+    if m.size == 0:
+        return dict(n=0)
+    return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
+                p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
+                mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
+                p95_percent=float(np.percentile(100 * m / t, 95)))
 
 
 def report_reach(reach_curve):
