@@ -49,10 +49,10 @@ HELP = dict(steps="training steps of the aimer",
             compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
             figures="write the figures and the GIF")
 # Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
-# the learning curve's targets, "labels" the supervised baseline's, "integrator" the accuracy check's shots.
-# "tuning" is where this version's choices were measured (steps, aiming within reach, lr, Huber δ: the sweep in
-# README.md); "test" is the held-out set of every reported figure and shaped nothing. They are disjoint streams
-# of the same distribution. (The network's shape was kept from an earlier version whose tuning set is not recorded.)
+# the learning curve's targets, "labels" and "integrator" the shots of Part 2's side experiments. "tuning" is
+# where steps, aiming within reach, lr and Huber δ were chosen (the sweep in README.md); "test", a disjoint
+# stream of the same distribution, shaped nothing and gives every reported figure. (The network's shape was
+# kept from an earlier version whose tuning set is not recorded.)
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -380,12 +380,6 @@ def swing(shot, release_angle, integration, tracks, model):
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
         method, shot, release_angle, tracks["hang"])
     return hang, t_lift, t_release, ok & ~failed, bracket
-
-
-def _start(tracks, name, state):
-    if tracks[name] is not None:
-        tracks[name].append(state.real.copy())
-    return state
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
@@ -1197,6 +1191,13 @@ def machine_points(alpha, beta, gamma):
     weight = hinge + polar(WEIGHT_ARM, beta) - [0.0, PIVOT_HEIGHT]
     projectile = tip + polar(SLING, gamma) - [0.0, PIVOT_HEIGHT]
     return tip, hinge, weight, projectile
+
+
+def _start(tracks, name, state):
+    """A phase's first state, recorded in `tracks` when a trajectory is wanted for the pictures."""
+    if tracks[name] is not None:
+        tracks[name].append(state.real.copy())
+    return state
 
 
 def trajectory(wind, angle, weight, integration=None):
