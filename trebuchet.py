@@ -51,8 +51,8 @@ HELP = dict(steps="training steps of the aimer",
 # Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
 # the learning curve's targets, "labels" and "integrator" the shots of Part 2's side experiments. "tuning" is
 # where steps, aiming within reach, lr and Huber δ were chosen (the sweep in README.md); "test", a disjoint
-# stream of the same distribution, shaped nothing and gives every reported figure. (The network's shape was
-# kept from an earlier version whose tuning set is not recorded.)
+# stream of the same distribution, shaped nothing and gives every reported figure (the network's shape: see
+# `make_aimer`).
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -351,9 +351,6 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
     return state, elapsed, running, (before, after)
 
 
-INPUT_NAMES = ("wind", "release angle", "counterweight")
-
-
 def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
     Returns the hang state at the release, the event times, the shots that got there, and the
@@ -452,9 +449,7 @@ def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, T
     {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
     inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
                                                                                           counterweight)]
-    for name, x in zip(INPUT_NAMES, inputs):
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"the {name} contains nan or inf")
+    check_finite(inputs)        # Part 2: a nan or inf input is an error, not a failed shot
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration, model=model)
     return result["distance"], result["jacobian"]
@@ -495,10 +490,9 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into
-    the valid angle and counterweight ranges. (Three hidden layers of 48: an earlier
-    version found that they reach in 500 steps what two of 32 or 64 do not in 600,
-    on a set that was not recorded; not re-checked on the tuning stream.)"""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
+    counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
+    what two of 32 or 64 do not in 600, on a set that was not recorded (not re-checked on "tuning")."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -971,6 +965,16 @@ def release_on_interpolant(before, after, angles, s):
         slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
         s = s - h(s) / slope
     return s
+
+
+INPUT_NAMES = ("wind", "release angle", "counterweight")
+
+
+def check_finite(inputs):
+    """The simulator's inputs (wind, release angle, counterweight) checked before a shot is thrown."""
+    for name, x in zip(INPUT_NAMES, inputs):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"the {name} contains nan or inf")
 
 
 def report_blog_call(blog):
