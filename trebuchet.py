@@ -562,16 +562,8 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
         kept = [p.data.copy() for p in net.parameters()]
         loss, miss = update(optimizer, batch_loss, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
         stop_if_diverged(net, loss, kept, step + 1)     # Part 2: a non-finite loss ends the run
-        curve["step"].append(step + 1)
-        curve["batch_loss"].append(float(loss.data))
-        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
-        fields = dict(loss=curve["batch_loss"][-1], mean_miss_m=curve["batch_mean_miss"][-1])
-        if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
-            figures = monitor(net)
-            curve["monitor_step"].append(step + 1)
-            for key, v in figures.items():
-                curve["monitor"].setdefault(key, []).append(v)
-            fields.update(figures)
+        due = monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps)
+        fields = record_step(curve, step + 1, loss, miss, monitor(net) if due else None)   # Part 2
         progress.update(step + 1, **fields)
     return curve
 
@@ -823,6 +815,21 @@ def compare_with_supervised(args, streams, held_out, reach_curve, end_to_end, en
                 regression_cpu_seconds=regression_cpu_seconds, end_to_end_cpu_seconds=end_to_end_cpu_seconds,
                 held_out=miss_statistics(net, *held_out, reach_curve),
                 supervised_minus_end_to_end_reachable_m=ad.runs.paired_difference(misses[0][within], misses[1][within]))
+
+
+def record_step(curve, step, loss, miss, figures=None):
+    """The learning curve of `train`: one step's batch loss and mean miss, and the monitor's `figures`
+    when it ran; returns the fields of the progress line."""
+    curve["step"].append(step)
+    curve["batch_loss"].append(float(loss.data))
+    curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
+    fields = dict(loss=curve["batch_loss"][-1], mean_miss_m=curve["batch_mean_miss"][-1])
+    if figures is not None:
+        curve["monitor_step"].append(step)
+        for key, v in figures.items():
+            curve["monitor"].setdefault(key, []).append(v)
+        fields.update(figures)
+    return fields
 
 
 def stop_if_diverged(net, loss, kept, step):
