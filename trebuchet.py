@@ -305,11 +305,7 @@ def heun_step(state, k1, rates, dt, extra):
     return state + 0.5 * dt * (k1 + k2)
 
 
-def euler_step(state, k1, rates, dt, extra):
-    return state + dt * k1
-
-
-STEPPERS = dict(rk4=rk4_step, heun=heun_step, euler=euler_step)
+STEPPERS = dict(rk4=rk4_step, heun=heun_step)     # and explicit Euler, the original's: Part 2
 
 
 def integrate(state, rates, event, dt, max_seconds, running, method, extra=None, event_extra=None, record=None):
@@ -697,6 +693,14 @@ CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_metho
 MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
                               ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
                               release="state_interpolant")
+
+
+def euler_step(state, k1, rates, dt, extra):
+    """Explicit Euler, the original's stepper (REFERENCE_INTEGRATION)."""
+    return state + dt * k1
+
+
+STEPPERS["euler"] = euler_step
 
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
