@@ -49,10 +49,10 @@ HELP = dict(steps="training steps of the aimer",
             compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
             figures="write the figures and the GIF")
 # Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
-# the learning curve's targets, "labels" the supervised baseline's, "integrator" the accuracy check's shots.
-# "tuning" is where this version's choices were measured (steps, aiming within reach, lr, Huber δ: the sweep in
-# README.md); "test" is the held-out set of every reported figure and shaped nothing. They are disjoint streams
-# of the same distribution. (The network's shape was kept from an earlier version whose tuning set is not recorded.)
+# the learning curve's targets, "labels" and "integrator" the shots of Part 2's side experiments. "tuning" is
+# where steps, aiming within reach, lr and Huber δ were chosen (the sweep in README.md); "test", a disjoint
+# stream of the same distribution, shaped nothing and gives every reported figure (the network's shape: see
+# `make_aimer`).
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -87,29 +87,17 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 #           the short arm (accelerations of hundreds of rad/s² for a few
 #           hundredths of a second); at 1/120 s the distance is off by up to 21 cm;
 #   flight: Heun (RK2), 1/60 s: a smooth point mass.
-# Trebuchet.jl uses explicit Euler at 1/60 s in every phase (`REFERENCE_INTEGRATION`), which
-# creates energy during the whip. Every run measures both against a converged solution
-# (`CONVERGED`) on random shots and prints the errors (Part 2, `integrator_accuracy`).
+# Trebuchet.jl's explicit Euler at 1/60 s creates energy during the whip; every run measures both
+# against a converged solution (Part 2, `integrator_accuracy`).
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
-REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
-CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# Two models of one machine; --model picks one for the whole run.
-#   "virtualtrebuchet" (the default): the machine as virtualtrebuchet.com documents it, the arm's
-#       inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
-#       sling held on the ground exactly and every event interpolated. It is the physics as named.
-#   "trebuchet_jl": the same machine as FluxML's Trebuchet.jl runs it, which is what the blog's
-#       numbers come from. Its stage functions unpack the two inertias in swapped order
-#       (`IA3, IW3 = i.iw, i.ia`), so the arm turns with 1 lb ft² and the counterweight with the
-#       beam's inertia; it integrates with explicit Euler at 1/60 s, detects lift-off its own way
-#       (`ground_as_trebuchet_jl`, Part 2) and finds the release on the step's straight line
-#       (`release_fraction`).
+# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it,
+# the arm's inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
+# sling held on the ground exactly and every event interpolated. The same machine as FluxML's
+# Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from): see Part 2.
 MODELS = dict(virtualtrebuchet=dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA,
-                                    ground="lagrange", integration=INTEGRATION),
-              trebuchet_jl=dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
-                                ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
-                                release="state_interpolant"))
+                                    ground="lagrange", integration=INTEGRATION))
 MODEL = MODELS["virtualtrebuchet"]      # the model every function uses unless given another (`select_model`)
 
 
@@ -317,11 +305,7 @@ def heun_step(state, k1, rates, dt, extra):
     return state + 0.5 * dt * (k1 + k2)
 
 
-def euler_step(state, k1, rates, dt, extra):
-    return state + dt * k1
-
-
-STEPPERS = dict(rk4=rk4_step, heun=heun_step, euler=euler_step)
+STEPPERS = dict(rk4=rk4_step, heun=heun_step)     # and explicit Euler, the original's: Part 2
 
 
 def integrate(state, rates, event, dt, max_seconds, running, method, extra=None, event_extra=None, record=None):
@@ -363,9 +347,6 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
     return state, elapsed, running, (before, after)
 
 
-INPUT_NAMES = ("wind", "release angle", "counterweight")
-
-
 def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
     Returns the hang state at the release, the event times, the shots that got there, and the
@@ -377,7 +358,7 @@ def swing(shot, release_angle, integration, tracks, model):
     dtype = np.result_type(shot["m11"])
     ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
     ok = np.ones(batch, dtype=bool)
-    if model["ground"] == "trebuchet_jl":
+    if model["ground"] == "trebuchet_jl":     # the original's lift-off: see Part 2
         hang, t_lift, failed = ground_as_trebuchet_jl(ground, shot, integration, tracks, model)
     else:
         ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
@@ -392,12 +373,6 @@ def swing(shot, release_angle, integration, tracks, model):
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
         method, shot, release_angle, tracks["hang"])
     return hang, t_lift, t_release, ok & ~failed, bracket
-
-
-def _start(tracks, name, state):
-    if tracks[name] is not None:
-        tracks[name].append(state.real.copy())
-    return state
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
@@ -416,19 +391,13 @@ def release_per_copy(bracket, release_angle, wind, ok, copies, model):
 
 
 def release_fraction(before, after, angles, model):
-    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before).
-    By default the event function is interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. The
-    trebuchet_jl model finds the zero of the event function along the straight line between the two
-    states instead (explicit Euler's interpolant, on which DifferentialEquations' root finder works):
-    Newton's method on s, whose imaginary part then carries the implicit derivative -∂h/∂p / ∂h/∂s."""
+    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
+    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. (The trebuchet_jl
+    model then refines s by root finding: Part 2, `release_on_interpolant`.)"""
     h0, h1 = release_condition(before, angles), release_condition(after, angles)
     s = h0 / (h0 - h1)
     if model.get("release") == "state_interpolant":
-        def h(s):
-            return release_condition(before + s * (after - before), angles)
-        for _ in range(4):
-            slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
-            s = s - h(s) / slope
+        s = release_on_interpolant(before, after, angles, s)
     return s
 
 
@@ -476,9 +445,7 @@ def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, T
     {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
     inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
                                                                                           counterweight)]
-    for name, x in zip(INPUT_NAMES, inputs):
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"the {name} contains nan or inf")
+    check_finite(inputs)        # Part 2: a nan or inf input is an error, not a failed shot
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration, model=model)
     return result["distance"], result["jacobian"]
@@ -519,10 +486,9 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into
-    the valid angle and counterweight ranges. (Three hidden layers of 48: an earlier
-    version found that they reach in 500 steps what two of 32 or 64 do not in 600,
-    on a set that was not recorded; not re-checked on the tuning stream.)"""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
+    counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
+    what two of 32 or 64 do not in 600, on a set that was not recorded (not re-checked on "tuning")."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -583,7 +549,7 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
           batch_loss=None, huber_delta=1.0):
     """Adam on random batches of shots, learning rate on a cosine from `lr` to 0. `monitor(net)` -> dict
     is called every `monitor_every` steps for the learning curve. `batch_loss` replaces the loss through
-    the simulator (the supervised baseline uses it). Returns the curve as a dict of lists."""
+    the simulator (Part 2's supervised side experiment uses it). Returns the curve as a dict of lists."""
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
     batch_loss = batch_loss or (lambda: aimer_loss(net, *sample_shots(rng, batch), reach_curve, huber_delta))
     curve = dict(step=[], batch_loss=[], batch_mean_miss=[], monitor_step=[], monitor={})
@@ -591,35 +557,15 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
     for step in range(steps):
         kept = [p.data.copy() for p in net.parameters()]
         loss, miss = update(optimizer, batch_loss, lr * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
-        stop_if_diverged(net, loss, kept, step + 1)
-        curve["step"].append(step + 1)
-        curve["batch_loss"].append(float(loss.data))
-        curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
-        fields = dict(loss=curve["batch_loss"][-1], mean_miss_m=curve["batch_mean_miss"][-1])
-        if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
-            figures = monitor(net)
-            curve["monitor_step"].append(step + 1)
-            for key, v in figures.items():
-                curve["monitor"].setdefault(key, []).append(v)
-            fields.update(figures)
+        stop_if_diverged(net, loss, kept, step + 1)     # Part 2: a non-finite loss ends the run
+        due = monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps)
+        fields = record_step(curve, step + 1, loss, miss, monitor(net) if due else None)   # Part 2
         progress.update(step + 1, **fields)
     return curve
 
 
-def stop_if_diverged(net, loss, kept, step):
-    """A non-finite loss or parameter ends the run (ad.runs.Diverged), with the network put back to
-    its last finite parameters `kept` so that they can still be saved."""
-    bad = [name for name, p in net.named_parameters().items() if not np.all(np.isfinite(p.data))]
-    if bad or not np.isfinite(loss.data):
-        for p, k in zip(net.parameters(), kept):
-            p.data = k
-        what = f"parameter {bad[0]}" if bad else "loss"
-        raise ad.runs.Diverged(f"the {what} is not finite at training step {step} (training diverged; "
-                               "try a smaller --lr)")
-
-
 # ----------------------------------------------------------------------------
-# 7. Baseline: Newton's method on the simulator, and an aimer regressed on its answers
+# 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
     """Find a release angle and counterweight that land each shot at `target`
@@ -652,24 +598,6 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
         step = -(miss / np.sum(slope * slope, axis=1))[:, None] * slope
         u = np.where(going[:, None], np.clip(u + step, 0.0, 1.0), u)
     return dict(angle=angle, weight=weight, distance=distance, evaluations=evaluations, history=history)
-
-
-def newton_labels(target, wind, max_evaluations=8):
-    """Newton's aims as regression labels: (angle, counterweight) scaled to [0, 1] over their ranges
-    (the aimer's sigmoid outputs), and the simulator evaluations they cost (each one a shot with two
-    derivative copies, like one shot of a training batch through the simulator)."""
-    aimed = aim(target, wind, max_evaluations=max_evaluations)
-    labels = np.stack([(aimed["angle"] - ANGLE_RANGE[0]) / (ANGLE_RANGE[1] - ANGLE_RANGE[0]),
-                       (aimed["weight"] - WEIGHT_RANGE[0]) / (WEIGHT_RANGE[1] - WEIGHT_RANGE[0])], axis=1)
-    return labels, int(aimed["evaluations"].sum())
-
-
-def regression_loss(net, target, wind, labels):
-    """The supervised baseline's loss: mean squared error between the aimer's two sigmoid outputs and
-    Newton's (angle, counterweight), both on the [0, 1] scale. No simulator in the loop: the network
-    learns to copy the labels, not to hit the target."""
-    error = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind)))) - labels
-    return ad.mean(error * error)
 
 
 # ----------------------------------------------------------------------------
@@ -714,15 +642,6 @@ def miss_statistics(net, target, wind, reach_curve):
                 unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
 
 
-def _summary(m, t):
-    if m.size == 0:
-        return dict(n=0)
-    return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
-                p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
-                mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
-                p95_percent=float(np.percentile(100 * m / t, 95)))
-
-
 # ----------------------------------------------------------------------------
 # 9. main: the blog's gradient, reach, Newton aiming, training, held-out misses
 # ----------------------------------------------------------------------------
@@ -760,7 +679,29 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# Flag types, printed reports, the blog's call, the reach curve, saving, figures and the GIF.
+# The trebuchet_jl model, flag types, printed reports, the blog's call, the reach curve, the integrator
+# check, the supervised side experiment, saving, figures and the GIF.
+
+# The second model of the machine (--model trebuchet_jl): the same machine as FluxML's Trebuchet.jl
+# runs it, which is what the blog's numbers come from. Its stage functions unpack the two inertias in
+# swapped order (`IA3, IW3 = i.iw, i.ia`), so the arm turns with 1 lb ft² and the counterweight with the
+# beam's inertia; it integrates with explicit Euler at 1/60 s in every phase, detects lift-off its own
+# way (`ground_as_trebuchet_jl`) and finds the release on the step's straight line
+# (`release_on_interpolant`). CONVERGED: the steps `integrator_accuracy` and `reachability` trust.
+REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
+CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
+MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                              ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
+                              release="state_interpolant")
+
+
+def euler_step(state, k1, rates, dt, extra):
+    """Explicit Euler, the original's stepper (REFERENCE_INTEGRATION)."""
+    return state + dt * k1
+
+
+STEPPERS["euler"] = euler_step
+
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
              eval_pairs=ad.runs.whole(1, 10**5), huber_delta=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
@@ -823,6 +764,24 @@ def evaluate_saved(net, args, metrics, test, reach_curve, out, started):
           f"all targets: {metrics['held_out']['all']['mean_m']:.3f} m; written to {out}/evaluation.json")
 
 
+def newton_labels(target, wind, max_evaluations=8):
+    """Newton's aims as regression labels: (angle, counterweight) scaled to [0, 1] over their ranges
+    (the aimer's sigmoid outputs), and the simulator evaluations they cost (each one a shot with two
+    derivative copies, like one shot of a training batch through the simulator)."""
+    aimed = aim(target, wind, max_evaluations=max_evaluations)
+    labels = np.stack([(aimed["angle"] - ANGLE_RANGE[0]) / (ANGLE_RANGE[1] - ANGLE_RANGE[0]),
+                       (aimed["weight"] - WEIGHT_RANGE[0]) / (WEIGHT_RANGE[1] - WEIGHT_RANGE[0])], axis=1)
+    return labels, int(aimed["evaluations"].sum())
+
+
+def regression_loss(net, target, wind, labels):
+    """The supervised baseline's loss: mean squared error between the aimer's two sigmoid outputs and
+    Newton's (angle, counterweight), both on the [0, 1] scale. No simulator in the loop: the network
+    learns to copy the labels, not to hit the target."""
+    error = ad.sigmoid(net(ad.Tensor(network_inputs(target, wind)))) - labels
+    return ad.mean(error * error)
+
+
 SUPERVISED_STEPS_PER_STEP = 4    # regression steps per end-to-end step: no simulator in them, so they are cheap
 
 
@@ -860,6 +819,33 @@ def compare_with_supervised(args, streams, held_out, reach_curve, end_to_end, en
                 regression_cpu_seconds=regression_cpu_seconds, end_to_end_cpu_seconds=end_to_end_cpu_seconds,
                 held_out=miss_statistics(net, *held_out, reach_curve),
                 supervised_minus_end_to_end_reachable_m=ad.runs.paired_difference(misses[0][within], misses[1][within]))
+
+
+def record_step(curve, step, loss, miss, figures=None):
+    """The learning curve of `train`: one step's batch loss and mean miss, and the monitor's `figures`
+    when it ran; returns the fields of the progress line."""
+    curve["step"].append(step)
+    curve["batch_loss"].append(float(loss.data))
+    curve["batch_mean_miss"].append(float(np.mean(np.abs(miss))) if miss is not None else math.nan)
+    fields = dict(loss=curve["batch_loss"][-1], mean_miss_m=curve["batch_mean_miss"][-1])
+    if figures is not None:
+        curve["monitor_step"].append(step)
+        for key, v in figures.items():
+            curve["monitor"].setdefault(key, []).append(v)
+        fields.update(figures)
+    return fields
+
+
+def stop_if_diverged(net, loss, kept, step):
+    """A non-finite loss or parameter ends the run (ad.runs.Diverged), with the network put back to
+    its last finite parameters `kept` so that they can still be saved."""
+    bad = [name for name, p in net.named_parameters().items() if not np.all(np.isfinite(p.data))]
+    if bad or not np.isfinite(loss.data):
+        for p, k in zip(net.parameters(), kept):
+            p.data = k
+        what = f"parameter {bad[0]}" if bad else "loss"
+        raise ad.runs.Diverged(f"the {what} is not finite at training step {step} (training diverged; "
+                               "try a smaller --lr)")
 
 
 def train_and_save(net, rng, args, monitor, path, reach_curve=None):
@@ -979,6 +965,29 @@ def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
     return state, elapsed, failed | running
 
 
+def release_on_interpolant(before, after, angles, s):
+    """The trebuchet_jl model's release: the zero of the event function along the straight line between
+    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
+    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
+    derivative -∂h/∂p / ∂h/∂s."""
+    def h(s):
+        return release_condition(before + s * (after - before), angles)
+    for _ in range(4):
+        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
+        s = s - h(s) / slope
+    return s
+
+
+INPUT_NAMES = ("wind", "release angle", "counterweight")
+
+
+def check_finite(inputs):
+    """The simulator's inputs (wind, release angle, counterweight) checked before a shot is thrown."""
+    for name, x in zip(INPUT_NAMES, inputs):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"the {name} contains nan or inf")
+
+
 def report_blog_call(blog):
     print("1. The blog's call, gradient(shoot)(-2, 45, 200): wind -2 m/s, angle 45°, counterweight 200 lb;"
           " slopes in m per m/s, m per degree, m per lb")
@@ -1071,6 +1080,15 @@ def report_reachability(result):
         print(f"   counterweight up to {cap.replace('_', ' ')}: {100 * r['reachable_fraction']:.1f}% of the held-out "
               f"targets within reach (longest throw in calm air {r['longest_calm_m']:.1f} m)")
     return result
+
+
+def _summary(m, t):
+    if m.size == 0:
+        return dict(n=0)
+    return dict(n=int(m.size), mean_m=float(np.mean(m)), median_m=float(np.median(m)),
+                p95_m=float(np.percentile(m, 95)), max_m=float(np.max(m)),
+                mean_percent=float(np.mean(100 * m / t)), median_percent=float(np.median(100 * m / t)),
+                p95_percent=float(np.percentile(100 * m / t, 95)))
 
 
 def report_reach(reach_curve):
@@ -1188,6 +1206,13 @@ def machine_points(alpha, beta, gamma):
     weight = hinge + polar(WEIGHT_ARM, beta) - [0.0, PIVOT_HEIGHT]
     projectile = tip + polar(SLING, gamma) - [0.0, PIVOT_HEIGHT]
     return tip, hinge, weight, projectile
+
+
+def _start(tracks, name, state):
+    """A phase's first state, recorded in `tracks` when a trajectory is wanted for the pictures."""
+    if tracks[name] is not None:
+        tracks[name].append(state.real.copy())
+    return state
 
 
 def trajectory(wind, angle, weight, integration=None):
