@@ -19,14 +19,10 @@ gradients:
 The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
 T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
 
-Claims tested, and what the measurements support (numbers in README.md): (1) the gradient's bias falls and its
-variance rises with H, and smoothing cuts BPTT's variance by ~5e3 at a chattering policy but only ~5x at a good one;
-(2) annealing H and rho together does not beat the best fixed setting (BPTT on rho = 0.01); a short H is what hurts
-at a small budget, and switching H hurts at a larger one, because the critic's gradient, which a short H leans on,
-points away from the true gradient at the states the annealed policy reaches; refitting the critic at each switch
-recovers the loss against a fixed short H, but no schedule tried (a rho-conditioned gradient critic included) comes
-near the best arm; (3) a TD(lambda) value critic has far better values than gradients; a VGL(lambda) gradient
-critic points the right way more often.
+Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
+with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
+hard late) beats the best fixed setting; (3) a TD(lambda) value critic can have accurate values but inaccurate
+gradients, which a VGL(lambda) gradient critic learns directly.
 
 Run:
     python mve_critic.py                # the lesson run: small versions of all three experiments
@@ -98,28 +94,7 @@ FULL = {                          # what --full changes
     "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
     "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
-HELP = {
-    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
-    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
-    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
-    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
-    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
-    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
-    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
-    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
-    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
-    "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
-    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
-    "env_steps": "Exp 2 and 3: environment steps per training run",
-    "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
-    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
-    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
-    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
-    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
-    "held_out": "Exp 3: held-out states of the critic comparison",
-    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
-    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
-}
+# what each setting means (its --help text): see Part 2, HELP
 
 
 # ----------------------------------------------------------------------------
@@ -698,6 +673,31 @@ def comma_list(convert, check, what):
         return items
     parse.__name__ = what
     return parse
+
+
+# each setting's --help text (the settings themselves are section 1)
+HELP = {
+    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
+    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
+    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
+    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
+    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
+    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
+    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
+    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
+    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
+    "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
+    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
+    "env_steps": "Exp 2 and 3: environment steps per training run",
+    "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
+    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
+    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
+    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
+    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
+    "held_out": "Exp 3: held-out states of the critic comparison",
+    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
+    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
+}
 
 
 def setting_types():
