@@ -65,9 +65,6 @@ GRAD_CLIP = 1.0
 TARGET_KEEP = 0.2                 # target <- 0.2 target + 0.8 online, after every critic update
 CRITIC_EPOCHS, CRITIC_MINIBATCHES = 8, 4
 SCORE_LAST = 5                    # a run's score: the mean of its last 5 evaluations (of 25), not one point
-PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
-DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
-REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
 
 THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant push, contact chatters
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
@@ -449,9 +446,8 @@ def schedule(method, i, iterations):
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
     """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose=True measures the actor's gradient error at every H in DIAGNOSED_HORIZONS whenever the
-    anneal schedule would switch H (for fixed-H arms too, as a control), on a separate random stream."""
-    rng, diagnostics_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    diagnose: measure the actor's gradient error where the anneal switches H (see Part 2, SwitchOfH)."""
+    rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
     anneal = method["rho"] == "anneal"
@@ -463,20 +459,16 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
     iterations = max(1, env_steps // (N_ENVS * window))
     eval_every = max(1, iterations // eval_points)
     log = TrainingLog(policy, window)
-    t, x, env_rho, diagnostics, extra_steps = 0, None, None, [], 0
+    switch = SwitchOfH(method, seed, diagnose, critic, policy, params, lr, window, log)
+    t, x, env_rho = 0, None, None
     for i in range(iterations):
         started = time.perf_counter()
         horizon, rho = schedule(method, i, iterations)
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
             env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        if i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]:
-            if diagnose and critic is not None and horizon != T:     # measured off the clock, off the training stream
-                log.pause(time.perf_counter() - started)
-                diagnostics.append(dict(gradient_errors(policy, critic, env_rho, diagnostics_rng), iteration=i,
-                                        env_steps=i * N_ENVS * window + extra_steps, horizon=horizon))
-                started = time.perf_counter()
-            optimizer, extra_steps = at_switch(method, critic, policy, optimizer, params, lr, env_rho, rng, extra_steps)
+        if switch.happens(i, iterations):  # the remedies for, and diagnostics at, a switch of H: see Part 2
+            started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
         eps = rng.normal(size=(window, N_ENVS))
         objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
         loss = actor_gradient(optimizer, objective, window)
@@ -488,9 +480,9 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
         x, t = rollout.states[-1], (t + window) % T
         log.pause(time.perf_counter() - started)
         if (i + 1) % eval_every == 0 or i + 1 == iterations:
-            log.record((i + 1) * N_ENVS * window + extra_steps)
-    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=diagnostics,
-                extra_env_steps=extra_steps, policy=policy, critic=critic)
+            log.record((i + 1) * N_ENVS * window + switch.extra_steps)
+    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=switch.diagnostics,
+                extra_env_steps=switch.extra_steps, policy=policy, critic=critic)
 
 
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
@@ -537,7 +529,6 @@ METHODS = {
                                  critic="G", at_switch="prefit"),
 }
 FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
-ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
 EXP3_METHODS = {
     "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
     "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
@@ -794,16 +785,43 @@ class TrainingLog:
                 "train_seconds": self.seconds}
 
 
-def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
-    """What an arm does when the anneal schedule switches H (after that switch's diagnostics are measured).
-    "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy first (their env steps are
-    counted); "reset_adam": forget the optimizer's moments, which were scaled to the old horizon's gradients."""
-    if method.get("at_switch") == "prefit" and critic is not None:
-        train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
-        extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
-    if method.get("at_switch") == "reset_adam":
-        optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
-    return optimizer, extra_steps
+PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
+DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
+REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
+ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
+
+
+class SwitchOfH:
+    """What train does at each iteration where the anneal schedule switches H (for fixed-H arms too, as a
+    control): first, with diagnose, measure the actor's gradient error at every H in DIAGNOSED_HORIZONS (off
+    the training clock, on a separate random stream); then apply the arm's remedy, if it has one."""
+
+    def __init__(self, method, seed, diagnose, critic, policy, params, lr, window, log):
+        self.method, self.diagnose, self.critic, self.policy, self.params = method, diagnose, critic, policy, params
+        self.lr, self.window, self.log = lr, window, log
+        self.rng, self.diagnostics, self.extra_steps = np.random.default_rng([seed, 1]), [], 0
+
+    def happens(self, i, iterations):
+        return i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]
+
+    def __call__(self, i, horizon, rho, optimizer, rng, started):
+        """Returns the iteration's restarted clock and the optimizer (a new one after "reset_adam")."""
+        if self.diagnose and self.critic is not None and horizon != T:
+            self.log.pause(time.perf_counter() - started)
+            self.diagnostics.append(dict(gradient_errors(self.policy, self.critic, rho, self.rng), iteration=i,
+                                         env_steps=i * N_ENVS * self.window + self.extra_steps, horizon=horizon))
+            started = time.perf_counter()
+        return started, self.remedy(optimizer, rho, rng)
+
+    def remedy(self, optimizer, rho, rng):
+        """The arm's remedy. "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy (their
+        env steps are counted); "reset_adam": forget the optimizer's moments, scaled to the old horizon's gradients."""
+        if self.method.get("at_switch") == "prefit" and self.critic is not None:
+            train_critics_for_policy(self.policy, rho, PREFIT_WINDOWS, rng, [self.critic])
+            self.extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
+        if self.method.get("at_switch") == "reset_adam":
+            optimizer = ad.optim.Adam(self.params, lr=self.lr, betas=ADAM_BETAS)
+        return optimizer
 
 
 def gradient_errors(policy, critic, rho, rng, batches=4):
