@@ -514,32 +514,9 @@ METHODS = {
     # the schedules, and the controls that take them apart
     "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
     "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
-    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
-    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
-    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-    # remedies for a switch of H
-    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
-                            critic="Q", at_switch="prefit"),
-    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
-                                critic="Q", at_switch="reset_adam"),
-    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
-    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
-                               critic="Q", at_switch="prefit"),
-    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
-                                 critic="G", at_switch="prefit"),
 }
-FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
-EXP3_METHODS = {
-    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
-    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
-    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
-    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
-    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
-    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
-    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
-    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
-    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-}
+# the controls that take the schedules apart, and the remedies for a switch of H: see Part 2, METHODS.update
+# Exp 3's arms (training with the gradient critic G): see Part 2, EXP3_METHODS
 
 
 # ----------------------------------------------------------------------------
@@ -680,14 +657,14 @@ HELP = {
     "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
     "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
     "env_steps": "Exp 2 and 3: environment steps per training run",
-    "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
+    "arms": "Exp 2: training arms, comma-separated (the names in METHODS)",
     "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
     "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
     "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
     "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
     "held_out": "Exp 3: held-out states of the critic comparison",
     "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
-    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
+    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in EXP3_METHODS)",
 }
 
 
@@ -700,8 +677,8 @@ def setting_types():
         "rhos": comma_list(float, lambda r: 0.0 <= r <= 0.1, "smoothing widths in [0, 0.1]"),
         "horizons": comma_list(int, lambda h: h == 0 or (h > 0 and T % h == 0), f"horizons (0 or divisors of {T})"),
         "stiffness_sweep": comma_list(float, lambda k: 0 < k < 5000, "stiffnesses in (0, 5000)"),
-        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in section 7)"),
-        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in section 7)"),
+        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in METHODS)"),
+        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in EXP3_METHODS)"),
         "actor_lr": ad.runs.number(exclusive_minimum=0.0),
         "episodes": whole(64, 2**20), "truth_episodes": whole(2, 2**22), "critic_iterations": whole(0, 10**5),
         "sweep_episodes": whole(64, 2**20), "ratio_episodes": whole(64, 2**20), "seeds": whole(1, 100), "env_steps": whole(1, 10**8),
@@ -961,6 +938,24 @@ def exp1_claims(result):
 # ----------------------------------------------------------------------------
 # Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
 # ----------------------------------------------------------------------------
+METHODS.update({    # after the arms of section 7, in this order
+    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
+    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
+    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+    # remedies for a switch of H
+    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
+                            critic="Q", at_switch="prefit"),
+    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
+                                critic="Q", at_switch="reset_adam"),
+    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
+    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
+                               critic="Q", at_switch="prefit"),
+    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
+                                 critic="G", at_switch="prefit"),
+})
+FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
+
+
 def run_methods(methods, cfg, label, cache=None):
     """Train every arm on seeds seed, seed + 1000, ... . With `cache` (a folder) each finished run is saved
     there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts."""
@@ -1120,6 +1115,19 @@ def _mean_or_none(values):
 #   (b) Exp 1's bias with the G terminal (in experiment 1's results)
 #   (c) training with G instead of Q, critic lambda x actor H
 # ----------------------------------------------------------------------------
+EXP3_METHODS = {
+    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
+    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
+    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
+    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
+    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
+    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
+    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
+    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
+    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+}
+
+
 def held_out_states(policy, rho, count, rng):
     """States visited by the policy (on the rho system), at uniformly random times."""
     x0 = initial_states(rng, count)
