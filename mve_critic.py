@@ -175,12 +175,6 @@ def observe(x):
     return x @ OBS_MATRIX + OBS_OFFSET
 
 
-def contact_onsets(states):
-    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
-    touching = states[:, :, 0] - states[:, :, 2] > 0
-    return np.sum(touching[1:] & ~touching[:-1], axis=0)
-
-
 # ----------------------------------------------------------------------------
 # 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
 #   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
@@ -567,7 +561,8 @@ def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
-    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode."""
+    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode
+    (a report of how often the gap closed, so how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
     grads, onsets = [], []
     for start in range(0, episodes, chunk):
         n = min(chunk, episodes - start)
@@ -852,6 +847,12 @@ def critic_value_error(critic, rollout, horizon):
 # ----------------------------------------------------------------------------
 # Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
 # ----------------------------------------------------------------------------
+def contact_onsets(states):
+    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
+    touching = states[:, :, 0] - states[:, :, 2] > 0
+    return np.sum(touching[1:] & ~touching[:-1], axis=0)
+
+
 def experiment_1(cfg, rng):
     horizons, rhos = cfg["horizons"], cfg["rhos"]
     total = len(cfg["snapshots"]) * len(rhos) * (2 * len(horizons) - 2)
