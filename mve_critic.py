@@ -505,7 +505,7 @@ METHODS = {
     "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
     "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
     "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
-    # the schedules, and the controls that take them apart
+    # the two schedules
     "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
     "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
 }
