@@ -19,14 +19,10 @@ gradients:
 The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
 T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
 
-Claims tested, and what the measurements support (numbers in README.md): (1) the gradient's bias falls and its
-variance rises with H, and smoothing cuts BPTT's variance by ~5e3 at a chattering policy but only ~5x at a good one;
-(2) annealing H and rho together does not beat the best fixed setting (BPTT on rho = 0.01); a short H is what hurts
-at a small budget, and switching H hurts at a larger one, because the critic's gradient, which a short H leans on,
-points away from the true gradient at the states the annealed policy reaches; refitting the critic at each switch
-recovers the loss against a fixed short H, but no schedule tried (a rho-conditioned gradient critic included) comes
-near the best arm; (3) a TD(lambda) value critic has far better values than gradients; a VGL(lambda) gradient
-critic points the right way more often.
+Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
+with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
+hard late) beats the best fixed setting; (3) a TD(lambda) value critic can have accurate values but inaccurate
+gradients, which a VGL(lambda) gradient critic learns directly.
 
 Run:
     python mve_critic.py                # the lesson run: small versions of all three experiments
@@ -69,9 +65,6 @@ GRAD_CLIP = 1.0
 TARGET_KEEP = 0.2                 # target <- 0.2 target + 0.8 online, after every critic update
 CRITIC_EPOCHS, CRITIC_MINIBATCHES = 8, 4
 SCORE_LAST = 5                    # a run's score: the mean of its last 5 evaluations (of 25), not one point
-PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
-DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
-REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
 
 THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant push, contact chatters
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
@@ -98,28 +91,7 @@ FULL = {                          # what --full changes
     "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
     "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
-HELP = {
-    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
-    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
-    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
-    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
-    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
-    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
-    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
-    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
-    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
-    "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
-    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
-    "env_steps": "Exp 2 and 3: environment steps per training run",
-    "arms": "Exp 2: training arms, comma-separated (the names in section 7)",
-    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
-    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
-    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
-    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
-    "held_out": "Exp 3: held-out states of the critic comparison",
-    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
-    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in section 7)",
-}
+# what each setting means (its --help text): see Part 2, HELP
 
 
 # ----------------------------------------------------------------------------
@@ -201,12 +173,6 @@ def observe(x):
     if isinstance(x, Tensor):
         return ad.linear(x, OBS_MATRIX, OBS_OFFSET)
     return x @ OBS_MATRIX + OBS_OFFSET
-
-
-def contact_onsets(states):
-    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
-    touching = states[:, :, 0] - states[:, :, 2] > 0
-    return np.sum(touching[1:] & ~touching[:-1], axis=0)
 
 
 # ----------------------------------------------------------------------------
@@ -474,9 +440,8 @@ def schedule(method, i, iterations):
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
     """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose=True measures the actor's gradient error at every H in DIAGNOSED_HORIZONS whenever the
-    anneal schedule would switch H (for fixed-H arms too, as a control), on a separate random stream."""
-    rng, diagnostics_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    diagnose: measure the actor's gradient error where the anneal switches H (see Part 2, SwitchOfH)."""
+    rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
     anneal = method["rho"] == "anneal"
@@ -488,20 +453,16 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
     iterations = max(1, env_steps // (N_ENVS * window))
     eval_every = max(1, iterations // eval_points)
     log = TrainingLog(policy, window)
-    t, x, env_rho, diagnostics, extra_steps = 0, None, None, [], 0
+    switch = SwitchOfH(method, seed, diagnose, critic, policy, params, lr, window, log)
+    t, x, env_rho = 0, None, None
     for i in range(iterations):
         started = time.perf_counter()
         horizon, rho = schedule(method, i, iterations)
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
             env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        if i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]:
-            if diagnose and critic is not None and horizon != T:     # measured off the clock, off the training stream
-                log.pause(time.perf_counter() - started)
-                diagnostics.append(dict(gradient_errors(policy, critic, env_rho, diagnostics_rng), iteration=i,
-                                        env_steps=i * N_ENVS * window + extra_steps, horizon=horizon))
-                started = time.perf_counter()
-            optimizer, extra_steps = at_switch(method, critic, policy, optimizer, params, lr, env_rho, rng, extra_steps)
+        if switch.happens(i, iterations):  # the remedies for, and diagnostics at, a switch of H: see Part 2
+            started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
         eps = rng.normal(size=(window, N_ENVS))
         objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
         loss = actor_gradient(optimizer, objective, window)
@@ -513,9 +474,9 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
         x, t = rollout.states[-1], (t + window) % T
         log.pause(time.perf_counter() - started)
         if (i + 1) % eval_every == 0 or i + 1 == iterations:
-            log.record((i + 1) * N_ENVS * window + extra_steps)
-    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=diagnostics,
-                extra_env_steps=extra_steps, policy=policy, critic=critic)
+            log.record((i + 1) * N_ENVS * window + switch.extra_steps)
+    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=switch.diagnostics,
+                extra_env_steps=switch.extra_steps, policy=policy, critic=critic)
 
 
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
@@ -544,36 +505,12 @@ METHODS = {
     "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
     "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
     "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
-    # the schedules, and the controls that take them apart
+    # the two schedules
     "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
     "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
-    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
-    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
-    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-    # remedies for a switch of H
-    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
-                            critic="Q", at_switch="prefit"),
-    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
-                                critic="Q", at_switch="reset_adam"),
-    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
-    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
-                               critic="Q", at_switch="prefit"),
-    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
-                                 critic="G", at_switch="prefit"),
 }
-FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
-ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
-EXP3_METHODS = {
-    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
-    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
-    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
-    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
-    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
-    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
-    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
-    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
-    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-}
+# the controls that take the schedules apart, and the remedies for a switch of H: see Part 2, METHODS.update
+# Exp 3's arms (training with the gradient critic G): see Part 2, EXP3_METHODS
 
 
 # ----------------------------------------------------------------------------
@@ -624,7 +561,8 @@ def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
-    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode."""
+    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode
+    (a report of how often the gap closed, so how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
     grads, onsets = [], []
     for start in range(0, episodes, chunk):
         n = min(chunk, episodes - start)
@@ -700,6 +638,31 @@ def comma_list(convert, check, what):
     return parse
 
 
+# each setting's --help text (the settings themselves are section 1)
+HELP = {
+    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
+    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
+    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
+    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
+    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
+    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
+    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
+    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
+    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
+    "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
+    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
+    "env_steps": "Exp 2 and 3: environment steps per training run",
+    "arms": "Exp 2: training arms, comma-separated (the names in METHODS)",
+    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
+    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
+    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
+    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
+    "held_out": "Exp 3: held-out states of the critic comparison",
+    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
+    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in EXP3_METHODS)",
+}
+
+
 def setting_types():
     """Each setting's parser: sizes are bounded so that a typo (1e11) is refused at once, not after hours."""
     whole = ad.runs.whole
@@ -709,8 +672,8 @@ def setting_types():
         "rhos": comma_list(float, lambda r: 0.0 <= r <= 0.1, "smoothing widths in [0, 0.1]"),
         "horizons": comma_list(int, lambda h: h == 0 or (h > 0 and T % h == 0), f"horizons (0 or divisors of {T})"),
         "stiffness_sweep": comma_list(float, lambda k: 0 < k < 5000, "stiffnesses in (0, 5000)"),
-        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in section 7)"),
-        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in section 7)"),
+        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in METHODS)"),
+        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in EXP3_METHODS)"),
         "actor_lr": ad.runs.number(exclusive_minimum=0.0),
         "episodes": whole(64, 2**20), "truth_episodes": whole(2, 2**22), "critic_iterations": whole(0, 10**5),
         "sweep_episodes": whole(64, 2**20), "ratio_episodes": whole(64, 2**20), "seeds": whole(1, 100), "env_steps": whole(1, 10**8),
@@ -794,16 +757,43 @@ class TrainingLog:
                 "train_seconds": self.seconds}
 
 
-def at_switch(method, critic, policy, optimizer, params, lr, rho, rng, extra_steps):
-    """What an arm does when the anneal schedule switches H (after that switch's diagnostics are measured).
-    "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy first (their env steps are
-    counted); "reset_adam": forget the optimizer's moments, which were scaled to the old horizon's gradients."""
-    if method.get("at_switch") == "prefit" and critic is not None:
-        train_critics_for_policy(policy, rho, PREFIT_WINDOWS, rng, [critic])
-        extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
-    if method.get("at_switch") == "reset_adam":
-        optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
-    return optimizer, extra_steps
+PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
+DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
+REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
+ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
+
+
+class SwitchOfH:
+    """What train does at each iteration where the anneal schedule switches H (for fixed-H arms too, as a
+    control): first, with diagnose, measure the actor's gradient error at every H in DIAGNOSED_HORIZONS (off
+    the training clock, on a separate random stream); then apply the arm's remedy, if it has one."""
+
+    def __init__(self, method, seed, diagnose, critic, policy, params, lr, window, log):
+        self.method, self.diagnose, self.critic, self.policy, self.params = method, diagnose, critic, policy, params
+        self.lr, self.window, self.log = lr, window, log
+        self.rng, self.diagnostics, self.extra_steps = np.random.default_rng([seed, 1]), [], 0
+
+    def happens(self, i, iterations):
+        return i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]
+
+    def __call__(self, i, horizon, rho, optimizer, rng, started):
+        """Returns the iteration's restarted clock and the optimizer (a new one after "reset_adam")."""
+        if self.diagnose and self.critic is not None and horizon != T:
+            self.log.pause(time.perf_counter() - started)
+            self.diagnostics.append(dict(gradient_errors(self.policy, self.critic, rho, self.rng), iteration=i,
+                                         env_steps=i * N_ENVS * self.window + self.extra_steps, horizon=horizon))
+            started = time.perf_counter()
+        return started, self.remedy(optimizer, rho, rng)
+
+    def remedy(self, optimizer, rho, rng):
+        """The arm's remedy. "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy (their
+        env steps are counted); "reset_adam": forget the optimizer's moments, scaled to the old horizon's gradients."""
+        if self.method.get("at_switch") == "prefit" and self.critic is not None:
+            train_critics_for_policy(self.policy, rho, PREFIT_WINDOWS, rng, [self.critic])
+            self.extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
+        if self.method.get("at_switch") == "reset_adam":
+            optimizer = ad.optim.Adam(self.params, lr=self.lr, betas=ADAM_BETAS)
+        return optimizer
 
 
 def gradient_errors(policy, critic, rho, rng, batches=4):
@@ -857,6 +847,12 @@ def critic_value_error(critic, rollout, horizon):
 # ----------------------------------------------------------------------------
 # Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
 # ----------------------------------------------------------------------------
+def contact_onsets(states):
+    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
+    touching = states[:, :, 0] - states[:, :, 2] > 0
+    return np.sum(touching[1:] & ~touching[:-1], axis=0)
+
+
 def experiment_1(cfg, rng):
     horizons, rhos = cfg["horizons"], cfg["rhos"]
     total = len(cfg["snapshots"]) * len(rhos) * (2 * len(horizons) - 2)
@@ -943,6 +939,24 @@ def exp1_claims(result):
 # ----------------------------------------------------------------------------
 # Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
 # ----------------------------------------------------------------------------
+METHODS.update({    # after the arms of section 7, in this order
+    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
+    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
+    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+    # remedies for a switch of H
+    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
+                            critic="Q", at_switch="prefit"),
+    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
+                                critic="Q", at_switch="reset_adam"),
+    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
+    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
+                               critic="Q", at_switch="prefit"),
+    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
+                                 critic="G", at_switch="prefit"),
+})
+FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
+
+
 def run_methods(methods, cfg, label, cache=None):
     """Train every arm on seeds seed, seed + 1000, ... . With `cache` (a folder) each finished run is saved
     there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts."""
@@ -1102,6 +1116,19 @@ def _mean_or_none(values):
 #   (b) Exp 1's bias with the G terminal (in experiment 1's results)
 #   (c) training with G instead of Q, critic lambda x actor H
 # ----------------------------------------------------------------------------
+EXP3_METHODS = {
+    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
+    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
+    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
+    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
+    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
+    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
+    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
+    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
+    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+}
+
+
 def held_out_states(policy, rho, count, rng):
     """States visited by the policy (on the rho system), at uniformly random times."""
     x0 = initial_states(rng, count)
