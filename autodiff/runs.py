@@ -208,6 +208,7 @@ def command_line(doc, name, settings, full=None, help=None, types=None, argv=Non
     if args.out is None:
         args.out = os.path.join("runs", name + ("_full" if args.full else ""))
     args.command = " ".join(["python", f"{name}.py", *(sys.argv[1:] if argv is None else list(argv))])
+    args.provenance_at_start = provenance(args)     # the code that ran, even if the tree changes during a long run
     return args
 
 
@@ -411,8 +412,10 @@ def write_json(path, record):
 def write_metrics(out, metrics, args, started, name="metrics.json"):
     """Write out/metrics.json: the measured figures, the arguments, the wall time and the provenance.
     Copy it to docs/results/<script>.json when the README quotes it."""
-    record = {"metrics": metrics, "args": vars(args) if not isinstance(args, dict) else args,
-              "wall_time_s": round(time.perf_counter() - started, 2), "provenance": provenance(args)}
+    arguments = dict(vars(args) if not isinstance(args, dict) else args)
+    at_start = arguments.pop("provenance_at_start", None)
+    record = {"metrics": metrics, "args": arguments, "wall_time_s": round(time.perf_counter() - started, 2),
+              "provenance": at_start or provenance(args), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     return write_json(os.path.join(out, name), record)
 
 
