@@ -13,10 +13,10 @@ total reward of a whole trial of n pulls in one task. Its hidden state, carried 
               teaches the agent something is credited with the reward that knowledge earns later
 
 The claim it tests (the paper's Table 1): on unseen tasks the trained agent scores about as well as the
-Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' "optimistic" TS,
-UCB1, ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the authors tuned them. Where the exact
-Bayes-optimal value can be computed (dynamic programming over posterior counts, n = 10), every method is
-also measured against that optimum.
+Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS: TS keeping
+the most probable of m samples, UCB1, ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the
+authors tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-optimal value can
+be computed (dynamic programming over posterior counts, n = 10), every method is measured against it.
 
 Run:  python rl2_bandits.py                        n=10, k=5: train one agent, evaluate everything
       python rl2_bandits.py --cells n10_k10,n100_k5   the named cells of Table 1 (see --help)
@@ -40,14 +40,17 @@ SETTINGS = {
     "cells": "n10_k5",        # which (n pulls, k arms) cells of Table 1
     "training_seeds": 1,      # agents trained per cell (n <= 100)
     "n500_seeds": 1,          # agents trained per n = 500 cell (each takes hours)
-    "eval_tasks": 1000,       # unseen tasks per cell
+    "eval_tasks": 50_000,     # unseen tasks per cell at n = 10 (fewer at larger n: TASKS_PER_N)
+    "tune_tasks": 2_000,      # other tasks on which the baselines' parameters are chosen, at n = 10
 }
-FULL = {"cells": "all", "training_seeds": 3}
+FULL = {"cells": "all", "training_seeds": 3, "eval_tasks": 100_000, "tune_tasks": 10_000}
 HELP = {
     "cells": "comma-separated cells nN_kK of Table 1 (n in 10, 100, 500; k in 5, 10, 50), or 'all'",
     "training_seeds": "agents trained per cell with n <= 100, reported as mean ± SE across them",
     "n500_seeds": "agents trained per cell with n = 500",
-    "eval_tasks": "unseen tasks on which every method is evaluated, per cell",
+    "eval_tasks": "unseen tasks on which every method is evaluated, per cell with n = 10 (n = 100: a fifth, "
+                  "n = 500: a tenth)",
+    "tune_tasks": "tasks (disjoint from those) on which the baselines are tuned, per n = 10 cell (scaled alike)",
 }
 
 LESSON = dict(               # PPO for n = 10: the lesson's agent
@@ -262,7 +265,10 @@ def ppo_update(agent, optimizer, batch, n_pulls, config, rng):
             loss.backward()
             grad_norm = ad.optim.clip_grad_norm(policy_params, config["max_grad_norm"])
             ad.optim.clip_grad_norm(value_params, config["max_grad_norm"])
-            optimizer.step()
+            with np.errstate(over="ignore", invalid="ignore"):     # a diverging step is named just below
+                optimizer.step()
+            for p in policy_params + value_params:
+                ad.runs.check_finite("the agent's weights", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
     return stats, grad_norm
 
 
@@ -300,8 +306,6 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
         batch = (inputs, value_inputs, np.eye(n_arms, dtype=dtype)[arms],
                  *(a.astype(dtype) for a in (old_log_probs, advantages, returns)))
         stats, grad_norm = ppo_update(agent, optimizer, batch, n_pulls, config, rng)
-        for name, p in agent_parameters(agent).items():
-            ad.runs.check_finite(f"the agent's weight {name}", p.data, f"iteration {it + 1}")
         for key, value in dict(stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm,
                                elapsed=progress.elapsed()).items():
             if key in history:
@@ -355,19 +359,29 @@ def eps_greedy(epsilon):
     return choose
 
 
+def posterior_samples(rng, s, f, size=()):
+    """Samples of every arm's mean from its Beta(1 + s, 1 + f) posterior, shape size + s.shape. An untried
+    arm's posterior is Beta(1, 1) = U[0, 1]: drawn as a uniform, which is 10x cheaper than a Beta draw
+    (at k = 50 most arms are untried for most of a short trial)."""
+    theta = rng.uniform(size=tuple(size) + s.shape)
+    tried = (s + f) > 0
+    theta[..., tried] = rng.beta(1.0 + s[tried], 1.0 + f[tried], size=tuple(size) + (int(tried.sum()),))
+    return theta
+
+
 def thompson(s, f, t, rng):
     """One sample from each posterior, pull the largest."""
-    return np.argmax(rng.beta(1.0 + s, 1.0 + f), axis=1)
+    return np.argmax(posterior_samples(rng, s, f), axis=1)
 
 
-def optimistic_thompson(m):
+def thompson_most_probable(m):
     """The authors' "OTS": draw m samples of the whole mean vector from the posterior, keep the most
     probable one (highest joint Beta log-density), pull its largest arm. m = 1 is Thompson sampling; large
     m tends to acting on the posterior mode. Keeping the best sample *jointly* (not per arm) reproduces the
     paper's column (6.20 vs 6.2 at n=10, k=10 on 10,000 tasks, where a per-arm choice scores 6.43). The
-    usual "optimistic TS", max(sample, mean), is a different algorithm."""
+    "OTS" of the wider literature, max(sample, mean), is a different algorithm."""
     def choose(s, f, t, rng):
-        theta = np.clip(rng.beta(1.0 + s, 1.0 + f, size=(m,) + s.shape), 1e-12, 1.0 - 1e-12)   # (m, B, k)
+        theta = np.clip(posterior_samples(rng, s, f, (m,)), 1e-12, 1.0 - 1e-12)               # (m, B, k)
         log_density = np.sum(s * np.log(theta) + f * np.log1p(-theta), axis=2)                # up to a constant
         kept = np.take_along_axis(theta, np.argmax(log_density, axis=0)[None, :, None], axis=0)[0]
         return first_argmax(kept)
@@ -421,56 +435,124 @@ def gittins(table):
 
 
 # ----------------------------------------------------------------------------
-# 8. Measurement: every method on the same unseen tasks of one (n, k) cell
+# 8. Measurement: every method on the same unseen tasks, beside the exact optimum where it is known
 # ----------------------------------------------------------------------------
-EVAL_STREAM = 10_000       # evaluation tasks come from the stream (seed, n, k, EVAL_STREAM), training's from
-                           # (seed, n, k): no evaluation task is ever seen in training
-TUNING_GRIDS = {           # the authors' grids; each value is tried on the evaluation tasks, as they did
+# Three disjoint task sets per cell, each from its own random stream: training draws fresh tasks from
+# (seed, n, k[, training seed]); the baselines' parameters are tuned on TUNE tasks (the authors tuned on the
+# very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
+TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
+TUNING_GRIDS = {           # the authors' grids
     "Gittins": ("discount", (0.9, 0.99, 0.999, 0.9999)),
     "OTS": ("samples", tuple(range(1, 21))),
     "UCB1": ("c", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
     "eps-greedy": ("epsilon", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
 }
+TASKS_PER_N = {10: 1.0, 100: 0.2, 500: 0.1}   # fraction of --eval-tasks/--tune-tasks at each n: the SE per task
+                                              # grows like the mean there, so 1/5 at n = 100 keeps SE <= 0.2%
+BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")
+EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
 
 
 def make_baseline(name, value, n_pulls):
-    return {"Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": optimistic_thompson,
+    return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
+            "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
             "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
 
 
-def run_baselines(means, uniforms, seed):
-    """Every baseline on the same tasks. Tuned methods try each value of their grid on these very tasks and
-    report the best, as the authors did (so their figures are slightly optimistic). Returns {method: result}."""
-    def trial(choose):
-        arms, rewards = play(choose, means, uniforms, np.random.default_rng(seed))
-        return dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards)
-
-    results = {name: trial(choose) for name, choose in
-               (("Random", random_policy), ("TS", thompson), ("Greedy", greedy))}
-    for name, (parameter, grid) in TUNING_GRIDS.items():
-        runs = {value: trial(make_baseline(name, value, uniforms.shape[0])) for value in grid}
-        best = max(grid, key=lambda value: runs[value]["totals"].mean())
-        results[name] = dict(runs[best], parameter=parameter, best=best,
-                             tuning={str(v): float(runs[v]["totals"].mean()) for v in grid})
-    return results
-
-
-def evaluate_cell(agent, n_pulls, n_arms, seed, n_tasks):
-    """RL² and the baselines on n_tasks tasks drawn from a stream training never uses.
-    Returns {method: {"totals", "arms", ...}} and the tasks' means."""
-    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, EVAL_STREAM]), n_tasks, n_arms,
+def tune_baselines(n_pulls, n_arms, seed, n_tasks):
+    """Each tuned method's grid tried on TUNE tasks (same tasks and luck for every value): {name: best value,
+    name + " curve": {value: mean total}}."""
+    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, TUNE_STREAM]), n_tasks, n_arms,
                                    n_pulls)
-    results = run_baselines(means, uniforms, seed)
-    _, arms, rewards, _ = rollout(agent, means, uniforms, np.random.default_rng([seed, EVAL_STREAM]))
-    results["RL2"] = dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards)
-    _, _, rewards_argmax, _ = rollout(agent, means, uniforms, None, greedy_actions=True)
-    results["RL2 (argmax)"] = dict(totals=rewards_argmax.sum(axis=0))
-    for name in results:
-        if "arms" in results[name]:
-            # expected regret of each pull: best arm's mean − pulled arm's mean (no Bernoulli noise)
-            pulled = np.take_along_axis(means, results[name]["arms"].T, axis=1).T        # (n, B)
-            results[name]["regret_per_pull"] = (means.max(axis=1) - pulled).mean(axis=1)
-    return results, means
+    tuned = {}
+    for name, (parameter, grid) in TUNING_GRIDS.items():
+        curve = {v: play(make_baseline(name, v, n_pulls), means, uniforms, np.random.default_rng(seed))[1]
+                 .sum(axis=0).mean() for v in grid}
+        tuned[name] = max(grid, key=curve.get)
+        tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
+    return tuned
+
+
+def bayes_optimal_value(n_pulls, n_arms):
+    """The exact Bayes-optimal expected total reward, by dynamic programming over posterior counts:
+        V(state) = max_a  μ_a (1 + V(state with a success on a)) + (1 − μ_a) V(state with a failure on a),
+    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls. Arms with the same counts are interchangeable, so a
+    state is the sorted list of the tried arms' (s, f) (the untried arms are all alike): built level by level,
+    then one vectorised backward sweep per level."""
+    levels, moves = [{(): 0}], []
+    for depth in range(n_pulls):                     # forward: every reachable state and its children
+        following, rows = {}, []
+        for state in levels[-1]:
+            options = sorted(set(state)) + ([(0, 0)] if len(state) < n_arms else [])
+            row = []
+            for s, f in options:
+                rest = list(state)
+                if (s, f) in rest:
+                    rest.remove((s, f))
+                win, lose = tuple(sorted(rest + [(s + 1, f)])), tuple(sorted(rest + [(s, f + 1)]))
+                row.append(((1.0 + s) / (2.0 + s + f), following.setdefault(win, len(following)),
+                            following.setdefault(lose, len(following))))
+            rows.append(row)
+        levels.append(following)
+        moves.append(rows)
+    value = np.zeros(len(levels[-1]))
+    for rows in reversed(moves):                     # backward: the best action in every state of a level
+        table = np.zeros((len(rows), max(map(len, rows)), 3))
+        table[:, :, 0] = -1.0                        # padding: an impossible action (never the max)
+        for i, row in enumerate(rows):
+            table[i, :len(row)] = row
+        mu, win, lose = table[..., 0], table[..., 1].astype(int), table[..., 2].astype(int)
+        value = np.where(mu >= 0, mu * (1.0 + value[win]) + (1.0 - mu) * value[lose], -np.inf).max(axis=1)
+    return float(value[0])
+
+
+def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
+    """Every baseline (tuned on TUNE tasks) and every trained agent on the same EVAL tasks with the same luck.
+    Returns {method: {"totals", "arms", "rewards", "regret_per_pull"}}, with "RL2" a list (one per agent),
+    the tuning record and the tasks' means."""
+    tuned = tune_baselines(n_pulls, n_arms, seed, tune_tasks)
+    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, EVAL_STREAM]), eval_tasks, n_arms,
+                                   n_pulls)
+
+    def record(arms, rewards):
+        pulled = np.take_along_axis(means, arms.T, axis=1).T                  # (n, B): the pulled arms' means
+        return dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards,
+                    regret_per_pull=(means.max(axis=1) - pulled).mean(axis=1))   # expected, without the coin
+
+    results = {name: record(*play(make_baseline(name, tuned.get(name), n_pulls), means, uniforms,
+                                  np.random.default_rng(seed))) for name in BASELINES}
+    results["RL2"] = [record(*rollout(agent, means, uniforms, np.random.default_rng([seed, i, EVAL_STREAM]))[1:3])
+                      for i, agent in enumerate(agents)]
+    results["RL2 (argmax)"] = [rollout(agent, means, uniforms, None, greedy_actions=True)[2].sum(axis=0)
+                               for agent in agents]
+    return results, tuned, means
+
+
+def across_agents(per_task):
+    """Mean ± SE of a per-task figure (e.g. RL² − Gittins on each task) over several trained agents: each
+    agent's mean over the tasks, then the mean and SE across agents (training seeds), which holds both the
+    training and the task noise. With one agent, the SE over its tasks."""
+    means = [float(np.mean(x)) for x in per_task]
+    if len(means) == 1:
+        mean, se = ad.runs.mean_and_se(per_task[0])
+        return dict(mean=mean, se=se, se_over="tasks", per_seed=means)
+    mean, se = ad.runs.mean_and_se(means)
+    return dict(mean=mean, se=se, se_over=f"{len(means)} training seeds", per_seed=means)
+
+
+def headline(results, exact):
+    """RL² against the others on the same tasks: paired differences with Gittins and Greedy, the gap to the
+    exact optimum, and the normalised score (RL² − Random)/(Gittins − Random), 1 = as good as Gittins."""
+    ours = [r["totals"] for r in results["RL2"]]
+    random_mean, gittins_mean = results["Random"]["totals"].mean(), results["Gittins"]["totals"].mean()
+    figures = {
+        "RL2 - Gittins (paired)": across_agents([x - results["Gittins"]["totals"] for x in ours]),
+        "RL2 - Greedy (paired)": across_agents([x - results["Greedy"]["totals"] for x in ours]),
+        "normalised score": across_agents([(x - random_mean) / (gittins_mean - random_mean) for x in ours]),
+    }
+    if exact is not None:
+        figures["RL2 - optimum"] = across_agents([x - exact for x in ours])
+    return figures
 
 
 # ----------------------------------------------------------------------------
@@ -482,27 +564,33 @@ def main(argv=None):
     out = ad.runs.prepare_out(args.out)
     report, named, per_cell, trained = {}, {}, {}, {}
     for n, k in args.cell_list:
+        cell_started = time.perf_counter()
         if args.params:
-            agent, history, config, seconds, pulls = load_agent(args.params, n, k), None, None, 0.0, 0
-            print(f"n={n}, k={k}: loaded the agent from {args.params}")
+            runs, agents = None, load_agents(args.params, n, k)
+            print(f"n={n}, k={k}: loaded {len(agents)} agent(s) from {args.params}")
         else:
-            agent, history, config, seconds, pulls = train_cell(n, k, args, trained)
-        print(f"n={n}, k={k}: evaluating RL² and the baselines (tuning them) on {args.eval_tasks} unseen tasks")
-        results, means = evaluate_cell(agent, n, k, args.seed, args.eval_tasks)
-        rows = cell_table(results, n, k)
-        print_cell_table(rows, n, k, args.eval_tasks, dict(train_time_s=seconds, pulls=pulls) if history else None)
-        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, history=history, train_time_s=seconds)
-        report[f"n{n}_k{k}"] = cell_report(rows, results, config, seconds, pulls, history)
-        named.update(agent_file_entries(agent, n, k))
+            runs = [train_cell(n, k, i, args, trained) for i in range(seeds_for(n, args))]
+            agents = [run["agent"] for run in runs]
+        tune_tasks, eval_tasks = tasks_for(n, args)
+        print(f"n={n}, k={k}: tuning the baselines on {tune_tasks:,} tasks, evaluating all on {eval_tasks:,} others")
+        results, tuned, means = evaluate_cell(agents, n, k, args.seed, eval_tasks, tune_tasks)
+        exact = bayes_optimal_value(n, k) if n <= EXACT_MAX_PULLS else None
+        rows = cell_rows(results, tuned, n, k, exact)
+        print_cell_table(rows, n, k, eval_tasks, tune_tasks, exact, runs)
+        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs)
+        report[f"n{n}_k{k}"] = cell_report(rows, results, runs, exact, (tune_tasks, eval_tasks),
+                                           time.perf_counter() - cell_started)
+        for i, agent in enumerate(agents):
+            named.update(agent_file_entries(agent, n, k, i))
     if len(args.cell_list) > 1:
-        print_summary(per_cell, args.cell_list, trained=not args.params)
+        print_summary(per_cell, args.cell_list)
     write_outputs(out, per_cell, named, report, args, started)
 
 
 # ============================== Part 2: running the experiment ==============================
 # The paper's table, the command line, loading saved agents, the printed tables and the figures.
 
-METHODS = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy", "RL2")
+METHODS = BASELINES + ("RL2",)
 PAPER = {  # (n pulls, k arms) -> the row of Table 1 (Duan et al. 2016), total reward per trial, METHODS order
     (10, 5): (5.0, 6.6, 5.7, 6.5, 6.7, 6.6, 6.6, 6.7),
     (10, 10): (5.0, 6.6, 5.5, 6.2, 6.7, 6.6, 6.6, 6.7),
@@ -514,7 +602,8 @@ PAPER = {  # (n pulls, k arms) -> the row of Table 1 (Duan et al. 2016), total r
     (500, 10): (249.0, 437.8, 429.5, 438.9, 437.1, 408.0, 395.0, 432.5),
     (500, 50): (249.6, 463.7, 427.2, 437.6, 457.6, 413.6, 402.8, 438.9),
 }
-LIMITS = dict(trials=100_000, iterations=1_000_000, hidden=4096, eval_tasks=2_000_000, training_seeds=100)
+LIMITS = dict(trials=100_000, iterations=1_000_000, hidden=4096, eval_tasks=2_000_000, training_seeds=100,
+              eval_pulls=5_000_000)
 
 
 def add_agent_arguments(parser):
@@ -531,7 +620,7 @@ def add_agent_arguments(parser):
                         help="what the critic reads besides the history (default history; time+means is "
                              "privileged: the task's true means)")
     parser.add_argument("--params", help="evaluate the agents in this params.npz (written by this script) "
-                                         "instead of training")
+                                         "instead of training (default folder then runs/rl2_bandits_params)")
 
 
 def parse_cells(text):
@@ -553,7 +642,7 @@ def parse_arguments(argv):
     """The command line, checked before any work: every problem is one line and exit 2."""
     types = dict(cells=str, training_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
                  n500_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
-                 eval_tasks=ad.runs.whole(2, LIMITS["eval_tasks"]))
+                 eval_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]), tune_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]))
     args = ad.runs.command_line(__doc__, "rl2_bandits", SETTINGS, FULL, HELP, types=types, argv=argv,
                                 add_arguments=add_agent_arguments)
     fail = ad.runs.OneLineParser(prog="rl2_bandits.py").error
@@ -564,8 +653,17 @@ def parse_arguments(argv):
     for n, k in args.cell_list:
         if (n, k) not in PAPER:
             fail(f"the paper has no figures for n={n}, k={k}: choose n in {{10, 100, 500}} and k in {{5, 10, 50}}")
-    if args.params is not None and not os.path.exists(args.params):
-        fail(f"--params {args.params}: no such file")
+    for n, k in args.cell_list:
+        if n * tasks_for(n, args)[1] > LIMITS["eval_pulls"]:
+            fail(f"--eval-tasks {args.eval_tasks}: {n * tasks_for(n, args)[1]:,} pulls per method at n={n}, "
+                 f"more than {LIMITS['eval_pulls']:,} fit in memory; evaluate fewer tasks")
+    if args.params is not None:
+        if not os.path.exists(args.params):
+            fail(f"--params {args.params}: no such file")
+        if args.out == os.path.join("runs", "rl2_bandits" + ("_full" if args.full else "")):
+            args.out += "_params"             # never replace the training run's metrics.json and figures
+        if os.path.abspath(os.path.dirname(args.params)) == os.path.abspath(args.out):
+            fail(f"--out {args.out} holds the run that wrote {args.params}: choose another folder for its evaluation")
     return args
 
 
@@ -576,45 +674,70 @@ def cell_config(n, args):
     return dict(PPO_BY_N[n], **overrides)
 
 
-def train_cell(n, k, args, trained):
-    """Train the agent for (n, k), first training the shorter-trial agent it starts from, if any (kept in
-    `trained`). Returns (agent, history, config, seconds and pulls including that curriculum stage)."""
-    if (n, k) not in trained:
+def seeds_for(n, args):
+    return args.n500_seeds if n >= 500 else args.training_seeds
+
+
+def tasks_for(n, args):
+    """(tuning tasks, evaluation tasks) for trials of n pulls."""
+    return tuple(max(2, int(round(TASKS_PER_N[n] * count))) for count in (args.tune_tasks, args.eval_tasks))
+
+
+def train_cell(n, k, index, args, trained):
+    """Train agent `index` (a training seed) for (n, k), first training the shorter-trial agent it starts
+    from, if any (kept in `trained`). Returns {"agent", "history", "config", "train_time_s" (this stage),
+    "total_time_s" and "pulls" (with the curriculum's earlier stages)}."""
+    if (n, k, index) not in trained:
         config = cell_config(n, args)
-        start, seconds, pulls = None, 0.0, 0
+        start = dict(agent=None, total_time_s=0.0, pulls=0)
         if config.get("start_from_n"):
-            print(f"n={n}, k={k}: curriculum: first the n={config['start_from_n']}, k={k} agent")
-            start, _, _, seconds, pulls = train_cell(config["start_from_n"], k, args, trained)
-        print(f"n={n}, k={k}: training RL² with PPO, {config['iterations']} iterations x "
+            print(f"n={n}, k={k}, seed {index}: curriculum: first the n={config['start_from_n']}, k={k} agent")
+            start = train_cell(config["start_from_n"], k, index, args, trained)
+        print(f"n={n}, k={k}, seed {index}: training RL² with PPO, {config['iterations']} iterations x "
               f"{config['trials']} trials, GRU {config['hidden']} units")
-        agent, history = train_rl2(n, k, config, [args.seed, n, k], label=f"n={n} k={k}", start_from=start)
-        trained[(n, k)] = (agent, history, config, seconds + history["elapsed"][-1],
-                           pulls + config["iterations"] * config["trials"] * n)
-    return trained[(n, k)]
+        seed = [args.seed, n, k] + ([index] if index else [])       # seed 0 keeps the single-agent stream
+        agent, history = train_rl2(n, k, config, seed, label=f"n={n} k={k} seed {index}", start_from=start["agent"])
+        seconds = history["elapsed"][-1]
+        trained[(n, k, index)] = dict(agent=agent, history=history, config=config, train_time_s=seconds,
+                                      total_time_s=start["total_time_s"] + seconds,
+                                      pulls=start["pulls"] + config["iterations"] * config["trials"] * n)
+    return trained[(n, k, index)]
 
 
 # ----------------------------------------------------------------------------
 # Saved agents
 # ----------------------------------------------------------------------------
-def prefixed_parameters(agent, n_pulls, n_arms):
-    return {f"n{n_pulls}_k{n_arms}.{name}": p for name, p in agent_parameters(agent).items()}
+def prefix_for(n, k, index=0):
+    """Names in params.npz: "n10_k5.policy_gru.Wx" for the first agent of a cell, "n10_k5_s1...." after."""
+    return f"n{n}_k{k}" + (f"_s{index}" if index else "")
 
 
-def agent_file_entries(agent, n, k):
-    """What params.npz holds for cell (n, k): the weights, the GRU size and the critic's input size."""
-    named = prefixed_parameters(agent, n, k)
-    named[f"n{n}_k{k}.hidden"] = np.array(agent["policy_gru"].n_hidden)
-    named[f"n{n}_k{k}.critic_inputs"] = np.array(agent["value_gru"].Wx.shape[0])
+def prefixed_parameters(agent, n_pulls, n_arms, index=0):
+    return {f"{prefix_for(n_pulls, n_arms, index)}.{name}": p for name, p in agent_parameters(agent).items()}
+
+
+def agent_file_entries(agent, n, k, index=0):
+    """What params.npz holds for one agent: the weights, the GRU size and the critic's input size."""
+    named = prefixed_parameters(agent, n, k, index)
+    named[f"{prefix_for(n, k, index)}.hidden"] = np.array(agent["policy_gru"].n_hidden)
+    named[f"{prefix_for(n, k, index)}.critic_inputs"] = np.array(agent["value_gru"].Wx.shape[0])
     return named
 
 
-def load_agent(path, n_pulls, n_arms):
-    """The agent for cell (n, k) from a params.npz this script wrote; any other file is a one-line error."""
+def load_agents(path, n_pulls, n_arms):
+    """Every agent for cell (n, k) in a params.npz this script wrote; any other file is a one-line error."""
     arrays = ad.runs.load_arrays(path, what="params.npz of rl2_bandits.py")
-    prefix = f"n{n_pulls}_k{n_arms}"
-    if f"{prefix}.hidden" not in arrays:
+    if f"{prefix_for(n_pulls, n_arms)}.hidden" not in arrays:
         cells = sorted({name.split(".")[0] for name in arrays})
         raise ad.runs.BadInput(f"{path}: no agent for n={n_pulls}, k={n_arms} (the file has {cells[:8]})")
+    agents = []
+    while f"{prefix_for(n_pulls, n_arms, len(agents))}.hidden" in arrays:
+        agents.append(load_agent(path, arrays, n_pulls, n_arms, len(agents)))
+    return agents
+
+
+def load_agent(path, arrays, n_pulls, n_arms, index):
+    prefix = prefix_for(n_pulls, n_arms, index)
     hidden = ad.runs.check_array(arrays[f"{prefix}.hidden"], f"{path}: {prefix}.hidden", shape=())
     if hidden.dtype.kind not in "iu" or not 1 <= int(hidden) <= LIMITS["hidden"]:
         raise ad.runs.BadInput(f"{path}: {prefix}.hidden is {hidden}, not a GRU size in 1..{LIMITS['hidden']}")
@@ -625,8 +748,9 @@ def load_agent(path, n_pulls, n_arms):
         raise ad.runs.BadInput(f"{path}: the critic of n={n_pulls}, k={n_arms} reads {critic_inputs} inputs, "
                                f"which no --critic-sees option gives")
     agent = make_agent(n_arms, int(hidden), np.random.default_rng(0), dtype=np.float32, critic_sees=sees)
-    named = prefixed_parameters(agent, n_pulls, n_arms)
-    ad.runs.load_arrays(path, expected={name: p.shape for name, p in named.items()}, what="params.npz of rl2_bandits.py")
+    named = prefixed_parameters(agent, n_pulls, n_arms, index)
+    ad.runs.load_arrays(path, expected={name: p.shape for name, p in named.items()},
+                        what="params.npz of rl2_bandits.py")
     for name, p in named.items():
         p.data = arrays[name].astype(np.float32)
     return agent
@@ -635,63 +759,67 @@ def load_agent(path, n_pulls, n_arms):
 # ----------------------------------------------------------------------------
 # Tables and the report
 # ----------------------------------------------------------------------------
-def summary(totals):
-    """Mean total reward per trial and its standard error over the tasks."""
-    return ad.runs.mean_and_se(totals)
-
-
-def cell_table(results, n_pulls, n_arms):
-    """One row per method: our mean ± SE beside the paper's figure. "agrees" allows 2 SE plus 0.05, since
-    the paper prints one decimal."""
+def cell_rows(results, tuned, n_pulls, n_arms, exact):
+    """One row per method: our mean ± SE beside the paper's figure and the gap to the exact optimum.
+    "agrees" allows 2 SE plus 0.05, since the paper prints one decimal."""
     rows = {}
     for method, paper in zip(METHODS, PAPER[(n_pulls, n_arms)]):
-        mean, se = summary(results[method]["totals"])
-        row = dict(mean=mean, se=se, paper=paper, z=(mean - paper) / se,
-                   agrees=bool(abs(mean - paper) <= 2 * se + 0.05))
-        if "best" in results[method]:
-            row["tuned"] = {results[method]["parameter"]: results[method]["best"]}
-            row["tuning_curve"] = results[method]["tuning"]
+        if method == "RL2":
+            row = across_agents([r["totals"] for r in results["RL2"]])
+        else:
+            row = dict(zip(("mean", "se"), ad.runs.mean_and_se(results[method]["totals"])))
+        row.update(paper=paper, z=(row["mean"] - paper) / row["se"],
+                   agrees=bool(abs(row["mean"] - paper) <= 2 * row["se"] + 0.05))
+        if exact is not None:
+            row["gap_to_optimum"] = row["mean"] - exact
+        if method in TUNING_GRIDS:
+            row["tuned"] = {TUNING_GRIDS[method][0]: tuned[method]}
+            row["tuning_curve"] = tuned[method + " curve"]
         rows[method] = row
-    mean, se = summary(results["RL2 (argmax)"]["totals"])
-    rows["RL2 (argmax)"] = dict(mean=mean, se=se)
-    # paired difference with Gittins on the same tasks and the same luck: a sharper comparison than the two SEs
-    diff = ad.runs.paired_difference(results["RL2"]["totals"], results["Gittins"]["totals"])
-    rows["RL2 - Gittins (paired)"] = dict(mean=diff["mean"], se=diff["se"])
+    rows["RL2 (argmax)"] = across_agents(results["RL2 (argmax)"])
+    rows.update(headline(results, exact))
     return rows
 
 
-def print_cell_table(rows, n_pulls, n_arms, n_tasks, train_info=None):
-    print(f"\nn={n_pulls}, k={n_arms}: total reward per trial on {n_tasks} unseen tasks "
-          f"(mean ± standard error), the paper's Table 1 beside it")
-    print(f"  {'method':22s} {'ours':>8s} {'± SE':>6s} {'paper':>7s} {'z':>6s}  agrees  tuned on these tasks")
-    for method in METHODS:
+def print_cell_table(rows, n_pulls, n_arms, eval_tasks, tune_tasks, exact, runs):
+    optimum = f"the exact optimum {exact:.4f}" if exact is not None else "no exact optimum (n too large)"
+    print(f"\nn={n_pulls}, k={n_arms}: total reward per trial on {eval_tasks:,} unseen tasks (mean ± SE), "
+          f"the paper's Table 1, {optimum}")
+    print(f"  {'method':24s} {'ours':>9s} {'± SE':>7s} {'paper':>7s} {'z':>6s} {'to optimum':>10s}  "
+          f"tuned on {tune_tasks:,} other tasks")
+    for method in METHODS + tuple(name for name in rows if name not in METHODS):
         r = rows[method]
+        paper = f"{r['paper']:7.1f} {r['z']:+6.1f}" if "paper" in r else " " * 14
+        gap = f"{r['gap_to_optimum']:+10.3f}" if "gap_to_optimum" in r else " " * 10
         tuned = ", ".join(f"{k}={v}" for k, v in r.get("tuned", {}).items())
-        print(f"  {method:22s} {r['mean']:8.2f} {r['se']:6.2f} {r['paper']:7.1f} {r['z']:+6.1f}  "
-              f"{'yes' if r['agrees'] else 'NO':6s}  {tuned}")
-    for extra in ("RL2 (argmax)", "RL2 - Gittins (paired)"):
-        print(f"  {extra:22s} {rows[extra]['mean']:8.2f} {rows[extra]['se']:6.2f}")
-    if train_info:
-        print(f"  RL2 trained {train_info['train_time_s']:.0f} s on {train_info['pulls']:,} pulls; "
-              f"{100 * rows['RL2']['mean'] / rows['Gittins']['paper']:.1f}% of the paper's Gittins figure")
+        print(f"  {method:24s} {r['mean']:9.3f} {r['se']:7.3f} {paper} {gap}  {tuned}")
+    if runs:
+        print(f"  RL2: {len(runs)} agent(s) (SE across them when more than one), trained "
+              + ", ".join(f"{run['train_time_s']:.0f} s" for run in runs) + f" on {runs[0]['pulls']:,} pulls each")
 
 
-def cell_report(rows, results, config, seconds, pulls, history):
-    return dict(table=rows, config=config, train_time_s=round(seconds, 1), pulls_trained=pulls,
-                rl2_fraction_of_paper_gittins=rows["RL2"]["mean"] / rows["Gittins"]["paper"],
-                regret_per_pull={m: results[m]["regret_per_pull"] for m in ("RL2", "Gittins", "UCB1", "TS", "Greedy")},
-                training_curve=history)
+def cell_report(rows, results, runs, exact, tasks, seconds):
+    training = None if runs is None else [
+        dict(config=run["config"], train_time_s=round(run["train_time_s"], 1), pulls_trained=run["pulls"],
+             total_time_s_with_curriculum=round(run["total_time_s"], 1), training_curve=run["history"])
+        for run in runs]
+    return dict(table=rows, exact_optimum=exact, tune_tasks=tasks[0], eval_tasks=tasks[1], training=training,
+                cell_wall_time_s=round(seconds, 1),
+                regret_per_pull={m: (results[m][0] if m == "RL2" else results[m])["regret_per_pull"]
+                                 for m in ("RL2", "Gittins", "UCB1", "TS", "Greedy")})
 
 
-def print_summary(per_cell, cells, trained):
+def print_summary(per_cell, cells):
     print("\nSummary: ours ± SE (paper)")
-    print("  " + "method".ljust(12) + "".join(f"n={n}, k={k}".rjust(22) for n, k in cells))
-    for method in METHODS:
-        print("  " + method.ljust(12) + "".join(
-            f"{per_cell[c]['rows'][method]['mean']:8.2f} ±{per_cell[c]['rows'][method]['se']:5.2f} "
-            f"({per_cell[c]['rows'][method]['paper']:5.1f})" for c in cells))
-    if trained:
-        print("  " + "train time".ljust(12) + "".join(f"{per_cell[c]['train_time_s']:>20.0f} s" for c in cells))
+    print("  " + "method".ljust(24) + "".join(f"n={n}, k={k}".rjust(23) for n, k in cells))
+    names = METHODS + ("RL2 - Gittins (paired)", "normalised score", "RL2 - optimum")
+    for method in names:
+        cells_text = []
+        for c in cells:
+            r = per_cell[c]["rows"].get(method)
+            paper = f" ({r['paper']:5.1f})" if r and "paper" in r else " " * 8
+            cells_text.append(f"{r['mean']:8.3f} ±{r['se']:6.3f}{paper}" if r else "-".rjust(23))
+        print("  " + method.ljust(24) + "".join(text.rjust(23) for text in cells_text))
 
 
 def write_outputs(out, per_cell, named, report, args, started):
@@ -713,7 +841,7 @@ def plot_training(cells, path):
     plt = ad.runs.pyplot()
     fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 5.5), squeeze=False, sharex="col")
     for col, ((n, k), cell) in enumerate(cells.items()):
-        history, rows = cell["history"], cell["rows"]
+        history, rows = cell["runs"][0]["history"], cell["rows"]
         reward = np.asarray(history["reward"])
         smooth = np.convolve(reward, np.ones(10) / 10, mode="valid") if len(reward) >= 10 else reward
         ax = axes[0, col]
@@ -722,7 +850,7 @@ def plot_training(cells, path):
         ax.axhline(rows["Gittins"]["mean"], color="C3", ls="--", lw=1, label="Gittins (eval tasks)")
         ax.axhline(PAPER[(n, k)][-1], color="k", ls=":", lw=1, label="paper's RL²")
         ax.axhline(n / 2, color="0.6", lw=1, label="random")
-        ax.set_title(f"n={n}, k={k}  ({cell['train_time_s']:.0f} s)")
+        ax.set_title(f"n={n}, k={k}, seed 0  ({cell['runs'][0]['train_time_s']:.0f} s)")
         ax.set_ylabel("total reward per trial")
         axes[1, col].plot(history["entropy"], color="C2")
         axes[1, col].set_ylabel("policy entropy (nats)")
@@ -741,7 +869,8 @@ def plot_regret(cells, path):
     styles = {"RL2": ("C0", "-"), "Gittins": ("C3", "--"), "UCB1": ("C1", "-."), "TS": ("C2", ":")}
     for col, ((n, k), cell) in enumerate(cells.items()):
         for method, (color, ls) in styles.items():
-            regret = cell["results"][method]["regret_per_pull"]
+            result = cell["results"][method]
+            regret = (result[0] if method == "RL2" else result)["regret_per_pull"]
             pulls = np.arange(1, n + 1)
             axes[0, col].plot(pulls, regret, color=color, ls=ls, label=method)
             axes[1, col].plot(pulls, np.cumsum(regret), color=color, ls=ls, label=method)
@@ -766,7 +895,8 @@ def plot_trial(cell, n, k, path, tasks=(0, 1, 2)):
         order = means[task]
         for col, method in enumerate(("RL2", "Gittins")):
             ax = axes[row, col]
-            arms, rewards = results[method]["arms"][:, task], results[method]["rewards"][:, task]
+            result = results[method][0] if method == "RL2" else results[method]
+            arms, rewards = result["arms"][:, task], result["rewards"][:, task]
             paid = means[task, arms]
             t = np.arange(1, n + 1)
             ax.axhspan(np.argmax(order) - 0.45, np.argmax(order) + 0.45, color="gold", alpha=0.3, lw=0)

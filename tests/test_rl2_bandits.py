@@ -59,7 +59,7 @@ def test_ucb1_and_thompson_near_known_values():
     means, uniforms = tasks(3, 10_000, 5, 10)
     assert mean_total(rl2.ucb1(0.1), means, uniforms) == pytest.approx(6.7, abs=0.1)
     assert mean_total(rl2.random_policy, means, uniforms) == pytest.approx(5.0, abs=0.07)
-    assert mean_total(rl2.optimistic_thompson(1), means, uniforms, seed=4) == pytest.approx(
+    assert mean_total(rl2.thompson_most_probable(1), means, uniforms, seed=4) == pytest.approx(
         mean_total(rl2.thompson, means, uniforms, seed=4), abs=0.07)                     # OTS with m = 1 is TS
 
 
@@ -161,25 +161,26 @@ def test_command_line_errors(tmp_path, capsys):
     bad = tmp_path / "params.npz"
     bad.write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="not a readable .npz"):
-        rl2.main(["--params", str(bad), "--out", str(tmp_path)])
+        rl2.main(["--params", str(bad), "--out", str(tmp_path / "out")])
     other = tmp_path / "other.npz"
     agent = rl2.make_agent(10, 8, np.random.default_rng(0))
     ad.nn.save_parameters(str(other), rl2.prefixed_parameters(agent, 10, 10), **{"n10_k10.hidden": np.array(8)})
     with pytest.raises(ValueError, match="no agent for n=10, k=5"):
-        rl2.main(["--params", str(other), "--out", str(tmp_path)])
+        rl2.main(["--params", str(other), "--out", str(tmp_path / "out")])
 
 
 def test_main_end_to_end_and_reload(tmp_path, capsys):
     """Two PPO iterations through the command line (with the privileged critic), then --params: the
     reloaded agent reproduces the RL² figure exactly, and every output file is written."""
     out = tmp_path / "run"
-    rl2.main(["--iterations", "2", "--trials", "8", "--critic-sees", "time+means", "--out", str(out)])
+    small = ["--eval-tasks", "500", "--tune-tasks", "100"]
+    rl2.main(["--iterations", "2", "--trials", "8", "--critic-sees", "time+means", "--out", str(out), *small])
     first = capsys.readouterr().out
     for name in ("metrics.json", "params.npz", "rl2_bandits_training.png", "rl2_bandits_regret.png",
                  "rl2_bandits_trial_n10_k5.png"):
         assert (out / name).exists(), name
-    rl2.main(["--params", str(out / "params.npz"), "--out", str(tmp_path / "again")])
+    rl2.main(["--params", str(out / "params.npz"), "--out", str(tmp_path / "again"), *small])
     second = capsys.readouterr().out
     def rl2_rows(text):
         return [line for line in text.splitlines() if line.strip().startswith("RL2 ") and "trained" not in line]
-    assert len(rl2_rows(first)) == 3 and rl2_rows(first) == rl2_rows(second)
+    assert len(rl2_rows(first)) == 5 and rl2_rows(first) == rl2_rows(second)
