@@ -464,10 +464,14 @@ def tune_baselines(n_pulls, n_arms, seed, n_tasks):
     name + " curve": {value: mean total}}."""
     means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, TUNE_STREAM]), n_tasks, n_arms,
                                    n_pulls)
-    tuned = {}
+    tuned, done = {}, 0
+    progress = ad.runs.Progress(sum(len(grid) for _, grid in TUNING_GRIDS.values()), "tuning", every=10)
     for name, (parameter, grid) in TUNING_GRIDS.items():
-        curve = {v: play(make_baseline(name, v, n_pulls), means, uniforms, np.random.default_rng(seed))[1]
-                 .sum(axis=0).mean() for v in grid}
+        curve = {}
+        for v in grid:
+            _, rewards = play(make_baseline(name, v, n_pulls), means, uniforms, np.random.default_rng(seed))
+            curve[v], done = rewards.sum(axis=0).mean(), done + 1
+            progress.update(done, method=name)
         tuned[name] = max(grid, key=curve.get)
         tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
     return tuned
