@@ -20,7 +20,8 @@ be computed (dynamic programming over posterior counts, n = 10), every method is
 
 Run:  python rl2_bandits.py                        n=10, k=5: train one agent, evaluate everything
       python rl2_bandits.py --cells n10_k10,n100_k5   the named cells of Table 1 (see --help)
-      python rl2_bandits.py --full                 all nine cells, 3 training seeds each (hours: run in parts)
+      python rl2_bandits.py --full                 all nine cells, 3 training seeds (1 at n=500): hours, so
+                                                   run it in parts, e.g. --full --cells n10_k5,n10_k10,n10_k50
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
 Outputs in runs/rl2_bandits/ (runs/rl2_bandits_full/ with --full): metrics.json, params.npz, figures.
 Results: see README.md#rl2_banditspy.
@@ -268,7 +269,7 @@ def ppo_update(agent, optimizer, batch, n_pulls, config, rng):
             with np.errstate(over="ignore", invalid="ignore"):     # a diverging step is named just below
                 optimizer.step()
             for p in policy_params + value_params:
-                ad.runs.check_finite("the agent's weights", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+                ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
     return stats, grad_norm
 
 
