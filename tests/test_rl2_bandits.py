@@ -72,6 +72,35 @@ def test_gittins_beats_greedy_on_long_trials():
     assert gain > 2.0
 
 
+def brute_force_optimum(n, k):
+    """The Bayes-optimal value by plain recursion over every arm's own (s, f): no symmetry, no levels."""
+    def value(counts, left):
+        if left == 0:
+            return 0.0
+        best = -1.0
+        for a, (s, f) in enumerate(counts):
+            mu = (1.0 + s) / (2.0 + s + f)
+            win = counts[:a] + ((s + 1, f),) + counts[a + 1:]
+            lose = counts[:a] + ((s, f + 1),) + counts[a + 1:]
+            best = max(best, mu * (1.0 + value(win, left - 1)) + (1.0 - mu) * value(lose, left - 1))
+        return best
+    return value(((0, 0),) * k, n)
+
+
+def test_exact_optimum_matches_brute_force_and_bounds_every_method():
+    assert rl2.bayes_optimal_value(2, 2) == pytest.approx(13 / 12, abs=1e-12)         # greedy is optimal here
+    for n, k in ((3, 2), (4, 3), (5, 2)):
+        assert rl2.bayes_optimal_value(n, k) == pytest.approx(brute_force_optimum(n, k), abs=1e-12)
+    assert rl2.bayes_optimal_value(10, 5) == pytest.approx(6.660, abs=5e-4)
+    # with k >= n no trial can try more than n arms, so more arms change nothing
+    assert rl2.bayes_optimal_value(10, 50) == pytest.approx(rl2.bayes_optimal_value(10, 10), abs=1e-12)
+    # no algorithm beats the optimum in expectation: Gittins and UCB1 on 20,000 tasks (SE ≈ 0.016)
+    means, uniforms = tasks(8, 20_000, 5, 10)
+    optimum = rl2.bayes_optimal_value(10, 5)
+    for choose in (rl2.gittins(rl2.gittins_table(0.9, 10)), rl2.ucb1(0.1), rl2.greedy):
+        assert mean_total(choose, means, uniforms) < optimum + 0.04
+
+
 # ----------------------------------------------------------------------------
 # The agent and PPO
 # ----------------------------------------------------------------------------
