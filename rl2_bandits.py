@@ -616,11 +616,12 @@ def add_agent_arguments(parser):
     parser.add_argument("--n", type=ad.runs.positive_int, help="pulls per trial: one cell, with --k "
                         "(same as --cells nN_kK; default: --cells)")
     parser.add_argument("--k", type=ad.runs.positive_int, help="arms (with --n; default 5)")
-    for key, kind in (("iterations", ad.runs.whole(1, LIMITS["iterations"])),
-                      ("trials", ad.runs.whole(LESSON["minibatches"], LIMITS["trials"])),
-                      ("hidden", ad.runs.whole(1, LIMITS["hidden"])), ("lr", ad.runs.number(exclusive_minimum=0.0))):
+    for key, kind, text in (("iterations", ad.runs.whole(1, LIMITS["iterations"]), "PPO iterations"),
+                            ("trials", ad.runs.whole(LESSON["minibatches"], LIMITS["trials"]), "trials per iteration"),
+                            ("hidden", ad.runs.whole(1, LIMITS["hidden"]), "GRU units per network"),
+                            ("lr", ad.runs.number(exclusive_minimum=0.0), "Adam step size, decayed linearly to 0")):
         shown = ", ".join(f"n={n}: {config[key]}" for n, config in PPO_BY_N.items())
-        parser.add_argument("--" + key, type=kind, help=f"PPO {key} for every cell (default: the cell's, {shown})")
+        parser.add_argument("--" + key, type=kind, help=f"{text}, for every cell (default: each n's own, {shown})")
     parser.add_argument("--critic-sees", choices=("history", "time", "time+means"),
                         help="what the critic reads besides the history (default history; time+means is "
                              "privileged: the task's true means)")
