@@ -1,124 +1,97 @@
 """CartPole learned by backprop through a differentiable twin of the environment (DP), against REINFORCE (RL).
 
-The idea. Gymnasium's CartPole-v1 is ten lines of explicit-Euler physics. Written
-with our engine (one fused op, `cartpole_step`, whose VJP is the transposed
-Jacobian of the Euler step) it becomes a differentiable twin that reproduces
-gymnasium bit for bit. A cost on the state is then a loss. Backprop carries it
-through the physics into the force and into the policy network, and the RL
-problem becomes ordinary training. The action is discrete (push left or right),
-so the policy ends in a straight-through sign: forward sign(net(obs)), backward
-the identity; force = 10·sign. The RL baseline is REINFORCE with a learned
-baseline on the real environment, with the same engine, network and optimiser.
+The idea. Gymnasium's CartPole-v1 is ten lines of explicit-Euler physics. Written with our engine as one fused
+op, `cartpole_step`, whose backward is the transposed Jacobian of the Euler step, it becomes a differentiable
+twin that reproduces Gymnasium bit for bit. A cost on the state is then a loss: backprop carries it through the
+physics into the force and into the policy network, and the RL problem becomes ordinary training.
 
-Measured by `python cartpole_dp.py` (training seeds 0-9 for DP, 0-4 for RL;
-evaluation = 100 deterministic episodes of gymnasium.make("CartPole-v1") from
-reset seeds 1000000-1000099, which no training uses; bar = mean ≥ 475):
+    state s = (x, ẋ, θ, θ̇),   force F = 10·sign(net(s))     sign is straight-through: backward = identity
+    s' = s + τ·f(s, F)                                       explicit Euler, τ = 0.02 s, as in Gymnasium
+    cost(s') = (r_x·r_θ − 2.4·0.2094)²                       r_x, r_θ = distances to the failure limits
+    one Adam step on ∂cost/∂weights after every simulated step (truncated BPTT, a one-step window)
 
-    DP episodes to the bar, seeds 0-9:   3 2 2 1 2 2 2 1 5 3   (mean 2.3, max 5; 10/10 ≤ 5)
-       gymnasium mean/min at that point: 500/500 499.8/483 500/500 499.9/491 500/500
-                                         483.1/319 499.8/479 480.7/316 500/500 497.7/421
-       simulated steps used: 800 per seed on average (8,002 in all)
-    RL episodes to the bar, seeds 0-4:   36 8 3 89 20          (mean 31.2, median 20; 2,683 env steps per seed)
-    RL / DP episodes:                    13.6
-    the saved policy (seed 0), reloaded by policy_from_file: mean 500.0, min 500
+The claim tested is the Flux team's (Innes, Joy and Karmali, 2019, "DP vs RL" on the Flux blog, with its code
+in FluxML/model-zoo): backprop through the simulator solves CartPole in "around 5 episodes", where RL needs
+hundreds. "Solved" here is Gymnasium's bar for CartPole-v1: a mean return ≥ 475 over deterministic episodes of
+the real environment. The RL comparison is REINFORCE with a learned baseline on the real environment, with the
+same engine, network (4-24-48-1, tanh) and optimizer.
 
-and by `--full` (DP seeds 0-29, RL seeds 0-19): DP 30/30 seeds within 5
-episodes (mean 2.23, max 5, 740 simulated steps); RL mean 47.5 and median 35.5
-episodes (3 to 157; 4,872 env steps). RL / DP = 21.2. So DP needs about 20 times
-fewer episodes. That is far from the blog's "around 5 against hundreds": with the
-same network, REINFORCE is a much stronger baseline than the blog's RL. With
-trainable biases it needs 85 episodes on average (--full).
+One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
+the policy is updated during it. Three disjoint sets of start states (section 8): after each training episode
+a stopping rule scores the policy on its own 100 starts; the result is then measured once on 1,000 starts that
+nothing else touches; a third set served development. Baselines on the same starts: REINFORCE, random search
+over untrained networks, and LQR on the linearised twin (zero episodes); and the original's own setting,
+CartPole-v0 (200 steps, bar 195), for the Flux setup and this script's.
 
-Counting. One DP training episode is one trajectory of the twin from a reset
-(U(−0.05, 0.05)⁴, drawn from the training seed) until it fails or reaches 500
-steps; the policy is updated during it. After every training episode (DP and
-RL alike) the deterministic policy is screened on the twin from gymnasium's own
-start states: this replays gymnasium's 100 episodes exactly (a test checks it)
-at 1/20 of the cost. When the screen says ≥ 475, the same 100 episodes run on
-gymnasium itself, and the bar counts only if gymnasium agrees (it always has).
-Stopping at the first pass favours both methods equally.
+Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL, 5 random-search, 3+3 CartPole-v0 (about a minute)
+      python cartpole_dp.py --full   # 30 seeds each (20 RL), 100 Gymnasium checks per policy, the ablations
+Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, params.npz (the first DP
+seed's policy), curves.png and balancing.gif. To use a saved policy:
 
-What works, and why (the --full ablation: DP seeds 0-29, reached within 5 / within 10 episodes):
+    policy = cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")     # observation -> action 0 or 1
 
-  this script: tanh, biases fixed at 0, window 1 + lookahead   30/30   30/30
-  the Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03   2/30   18/30
-  ReLU hidden layers (biases fixed at 0)                       15/30   22/30
-  biases trained                                               10/30   30/30
-  window 2, no lookahead, gradient through the policy input    29/30   30/30
-  window 3, no lookahead, gradient through the policy input    16/30   16/30
-  window 3, lookahead, gradient through the policy input       30/30   30/30
-  window 4, lookahead, gradient through the policy input       23/30   25/30
-  window 4, lookahead, policy input detached                   29/30   30/30
-  window 16, lookahead, policy input detached                  23/30   30/30
-
-1. The network: tanh hidden layers with the biases fixed at 0. Raw
-   observations are about 0.05 in size, so the state-dependent part of the
-   output is tiny, while Adam moves every bias by about lr per step. The biases
-   take over and the policy collapses to a constant push (evaluation return 9).
-   Without biases a tanh network is odd, f(−s) = −f(s). That is the symmetry of
-   the physics (mirror the state and the right force is mirrored too). Near the
-   origin the network is linear, so the policy starts as a random linear switching
-   controller sign(k·s), the right family: sign(θ + 0.2θ̇ + 0.1x + 0.1ẋ) lasts
-   500 steps in all 100 evaluation episodes. The prior alone does something: 4
-   of 100 untrained networks already pass (--full), so "1 episode" results are
-   partly the prior. RL gets the same network.
-2. The window: one step, each force credited with the positions it first moves.
-   Under explicit Euler a force changes the velocities at the next step and the
-   positions one step later. The Flux cost looks at positions only, so the last
-   action of every window gets no gradient; here the cost is taken at x + τẋ,
-   θ + τθ̇ (the next positions, already fixed by the state). Longer windows do
-   not help, for a reason specific to the straight-through sign. With the
-   gradient also flowing through the policy's input (the state that one force
-   produced sets the next force), the backward pass sees a feedback loop of gain
-   10·∂net/∂s. That gain is large for a good bang-bang controller, and under
-   explicit Euler the linearised loop is unstable. Each step back flips the
-   gradient's sign and multiplies its size by about 10 (median over 4 trained
-   policies × 8 states; 2.5 to 150 in 80% of cases; --full prints one such
-   window). A window's gradient is then dominated by its first action, with a
-   sign set by the parity of the number of credited actions (W − 1 without the
-   lookahead, W with it): one or three work, two or four do not (table).
-   Detaching the policy's input removes the parity effect, but long windows
-   then give only greedy open-loop sensitivities and fewer updates (window 16:
-   23/30 within 5, mean 4.2 episodes). A one-step window gives one Adam step per
-   simulated step, the most updates an episode can give.
-3. The cost: the Flux per-step loss (r_x r_θ − 2.4·0.2094)², where r_x and r_θ are
-   the distances of the cart and of the angle to their limits. In development
-   runs (not reproduced by --full) a quadratic cost, a log barrier, and a cost on
-   the pole tip x + 2l·sinθ were no better (tip 177/180 seeds within 5, Flux
-   178/180). Adam's lr 0.01 beat 0.003 and 0.03.
-What still fails, 2 seeds in 180 in development runs (they needed 6 and 7
-episodes): a single trajectory stays close to the switching surface, where
-ẋ is nearly a function of the other coordinates. Its coefficient is then poorly
-determined and can take the greedy (wrong) sign, and the cart drifts.
-
-The RL baseline: P(push right) = σ(net(obs)), returns-to-go with γ = 0.99,
-advantages G_t − V(s_t) normalised per episode, one Adam(0.01) update per
-episode, and a value network of the same shape (with biases: V is even in s).
-Tuned like DP's (seeds 0-9, mean episodes to the bar): lr 0.01 gave 42, against
-92 and 86 for lr 0.02 and 0.03 and 180 for 0.001. γ 0.95 or 0.999 and a value
-lr of 0.03 were within seed noise (43, 32, 33).
-
-Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL seeds, figures: 44 s (19 s of CPU)
-      python cartpole_dp.py --full   # 30 DP seeds, 20 RL seeds, the ablations: 8 min (3.2 min of CPU)
-(wall times measured on 2 cores shared with other jobs)
-RL is cheap here (about 3 s per seed), so the default run includes five RL
-curves, not only the --full run. Outputs in runs/cartpole_dp/: metrics.json,
-params.npz (the seed-0 DP policy), curves.png and balancing.gif. To use a policy:
-
-    policy = cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")
-    obs, _ = env.reset(); obs, reward, terminated, truncated, _ = env.step(policy(obs))
+Results: see README.md, section cartpole_dp.py.
 """
 
 import math
 import os
 import time
+import warnings
 
+import autodiff as ad   # first: it makes BLAS single-threaded before NumPy loads (small matrices, shared cores)
 import numpy as np
 
-import autodiff as ad
+# ----------------------------------------------------------------------------
+# 1. Settings: the lesson run's values; --full adds seeds, Gymnasium checks and the ablations
+# ----------------------------------------------------------------------------
+SETTINGS = {
+    "dp_seeds": 10,             # DP training seeds: --seed, --seed + 1, ...
+    "dp_max_episodes": 10,
+    "margin": 10.0,             # the stopping rule: mean >= 475 + margin on the stopping starts
+    "rl_seeds": 5,
+    "rl_max_episodes": 1000,
+    "rs_seeds": 5,              # random search over untrained networks: its seeds, and draws per seed
+    "rs_draws": 25,
+    "v0_seeds": 3,              # the original's setting, CartPole-v0: seeds for the Flux setup and for this script
+    "v0_max_episodes": 50,
+    "window": 1,
+    "lr": 0.01,
+    "gym_check": 20,            # reported starts also played on Gymnasium itself, per policy
+    "ablations": False,         # what each design choice is worth (on the DP seeds, development starts)
+}
+FULL = {"dp_seeds": 30, "rl_seeds": 20, "rs_seeds": 30, "v0_seeds": 30, "gym_check": 100, "ablations": True}
+HELP = {
+    "dp_seeds": "DP training seeds",
+    "dp_max_episodes": "give up on a DP seed after this many training episodes",
+    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
+    "rl_seeds": "RL training seeds (0 skips RL)",
+    "rl_max_episodes": "give up on an RL seed after this many training episodes",
+    "rs_seeds": "random-search seeds (0 skips it)",
+    "rs_draws": "untrained networks drawn per random-search seed",
+    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
+    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
+    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
+    "lr": "DP: Adam learning rate",
+    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
+    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
+}
+TYPES = {
+    "dp_seeds": ad.runs.whole(1, 1000),
+    "dp_max_episodes": ad.runs.whole(1, 10_000),
+    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
+    "rl_seeds": ad.runs.whole(0, 1000),
+    "rl_max_episodes": ad.runs.whole(1, 100_000),
+    "rs_seeds": ad.runs.whole(0, 1000),
+    "rs_draws": ad.runs.whole(1, 10_000),
+    "v0_seeds": ad.runs.whole(0, 1000),
+    "v0_max_episodes": ad.runs.whole(1, 10_000),
+    "window": ad.runs.whole(1, 500),
+    "lr": ad.runs.number(exclusive_minimum=0.0),
+    "gym_check": ad.runs.whole(0, 1000),
+}
 
 # ----------------------------------------------------------------------------
-# Gymnasium's CartPole-v1, constant for constant
+# 2. Environment: Gymnasium's CartPole-v1, constant for constant, as a differentiable twin
 # ----------------------------------------------------------------------------
 GRAVITY = 9.8
 MASS_CART = 1.0
@@ -135,8 +108,8 @@ REWARD_THRESHOLD = 475.0          # gymnasium's registered reward_threshold
 
 
 def _dynamics(state, force):
-    """Gymnasium's equations, in gymnasium's order of operations (so the
-    results agree to the last bit), on a batch of states (B, 4)."""
+    """Gymnasium's equations, in Gymnasium's order of operations (so the results agree to the last bit), on a
+    batch of states (B, 4)."""
     x, x_dot, theta, theta_dot = state[:, 0], state[:, 1], state[:, 2], state[:, 3]
     costheta, sintheta = np.cos(theta), np.sin(theta)
     temp = (force + POLEMASS_LENGTH * np.square(theta_dot) * sintheta) / TOTAL_MASS
@@ -148,15 +121,20 @@ def _dynamics(state, force):
 
 @ad.primitive
 def cartpole_step(state, force):
-    """One explicit-Euler step of CartPole for a batch: state (B, 4) =
-    [x, ẋ, θ, θ̇], force (B,) in newtons. Returns the next state (B, 4).
+    """One explicit-Euler step of CartPole for a batch: state (B, 4) = [x, ẋ, θ, θ̇], force (B,) in newtons.
 
-        temp = (F + m_p l θ̇² sinθ) / M
-        θ̈    = (g sinθ − cosθ temp) / (l (4/3 − m_p cos²θ / M))
-        ẍ    = temp − m_p l θ̈ cosθ / M
-        x' = x + τ ẋ,  ẋ' = ẋ + τ ẍ,  θ' = θ + τ θ̇,  θ̇' = θ̇ + τ θ̈
+        temp = (F + m_p l θ̇² sinθ) / M,   D = l (4/3 − m_p cos²θ / M)
+        θ̈ = (g sinθ − cosθ·temp) / D,     ẍ = temp − (m_p l / M) θ̈ cosθ
+        x' = x + τẋ,  ẋ' = ẋ + τẍ,  θ' = θ + τθ̇,  θ̇' = θ̇ + τθ̈
 
-    The VJP is the transpose of this map's Jacobian, written out by hand."""
+    The VJP, derived by hand: only ẍ and θ̈ depend on θ, θ̇ and F, so with g' = ∂L/∂s' the chain rule gives
+        ∂L/∂x = g'_x,   ∂L/∂ẋ = g'_ẋ + τ g'_x,   ∂L/∂θ = g'_θ + τ (g'_ẋ ∂ẍ/∂θ + g'_θ̇ ∂θ̈/∂θ),
+        ∂L/∂θ̇ = g'_θ̇ + τ g'_θ + τ (g'_ẋ ∂ẍ/∂θ̇ + g'_θ̇ ∂θ̈/∂θ̇),   ∂L/∂F = τ (g'_ẋ ∂ẍ/∂F + g'_θ̇ ∂θ̈/∂F),
+    with the quotient rule for θ̈ = N/D: ∂θ̈/∂θ = (g cosθ + sinθ·temp − cosθ ∂temp/∂θ − θ̈ ∂D/∂θ) / D,
+    ∂D/∂θ = 2 l m_p cosθ sinθ / M, ∂temp/∂θ = (m_p l/M) θ̇² cosθ, ∂temp/∂θ̇ = 2 (m_p l/M) θ̇ sinθ, ∂temp/∂F = 1/M,
+    and ∂ẍ/∂· = ∂temp/∂· − (m_p l/M)(cosθ ∂θ̈/∂· − θ̈ sinθ [for θ only]).
+    Checked against finite differences by tests/test_cartpole_dp.py::test_fused_step_gradient_matches_finite_differences,
+    and the forward against Gymnasium by test_twin_step_equals_gymnasium_for_random_states_and_both_actions."""
     state = np.asarray(state, dtype=np.float64)
     force = np.broadcast_to(np.asarray(force, dtype=np.float64), state.shape[:1])
     cos, sin, temp, denom, thetaacc, xacc = _dynamics(state, force)
@@ -166,7 +144,6 @@ def cartpole_step(state, force):
     def vjp(g):
         g_x, g_xdot, g_theta, g_thetadot = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
         k = POLEMASS_LENGTH / TOTAL_MASS
-        # partial derivatives of temp, θ̈ and ẍ with respect to θ, θ̇ and F
         dtemp_dth, dtemp_dthd, dtemp_dF = k * theta_dot ** 2 * cos, 2 * k * theta_dot * sin, 1.0 / TOTAL_MASS
         ddenom_dth = 2 * LENGTH * MASS_POLE * cos * sin / TOTAL_MASS
         dthacc_dth = ((GRAVITY * cos + sin * temp - cos * dtemp_dth) - thetaacc * ddenom_dth) / denom
@@ -196,12 +173,12 @@ def reset_states(rng, batch=1):
 
 
 def as_observation(state):
-    """What gymnasium shows the agent: the float64 state rounded to float32."""
+    """What Gymnasium shows the agent: the float64 state rounded to float32."""
     return np.asarray(state, dtype=np.float32).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------
-# The network (the same shape for DP and RL): 4 -> 24 -> 48 -> 1, tanh hidden
+# 3. Model: one network shape for DP and RL, 4 -> 24 -> 48 -> 1, tanh hidden, biases fixed at 0
 # ----------------------------------------------------------------------------
 SIZES = (4, 24, 48, 1)
 ACTIVATION = "tanh"
@@ -211,64 +188,32 @@ def make_network(rng):
     return ad.nn.MLP(SIZES, rng, activation=ACTIVATION, out_activation=None)
 
 
-def forward_numpy(weights, obs):
-    """The same network in plain NumPy, for acting (no graph): weights is the
-    list [W1, b1, W2, b2, W3, b3], obs is (B, 4) or (4,); returns (B,) or ()."""
-    h = np.asarray(obs, dtype=np.float64)
-    for i in range(0, len(weights) - 2, 2):
-        h = np.tanh(h @ weights[i] + weights[i + 1])
-    return (h @ weights[-2] + weights[-1])[..., 0]
-
-
-def weights_of(network):
-    return [p.data for p in network.parameters()]
-
-
-def scorer(network):
-    """obs (B, 4) or (4,) -> network output, without building a graph. The
-    tanh network runs in plain NumPy (fast for single observations)."""
-    if network.activation == ACTIVATION and network.out_activation is None:
-        weights = [w.copy() for w in weights_of(network)]
-        return lambda obs: forward_numpy(weights, obs)
-
-    def score(obs):
-        with ad.no_grad():
-            return network(ad.Tensor(np.atleast_2d(obs))).data[:, 0].reshape(np.shape(obs)[:-1])
-    return score
-
-
-def gym_action(score):
-    """Network output -> gymnasium action: 1 (push right, +10 N) if ≥ 0 else 0.
-    For DP this is the forward of the straight-through sign; for RL it is the
-    deterministic (most likely) action of the Bernoulli policy σ(score)."""
-    return int(score >= 0.0)
-
-
 def trainable_weights(network):
-    """The weight matrices only: the policy's biases stay at zero (see the
-    docstring: a tanh network without biases is odd, f(−s) = −f(s), like the
-    physics, and raw observations of size 0.05 would otherwise be swamped by
-    biases that Adam moves as fast as the weights)."""
+    """The weight matrices only: the biases stay at 0. Raw observations are about 0.05 in size, and Adam moves
+    a bias as fast as a weight, so trained biases swamp the state and the policy collapses to a constant push.
+    Without biases a tanh network is odd, f(−s) = −f(s), like the physics (mirror the state, mirror the push),
+    and near the origin it starts as a random linear switching controller sign(k·s): the right family."""
     return [p for name, p in network.named_parameters().items() if name.startswith("W")]
 
 
-# ----------------------------------------------------------------------------
-# DP: the training signal, and one training episode of truncated BPTT
-# ----------------------------------------------------------------------------
 def dp_force(policy, state):
-    """Force for a batch of states (Tensor (B, 4)) as a Tensor (B,) = 10·sign(policy(obs)).
-    The policy reads the float32-rounded observation, as under gymnasium; the
-    rounding is added as a constant, so a gradient can still reach the state."""
+    """Force for a batch of states (Tensor (B, 4)) as a Tensor (B,) = 10·sign(policy(obs)), the sign
+    straight-through. The policy reads the float32-rounded observation, as under Gymnasium; the rounding is
+    added as a constant, so a gradient can still reach the state."""
     rounding = ad.Tensor(as_observation(state.data) - state.data)
     sign = ad.straight_through_sign(policy(state + rounding))
     return FORCE_MAG * sign[:, 0]
 
 
+# ----------------------------------------------------------------------------
+# 4. Loss: the Flux per-step cost on the state, one step ahead
+# ----------------------------------------------------------------------------
 def step_cost(state, lookahead=True):
-    """The Flux per-step loss: (r_x r_θ − 2.4·0.2094)², where r_x and r_θ are
-    the distances of the cart and the angle to their failure limits (zero
-    beyond). With lookahead it is measured at x + τẋ, θ + τθ̇: the positions one
-    step later, already fixed by this state (see the docstring for why)."""
+    """(r_x r_θ − 2.4·0.2094)², the per-step loss of the original (Flux's code), where r_x and r_θ are the
+    distances of the cart and of the angle to their failure limits (0 beyond). Under explicit Euler a force
+    moves the velocities at the next step and the positions only one step later, so a cost on the positions
+    alone gives the last force of a window no gradient. With lookahead the cost is taken at x + τẋ, θ + τθ̇:
+    the positions one step later, already fixed by this state."""
     x, theta = state[:, 0], state[:, 2]
     if lookahead:
         x, theta = x + TAU * state[:, 1], theta + TAU * state[:, 3]
@@ -277,13 +222,18 @@ def step_cost(state, lookahead=True):
     return ad.mean((r_x * r_theta - X_LIMIT * THETA_LIMIT) ** 2)
 
 
-def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False):
-    """One training episode: a trajectory of the twin from a reset until it
-    fails or reaches 500 steps, with one Adam step per window of `window` steps
-    (truncated BPTT: each window starts from the previous one's state, detached).
-    closed_loop=True also lets the gradient flow through the policy's input
-    (how the state a force produced changes the next force). Returns the
-    number of steps, which is this episode's return."""
+# ----------------------------------------------------------------------------
+# 5. Update: one window of truncated BPTT, then one Adam step
+# ----------------------------------------------------------------------------
+def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False, max_steps=MAX_STEPS):
+    """One training episode: a trajectory of the twin from a reset until it fails or reaches max_steps, with
+    one Adam step per window of `window` steps (each window starts from the previous one's state, detached).
+    Returns the number of steps, which is this episode's return.
+
+    Why one step: with closed_loop=True the gradient also flows through the policy's input (the state one force
+    produced sets the next force). For a good bang-bang policy that backward loop has a gain of about −10 per
+    step, so a longer window's gradient is dominated by its first force, with a sign set by the window's
+    length (`closed_loop_force_gradients` measures it). One step also gives the most updates per episode."""
     state, steps, done = reset_states(rng), 0, False
     while not done:
         s, costs = ad.Tensor(state), []
@@ -291,7 +241,7 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
             s = cartpole_step(s, dp_force(policy, s if closed_loop else s.detach()))
             costs.append(step_cost(s, lookahead))
             steps += 1
-            done = bool(terminated(s.data)[0]) or steps == MAX_STEPS
+            done = bool(terminated(s.data)[0]) or steps == max_steps
             if done:
                 break
         loss = ad.sum(ad.stack(costs)) / len(costs)
@@ -302,40 +252,35 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
     return steps
 
 
-def closed_loop_force_gradients(policy, state, steps=6):
-    """dL/dF_k for the forces of one window with the gradient flowing through
-    the policy's input, L = the cost after the window. For a trained bang-bang
-    policy these alternate in sign and grow going back: the reason longer
-    closed-loop windows fail (docstring, point 2)."""
-    s, forces = ad.Tensor(np.atleast_2d(state)), []
-    for _ in range(steps):
-        forces.append(dp_force(policy, s))
-        s = cartpole_step(s, forces[-1])
-    step_cost(s).backward()
-    policy.zero_grad()
-    return np.array([float(f.grad[0]) for f in forces])
+# ----------------------------------------------------------------------------
+# 6. Training: train a DP policy from one seed until the stopping rule says "bar reached"
+# ----------------------------------------------------------------------------
+def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
+           activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
+    """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
+    Returns (network, record) with per-episode returns and stopping-set scores."""
+    rng = np.random.default_rng(seed)
+    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
+    params = policy.parameters() if train_biases else trainable_weights(policy)
+    optimizer = ad.optim.Adam(params, lr)
+    record = new_record(seed)
+    for episode in range(1, max_episodes + 1):
+        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop, rule.max_steps)
+        record["train_return"].append(steps)
+        record["steps"] += steps
+        check_weights(policy, f"DP seed {seed}, training episode {episode}")
+        if rule(scorer(policy), record):
+            record["episodes_to_bar"] = episode
+            break
+    return policy, record
 
 
 # ----------------------------------------------------------------------------
-# RL baseline: REINFORCE with a learned baseline, on the real gymnasium env
+# 7. Baseline: REINFORCE on the real environment; random search over initialisations; LQR on the linearised twin
 # ----------------------------------------------------------------------------
-def run_rl_episode(env, weights, obs, rng):
-    """Sample one episode from the Bernoulli policy P(push right) = σ(net(obs))."""
-    observations, actions, rewards, done = [], [], [], False
-    while not done:
-        p_right = 1.0 / (1.0 + np.exp(-forward_numpy(weights, obs)))
-        action = int(rng.random() < p_right)
-        observations.append(obs)
-        actions.append(action)
-        obs, reward, term, trunc, _ = env.step(action)
-        rewards.append(reward)
-        done = term or trunc
-    return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
-
-
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
-    """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised; V is
-    regressed on the returns-to-go G_t = Σ_k γ^k r_{t+k}."""
+    """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
+    returns-to-go G_t = Σ_k γ^k r_{t+k}. π(push right) = σ(net(s))."""
     returns = np.zeros(len(rewards))
     running = 0.0
     for t in reversed(range(len(rewards))):
@@ -357,51 +302,107 @@ def reinforce_update(policy, value, policy_opt, value_opt, observations, actions
     value_opt.step()
 
 
-# ----------------------------------------------------------------------------
-# Evaluation: 100 episodes of the real CartPole-v1 from seeds no training used
-# ----------------------------------------------------------------------------
-EVAL_SEEDS = tuple(range(1_000_000, 1_000_100))
-
-
-def gym_initial_states(seeds):
-    """The float64 states gymnasium's CartPole-v1 starts from after reset(seed=s)."""
+def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False):
+    """REINFORCE with a learned baseline on Gymnasium's CartPole-v1, one update per sampled episode, with the
+    same stopping rule as DP. Same network, engine and optimizer; lr 0.01 was the best of 0.001-0.03."""
     import gymnasium as gym
+    rng = np.random.default_rng(seed)
+    policy, value = make_network(rng), make_network(rng)
+    policy_opt = ad.optim.Adam(policy.parameters() if train_biases else trainable_weights(policy), lr)
+    value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
     env = gym.make("CartPole-v1")
-    states = []
-    for s in seeds:
-        env.reset(seed=int(s))
-        states.append(np.array(env.unwrapped.state, dtype=np.float64))
+    obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
+    record = new_record(seed)
+    for episode in range(1, max_episodes + 1):
+        observations, actions, rewards = sample_rl_episode(env, weights_of(policy), obs, rng)
+        obs, _ = env.reset()
+        record["train_return"].append(len(rewards))
+        record["steps"] += len(rewards)
+        reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
+        check_weights(policy, f"RL seed {seed}, training episode {episode}")
+        if rule(scorer(policy), record):
+            record["episodes_to_bar"] = episode
+            break
     env.close()
-    return np.array(states)
+    return policy, record
 
 
-def evaluate_on_gym(score, seeds=EVAL_SEEDS):
-    """Returns of the deterministic policy on gymnasium.make("CartPole-v1");
-    score(obs) is the network's output, action = 1 if it is ≥ 0."""
-    import gymnasium as gym
-    env = gym.make("CartPole-v1")
-    returns = []
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        total, done = 0.0, False
-        while not done:
-            obs, reward, term, trunc, _ = env.step(gym_action(score(obs)))
-            total += reward
-            done = term or trunc
-        returns.append(total)
-    env.close()
-    return np.array(returns)
+def random_search(seed, rule, draws):
+    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
+    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
+    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
+    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
+    record, best = new_record(seed), None
+    for draw in range(1, draws + 1):
+        network = make_network(stream)
+        if rule(scorer(network), record):
+            record["episodes_to_bar"] = draw
+            return network, record
+        if best is None or record["stop_mean"][-1] > best[0]:
+            best = (record["stop_mean"][-1], network)
+    return best[1], record
 
 
-def evaluate_on_twin(score, initial_states):
-    """The same evaluation on the twin, all episodes at once: from gymnasium's
-    own start states, with float32 observations, it replays gymnasium's
-    episodes exactly (tested), in ~1/20 of the time. Used to screen after every
-    training episode; the bar is then confirmed on gymnasium itself."""
+def linearised_twin():
+    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
+    VJP: the backward of output i is row i of the Jacobian."""
+    A, B = np.zeros((4, 4)), np.zeros((4, 1))
+    for i in range(4):
+        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
+        ad.sum(cartpole_step(state, force)[:, i]).backward()
+        A[i], B[i, 0] = state.grad[0], force.grad[0]
+    return A, B
+
+
+def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
+    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
+    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
+    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
+    F = 10·sign(−K s): knowing the model, with zero training episodes."""
+    Q = np.eye(4) if Q is None else Q
+    R = np.eye(1) if R is None else R
+    P = Q
+    for _ in range(iterations):
+        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P_next = Q + A.T @ P @ (A - B @ K)
+        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
+        P = P_next
+        if converged:
+            break
+    return K
+
+
+def lqr_scorer(K):
+    """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
+    return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: three disjoint sets of starts, the stopping rule, and the reported score
+# ----------------------------------------------------------------------------
+# Gymnasium reset seeds. The twin's training starts come from each training seed's own generator instead.
+DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the stopping margin
+STOPPING_SEEDS = range(2_000_000, 2_000_100)     # the stopping rule's own 100 starts, after every episode
+REPORTED_SEEDS = range(3_000_000, 3_001_000)     # measured once, after training; nothing else touches them
+STOP_MARGIN = 10.0     # stop at a stopping-set mean >= bar + 10, chosen on development seeds and starts
+TASKS = {"CartPole-v1": {"max_steps": 500, "bar": 475.0},    # Gymnasium's registered reward_threshold
+         "CartPole-v0": {"max_steps": 200, "bar": 195.0}}    # the original's setting
+
+
+def evaluate_on_gym(score, seeds, env_id="CartPole-v1"):
+    """Returns of the deterministic policy on gymnasium.make(env_id), one episode per reset seed;
+    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0."""
+    result = ad.runs.play_episodes(env_id, lambda obs: (score(obs) >= 0.0).astype(int), seeds)
+    return result["returns"]
+
+
+def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
+    """The same evaluation on the twin, all episodes at once: from Gymnasium's own start states, with float32
+    observations, it replays Gymnasium's episodes exactly (tested, and checked in every run), ~20x faster."""
     state = np.array(initial_states, dtype=np.float64)
     alive = np.ones(len(state), dtype=bool)
     returns = np.zeros(len(state))
-    for _ in range(MAX_STEPS):
+    for _ in range(max_steps):
         force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
         state = cartpole_step(state, force).data
         returns += alive                      # +1 every step, the failing one included
@@ -411,64 +412,252 @@ def evaluate_on_twin(score, initial_states):
     return returns
 
 
+class StoppingRule:
+    """Asked after every training episode: is the deterministic policy at the bar on the stopping starts?
+
+    Screened on the twin; when the twin's mean is ≥ bar + margin, confirmed on Gymnasium itself (if
+    confirm_on_gym). Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy;
+    the margin buys the reported set its bar. The first episode at which the plain rule (margin 0) would have
+    stopped is recorded too, with that policy's reported score (measured, never used to decide)."""
+
+    def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
+                 reported=None):
+        self.env_id, self.seeds, self.margin, self.confirm_on_gym = env_id, seeds, margin, confirm_on_gym
+        self.max_steps, self.bar = TASKS[env_id]["max_steps"], TASKS[env_id]["bar"]
+        self.states, self.reported = gym_initial_states(seeds, env_id), reported
+
+    def __call__(self, score, record):
+        twin = evaluate_on_twin(score, self.states, self.max_steps)
+        record["stop_mean"].append(float(twin.mean()))
+        if record["plain_rule_episode"] is None and twin.mean() >= self.bar:
+            record["plain_rule_episode"] = len(record["stop_mean"])
+            if self.reported is not None:
+                record["plain_rule_reported_mean"] = self.reported(score)["mean"]
+        if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
+            return bool(twin.mean() >= self.bar + self.margin)
+        gym = evaluate_on_gym(score, self.seeds, self.env_id)
+        record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
+        record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
+        return bool(gym.mean() >= self.bar + self.margin)
+
+
+class ReportedScore:
+    """The reported score of a finished policy: the 1,000 reported starts on the twin (an exact replay of
+    Gymnasium), and the first `gym_check` of them also on Gymnasium itself, which must agree episode for
+    episode. Returns the per-start returns too, for paired comparisons between methods."""
+
+    def __init__(self, env_id="CartPole-v1", seeds=REPORTED_SEEDS, gym_check=20):
+        self.env_id, self.seeds, self.gym_check = env_id, seeds, gym_check
+        self.max_steps, self.bar = TASKS[env_id]["max_steps"], TASKS[env_id]["bar"]
+        self.states = gym_initial_states(seeds, env_id)
+
+    def __call__(self, score, check_on_gym=False):
+        returns = evaluate_on_twin(score, self.states, self.max_steps)
+        mean, se = ad.runs.mean_and_se(returns)
+        result = {"mean": mean, "se": se, "min": float(returns.min()), "returns": returns,
+                  "reaches_bar": bool(mean >= self.bar)}
+        if check_on_gym and self.gym_check:
+            gym = evaluate_on_gym(score, self.seeds[:self.gym_check], self.env_id)
+            result["twin_equals_gym"] = bool(np.array_equal(gym, returns[:self.gym_check]))
+        return result
+
+
 # ----------------------------------------------------------------------------
-# Training runs: train, evaluate after every episode, stop at the bar
+# 9. main: train DP, the baselines, the original's setting; measure on the reported starts; report
 # ----------------------------------------------------------------------------
-def reached_bar(score, eval_states, record, confirm_on_gym=True):
-    """Screen on the twin; if it says ≥ 475, confirm on gymnasium itself.
-    Appends the twin's mean to record["eval_mean"]; returns True at the bar."""
-    twin_returns = evaluate_on_twin(score, eval_states)
-    record["eval_mean"].append(float(twin_returns.mean()))
-    if twin_returns.mean() < REWARD_THRESHOLD or not confirm_on_gym:
-        return twin_returns.mean() >= REWARD_THRESHOLD
-    gym_returns = evaluate_on_gym(score)
-    record["gym_eval_mean"], record["gym_eval_min"] = float(gym_returns.mean()), float(gym_returns.min())
-    record["twin_equals_gym"] = bool(np.array_equal(twin_returns, gym_returns))
-    return gym_returns.mean() >= REWARD_THRESHOLD
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.play:
+        return play(args, started)
+    out = ad.runs.prepare_out(args.out)
+    reported = ReportedScore(gym_check=args.gym_check)
+    rule = StoppingRule(margin=args.margin, reported=reported)
+    metrics = {"sets": describe_sets(args)}
+
+    dp_policies, dp_records = train_seeds("DP", args.dp_seeds, args.seed, reported, lambda seed: run_dp(
+        seed, rule, args.dp_max_episodes, window=args.window, lr=args.lr))
+    metrics["dp"] = summarise(dp_records)
+    metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed, reported)
+    rl_records, rs_records = [], []
+    if args.rl_seeds:
+        _, rl_records = train_seeds("RL", args.rl_seeds, args.seed, reported,
+                                    lambda seed: run_rl(seed, rule, args.rl_max_episodes))
+        metrics["rl"] = summarise(rl_records)
+    if args.rs_seeds:
+        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
+                                    lambda seed: random_search(seed, rule, args.rs_draws))
+        metrics["random_search"] = summarise(rs_records)
+    metrics["lqr"] = lqr_baseline(rule, reported)
+    metrics["paired_vs_dp"] = paired_comparisons(dp_records, rl_records, rs_records, metrics["lqr"])
+    if args.v0_seeds:
+        metrics["original_setting"] = original_setting(args)
+    if args.ablations:
+        long_run_extras(metrics, args, dp_policies[0])
+
+    metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
+    save_figures(out, dp_records, rl_records, dp_policies[0], rule.bar + rule.margin)
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_report(metrics)
+    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
+          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
+    return metrics
 
 
-def run_dp(seed, eval_states, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
-           activation=ACTIVATION, out_activation=None, train_biases=False, confirm_on_gym=True):
-    """Train a DP policy from `seed` until the bar or `max_episodes`.
-    Returns (network, record) with per-episode returns and evaluations."""
-    rng = np.random.default_rng(seed)
-    policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation)
-    params = policy.parameters() if train_biases else trainable_weights(policy)
-    optimizer = ad.optim.Adam(params, lr)
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
-    for episode in range(1, max_episodes + 1):
-        steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop)
-        record["train_return"].append(steps)
-        record["steps"] += steps
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
-            record["episodes_to_bar"] = episode
-            break
-    return policy, record
+# ============================== Part 2: running the experiment ==============================
+def parse_args(argv=None):
+    return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
+                                add_arguments=add_arguments)
 
 
-def run_rl(seed, eval_states, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False,
-           confirm_on_gym=True):
-    """REINFORCE with a learned baseline on gymnasium's CartPole-v1, evaluated
-    after every episode like DP. Same network, same engine, same optimiser."""
+def add_arguments(parser):
+    parser.add_argument("--play", metavar="PARAMS", default=None,
+                        help="instead of training: play a saved params.npz on Gymnasium from the first 100 "
+                             "reported starts (writes play.json in --out)")
+
+
+def play(args, started):
+    """--play PARAMS: the saved policy's deterministic returns on Gymnasium, written to out/play.json."""
+    policy = policy_from_file(args.play)
+    out = ad.runs.prepare_out(args.out)
+    returns = evaluate_on_gym(lambda obs: np.array([policy(o) for o in obs]) * 2.0 - 1.0, REPORTED_SEEDS[:100])
+    mean, se = ad.runs.mean_and_se(returns)
+    print(f"{args.play}: mean return {mean:.1f} ± {se:.1f} (min {returns.min():.0f}) over {len(returns)} "
+          f"Gymnasium CartPole-v1 episodes")
+    ad.runs.write_metrics(out, {"params": args.play, "returns": returns, "mean": mean, "se": se}, args, started,
+                          name="play.json")
+
+
+def describe_sets(args):
+    def span(seeds):
+        return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
+    return {"development": span(DEVELOPMENT_SEEDS) + ": tuning, ablations, the stopping margin",
+            "stopping": span(STOPPING_SEEDS) + f": the stopping rule, mean >= bar + {args.margin:g}",
+            "reported": span(REPORTED_SEEDS) + f": scored once after training, on the twin, the first "
+                                               f"{args.gym_check} also on Gymnasium"}
+
+
+def new_record(seed):
+    return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "steps": 0,
+            "plain_rule_episode": None}
+
+
+def check_weights(network, when):
+    """A diverged run stops here, named (exit 3), before anything is saved: an earlier params.npz is kept."""
+    for name, p in network.named_parameters().items():
+        ad.runs.check_finite(f"weight {name}", p.data, when)
+
+
+def train_seeds(method, n_seeds, first_seed, reported, train):
+    """train(seed) -> (network, record) for n_seeds consecutive seeds, each then scored on the reported starts,
+    with a progress line per seed. Returns the networks and the records (per-start returns kept aside)."""
+    networks, records = [], []
+    progress = ad.runs.Progress(n_seeds, f"{method} seeds", every=0)
+    for i in range(n_seeds):
+        with np.errstate(over="ignore", invalid="ignore"):    # non-finite weights are caught, named, by check_weights
+            network, record = train(first_seed + i)
+        score = reported(scorer(network), check_on_gym=True)
+        record["reported_returns"] = score.pop("returns")
+        record["reported"] = score
+        networks.append(network)
+        records.append(record)
+        progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
+                        stopping_gym_mean=record.get("gym_stop_mean", float("nan")), reported_mean=score["mean"],
+                        reported_min=score["min"])
+    return networks, records
+
+
+def lqr_baseline(rule, reported):
+    """LQR on the linearised twin, asked by the stopping rule once (zero training episodes) and then scored."""
+    A, B = linearised_twin()
+    K = lqr_gain(A, B)
+    score = lqr_scorer(K)
+    record = new_record(None)
+    record["episodes_to_bar"] = 0 if rule(score, record) else None
+    result = reported(score, check_on_gym=True)
+    record["reported_returns"] = result.pop("returns")
+    record["reported"] = result
+    record["gain"] = K[0]
+    record["closed_loop_spectral_radius"] = float(np.max(np.abs(np.linalg.eigvals(A - B @ K))))
+    return record
+
+
+def original_setting(args):
+    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
+    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
+    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
+    at 200 steps there too."""
+    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
+    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported)
+    result = {}
+    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
+        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
+                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
+        result[name] = summarise(records, bar=rule.bar)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Acting without a graph, the RL episode sampler, Gymnasium's start states
+# ----------------------------------------------------------------------------
+def forward_numpy(weights, obs):
+    """The tanh network in plain NumPy, for acting (no graph): weights is the list [W1, b1, W2, b2, W3, b3],
+    obs is (B, 4) or (4,); returns (B,) or (). Same as make_network(...)(obs), tested equal in
+    tests/test_cartpole_dp.py (test_policy_from_file_round_trip)."""
+    h = np.asarray(obs, dtype=np.float64)
+    for i in range(0, len(weights) - 2, 2):
+        h = np.tanh(h @ weights[i] + weights[i + 1])
+    return (h @ weights[-2] + weights[-1])[..., 0]
+
+
+def weights_of(network):
+    return [p.data for p in network.parameters()]
+
+
+def scorer(network):
+    """obs (B, 4) or (4,) -> network output, without building a graph. The tanh network runs in plain NumPy
+    (fast for single observations); other variants (the Flux setup, ablations) run through the engine."""
+    if network.activation == ACTIVATION and network.out_activation is None:
+        weights = [w.copy() for w in weights_of(network)]
+        return lambda obs: forward_numpy(weights, obs)
+
+    def score(obs):
+        with ad.no_grad():
+            return network(ad.Tensor(np.atleast_2d(obs))).data[:, 0].reshape(np.shape(obs)[:-1])
+    return score
+
+
+def gym_action(score):
+    """Network output -> Gymnasium action: 1 (push right, +10 N) if ≥ 0 else 0. For DP this is the forward of
+    the straight-through sign; for RL it is the deterministic (most likely) action of the policy σ(score)."""
+    return int(score >= 0.0)
+
+
+def sample_rl_episode(env, weights, obs, rng):
+    """Sample one training episode from the Bernoulli policy P(push right) = σ(net(obs))."""
+    observations, actions, rewards, done = [], [], [], False
+    while not done:
+        p_right = 1.0 / (1.0 + np.exp(-forward_numpy(weights, obs)))
+        action = int(rng.random() < p_right)
+        observations.append(obs)
+        actions.append(action)
+        obs, reward, term, trunc, _ = env.step(action)
+        rewards.append(reward)
+        done = term or trunc
+    return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
+
+
+def gym_initial_states(seeds, env_id="CartPole-v1"):
+    """The float64 states Gymnasium's CartPole starts from after reset(seed=s)."""
     import gymnasium as gym
-    rng = np.random.default_rng(seed)
-    policy, value = make_network(rng), make_network(rng)
-    policy_opt = ad.optim.Adam(policy.parameters() if train_biases else trainable_weights(policy), lr)
-    value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
-    env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
-    record = {"seed": seed, "train_return": [], "eval_mean": [], "episodes_to_bar": None, "steps": 0}
-    for episode in range(1, max_episodes + 1):
-        observations, actions, rewards = run_rl_episode(env, weights_of(policy), obs, rng)
-        obs, _ = env.reset()
-        record["train_return"].append(len(rewards))
-        record["steps"] += len(rewards)
-        reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
-        if reached_bar(scorer(policy), eval_states, record, confirm_on_gym):
-            record["episodes_to_bar"] = episode
-            break
+    warnings.filterwarnings("ignore", message=".*CartPole-v0 is out of date")   # it is the original's setting
+    env = gym.make(env_id)
+    states = []
+    for s in seeds:
+        env.reset(seed=int(s))
+        states.append(np.array(env.unwrapped.state, dtype=np.float64))
     env.close()
-    return policy, record
+    return np.array(states)
 
 
 # ----------------------------------------------------------------------------
@@ -480,13 +669,13 @@ def save_policy(path, network, **extra):
 
 
 def policy_from_file(path):
-    """A function gymnasium observation -> gymnasium action (0 or 1), from a
-    params.npz written by this script. Raises ValueError naming the problem if
-    the file is corrupt or holds another network."""
+    """A function Gymnasium observation -> Gymnasium action (0 or 1), from a params.npz written by this script.
+    Raises ValueError (ad.runs.BadInput) naming the file and the problem if it is damaged or holds another
+    network."""
     network = make_network(0)
     arrays = ad.nn.load_parameters(path, network.named_parameters())
     if "sizes" in arrays and tuple(arrays["sizes"].tolist()) != SIZES:
-        raise ValueError(f"{path}: network sizes {tuple(arrays['sizes'].tolist())}, expected {SIZES}")
+        raise ad.runs.BadInput(f"{path}: network sizes {tuple(arrays['sizes'].tolist())}, expected {SIZES}")
     weights = weights_of(network)
 
     def policy(observation):
@@ -499,44 +688,148 @@ def policy_from_file(path):
     return policy
 
 
+def save_and_reload(out, network, record, seed, reported):
+    """Save the policy to out/params.npz, reload it the way a user would, and play it on Gymnasium from the
+    first reported starts: it must give the trained policy's returns."""
+    path = os.path.join(out, "params.npz")
+    save_policy(path, network, seed=seed, episodes=len(record["train_return"]))
+    reloaded = policy_from_file(path)
+    seeds = REPORTED_SEEDS[:reported.gym_check or 1]
+    returns = evaluate_on_gym(lambda obs: np.array([1.0 if reloaded(o) else -1.0 for o in obs]), seeds)
+    return {"seed": seed, "training_episodes": len(record["train_return"]), "gym_episodes": len(seeds),
+            "gym_mean": float(returns.mean()), "gym_min": float(returns.min()),
+            "same_returns_as_trained": bool(np.array_equal(returns, record["reported_returns"][:len(seeds)]))}
+
+
+# ----------------------------------------------------------------------------
+# Summaries, paired comparisons and the printed report
+# ----------------------------------------------------------------------------
+def summarise(records, bar=REWARD_THRESHOLD, bar_episodes=5):
+    """Episodes to the bar per seed, their mean/median/max, the stopping-set and reported scores per seed, and
+    the same for the plain rule (margin 0), so the margin's cost in episodes can be read off."""
+    episodes = [r["episodes_to_bar"] for r in records]
+    reached = [e for e in episodes if e is not None]
+    plain = [r["plain_rule_episode"] for r in records]
+    both = [(e, p) for e, p in zip(episodes, plain) if e is not None and p is not None]
+    summary = {"episodes_to_bar": episodes, "reached": len(reached), "seeds": len(records),
+               "within_5": sum(e <= bar_episodes for e in reached),
+               "mean_episodes": float(np.mean(reached)) if reached else None,
+               "median_episodes": float(np.median(reached)) if reached else None,
+               "max_episodes": max(reached) if reached else None,
+               "steps_per_seed": [r["steps"] for r in records],
+               "mean_steps_to_bar": float(np.mean([r["steps"] for r in records if r["episodes_to_bar"]]))
+               if reached else None,
+               "plain_rule_episodes": plain,
+               "mean_plain_rule_episodes": float(np.mean([p for p in plain if p])) if any(plain) else None,
+               "margin_cost_episodes": float(np.mean([e - p for e, p in both])) if both else None}
+    if records and "reported" in records[0]:
+        means = [r["reported"]["mean"] for r in records]
+        plain_means = [r.get("plain_rule_reported_mean") for r in records]
+        summary.update({
+            "stopping_gym_mean": [r.get("gym_stop_mean") for r in records],
+            "stopping_gym_min": [r.get("gym_stop_min") for r in records],
+            "twin_equals_gym": all(r.get("twin_equals_gym", True) and r["reported"].get("twin_equals_gym", True)
+                                   for r in records),
+            "reported_mean": means, "reported_se": [r["reported"]["se"] for r in records],
+            "reported_min": [r["reported"]["min"] for r in records],
+            "reported_mean_over_seeds": ad.runs.mean_and_se(means)[0],
+            "reported_se_over_seeds": ad.runs.mean_and_se(means)[1],
+            "worst_seed_reported_mean": min(means),
+            "seeds_reported_at_bar": sum(m >= bar for m in means),
+            "seeds_within_5_and_reported_at_bar": sum(e is not None and e <= bar_episodes and m >= bar
+                                                      for e, m in zip(episodes, means)),
+            "plain_rule_reported_mean": plain_means,
+            "plain_rule_seeds_reported_at_bar": sum(m is not None and m >= bar for m in plain_means),
+            "plain_rule_seeds_within_5_and_reported_at_bar": sum(
+                p is not None and p <= bar_episodes and m is not None and m >= bar for p, m in zip(plain, plain_means))})
+    return summary
+
+
+def paired_comparisons(dp_records, rl_records, rs_records, lqr_record):
+    """DP minus each baseline on the same 1,000 reported starts: per start, each method's return averaged over
+    its seeds; mean and standard error of the difference over starts."""
+    def per_start(records):
+        return np.mean([r["reported_returns"] for r in records], axis=0)
+    dp = per_start(dp_records)
+    found = {"RL": rl_records, "random search": rs_records, "LQR": [lqr_record]}
+    return {name: ad.runs.paired_difference(dp, per_start(records)) for name, records in found.items() if records}
+
+
+def without_returns(records):
+    return [{k: v for k, v in r.items() if k != "reported_returns"} for r in records]
+
+
+def print_report(metrics):
+    rows = []
+    named = [("DP", metrics["dp"]), ("RL", metrics.get("rl")), ("random search", metrics.get("random_search"))]
+    for name, s in named:
+        if s:
+            rows.append(report_row({"DP": "DP (this script)", "RL": "RL (REINFORCE)"}.get(name, name + " (draws)"), s))
+    lqr = metrics["lqr"]
+    rows.append(["LQR (0 episodes)", "1/1" if lqr["episodes_to_bar"] == 0 else "0/1", 0, 0, "-",
+                 lqr.get("gym_stop_mean"), f"{lqr['reported']['mean']:.1f} ± {lqr['reported']['se']:.1f}",
+                 lqr["reported"]["mean"], "-", "-"])
+    for name, s in (metrics.get("original_setting") or {}).items():
+        rows.append(report_row(f"CartPole-v0, {name}", s, within="-"))
+    ad.runs.print_table(["method", "seeds at bar", "mean ep.", "max ep.", "<=5 ep. & reported at bar",
+                         "stopping set (Gym)", "reported ± se", "worst seed", "plain rule: ep.",
+                         "plain: <=5 ep. & at bar"], rows,
+                        title="Episodes to the bar (stopping rule) and the score on the reported starts")
+    for name, d in metrics["paired_vs_dp"].items():
+        print(f"DP minus {name} on the same {d['n']:,} reported starts: {d['mean']:+.1f} ± {d['se']:.1f}")
+    for name, s in named:
+        if s and not s["reached"]:
+            print(f"No {name} seed reached the bar within its training episodes (a result, not an error).")
+    sp = metrics["saved_policy"]
+    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on Gymnasium: "
+          f"mean {sp['gym_mean']:.1f}, min {sp['gym_min']:.0f} over {sp['gym_episodes']} reported starts "
+          f"(same returns as the trained policy: {sp['same_returns_as_trained']})")
+
+
+def report_row(name, s, within=None):
+    mean = lambda values: np.mean([v for v in values if v is not None]) if any(v is not None for v in values) else None
+    return [name, f"{s['reached']}/{s['seeds']}", s["mean_episodes"], s["max_episodes"],
+            within or f"{s['seeds_within_5_and_reported_at_bar']}/{s['seeds']}", mean(s["stopping_gym_mean"]),
+            f"{s['reported_mean_over_seeds']:.1f} ± {s['reported_se_over_seeds']:.1f}", s["worst_seed_reported_mean"],
+            s["mean_plain_rule_episodes"], f"{s['plain_rule_seeds_within_5_and_reported_at_bar']}/{s['seeds']}"]
+
+
 # ----------------------------------------------------------------------------
 # Figures: learning curves and a GIF of the learned policy
 # ----------------------------------------------------------------------------
-def plot_curves(path, dp_records, rl_records):
+def save_figures(out, dp_records, rl_records, network, stop_level):
+    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records, stop_level)
+    states = record_gym_episode(scorer(network), REPORTED_SEEDS[0])
+    save_balancing_gif(os.path.join(out, "balancing.gif"), states)
+
+
+def plot_curves(path, dp_records, rl_records, stop_level):
     plt = ad.runs.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for records, color, name in ((dp_records, "tab:blue", "DP (backprop through the twin)"),
                                  (rl_records, "tab:orange", "RL (REINFORCE + baseline, real env)")):
         for i, r in enumerate(records):
-            episodes = np.arange(1, len(r["eval_mean"]) + 1)
-            ax.plot(episodes, r["eval_mean"], color=color, lw=1, alpha=0.6, label=name if i == 0 else None)
+            episodes = np.arange(1, len(r["stop_mean"]) + 1)
+            ax.plot(episodes, r["stop_mean"], color=color, lw=1, alpha=0.6, label=name if i == 0 else None)
             if r["episodes_to_bar"]:
-                ax.plot(r["episodes_to_bar"], r["eval_mean"][-1], "*", color=color, ms=9, mec="k", mew=0.5)
-    ax.axhline(REWARD_THRESHOLD, color="k", ls="--", lw=0.8, label="bar: mean 475 over 100 episodes")
+                ax.plot(r["episodes_to_bar"], r["reported"]["mean"], "*", color=color, ms=9, mec="k", mew=0.5)
+    ax.axhline(REWARD_THRESHOLD, color="k", ls="--", lw=0.8, label="bar: mean 475")
+    ax.axhline(stop_level, color="0.4", ls=":", lw=0.8, label=f"stopping level {stop_level:g} (stopping starts)")
     ax.set_xscale("log")
     ax.set_xlabel("training episodes")
-    ax.set_ylabel("evaluation return (mean of 100 episodes)")
+    ax.set_ylabel("return (mean over 100 stopping starts)")
     ax.set_title("CartPole-v1: deterministic policy after each training episode\n"
-                 "(one line per seed, ★ = bar reached, confirmed on gymnasium)", fontsize=9)
+                 "(one line per seed; ★ = score on the 1,000 reported starts when stopped)", fontsize=9)
     ax.set_ylim(0, 520)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
+    ad.runs.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=110)
 def record_gym_episode(score, seed):
-    """States of one real gymnasium episode under the deterministic policy."""
-    import gymnasium as gym
-    env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=int(seed))
-    states, done = [np.array(env.unwrapped.state)], False
-    while not done:
-        obs, _, term, trunc, _ = env.step(gym_action(score(obs)))
-        states.append(np.array(env.unwrapped.state))
-        done = term or trunc
-    env.close()
-    return np.array(states)
+    """Observations of one real Gymnasium episode under the deterministic policy."""
+    observations = []
+    ad.runs.play_episodes("CartPole-v1", lambda obs: (score(obs) >= 0.0).astype(int), [seed],
+                          watch=lambda t, obs, running: observations.append(obs[0].copy()))
+    return np.array(observations)
 
 
 def save_balancing_gif(path, states, every=4):
@@ -565,11 +858,11 @@ def save_balancing_gif(path, states, every=4):
 # ----------------------------------------------------------------------------
 # What each design choice is worth (--full): DP variants over many seeds
 # ----------------------------------------------------------------------------
+FLUX_SETUP = dict(activation="relu", train_biases=True, out_activation="tanh", window=8, lookahead=False,
+                  closed_loop=True, lr=0.03, init="glorot")     # the original's choices, from its code
 ABLATIONS = {   # name -> keyword arguments of run_dp
     "this script: tanh, zero biases, window 1 + lookahead": {},
-    "Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03": dict(
-        activation="relu", train_biases=True, out_activation="tanh", window=8, lookahead=False,
-        closed_loop=True, lr=0.03),
+    "Flux setup: ReLU, biases, tanh out, window 8, Adam 0.03": FLUX_SETUP,
     "ReLU instead of tanh (zero biases)": dict(activation="relu"),
     "biases trained": dict(train_biases=True),
     "window 2, no lookahead, closed loop": dict(window=2, lookahead=False, closed_loop=True),
@@ -581,153 +874,53 @@ ABLATIONS = {   # name -> keyword arguments of run_dp
 }
 
 
-def summarise(records, bar_episodes=5):
-    episodes = [r["episodes_to_bar"] for r in records]
-    reached = [e for e in episodes if e is not None]
-    return {"episodes_to_bar": episodes,
-            "reached": len(reached), "seeds": len(records),
-            "within_5": sum(e <= bar_episodes for e in reached),
-            "mean_episodes": float(np.mean(reached)) if reached else None,
-            "median_episodes": float(np.median(reached)) if reached else None,
-            "max_episodes": max(reached) if reached else None,
-            "simulated_steps_to_bar": [r["steps"] for r in records],
-            "mean_steps_to_bar": float(np.mean([r["steps"] for r in records if r["episodes_to_bar"]]))
-            if reached else None}
+def closed_loop_force_gradients(policy, state, steps=6):
+    """dL/dF_k for the forces of one window with the gradient flowing through the policy's input, L = the cost
+    after the window. For a trained bang-bang policy these alternate in sign and grow going back: the reason
+    longer closed-loop windows fail (train_dp_episode)."""
+    s, forces = ad.Tensor(np.atleast_2d(state)), []
+    for _ in range(steps):
+        forces.append(dp_force(policy, s))
+        s = cartpole_step(s, forces[-1])
+    step_cost(s).backward()
+    policy.zero_grad()
+    return np.array([float(f.grad[0]) for f in forces])
 
 
-def untrained_pass_rate(eval_states, seeds):
-    """How often a freshly initialised network already passes: a reminder
-    that 'reached the bar after 1 episode' is partly the prior."""
-    means = [evaluate_on_twin(scorer(make_network(np.random.default_rng(s))), eval_states).mean() for s in seeds]
+def untrained_pass_rate(states, seeds):
+    """How often a freshly initialised network already passes: 'reached the bar after 1 episode' is partly
+    the prior."""
+    means = [evaluate_on_twin(scorer(make_network(np.random.default_rng(s))), states).mean() for s in seeds]
     return float(np.mean(np.array(means) >= REWARD_THRESHOLD))
 
 
-# ----------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------
-def parse_args(argv):
-    parser = ad.runs.parser(__doc__, "cartpole_dp")
-    parser.add_argument("--dp-seeds", type=ad.runs.positive_int, default=None,
-                        help="DP training seeds (default 10; 30 with --full)")
-    parser.add_argument("--dp-max-episodes", type=ad.runs.positive_int, default=10,
-                        help="give up on a DP seed after this many training episodes")
-    parser.add_argument("--rl-seeds", type=ad.runs.nonnegative_int, default=None,
-                        help="RL training seeds (default 5; 20 with --full; 0 skips RL)")
-    parser.add_argument("--rl-max-episodes", type=ad.runs.positive_int, default=1000,
-                        help="give up on an RL seed after this many training episodes")
-    parser.add_argument("--window", type=ad.runs.positive_int, default=1, help="DP: steps per BPTT window")
-    parser.add_argument("--lr", type=ad.runs.positive_float, default=0.01, help="DP: Adam learning rate")
-    args = parser.parse_args(argv)
-    if args.dp_seeds is None:
-        args.dp_seeds = 30 if args.full else 10
-    if args.rl_seeds is None:
-        args.rl_seeds = 20 if args.full else 5
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    started = time.perf_counter()
-    out = ad.runs.prepare_out(args.out)
-    eval_states = gym_initial_states(EVAL_SEEDS)
-    metrics = {"eval": "gymnasium CartPole-v1, deterministic policy, 100 episodes, "
-                       f"reset seeds {EVAL_SEEDS[0]}..{EVAL_SEEDS[-1]}; bar = mean >= {REWARD_THRESHOLD}"}
-
-    # -- DP: backprop through the twin, from several training seeds -------------
-    dp_records, dp_policies = [], []
-    progress = ad.runs.Progress(args.dp_seeds, "DP seeds", every=0)
-    for i in range(args.dp_seeds):
-        policy, record = run_dp(args.seed + i, eval_states, args.dp_max_episodes, window=args.window, lr=args.lr)
-        dp_records.append(record)
-        dp_policies.append(policy)
-        progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
-                        sim_steps=record["steps"], gym_mean=record.get("gym_eval_mean", float("nan")),
-                        gym_min=record.get("gym_eval_min", float("nan")))
-    metrics["dp"] = summarise(dp_records)
-    metrics["dp"]["gym_eval_mean"] = [r.get("gym_eval_mean") for r in dp_records]
-    metrics["dp"]["gym_eval_min"] = [r.get("gym_eval_min") for r in dp_records]
-    metrics["dp"]["twin_screen_equals_gym"] = all(r.get("twin_equals_gym", True) for r in dp_records)
-
-    # -- the saved policy, reloaded the way a user would -----------------------
-    params_path = os.path.join(out, "params.npz")
-    save_policy(params_path, dp_policies[0], seed=args.seed, episodes=len(dp_records[0]["train_return"]))
-    reloaded = policy_from_file(params_path)
-    saved_returns = evaluate_on_gym(lambda obs: 1.0 if reloaded(obs) else -1.0)
-    metrics["saved_policy"] = {"seed": args.seed, "training_episodes": len(dp_records[0]["train_return"]),
-                               "gym_eval_mean": float(saved_returns.mean()), "gym_eval_min": float(saved_returns.min())}
-
-    # -- RL: REINFORCE with a baseline on the real environment -----------------
-    rl_records = []
-    if args.rl_seeds:
-        progress = ad.runs.Progress(args.rl_seeds, "RL seeds", every=0)
-        for i in range(args.rl_seeds):
-            _, record = run_rl(args.seed + i, eval_states, args.rl_max_episodes)
-            rl_records.append(record)
-            progress.update(i + 1, seed=record["seed"], episodes=record["episodes_to_bar"] or "not reached",
-                            env_steps=record["steps"], gym_mean=record.get("gym_eval_mean", float("nan")),
-                            gym_min=record.get("gym_eval_min", float("nan")))
-        metrics["rl"] = summarise(rl_records)
-        metrics["rl"]["gym_eval_mean"] = [r.get("gym_eval_mean") for r in rl_records]
-        if metrics["rl"]["mean_episodes"] and metrics["dp"]["mean_episodes"]:
-            metrics["rl_over_dp_episodes"] = metrics["rl"]["mean_episodes"] / metrics["dp"]["mean_episodes"]
-
-    # -- the long run: what each choice is worth --------------------------------
-    if args.full:
-        seeds = range(args.seed, args.seed + 30)
-        state = eval_states[:1]
-        for _ in range(100):                  # a state on the trained policy's own trajectory
-            state = cartpole_step(state, np.where(scorer(dp_policies[0])(state) >= 0, FORCE_MAG, -FORCE_MAG)).data
-        grads = closed_loop_force_gradients(dp_policies[0], state)
-        metrics["closed_loop_force_gradients"] = grads
-        print("closed loop, dL/dF_k for k = 0..5:", np.array2string(grads, precision=2),
-              "| ratios dL/dF_k / dL/dF_k+1:", np.array2string(grads[:-1] / grads[1:], precision=1))
-        metrics["untrained_pass_rate"] = untrained_pass_rate(eval_states, range(args.seed, args.seed + 100))
-        print(f"untrained networks that already pass: {100 * metrics['untrained_pass_rate']:.0f}% of 100")
-        metrics["ablations"] = {}
-        for name, options in ABLATIONS.items():
-            records = [run_dp(s, eval_states, args.dp_max_episodes, confirm_on_gym=False, **options)[1]
-                       for s in seeds]
-            summary = summarise(records)
-            metrics["ablations"][name] = summary
-            print(f"ablation {name:56s} within 5 episodes {summary['within_5']:2d}/{len(records)}, "
-                  f"within {args.dp_max_episodes} {summary['reached']:2d}/{len(records)}", flush=True)
-        records = [run_rl(s, eval_states, args.rl_max_episodes, train_biases=True, confirm_on_gym=False)[1]
-                   for s in range(args.seed, args.seed + args.rl_seeds)]
-        summary = metrics["ablations"]["RL with biases trained"] = summarise(records)
-        print(f"ablation {'RL with biases trained':56s} episodes to the bar: mean {summary['mean_episodes']:.1f}, "
-              f"median {summary['median_episodes']:.1f} ({summary['reached']}/{len(records)} seeds)")
-
-    # -- figures ------------------------------------------------------------------
-    metrics["records"] = {"dp": dp_records, "rl": rl_records}
-    plot_curves(os.path.join(out, "curves.png"), dp_records, rl_records)
-    states = record_gym_episode(scorer(dp_policies[0]), EVAL_SEEDS[0])
-    save_balancing_gif(os.path.join(out, "balancing.gif"), states)
-    ad.runs.write_metrics(out, metrics, args, started)
-
-    # -- headline -----------------------------------------------------------------
-    dp, rl = metrics["dp"], metrics.get("rl")
-    print(f"\n{'':34s}{'DP (twin, BPTT)':>18s}{'RL (REINFORCE)':>18s}")
-    print(f"{'seeds reaching the bar':34s}{dp['reached']:>15d}/{dp['seeds']:<2d}"
-          + (f"{rl['reached']:>15d}/{rl['seeds']:<2d}" if rl else ""))
-    print(f"{'episodes to the bar, per seed':34s}{str(dp['episodes_to_bar'])}")
-    if rl:
-        print(f"{'':34s}{str(rl['episodes_to_bar'])}  (RL)")
-    print(f"{'mean / median / max episodes':34s}"
-          f"{dp['mean_episodes']:>8.2f} / {dp['median_episodes']:.1f} / {dp['max_episodes']:<3d}"
-          + (f"{rl['mean_episodes']:>7.1f} / {rl['median_episodes']:.1f} / {rl['max_episodes']:<3d}"
-             if rl and rl["mean_episodes"] else ""))
-    print(f"{'mean simulated / env steps used':34s}{dp['mean_steps_to_bar']:>18.0f}"
-          + (f"{rl['mean_steps_to_bar']:>18.0f}" if rl and rl["mean_steps_to_bar"] else ""))
-    print(f"{'DP seeds within 5 episodes':34s}{dp['within_5']:>15d}/{dp['seeds']}")
-    if "rl_over_dp_episodes" in metrics:
-        print(f"{'RL episodes / DP episodes':34s}{metrics['rl_over_dp_episodes']:>18.1f}")
-    sp = metrics["saved_policy"]
-    print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on gymnasium: "
-          f"mean {sp['gym_eval_mean']:.1f}, min {sp['gym_eval_min']:.0f} over 100 episodes")
-    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
-          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
-    return metrics
+def long_run_extras(metrics, args, policy):
+    """--full, on development starts (the plain rule on the first 100, screened on the twin): the closed-loop
+    gradient of one window, the untrained pass rate, and what each design choice is worth."""
+    rule = StoppingRule(seeds=DEVELOPMENT_SEEDS[:100], margin=0.0, confirm_on_gym=False)
+    seeds = range(args.seed, args.seed + args.dp_seeds)
+    state = rule.states[:1]
+    for _ in range(100):                  # a state on the trained policy's own trajectory
+        state = cartpole_step(state, np.where(scorer(policy)(state) >= 0, FORCE_MAG, -FORCE_MAG)).data
+    grads = closed_loop_force_gradients(policy, state)
+    metrics["closed_loop_force_gradients"] = grads
+    print("closed loop, dL/dF_k for k = 0..5:", np.array2string(grads, precision=2),
+          "| ratios dL/dF_k / dL/dF_k+1:", np.array2string(grads[:-1] / grads[1:], precision=1))
+    metrics["untrained_pass_rate"] = untrained_pass_rate(rule.states, range(args.seed, args.seed + 100))
+    print(f"untrained networks that already pass: {100 * metrics['untrained_pass_rate']:.0f}% of 100")
+    metrics["ablations"] = {}
+    for name, options in ABLATIONS.items():
+        records = [run_dp(s, rule, args.dp_max_episodes, **options)[1] for s in seeds]
+        summary = metrics["ablations"][name] = summarise(records)
+        print(f"ablation {name:56s} within 5 episodes {summary['within_5']:2d}/{len(records)}, "
+              f"within {args.dp_max_episodes} {summary['reached']:2d}/{len(records)}", flush=True)
+    records = [run_rl(s, rule, args.rl_max_episodes, train_biases=True)[1]
+               for s in range(args.seed, args.seed + args.rl_seeds)]
+    summary = metrics["ablations"]["RL with biases trained"] = summarise(records)
+    print(f"ablation {'RL with biases trained':56s} episodes to the bar: "
+          f"mean {ad.runs.format_cell(summary['mean_episodes'])}, median {ad.runs.format_cell(summary['median_episodes'])}"
+          f" ({summary['reached']}/{len(records)} seeds)")
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)

@@ -1,130 +1,368 @@
 """Pong from pixels with policy gradients, on the real Atari game, ten games at a time.
 
-The idea (Karpathy, "Pong from Pixels", 2016): a two-layer network looks at the
-difference of two consecutive 80x80 frames and outputs P(UP). We *sample* UP or
-DOWN, play whole episodes (first to 21) against the built-in AI, and afterwards
-treat every sampled action as if it had been the correct label, scaled by how
-well it turned out. Actions before won points are encouraged, actions before
-lost points discouraged: policy gradients are supervised learning on your own
-samples, weighted by the advantage.
+The idea (Karpathy, "Pong from Pixels", 2016): a two-layer network looks at the difference of two
+consecutive 80x80 frames and outputs P(UP). We sample UP or DOWN, play whole games (first to 21) against
+the built-in AI, then treat every sampled action as if it had been the correct label, weighted by how
+well it turned out: supervised learning on your own samples, weighted by the advantage.
 
     maximise   sum_t A_t log pi(a_t | x_t)
-    pi(UP | x) = sigmoid(W2 . relu(W1 x))        200 hidden units, no biases, 1,280,200 weights
-    A_t        = discounted return (gamma 0.99, reset at every point scored),
-                 standardised over the batch of 10 episodes
+    pi(UP | x) = sigmoid(W2 . relu(W1 x))       200 hidden units, no biases, 1,280,200 weights
+    A_t        = discounted return (gamma 0.99, restarted at every point), standardised
     update     = RMSProp (decay 0.99, lr 1e-4, eps 1e-5) on the gradient summed over 10 episodes
 
-That is the seed's algorithm unchanged (its pg-pong.py standardises per episode;
-`--standardise episode` does that). What is new: Gymnasium + ALE instead of
-gym 0.x, the forward and backward through the project's autodiff engine (one
-fused op, `policy_logit`, checked against the seed's hand-written backward in
-tests/test_pong_pg.py), and speed: up to 10 games play at once with one batched
-forward per step, preprocessing is one vectorised expression for all games,
-the emulators run in worker processes (one per core), and the forward only
-reads the rows of W1 of pixels that changed (a difference frame is ~0.5%
-non-zero: exact, and ~40x less work than W1 @ x for ten games).
-
-Episodes never straddle an update. A batch is exactly 10 episodes, each played
-from its first frame to its last by the policy that is then updated with it.
-Games start episodes while fewer than 10 have been started in this batch; a game
-whose episode ends after that waits (it is not stepped) until the update. So the
-gradient is exactly on-policy, every parallel game contributes complete
-episodes, and at every update boundary all games sit at the end of an episode,
-which is what makes checkpoints exact: the checkpoint stores the weights, the
-RMSProp cache, the counters, the learning curve, the NumPy Generator state and
-each game's emulator state with its RNG, so `--resume` continues bit for bit as
-if never stopped (tests/test_pong_pg.py checks this).
-
-Measured (ALE/Pong-v5, 2 cores):
-    python pong_pg.py          60 episodes / 6 updates in 16 s (4,500 env steps/s) on a
-                               quiet machine; running reward -20.70 (it starts at -21)
-    throughput                 benchmarks/pong_throughput.py, learning included, quiet
-                               machine, OPENBLAS_NUM_THREADS=1: 4,870 vs 1,359 env steps/s
-                               for the seed's loop (x3.6); BLAS as installed (2 threads):
-                               4,949 vs 1,869 (x2.6)
-    the long run               OPENBLAS_NUM_THREADS=1 python pong_pg.py --full --hours 2
-                               --checkpoint-every 10, then --resume --hours 4.4:
-                               running reward -21 -> -15 after 1.69 h
-                               (episode 8,376; the bar: within 2 h), -10 at 2.11 h,
-                               0 at 2.84 h (episode 13,432); stopped at 3.56 h, episode
-                               16,530, 40 M env steps: running reward +2.6 (best +3.9),
-                               mean score of the last 100 episodes +3.0. The first 1.78 h
-                               shared the cores with other jobs (2,240 env steps/s), the
-                               rest did not (3,989). The seed took ~8,000 episodes and
-                               three nights to reach 0; this took 13,432 episodes.
-    the trained weights        docs/pong_pg_weights_float16.npz (2.6 MB):
-                               python pong_pg.py --play --play-games 50 won 40 of 50
-                               games, mean score +5.2 (standard error 0.8)
+The claim: this learns from pixels alone to beat the built-in AI; the original (Karpathy's pg-pong.py)
+took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Two defaults differ from
+the original: returns are standardised over the batch of 10 episodes (the original: per episode,
+`--standardise episode`), and ALE/Pong-v5 repeats each action 4 frames (the original's Pong-v0 draws
+2-4 at random, `--env-id Pong-v0`). New: the engine's backward, ten games at once, exact checkpoints.
 
 Run:
-    python pong_pg.py                                  # a short demonstration (~20 s)
-    python pong_pg.py --full                           # the long run (hours); Ctrl-C saves
-    python pong_pg.py --full --resume                  # continue runs/pong_pg/checkpoint.npz
-    python pong_pg.py --play                           # the long run's agent plays the built-in AI
-    python pong_pg.py --play runs/pong_pg/checkpoint.npz   # or your own checkpoint
+    python pong_pg.py                   # the lesson run: 60 episodes, 6 updates, still close to random
+    python pong_pg.py --full            # the long run (hours), in runs/pong_pg_full; Ctrl-C saves
+    python pong_pg.py --full --resume   # continue it, bit for bit
+    python pong_pg.py --play            # our trained agent (docs/pong_pg_weights_float16.npz) plays
+
+Results: see README.md, section pong_pg.py.
 """
 
-import collections
+import autodiff as ad          # before NumPy: it makes BLAS single-threaded (small matrices, busy cores)
+
+import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import time
 
 import numpy as np
 
-import autodiff as ad
-
 # ----------------------------------------------------------------------------
-# Constants: the seed's settings
+# 1. Settings: the original's hyperparameters, then the run's flags
 # ----------------------------------------------------------------------------
 HIDDEN = 200                 # hidden ReLU units
 PIXELS = 80 * 80             # input: an 80x80 difference frame
 GAMMA = 0.99                 # discount of future rewards
 BATCH_EPISODES = 10          # episodes per parameter update
-TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")
-LEARNING_RATE = 1e-4
-RMSPROP_DECAY = 0.99
-RMSPROP_EPS = 1e-5
+LEARNING_RATE, RMSPROP_DECAY, RMSPROP_EPS = 1e-4, 0.99, 1e-5
 RUNNING_DECAY = 0.99         # running reward = 0.99 running + 0.01 episode score
-UP, DOWN = 2, 3              # Pong's minimal action set: 2 = RIGHT (paddle up), 3 = LEFT (down)
+UP, DOWN = 2, 3              # Pong's actions 2 (RIGHT: paddle up) and 3 (LEFT: down), as in the original
 BACKGROUND = (144, 109)      # red-channel values of the two background colours
-CHECKPOINT_FORMAT = "pong_pg checkpoint v1"
-GRADIENT_CHUNK = 1024        # rows of frames per forward/backward (bounds memory)
+
+SETTINGS = {"env_id": "ALE/Pong-v5", "standardise": "batch", "episodes": 60, "hours": None,
+            "games": BATCH_EPISODES, "workers": 2, "checkpoint_every": 20, "play_games": 3}
+FULL = {"episodes": 30000}
+HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frameskip 2-4)",
+        "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
+        "episodes": "train until this many episodes in total",
+        "hours": "also stop after this many hours of training in total; None is no time limit",
+        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
+        "workers": "processes that run the games (0: all in this one); results do not depend on it",
+        "checkpoint_every": "updates between checkpoints",
+        "play_games": "games per policy for --play"}
 
 
 # ----------------------------------------------------------------------------
-# Environment: several real ALE games, preprocessing for all of them at once
+# 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
 def make_game(env_id, **options):
+    """One Atari game through Gymnasium (ale-py ships the Pong ROM). Part 2's `Games` runs ten of them."""
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
     return gymnasium.make(env_id, **options)
 
 
 def preprocess(frames):
-    """(B, 210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the seed's prepro:
-    crop the score and borders (rows 35..194), keep every second row and column
-    of the red channel, erase the two background colours, everything else
-    (paddles, ball) becomes 1. One expression for all games, no Python loop."""
+    """(B, 210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the original's prepro: crop the score
+    and borders (rows 35..194), keep every second row and column of the red channel, erase the two
+    background colours; everything else (paddles, ball) becomes 1. One expression for all games."""
     red = frames[:, 35:195:2, ::2, 0]
     on = (red != 0) & (red != BACKGROUND[0]) & (red != BACKGROUND[1])
     return on.reshape(len(frames), PIXELS).astype(np.int8)
 
 
+# ----------------------------------------------------------------------------
+# 3. Model: z = relu(x W1) W2, P(UP) = sigmoid(z)
+# ----------------------------------------------------------------------------
+def init_policy(rng):
+    """The original's initialisation, W1 ~ N(0, 1/D), W2 ~ N(0, 1/H). Engine layout: W1 is (D, H)
+    (the original's W1 transposed), W2 is (H,)."""
+    W1 = ad.nn.parameter(rng.standard_normal((PIXELS, HIDDEN)) / math.sqrt(PIXELS), "W1")
+    W2 = ad.nn.parameter(rng.standard_normal(HIDDEN) / math.sqrt(HIDDEN), "W2")
+    return W1, W2
+
+
+def policy_logit_plain(x, W1, W2):
+    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,), in the engine's elementary ops."""
+    return ad.matmul(ad.relu(ad.matmul(x, W1)), W2)
+
+
+@ad.primitive
+def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
+    """Same as policy_logit_plain, tested equal in tests/test_pong_pg.py; one fused op, faster.
+
+    Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
+    columns of x and rows of W1. Ten games' difference frames have ~150 of 6400 pixels set: acting reads
+    ~2% of W1, exactly. Backward (the original's policy_backward, batched):
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
+    changed = np.flatnonzero(np.any(x != 0, axis=0))
+    x_changed = x[:, changed].astype(W1.dtype)
+    h = np.maximum(x_changed @ W1[changed], 0.0)
+    z = h @ W2
+
+    def vjp(g):
+        dh = np.outer(g, W2) * (h > 0)
+        dW1 = np.zeros_like(W1)
+        dW1[changed] = x_changed.T @ dh
+        return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
+    return z, vjp
+
+
+def probability_up(x, W1, W2):
+    """P(UP | x) for a batch of difference frames, without recording a graph."""
+    with ad.no_grad():
+        z = policy_logit(ad.Tensor(x), W1, W2)
+    return ad.stable_sigmoid(z.data)
+
+
+# ----------------------------------------------------------------------------
+# 4. Loss: minus the advantage-weighted log-likelihood of the sampled actions
+# ----------------------------------------------------------------------------
+def discounted_returns(rewards, gamma=GAMMA):
+    """R_t = r_t + gamma R_{t+1}, restarted at every point scored: in Pong a point ends a rally, and
+    the actions of one rally do not cause the next."""
+    returns = np.zeros(len(rewards))
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        if rewards[t] != 0:
+            running = 0.0
+        running = running * gamma + rewards[t]
+        returns[t] = running
+    return returns
+
+
+def advantages(episodes, standardise="batch"):
+    """Standardised returns, one array per episode. 'batch' uses the mean and std of all steps of the
+    batch, so a better episode gets more credit than a worse one; 'episode' standardises each episode
+    alone, as the original does."""
+    returns = [discounted_returns(e["rewards"]) for e in episodes]
+    if standardise == "episode":
+        return [(r - r.mean()) / (r.std() or 1.0) for r in returns]
+    everything = np.concatenate(returns)
+    mean, std = everything.mean(), everything.std() or 1.0
+    return [(r - mean) / std for r in returns]
+
+
+def policy_loss(x, up, advantage, W1, W2):
+    """-sum_t A_t log pi(a_t | x_t). With s = +1 for UP and -1 for DOWN, log pi(a | x) = log sigmoid(s z)
+    = -softplus(-s z); its gradient with respect to z is y - P(UP), the original's 'fake label' error."""
+    z = policy_logit(ad.Tensor(x), W1, W2)
+    sign = np.where(up, 1.0, -1.0)
+    return ad.sum(ad.softplus(z * -sign) * advantage)
+
+
+# ----------------------------------------------------------------------------
+# 5. Update: the gradient summed over the batch, then one RMSProp step
+# ----------------------------------------------------------------------------
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=1024):
+    """Sum the gradient of the loss over all steps of all episodes into W1.grad and W2.grad, `chunk`
+    frames at a time to bound memory (the engine adds up .grad of leaves across backward calls)."""
+    total = 0.0
+    for episode, advantage in zip(episodes, advantages(episodes, standardise)):
+        for start in range(0, len(advantage), chunk):
+            rows = slice(start, start + chunk)
+            loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
+            loss.backward()
+            total += loss.item()
+    return total
+
+
+def update(state, episodes):
+    """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi."""
+    W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
+    optimizer.zero_grad()
+    loss = accumulate_gradient(episodes, W1, W2, state["config"]["standardise"])
+    ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
+    optimizer.step()
+    for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
+        ad.runs.check_finite(f"weight {p.name}", p, f"update {state['updates'] + 1}")
+    state["updates"] += 1
+
+
+# ----------------------------------------------------------------------------
+# 6. Training: play exactly 10 whole episodes with the current policy, update, repeat
+# ----------------------------------------------------------------------------
+def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False, progress=None):
+    """Play `n_episodes` whole episodes with the fixed policy (W1, W2), spread over the parallel games.
+
+    All playing games are preprocessed and forwarded together (one batched forward per step); each then
+    samples UP with probability P(UP) (or, if greedy, takes the likelier action). A game that finishes
+    starts another episode only while fewer than n_episodes were started, so every episode is played
+    whole by this policy. Returns the episodes in the order they ended, each a dict of x (T, 6400) int8
+    difference frames, up (T,) bool and rewards (T,); None if stop() became true. `film.add(frame,
+    reward)` receives game 0's first episode; `progress.update(done)` hears of each finished one."""
+    n = len(games)
+    playing, first_frame = np.zeros(n, bool), np.zeros(n, bool)
+    previous, record = np.zeros((n, PIXELS), np.int8), [None] * n
+    episodes, started, filming = [], 0, film is not None
+
+    def start(ids):
+        nonlocal started
+        games.reset(ids)
+        playing[ids], first_frame[ids] = True, True
+        for g in ids:
+            record[g] = {"x": [], "up": [], "rewards": []}
+        started += len(ids)
+
+    start(np.arange(min(n, n_episodes)))
+    while playing.any():
+        if stop is not None and stop():
+            return None
+        ids = np.flatnonzero(playing)
+        current = preprocess(games.frames[ids])
+        x = current - previous[ids]                 # difference frame, values in {-1, 0, 1}
+        x[first_frame[ids]] = 0                     # the original's first input: no previous frame, zeros
+        previous[ids], first_frame[ids] = current, False
+        p_up = probability_up(x, W1, W2)
+        up = p_up > 0.5 if greedy else rng.random(len(ids)) < p_up
+        frame_0 = games.frames[0].copy() if filming and playing[0] else None
+        rewards, dones = games.step(ids, np.where(up, UP, DOWN))
+        for j, g in enumerate(ids):
+            record[g]["x"].append(x[j])
+            record[g]["up"].append(up[j])
+            record[g]["rewards"].append(rewards[j])
+        if frame_0 is not None:
+            film.add(frame_0, rewards[0])           # ids is sorted: game 0 comes first
+        ended = ids[dones]
+        for g in ended:
+            episodes.append({k: np.array(v) for k, v in record[g].items()})
+            record[g] = None
+        filming = filming and 0 not in ended
+        if progress is not None and len(ended):
+            progress.update(len(episodes))
+        playing[ended] = False
+        restart = ended[:max(0, n_episodes - started)]     # new episodes while fewer than n were started
+        if len(restart):
+            start(restart)
+    return episodes
+
+
+def train_batch(state, stop=None):
+    """Play one batch of 10 episodes, then one update. Returns the episodes (None if stopped before the
+    batch was complete: then nothing changed but the RNGs, and the boundary marks where to resume)."""
+    episodes = play_episodes(state["games"], state["W1"], state["W2"], state["rng"], BATCH_EPISODES, stop)
+    if episodes is not None:
+        update(state, episodes)
+    return episodes
+
+
+def train(state, args, out, log=print):
+    """Train until args.episodes episodes or args.hours of training in total, checkpointing every
+    args.checkpoint_every updates; Ctrl-C or SIGTERM saves the last update's state and stops."""
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"]}
+    state["session_start"] = session["start"]
+    progress = progress_for(state, args)
+    if state["boundary"] is None:
+        mark_boundary(state)                    # what a checkpoint saves if stopped during the first batch
+    with StopRequests() as stop:
+        while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
+            batch_start = time.perf_counter()
+            episodes = train_batch(state, stop=stop)
+            if episodes is None:
+                break
+            state["seconds"] = session["seconds_before"] + time.perf_counter() - session["start"]
+            record_batch(state, episodes, state["seconds"] / 3600)
+            mark_boundary(state)
+            if state["updates"] % args.checkpoint_every == 0:
+                save_outputs(state, args, out, checkpoint)
+            session["steps"] += report_batch(progress, state, args, episodes, time.perf_counter() - batch_start)
+    return end_session(state, args, out, checkpoint, session, stop.requested, log)
+
+
+# ----------------------------------------------------------------------------
+# 7. Baseline: a policy that ignores the screen
+# ----------------------------------------------------------------------------
+def screen_blind_policy():
+    """All weights zero: P(UP) = 1/2 whatever the screen shows. The floor a learned policy must beat
+    (the built-in AI, the opponent, is the bar)."""
+    return ad.nn.parameter(np.zeros((PIXELS, HIDDEN)), "W1"), ad.nn.parameter(np.zeros(HIDDEN), "W2")
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: whole games against the built-in AI, on games no training saw
+# ----------------------------------------------------------------------------
+def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=False, film=None, progress=None):
+    """Play n_games whole games; returns per-game (points won, points lost). The emulators are seeded
+    from seed + 12345 (training's from seed), so these are not the games the policy trained on."""
+    rng = np.random.default_rng([seed, 11])
+    games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
+    try:
+        episodes = play_episodes(games, W1, W2, rng, n_games, film=film, greedy=greedy, progress=progress)
+    finally:
+        games.close()
+    return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
+
+
+# ----------------------------------------------------------------------------
+# 9. main: train (or --play), then measure and report
+# ----------------------------------------------------------------------------
+def main(argv=None):
+    args = parse_arguments(argv)
+    out = ad.runs.prepare_out(args.out)                 # usable, or a one-line error, before any work
+    started = time.perf_counter()
+    if args.play or args.curve:
+        return (play_command if args.play else curve_command)(args, out, started)
+    resumed = read_checkpoint_for(args, out)             # validated before any game starts
+    state = new_state(args)
+    try:
+        if resumed is not None:
+            apply_checkpoint(resumed, state)
+            print(f"resumed from {resumed['path']}: episode {state['episode']}, update {state['updates']}, "
+                  f"running reward {state['running_reward']}")
+        print(f"{args.env_id}: {args.games} games at once, {BATCH_EPISODES} episodes per update, "
+              f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+        session = train(state, args, out)
+    finally:
+        state["games"].close()
+    film = PointFilm()
+    demo = [] if session["interrupted"] else play_games(args.env_id, state["W1"], state["W2"], 1, args.seed,
+                                                        film=film)
+    if film.kept:
+        ad.runs.save_gif(os.path.join(out, "pong_pg_game.gif"), film.kept[::2], fps=15)
+    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
+               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_results(state, session, metrics, demo, out)
+    if not args.full and resumed is None:
+        print_next_steps(out)
+    return {"state": state, "metrics": metrics}
+
+
+# ============================== Part 2: running the experiment ==============================
+# The games in worker processes, exact checkpoints, Ctrl-C, --play, figures, the command line.
+
+
+# ----------------------------------------------------------------------------
+# The games: n copies of the game, stepped in worker processes
+# ----------------------------------------------------------------------------
 def _emulator_state(env):
-    """One game's full state including the emulator's RNG (ALE's own
-    serialisation, as bytes) and the env's NumPy RNG (it draws Pong-v0's
-    random frameskip)."""
+    """One game's full state including the emulator's RNG (ALE's own serialisation, as bytes) and the
+    env's NumPy RNG (it draws Pong-v0's random frameskip)."""
     blob = np.frombuffer(env.unwrapped.ale.cloneState(include_rng=True).serialize(), np.uint8)
     return blob, json.dumps(env.unwrapped.np_random.bit_generator.state)
 
 
 def _set_emulator_state(env, blob, np_random_json):
+    """Restore one game; any failure (a damaged state) is a ValueError."""
     import ale_py
-    env.unwrapped.ale.restoreState(ale_py.ALEState(blob.tobytes()))
-    env.unwrapped.np_random.bit_generator.state = json.loads(np_random_json)
+    try:
+        env.unwrapped.ale.restoreState(ale_py.ALEState(blob.tobytes()))
+        env.unwrapped.np_random.bit_generator.state = json.loads(np_random_json)
+    except Exception as error:      # ALE raises a bare SystemError for bytes that are not a state
+        raise ValueError(f"a game's emulator state cannot be restored ({type(error).__name__})") from None
 
 
 def _step_game(env, action):
@@ -132,24 +370,36 @@ def _step_game(env, action):
     return frame, float(reward), terminated or truncated
 
 
-def _game_worker(connection, env_id, ids, seeds, frames):
-    """A worker process: owns the games `ids`, writes their frames into the
-    shared `frames` array, and answers the main process's commands."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is handled by the main process
-    envs = {}
+def _game_worker(connection, inherited, env_id, ids, seeds, frames):
+    """A worker process: owns the games `ids`, writes their frames into the shared `frames` array and
+    answers the main process's commands. It exits when the main process closes the pipe or dies."""
+    for other in inherited:              # the main process's ends of the pipes: without closing them here,
+        other.close()                    # this worker would never see the end of its own pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
+    try:
+        _serve(connection, env_id, ids, seeds, frames)
+    except (EOFError, OSError):           # the main process went away: nothing left to do
+        pass
+
+
+def _serve(connection, env_id, ids, seeds, frames):
+    parent = os.getppid()
+    envs = {g: make_game(env_id) for g in ids}
     for g, s in zip(ids, seeds):
-        envs[g] = make_game(env_id)
         envs[g].reset(seed=int(s))
     connection.send("ready")
     while True:
+        while not connection.poll(1.0):
+            if os.getppid() != parent:
+                return                                   # orphaned: the main process died
         command, ids, payload = connection.recv()
         if command == "step":
-            rewards, dones = [], []
+            answers = []
             for g, action in zip(ids, payload):
                 frames[g], reward, done = _step_game(envs[g], action)
-                rewards.append(reward)
-                dones.append(done)
-            connection.send((rewards, dones))
+                answers.append((reward, done))
+            connection.send(answers)
         elif command == "reset":
             for g in ids:
                 frames[g] = envs[g].reset()[0]
@@ -157,32 +407,34 @@ def _game_worker(connection, env_id, ids, seeds, frames):
         elif command == "state":
             connection.send([_emulator_state(envs[g]) for g in ids])
         elif command == "restore":
-            for g, (blob, np_random_json) in zip(ids, payload):
-                _set_emulator_state(envs[g], blob, np_random_json)
-            connection.send(None)
+            try:
+                for g, (blob, np_random_json) in zip(ids, payload):
+                    _set_emulator_state(envs[g], blob, np_random_json)
+                connection.send(None)
+            except ValueError as error:
+                connection.send(str(error))
         else:
             connection.close()
             return
 
 
 class Games:
-    """n copies of the game. Only the games named in a call are stepped or
-    reset. The last frame of every game lives in one (n, 210, 160, 3) array,
-    so preprocessing runs on all of them at once.
+    """n copies of the game. Only the games named in a call are stepped or reset. The last frame of
+    every game lives in one (n, 210, 160, 3) array, so preprocessing runs on all of them at once.
 
-    With workers=0 the games run in this process. With workers=k they are
-    split over k processes that step their games at the same time (the
-    emulator is most of the work, and it does not release the GIL, so threads
-    would not help); the frames array is then shared memory, and only actions,
-    rewards and done flags travel through the pipes. Either way each game is
-    the same emulator driven by the same actions: results are identical."""
+    With workers=0 the games run in this process. With workers=k they are split over k processes that
+    step their games at the same time (the emulator is most of the work and holds the GIL, so threads
+    would not help); the frames array is then shared memory, and only actions, rewards and done flags
+    travel through the pipes. Either way each game is the same emulator driven by the same actions.
+    (Gymnasium's AsyncVectorEnv resets a finished game by itself or not at all, and cannot leave one
+    idle while the others play on, which exactly-10-episode batches need; hence this small pool.)"""
 
     def __init__(self, env_id, n, seed, workers=0):
         self.env_id, self.n = env_id, n
         shape = (n, 210, 160, 3)                        # every ALE game's RGB frame
         seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)
         self.workers = min(workers, n)
-        self.connections, self.processes = [], []
+        self.connections, self.processes, self.envs = [], [], []
         if self.workers == 0:
             self.frames = np.zeros(shape, np.uint8)
             self.envs = [make_game(env_id) for _ in range(n)]
@@ -198,8 +450,8 @@ class Games:
         for w in range(self.workers):
             ids = np.flatnonzero(self.owner == w)
             mine, theirs = context.Pipe()
-            process = context.Process(target=_game_worker, args=(theirs, env_id, ids, seeds[ids], self.frames),
-                                      daemon=True)
+            process = context.Process(target=_game_worker, daemon=True,
+                                      args=(theirs, self.connections + [mine], env_id, ids, seeds[ids], self.frames))
             process.start()
             theirs.close()                              # the worker holds the other end now
             self.connections.append(mine)
@@ -222,8 +474,10 @@ class Games:
         answers = [None] * len(ids)
         for mine, connection in asked:
             reply = connection.recv()
+            if isinstance(reply, str):
+                raise ValueError(reply)
             if reply is not None:
-                for i, item in zip(mine, reply if command != "step" else zip(*reply)):
+                for i, item in zip(mine, reply):
                     answers[i] = item
         return answers
 
@@ -238,7 +492,7 @@ class Games:
         """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
         if self.workers:
             answers = self._ask("step", ids, list(actions))
-            return np.array([a[0] for a in answers]), np.array([a[1] for a in answers])
+            return np.array([a[0] for a in answers]), np.array([a[1] for a in answers], bool)
         rewards, dones = np.zeros(len(ids)), np.zeros(len(ids), bool)
         for j, (g, action) in enumerate(zip(ids, actions)):
             self.frames[g], rewards[j], dones[j] = _step_game(self.envs[g], action)
@@ -251,13 +505,8 @@ class Games:
         return {"games_ale": np.concatenate(blobs), "games_ale_sizes": np.array([len(b) for b in blobs]),
                 "games_np_random": np.array(json.dumps([r for _, r in states]))}
 
-    def restore(self, state):
-        sizes = state["games_ale_sizes"]
-        if len(sizes) != self.n:
-            raise ValueError(f"checkpoint holds {len(sizes)} games, this run has {self.n}")
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        rngs = json.loads(str(state["games_np_random"]))
-        states = [(state["games_ale"][offsets[g]:offsets[g + 1]], rngs[g]) for g in range(self.n)]
+    def restore(self, states):
+        """states: one (emulator bytes, NumPy RNG state as JSON) per game."""
         if self.workers:
             self._ask("restore", range(self.n), states)
         else:
@@ -266,167 +515,16 @@ class Games:
 
     def close(self):
         for connection, process in zip(self.connections, self.processes):
-            connection.send(("close", [], None))
+            try:
+                connection.send(("close", [], None))
+            except OSError:
+                pass
             process.join(timeout=5)
         self.connections, self.processes, self.envs = [], [], []
 
 
 # ----------------------------------------------------------------------------
-# Model: z = relu(x W1) W2, P(UP) = sigmoid(z), as one fused engine op
-# ----------------------------------------------------------------------------
-def init_policy(rng):
-    """The seed's initialisation, W1 ~ N(0, 1/D), W2 ~ N(0, 1/H). Engine layout:
-    W1 is (D, H) (the seed's W1 transposed), W2 is (H,)."""
-    W1 = ad.nn.parameter(rng.standard_normal((PIXELS, HIDDEN)) / math.sqrt(PIXELS), "W1")
-    W2 = ad.nn.parameter(rng.standard_normal(HIDDEN) / math.sqrt(HIDDEN), "W2")
-    return W1, W2
-
-
-@ad.primitive
-def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
-    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,).
-
-    Forward: only the columns of x that are non-zero in some row (the pixels
-    that changed) contribute to x W1, so gather those columns and those rows
-    of W1. A difference frame has ~30 of its 6400 pixels set, ten games
-    together ~150, so acting reads ~2% of W1. Exact, not an approximation.
-    Backward (the seed's policy_backward, batched):
-        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
-    changed = np.flatnonzero(np.any(x != 0, axis=0))
-    x_changed = x[:, changed].astype(W1.dtype)
-    h = np.maximum(x_changed @ W1[changed], 0.0)
-    z = h @ W2
-
-    def vjp(g):
-        dW2 = h.T @ g
-        dh = np.outer(g, W2) * (h > 0)
-        dW1 = np.zeros_like(W1)
-        dW1[changed] = x_changed.T @ dh
-        dx = dh @ W1.T if needs_grad[0] else None
-        return dx, dW1, dW2
-    return z, vjp
-
-
-def probability_up(x, W1, W2):
-    """P(UP | x) for a batch of difference frames, without recording a graph."""
-    with ad.no_grad():
-        z = policy_logit(ad.Tensor(x), W1, W2)
-    return ad.stable_sigmoid(z.data)
-
-
-# ----------------------------------------------------------------------------
-# Loss: minus the advantage-weighted log-likelihood of the sampled actions
-# ----------------------------------------------------------------------------
-def discounted_returns(rewards, gamma=GAMMA):
-    """R_t = r_t + gamma R_{t+1}, restarted at every point scored: in Pong a
-    point ends a rally, and actions of one rally do not cause the next."""
-    returns = np.zeros(len(rewards))
-    running = 0.0
-    for t in reversed(range(len(rewards))):
-        if rewards[t] != 0:
-            running = 0.0
-        running = running * gamma + rewards[t]
-        returns[t] = running
-    return returns
-
-
-def advantages(episodes, standardise="batch"):
-    """Standardised returns, one array per episode. 'batch' uses the mean and
-    std of all steps of the batch (the issue's choice: better episodes get
-    more credit); 'episode' standardises each episode alone (the seed's code)."""
-    returns = [discounted_returns(e["rewards"]) for e in episodes]
-    if standardise == "episode":
-        return [(r - r.mean()) / (r.std() or 1.0) for r in returns]
-    everything = np.concatenate(returns)
-    mean, std = everything.mean(), everything.std() or 1.0
-    return [(r - mean) / std for r in returns]
-
-
-def policy_loss(x, up, advantage, W1, W2):
-    """-sum_t A_t log pi(a_t | x_t). With s = +1 for UP and -1 for DOWN,
-    log pi(a | x) = log sigmoid(s z) = -softplus(-s z); its gradient with
-    respect to z is s sigmoid(-s z) = y - P(UP), the seed's 'fake label' error."""
-    z = policy_logit(ad.Tensor(x), W1, W2)
-    sign = np.where(up, 1.0, -1.0)
-    return ad.sum(ad.softplus(z * -sign) * advantage)
-
-
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=GRADIENT_CHUNK):
-    """Sum the gradient of the loss over all steps of all episodes into
-    W1.grad and W2.grad, a chunk of frames at a time (the engine accumulates
-    .grad of leaves across backward calls). Returns the summed loss."""
-    total = 0.0
-    for episode, advantage in zip(episodes, advantages(episodes, standardise)):
-        for start in range(0, len(advantage), chunk):
-            rows = slice(start, start + chunk)
-            loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
-            loss.backward()
-            total += loss.item()
-    return total
-
-
-# ----------------------------------------------------------------------------
-# Playing: exactly n complete episodes, spread over the parallel games
-# ----------------------------------------------------------------------------
-def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None):
-    """Play `n_episodes` whole episodes with the fixed policy (W1, W2).
-
-    All playing games are preprocessed and forwarded together (one batched
-    forward per step); then each samples UP with probability P(UP) and steps.
-    A game that finishes starts another episode only while fewer than
-    n_episodes have been started, so every episode is played from start to end
-    by this policy and no episode is left half-played. Returns the episodes in
-    the order they ended, each a dict of x (T, 6400) int8 difference frames,
-    up (T,) bool, rewards (T,); or None if `stop()` became true. `film`, a
-    deque, receives the RGB frames of game 0's first episode."""
-    n = len(games)
-    playing = np.zeros(n, bool)
-    first_frame = np.zeros(n, bool)
-    previous = np.zeros((n, PIXELS), np.int8)
-    record = [None] * n
-    started = 0
-
-    def start(ids):
-        nonlocal started
-        games.reset(ids)
-        playing[ids], first_frame[ids] = True, True
-        for g in ids:
-            record[g] = {"x": [], "up": [], "rewards": []}
-        started += len(ids)
-
-    start(np.arange(min(n, n_episodes)))
-    episodes, filming = [], film is not None
-    while playing.any():
-        if stop is not None and stop():
-            return None
-        ids = np.flatnonzero(playing)
-        current = preprocess(games.frames[ids])
-        x = current - previous[ids]                 # difference frame, values in {-1, 0, 1}
-        x[first_frame[ids]] = 0                     # the seed's first input: no previous frame, zeros
-        previous[ids], first_frame[ids] = current, False
-        up = rng.random(len(ids)) < probability_up(x, W1, W2)
-        if filming and playing[0]:
-            film.append(games.frames[0].copy())
-        rewards, dones = games.step(ids, np.where(up, UP, DOWN))
-        for j, g in enumerate(ids):
-            record[g]["x"].append(x[j])
-            record[g]["up"].append(up[j])
-            record[g]["rewards"].append(rewards[j])
-        ended = ids[dones]
-        for g in ended:
-            episodes.append({"x": np.stack(record[g]["x"]), "up": np.array(record[g]["up"]),
-                             "rewards": np.array(record[g]["rewards"])})
-            record[g] = None
-        filming = filming and 0 not in ended
-        playing[ended] = False
-        restart = ended[:max(0, n_episodes - started)]     # start new episodes while fewer than n were started
-        if len(restart):
-            start(restart)
-    return episodes
-
-
-# ----------------------------------------------------------------------------
-# Training state and checkpoints (.npz, allow_pickle=False)
+# Training state, bookkeeping, progress, Ctrl-C
 # ----------------------------------------------------------------------------
 def new_state(args):
     rng = np.random.default_rng(args.seed)
@@ -435,93 +533,14 @@ def new_state(args):
     games = Games(args.env_id, args.games, args.seed, args.workers)
     return {"W1": W1, "W2": W2, "optimizer": optimizer, "rng": rng, "games": games,
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
-            "running_reward": None, "seconds": 0.0,
-            "history": {"score": [], "length": [], "hours": [], "running_reward": []},
-            "boundary": None}
+            "running_reward": None, "seconds": 0.0, "session_start": time.perf_counter(),
+            "history": {"score": [], "length": [], "hours": [], "running_reward": []}, "boundary": None}
 
 
 def config_of(args):
     """The settings a checkpoint must agree with to be resumed."""
     return {"env_id": args.env_id, "games": args.games, "hidden": HIDDEN, "pixels": PIXELS,
             "batch_episodes": BATCH_EPISODES, "standardise": args.standardise}
-
-
-def mark_boundary(state):
-    """Remember the RNG and game states at an update boundary: what a
-    checkpoint saves, even if Ctrl-C arrives in the middle of the next batch."""
-    state["boundary"] = {"rng": json.dumps(state["rng"].bit_generator.state), **state["games"].state()}
-
-
-def save_checkpoint(path, state):
-    history = {f"history_{k}": np.array(v, dtype=float) for k, v in state["history"].items()}
-    optimizer = {f"rmsprop_{k}": v for k, v in state["optimizer"].state_dict().items()}
-    running = state["running_reward"]
-    ad.nn.save_parameters(
-        path, {"W1": state["W1"], "W2": state["W2"]},
-        format=np.array(CHECKPOINT_FORMAT), config=np.array(json.dumps(state["config"])),
-        episode=np.array(state["episode"]), updates=np.array(state["updates"]),
-        env_steps=np.array(state["env_steps"]), seconds=np.array(state["seconds"]),
-        running_reward=np.array(np.nan if running is None else running),
-        rng=np.array(state["boundary"]["rng"]),
-        games_ale=state["boundary"]["games_ale"], games_ale_sizes=state["boundary"]["games_ale_sizes"],
-        games_np_random=state["boundary"]["games_np_random"], **optimizer, **history)
-
-
-def load_checkpoint(path, state):
-    """Load `path` into a fresh `state`, refusing (ValueError naming the
-    problem) a file that is corrupt, is not a pong_pg checkpoint, or was made
-    with other settings."""
-    arrays = ad.nn.load_arrays(path)
-    if str(arrays.get("format", "")) != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT!r} file (keys: {sorted(arrays)[:6]}...)")
-    saved = json.loads(str(arrays["config"]))
-    for key, value in state["config"].items():
-        if saved.get(key) != value:
-            raise ValueError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run has "
-                             f"{key}={value!r}; use the same settings or a new --out folder")
-    try:
-        ad.nn.load_parameters(path, {"W1": state["W1"], "W2": state["W2"]})
-        state["optimizer"].load_state_dict({k[len("rmsprop_"):]: v for k, v in arrays.items()
-                                            if k.startswith("rmsprop_")})
-        state["games"].restore(arrays)
-        state["rng"].bit_generator.state = json.loads(str(arrays["rng"]))
-        state["episode"], state["updates"] = int(arrays["episode"]), int(arrays["updates"])
-        state["env_steps"], state["seconds"] = int(arrays["env_steps"]), float(arrays["seconds"])
-        running = float(arrays["running_reward"])
-        state["running_reward"] = None if math.isnan(running) else running
-        state["history"] = {k: arrays[f"history_{k}"].tolist() for k in state["history"]}
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
-    if len(state["history"]["score"]) != state["episode"]:
-        raise ValueError(f"{path}: damaged checkpoint (history has {len(state['history']['score'])} "
-                         f"episodes, counter says {state['episode']})")
-    mark_boundary(state)
-    return state
-
-
-def load_weights(path):
-    """W1, W2 from a checkpoint or a weights-only .npz (e.g. float16)."""
-    W1, W2 = ad.nn.parameter(np.zeros((PIXELS, HIDDEN)), "W1"), ad.nn.parameter(np.zeros(HIDDEN), "W2")
-    ad.nn.load_parameters(path, {"W1": W1, "W2": W2})
-    return W1, W2
-
-
-# ----------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------
-def train_batch(state, stop=None):
-    """Play one batch of 10 episodes, then one RMSProp step. Returns the
-    episodes (None if stopped before the batch was complete: then nothing in
-    `state` changed except the RNGs, and the boundary marks where to resume)."""
-    W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
-    episodes = play_episodes(state["games"], W1, W2, state["rng"], BATCH_EPISODES, stop=stop)
-    if episodes is None:
-        return None
-    optimizer.zero_grad()
-    accumulate_gradient(episodes, W1, W2, state["config"]["standardise"])
-    optimizer.step()                # RMSProp descent on -A log pi = the seed's ascent on A log pi
-    state["updates"] += 1
-    return episodes
 
 
 def record_batch(state, episodes, hours):
@@ -537,60 +556,238 @@ def record_batch(state, episodes, hours):
             state["history"][key].append(value)
 
 
-def train(state, args, out, log=print):
-    """Train until args.episodes episodes (or args.hours of training time);
-    checkpoint every args.checkpoint_every updates and on Ctrl-C."""
-    checkpoint = os.path.join(out, "checkpoint.npz")
-    stop_requested = []
+def progress_for(state, args):
+    """Progress per batch; with --hours the ETA is the sooner of the episode target and the time budget."""
+    deadline = None if args.hours is None else max(0.0, args.hours * 3600 - state["seconds"])
+    progress = ad.runs.Progress(max(args.episodes - state["episode"], 1), label="episodes this session", every=0,
+                                deadline=deadline)
+    progress.first_episode = state["episode"]
+    return progress
 
-    def on_ctrl_c(signum, frame):
-        stop_requested.append(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C stops at once
 
-    previous_handler = signal.signal(signal.SIGINT, on_ctrl_c)
-    session_start, session_steps = time.perf_counter(), 0
-    state["session_start"] = session_start
-    seconds_before = state["seconds"]
-    first_episode = state["episode"]
-    progress = ad.runs.Progress(max(args.episodes - first_episode, 1), label="episodes this session", every=0)
-    if state["boundary"] is None:
-        mark_boundary(state)
-    try:
-        while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
-            batch_start = time.perf_counter()
-            episodes = train_batch(state, stop=lambda: bool(stop_requested))
-            if episodes is None:
-                break
-            state["seconds"] = seconds_before + time.perf_counter() - session_start
-            record_batch(state, episodes, state["seconds"] / 3600)
-            mark_boundary(state)
-            steps = sum(len(e["rewards"]) for e in episodes)
-            session_steps += steps
-            if state["updates"] % args.checkpoint_every == 0:
-                save_outputs(state, args, out, checkpoint)
-            due = args.checkpoint_every - state["updates"] % args.checkpoint_every
-            batch_seconds = time.perf_counter() - batch_start
-            progress.update(state["episode"] - first_episode, episode=state["episode"],
-                            running_reward=state["running_reward"],
-                            batch_mean=float(np.mean([e["rewards"].sum() for e in episodes])),
-                            steps_per_s=round(steps / batch_seconds),
-                            next_checkpoint=f"{due} updates ~{ad.runs.format_seconds(due * batch_seconds)}")
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if stop_requested:
-        log(f"Ctrl-C: saving the state after update {state['updates']} (episode {state['episode']}) "
-            f"to {checkpoint}; continue with --resume")
+def report_batch(progress, state, args, episodes, batch_seconds):
+    steps = sum(len(e["rewards"]) for e in episodes)
+    due = args.checkpoint_every - state["updates"] % args.checkpoint_every
+    progress.update(state["episode"] - progress.first_episode, episode=state["episode"],
+                    running_reward=state["running_reward"],
+                    batch_mean=float(np.mean([e["rewards"].sum() for e in episodes])),
+                    steps_per_s=round(steps / batch_seconds),
+                    next_checkpoint=f"{due} updates ~{ad.runs.format_seconds(due * batch_seconds)}")
+    return steps
+
+
+class StopRequests:
+    """Within this block, Ctrl-C or SIGTERM asks the loop to stop at a safe point (calling the object says
+    whether one came); a second Ctrl-C stops at once."""
+
+    def __enter__(self):
+        self.requested = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __call__(self):
+        return self.requested is not None
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def end_session(state, args, out, checkpoint, session, stopped_by, log):
+    """Save the outputs; after Ctrl-C or SIGTERM say where and how to continue. Returns the session's figures."""
+    if stopped_by:
+        log(f"{stopped_by}: saved the state after update {state['updates']} (episode {state['episode']}) "
+            f"to {checkpoint}. Continue with:\n    {continue_command(args)}")
     save_outputs(state, args, out, checkpoint)
-    session_seconds = time.perf_counter() - session_start
-    return {"interrupted": bool(stop_requested), "session_seconds": session_seconds,
-            "session_steps_per_s": session_steps / max(session_seconds, 1e-9)}
+    seconds = time.perf_counter() - session["start"]
+    return {"interrupted": bool(stopped_by), "session_seconds": seconds,
+            "session_steps_per_s": session["steps"] / max(seconds, 1e-9)}
 
 
+def continue_command(args):
+    """The command that continues this run: its flags, the folder named, and --resume."""
+    defaults = {"seed": 0, **SETTINGS, **(FULL if args.full else {})}
+    words = ["python", "pong_pg.py"] + (["--full"] if args.full else [])
+    for key, default in defaults.items():
+        if key != "play_games" and getattr(args, key) != default:
+            words += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    return " ".join(words + ["--out", shlex.quote(args.out), "--resume"])
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints (.npz, never pickled): exact, atomic, validated array by array on load
+# ----------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "pong_pg checkpoint v1"
+
+
+def mark_boundary(state):
+    """Remember the RNG and game states at an update boundary: what a checkpoint saves, even if Ctrl-C
+    arrives in the middle of the next batch."""
+    state["boundary"] = {"rng": json.dumps(state["rng"].bit_generator.state), **state["games"].state()}
+
+
+def save_checkpoint(path, state):
+    """Write the whole training state atomically; refuse (Diverged) weights or caches that are not finite."""
+    optimizer = {f"rmsprop_{k}": v for k, v in state["optimizer"].state_dict().items()}
+    for name, value in [("W1", state["W1"]), ("W2", state["W2"])] + list(optimizer.items()):
+        ad.runs.check_finite(name, value, f"update {state['updates']} (no checkpoint written)")
+    history = {f"history_{k}": np.array(v, dtype=float) for k, v in state["history"].items()}
+    running = state["running_reward"]
+    ad.nn.save_parameters(
+        path, {"W1": state["W1"], "W2": state["W2"]},
+        format=np.array(CHECKPOINT_FORMAT), config=np.array(json.dumps(state["config"])),
+        episode=np.array(state["episode"]), updates=np.array(state["updates"]),
+        env_steps=np.array(state["env_steps"]), seconds=np.array(state["seconds"]),
+        running_reward=np.array(np.nan if running is None else running),
+        rng=np.array(state["boundary"]["rng"]),
+        games_ale=state["boundary"]["games_ale"], games_ale_sizes=state["boundary"]["games_ale_sizes"],
+        games_np_random=state["boundary"]["games_np_random"], **optimizer, **history)
+
+
+def _text(arrays, key, path):
+    value = arrays.get(key)
+    if value is None or value.dtype.kind != "U" or value.shape != ():
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is missing or not a text)")
+    return str(value)
+
+
+def _json(arrays, key, path, kind):
+    try:
+        value = json.loads(_text(arrays, key, path))
+    except json.JSONDecodeError:
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is not JSON)") from None
+    if not isinstance(value, kind):
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is not a JSON {kind.__name__})")
+    return value
+
+
+def _loads(text):
+    """Each game's RNG state is stored as JSON text inside the JSON list; None if it is not."""
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _rng_state(value, where, path):
+    """A NumPy PCG64 state, checked by loading it into a scratch generator."""
+    try:
+        np.random.default_rng().bit_generator.state = value
+    except (TypeError, ValueError, KeyError):
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({where} is not a NumPy random state)") from None
+    return value
+
+
+def _number(arrays, key, path, kind="f", minimum=None, above=None, allow_nan=False):
+    value = arrays.get(key)
+    if value is None or value.shape != () or value.dtype.kind not in ("iu" if kind == "i" else "fiu"):
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is missing or not a {'whole ' if kind == 'i' else ''}number)")
+    number = value.item()
+    if (not allow_nan and not math.isfinite(number)) or (minimum is not None and number < minimum) \
+            or (above is not None and not number > above) or (math.isinf(number)):
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is {number}, out of range)")
+    return number
+
+
+def read_checkpoint(path, config):
+    """Every array of the checkpoint at `path`, validated (dtype, shape, finite, range) against this
+    run's `config`; any problem is one BadInput naming the file and the array. Nothing is changed."""
+    arrays = ad.runs.load_arrays(path, what="pong_pg checkpoint")
+    if str(arrays.get("format", "")) != CHECKPOINT_FORMAT:
+        raise ad.runs.BadInput(f"{path}: not a {CHECKPOINT_FORMAT!r} file (keys: {sorted(arrays)[:6]}...)")
+    saved = _json(arrays, "config", path, dict)
+    for key, value in config.items():
+        if saved.get(key) != value:
+            raise ad.runs.BadInput(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                                   f"{key}={value!r}; use the same settings or a new --out folder")
+    episode = _number(arrays, "episode", path, "i", minimum=0)
+    checked = {"path": path, "arrays": arrays, "episode": episode,
+               "updates": _number(arrays, "updates", path, "i", minimum=0),
+               "env_steps": _number(arrays, "env_steps", path, "i", minimum=0),
+               "seconds": _number(arrays, "seconds", path, minimum=0),
+               "steps": _number(arrays, "rmsprop_steps", path, "i", minimum=0),
+               "lr": _number(arrays, "rmsprop_lr", path, above=0),
+               "running_reward": _number(arrays, "running_reward", path, allow_nan=episode == 0),
+               "rng": _rng_state(_json(arrays, "rng", path, dict), "'rng'", path)}
+    shapes = {"W1": (PIXELS, HIDDEN), "W2": (HIDDEN,), "rmsprop_cache_0": (PIXELS, HIDDEN),
+              "rmsprop_cache_1": (HIDDEN,), "games_ale_sizes": (config["games"],), "games_ale": (None,),
+              **{f"history_{k}": (episode,) for k in ("score", "length", "hours", "running_reward")}}
+    for key, shape in shapes.items():
+        if key not in arrays:
+            raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} is missing)")
+        ad.runs.check_array(arrays[key], f"{path}: {key!r}", shape, minimum=0 if "cache" in key else None)
+    sizes, blob = arrays["games_ale_sizes"], arrays["games_ale"]
+    if sizes.dtype.kind not in "iu" or blob.dtype != np.uint8 or sizes.min() <= 0 or sizes.sum() != len(blob):
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint (the games' emulator states do not add up)")
+    rngs = _json(arrays, "games_np_random", path, list)
+    if len(rngs) != config["games"]:
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ('games_np_random' holds {len(rngs)} games, "
+                               f"expected {config['games']})")
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    checked["games"] = [(blob[offsets[g]:offsets[g + 1]], json.dumps(_rng_state(_loads(r), f"game {g}'s RNG", path)))
+                        for g, r in enumerate(rngs)]
+    return checked
+
+
+def apply_checkpoint(checked, state):
+    """Put a checkpoint read by read_checkpoint into a fresh `state` (games included)."""
+    arrays, path = checked["arrays"], checked["path"]
+    try:
+        state["games"].restore(checked["games"])
+    except ValueError as error:
+        raise ad.runs.BadInput(f"{path}: damaged checkpoint ({error})") from None
+    state["W1"].data, state["W2"].data = arrays["W1"].astype(float), arrays["W2"].astype(float)
+    state["optimizer"].load_state_dict({"steps": checked["steps"], "lr": checked["lr"],
+                                        "cache_0": arrays["rmsprop_cache_0"], "cache_1": arrays["rmsprop_cache_1"]})
+    state["rng"].bit_generator.state = checked["rng"]
+    for key in ("episode", "updates", "env_steps", "seconds"):
+        state[key] = checked[key]
+    running = checked["running_reward"]
+    state["running_reward"] = None if math.isnan(running) else float(running)
+    state["history"] = {k: arrays[f"history_{k}"].tolist() for k in state["history"]}
+    mark_boundary(state)
+    return state
+
+
+def load_checkpoint(path, state):
+    """read_checkpoint, then apply_checkpoint: `state` continues where the checkpoint left off."""
+    return apply_checkpoint(read_checkpoint(path, state["config"]), state)
+
+
+def read_checkpoint_for(args, out):
+    """With --resume: the validated checkpoint in `out`. Without: make sure no checkpoint gets replaced."""
+    path = os.path.join(out, "checkpoint.npz")
+    if not args.resume:
+        if not args.overwrite:
+            ad.runs.refuse_overwrite(path, "a training checkpoint",
+                                     "continue it with --resume, replace it with --overwrite, or choose another --out")
+        return None
+    checked = read_checkpoint(path, config_of(args))
+    if checked["episode"] >= args.episodes or (args.hours is not None and checked["seconds"] >= args.hours * 3600):
+        raise ad.runs.BadInput(f"{path} is at episode {checked['episode']} ({checked['seconds'] / 3600:.2f} h), "
+                               f"already past --episodes {args.episodes}" + (f" / --hours {args.hours}" if args.hours else "")
+                               + ": nothing to train (add --full, or a larger --episodes / --hours)")
+    return checked
+
+
+def load_weights(path):
+    """W1, W2 from a checkpoint or a weights-only .npz (e.g. float16), checked (shape, finite)."""
+    arrays = ad.runs.load_arrays(path, {"W1": (PIXELS, HIDDEN), "W2": (HIDDEN,)}, what="pong_pg weights file")
+    return ad.nn.parameter(arrays["W1"], "W1"), ad.nn.parameter(arrays["W2"], "W2")
+
+
+# ----------------------------------------------------------------------------
+# Outputs: checkpoint, weights, curve, figures, metrics
+# ----------------------------------------------------------------------------
 def save_outputs(state, args, out, checkpoint):
-    """Checkpoint, learning curve data (CSV, rewritten whole each time so it
-    always matches the checkpoint), float16 weights, the two figures."""
+    """Checkpoint, learning curve data (CSV, rewritten whole so it always matches the checkpoint),
+    float16 weights (params.npz, what --play reads), the two figures, metrics.json."""
     save_checkpoint(checkpoint, state)
-    ad.nn.save_parameters(os.path.join(out, "weights_float16.npz"),
+    ad.nn.save_parameters(os.path.join(out, "params.npz"),
                           {"W1": state["W1"].data.astype(np.float16), "W2": state["W2"].data.astype(np.float16)})
     h = state["history"]
     table = np.column_stack([np.arange(1, len(h["score"]) + 1), h["hours"], h["score"], h["length"],
@@ -600,8 +797,8 @@ def save_outputs(state, args, out, checkpoint):
                header="episode,hours,score,steps,running_reward", comments="")
     os.replace(temporary, os.path.join(out, "curve.csv"))
     if h["score"]:
-        plot_learning_curve(h, os.path.join(out, "pong_pg_curve.png"))
-    plot_neurons(state["W1"].data, os.path.join(out, "pong_pg_neurons.png"))
+        plot_learning_curve(h, out)
+    plot_neurons(state["W1"].data, state["W2"].data, out)
     ad.runs.write_metrics(out, run_metrics(state), args, state["session_start"])
 
 
@@ -624,158 +821,210 @@ def run_metrics(state):
     }
 
 
-# ----------------------------------------------------------------------------
-# Evaluation: play the built-in AI
-# ----------------------------------------------------------------------------
-def play_games(env_id, W1, W2, n_games, seed, gif_path=None, n_parallel=10, workers=0):
-    """Play n_games episodes with the (sampling) policy; returns per-game
-    (points won, points lost) and writes a GIF of the last 150 frames of one game."""
-    rng = np.random.default_rng([seed, 11])
-    games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
-    film = collections.deque(maxlen=300) if gif_path else None
-    episodes = play_episodes(games, W1, W2, rng, n_games, film=film)
-    games.close()
-    if gif_path and film:
-        ad.runs.save_gif(gif_path, list(film)[::2], fps=15)
-    return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
+def print_results(state, session, metrics, demo, out):
+    h = state["history"]
+    first_last = (f"{metrics['mean_score_first_episodes']:.2f} / {metrics['mean_score_last_episodes']:.2f}"
+                  if h["score"] else "-")
+    ad.runs.print_table(["", "value"], [
+        ["episodes / updates", f"{state['episode']} / {state['updates']}"],
+        ["environment steps", f"{state['env_steps']:,}"],
+        ["training time", ad.runs.format_seconds(state["seconds"])],
+        ["env steps/s (this session, learning included)", f"{session['session_steps_per_s']:.0f}"],
+        ["running reward", f"{state['running_reward']:.2f}" if h["score"] else "-"],
+        [f"mean score, first / last {metrics['compared_episodes']} episodes", first_last],
+        ["demo game vs built-in AI", f"{demo[0][0]}-{demo[0][1]}" if demo else "skipped"],
+    ], title="results")
+    print(f"\nwrote {out}/: metrics.json, checkpoint.npz, params.npz, curve.csv, pong_pg_curve.png, "
+          f"pong_pg_neurons.png" + (", pong_pg_game.gif" if demo else ""))
 
 
-# ----------------------------------------------------------------------------
-# Plots
-# ----------------------------------------------------------------------------
-def plot_learning_curve(history, path):
+def print_next_steps(out):
+    print("\nThis was a short lesson run; the policy is still close to random (the original needed "
+          "~8,000 episodes).\nStart a real run (hours; Ctrl-C saves, --resume continues):\n"
+          "    python pong_pg.py --full\n    python pong_pg.py --full --resume\n"
+          f"Watch this checkpoint play:\n    python pong_pg.py --play {shlex.quote(out)}/checkpoint.npz\n"
+          "Watch the agent of our long run play:\n    python pong_pg.py --play")
+
+
+def plot_learning_curve(history, out):
     plt = ad.runs.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     episodes = np.arange(1, len(history["score"]) + 1)
-    for ax, xs, label in ((axes[0], episodes, "episodes"), (axes[1], np.array(history["hours"]),
-                                                            "wall-clock hours of training (2 cores)")):
+    for ax, xs, label in ((axes[0], episodes, "episodes"),
+                          (axes[1], np.array(history["hours"]), "hours of training (wall clock, 2 cores)")):
         ax.plot(xs, history["score"], ".", ms=2, color="0.7", label="episode score")
         ax.plot(xs, history["running_reward"], color="C0", label="running reward (EMA 0.99)")
         ax.axhline(-15, color="C3", ls=":", lw=1, label="bar: -15")
         ax.axhline(0, color="C2", ls="--", lw=1, label="even with the built-in AI")
         ax.set_xlabel(label)
+        ax.set_ylabel("points won - points lost")
+        ax.set_title(f"score against {label.split(' (')[0]}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("points won - points lost")
     axes[0].set_ylim(-21.5, 21.5)
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Pong from pixels, policy gradients (ALE Pong)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ad.runs.save_figure(fig, out, "pong_pg_curve.png", dpi=100)
 
 
-def plot_neurons(W1, path, count=40, columns=8):
-    """The seed's picture: the input weights of the first `count` hidden units,
-    each as an 80x80 image (white positive, black negative, each scaled to its
-    own largest weight), tiled with 2-pixel gaps at one pixel per weight."""
-    from PIL import Image  # installed with matplotlib
-    rows = count // columns
-    mosaic = np.ones((rows * 82 - 2, columns * 82 - 2))            # white gaps
-    for k in range(count):
+def plot_neurons(W1, W2, out, count=24, columns=8):
+    """The original's picture, made readable: the input weights of the `count` hidden units with the
+    largest say in the output (|W2_k| times the norm of W1's column k), each as an 80x80 image."""
+    plt = ad.runs.pyplot()
+    influence = np.abs(W2) * np.linalg.norm(W1, axis=0)
+    units = np.argsort(-influence)[:count]
+    rows = int(math.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.5 + 0.8))
+    for ax, k in zip(axes.ravel(), units):
         image = W1[:, k].reshape(80, 80)
-        r, c = divmod(k, columns)
-        mosaic[r * 82:r * 82 + 80, c * 82:c * 82 + 80] = 0.5 + 0.5 * image / (np.abs(image).max() or 1.0)
-    Image.fromarray(np.round(mosaic * 255).astype(np.uint8), mode="L").save(path, optimize=True)
+        limit = np.abs(image).max() or 1.0       # each tile on its own scale: the strongest paths stand out
+        ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(f"unit {k}: W2 {W2[k]:+.2f}", fontsize=7)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"What the first layer looks for: the {count} most influential of {HIDDEN} hidden units",
+                 fontsize=10)
+    fig.text(0.5, 0.01, "Each tile: one unit's 6,400 input weights as the 80x80 difference frame (red +, blue -, "
+             "each on its own scale). Units ranked by |W2| x |W1 column|; W2 > 0 votes UP.",
+             ha="center", fontsize=7)
+    ad.runs.save_figure(fig, out, "pong_pg_neurons.png", dpi=90)
 
 
 # ----------------------------------------------------------------------------
-# Command line
+# --play: the trained agent against the built-in AI, beside the argmax policy and the baseline
 # ----------------------------------------------------------------------------
-def build_parser():
-    parser = ad.runs.parser(__doc__, "pong_pg")
-    parser.add_argument("--env-id", default="ALE/Pong-v5", help="any ALE Pong id, e.g. the seed's Pong-v0")
-    parser.add_argument("--games", type=ad.runs.positive_int, default=BATCH_EPISODES,
-                        help=f"games played in parallel (1..{BATCH_EPISODES})")
-    parser.add_argument("--workers", type=ad.runs.nonnegative_int, default=2,
-                        help="processes that run the games (0: all in this one); results do not depend on it")
-    parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
-                        help="train until this many episodes in total (default 60; --full: 30000)")
-    parser.add_argument("--hours", type=ad.runs.positive_float, default=None,
-                        help="also stop after this many hours of training in total")
-    parser.add_argument("--checkpoint-every", type=ad.runs.positive_int, default=20, help="updates between checkpoints")
-    parser.add_argument("--standardise", choices=("batch", "episode"), default="batch",
-                        help="standardise returns over the batch (issue) or per episode (seed's code)")
+class PointFilm:
+    """Frames of game 0's current point; keeps the first point the agent wins (else the last one seen)."""
+
+    def __init__(self):
+        self.current, self.kept, self.won = [], [], False
+
+    def add(self, frame, reward):
+        if self.won:
+            return
+        self.current.append(frame)
+        if reward != 0:
+            self.kept, self.current, self.won = self.current, [], reward > 0
+
+
+def summarise_games(results):
+    """Games won, mean score (points won - points lost) with its standard error, fraction of points won."""
+    scores = [won - lost for won, lost in results]
+    mean, se = ad.runs.mean_and_se(scores)
+    points_won, points = sum(w for w, _ in results), sum(w + l for w, l in results)
+    return {"games": len(results), "games_won": sum(s > 0 for s in scores), "mean_score": mean,
+            "mean_score_se": se, "points_won_fraction": points_won / max(points, 1), "scores": scores}
+
+
+def play_command(args, out, started):
+    W1, W2 = load_weights(args.play)
+    film, rows, summaries = PointFilm(), [], {}
+    for name, weights, greedy in (("sampling (as trained)", (W1, W2), False), ("argmax", (W1, W2), True),
+                                  ("screen-blind, P(UP) = 1/2", screen_blind_policy(), False)):
+        results = play_games(args.env_id, *weights, args.play_games, args.seed, workers=args.workers,
+                             greedy=greedy, film=film if not greedy and weights[0] is W1 else None,
+                             progress=ad.runs.Progress(args.play_games, label=f"games, {name}", every=10))
+        s = summaries[name] = summarise_games(results)
+        rows.append([name, f"{s['games_won']} of {s['games']}", f"{s['mean_score']:+.2f} ± {s['mean_score_se']:.2f}",
+                     f"{100 * s['points_won_fraction']:.0f}%"])
+    ad.runs.print_table(["policy", "games won", "mean score ± SE", "points won"], rows,
+                        title=f"{args.env_id}: {args.play_games} games per policy against the built-in AI "
+                              f"(the same game seeds for each)")
+    gif = os.path.join(out, "pong_pg_play.gif")
+    if film.kept:
+        ad.runs.save_gif(gif, film.kept[::2], fps=15)
+    plot_neurons(W1.data, W2.data, out)
+    ad.runs.write_metrics(out, {"weights": args.play, "policies": summaries}, args, started, name="play.json")
+    print(f"wrote {out}/: play.json, pong_pg_play.gif (one whole point{', won' if film.won else ''}), "
+          f"pong_pg_neurons.png")
+    return summaries
+
+
+# ----------------------------------------------------------------------------
+# --curve: the figures of a learning curve (e.g. the committed long run's), from its curve.csv
+# ----------------------------------------------------------------------------
+def curve_command(args, out, started):
+    """Read a curve.csv this script wrote; write OUT/curve_summary.json with when the running reward first
+    reached -15, -10 and 0 and how the run ended. This is how the README's long-run figures are made."""
+    try:
+        table = np.loadtxt(args.curve, delimiter=",", skiprows=1, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise ad.runs.BadInput(f"{args.curve}: not a curve.csv of this script ({type(error).__name__})") from None
+    if table.shape[1] != 5 or not len(table) or not np.all(np.isfinite(table)):
+        raise ad.runs.BadInput(f"{args.curve}: not a curve.csv of this script (expected 5 finite columns)")
+    episode, hours, score, steps, running = table.T
+    summary = {"curve": args.curve, "episodes": int(episode[-1]), "hours": float(hours[-1]),
+               "env_steps": int(steps.sum()), "running_reward": float(running[-1]),
+               "best_running_reward": float(running.max()), "mean_score_last_100_episodes": float(score[-100:].mean())}
+    batches = steps[:len(steps) // BATCH_EPISODES * BATCH_EPISODES].reshape(-1, BATCH_EPISODES)
+    # a game whose episode ended waits for the batch's longest one: the share of game-steps actually played
+    summary["game_slots_busy"] = float(batches.sum() / (BATCH_EPISODES * batches.max(axis=1)).sum()) if len(batches) else None
+    for level in (-15, -10, 0):
+        first = ad.runs.first_reaching(range(len(running)), running, level)
+        summary[f"first_running_reward_at_least_{level}"] = None if first is None else {
+            "episode": int(episode[first]), "hours": float(hours[first]), "env_steps": int(steps[:first + 1].sum())}
+    ad.runs.write_metrics(out, summary, args, started, name="curve_summary.json")
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+# ----------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------
+TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")
+
+
+def pong_env_id(text):
+    """An argparse type: a Pong environment that ale-py registers (this preprocessing and these actions
+    are Pong's)."""
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    try:
+        spec = gymnasium.spec(text)
+    except Exception:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Gymnasium environment id (try ALE/Pong-v5 or "
+                                         f"Pong-v0)") from None
+    if spec.kwargs.get("game") != "pong":
+        raise argparse.ArgumentTypeError(f"{text!r} is not Pong; this script's preprocessing and UP/DOWN "
+                                         f"actions are Pong's (try ALE/Pong-v5 or Pong-v0)")
+    return text
+
+
+def standardise_choice(text):
+    if text not in ("batch", "episode"):
+        raise argparse.ArgumentTypeError(f"expected 'batch' or 'episode', got {text!r}")
+    return text
+
+
+def extra_flags(parser):
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    parser.add_argument("--play", nargs="?", const=TRAINED_WEIGHTS, metavar="CHECKPOINT",
-                        help="play the built-in AI with these weights (a checkpoint or weights .npz; "
-                             "default: the long run's weights, docs/pong_pg_weights_float16.npz)")
-    parser.add_argument("--play-games", type=ad.runs.positive_int, default=3, help="games for --play")
-    return parser
+    parser.add_argument("--overwrite", action="store_true", help="start a new run over OUT/checkpoint.npz")
+    parser.add_argument("--play", nargs="?", const=TRAINED_WEIGHTS, metavar="WEIGHTS",
+                        help="play the built-in AI with these weights (a checkpoint.npz or params.npz; "
+                             "default: our long run's, docs/pong_pg_weights_float16.npz); writes OUT/play.json")
+    parser.add_argument("--curve", metavar="CSV", help="summarise a curve.csv (e.g. docs/pong_pg_curve.csv) "
+                                                        "into OUT/curve_summary.json, without training")
 
 
-def print_table(rows):
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+def parse_arguments(argv=None):
+    args = ad.runs.command_line(__doc__, "pong_pg", SETTINGS, FULL, HELP, argv=argv, add_arguments=extra_flags,
+                                types={"env_id": pong_env_id, "standardise": standardise_choice,
+                                       "hours": ad.runs.number(exclusive_minimum=0.0),
+                                       "games": ad.runs.whole(1, BATCH_EPISODES), "workers": ad.runs.whole(0, 16),
+                                       "episodes": ad.runs.whole(1, 10**7), "checkpoint_every": ad.runs.whole(1),
+                                       "play_games": ad.runs.whole(1, 10**4)})
+    if args.play and (args.resume or args.overwrite):
+        raise ad.runs.BadInput("--play only plays (it writes play.json); drop --resume / --overwrite")
+    if args.resume and args.overwrite:
+        raise ad.runs.BadInput("--resume continues the checkpoint and --overwrite replaces it: choose one")
+    return args
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.games > BATCH_EPISODES:
-        parser.error(f"--games {args.games}: at most {BATCH_EPISODES} (the episodes per update)")
-    out = ad.runs.prepare_out(args.out)
-    started = time.perf_counter()
-
-    if args.play:
-        try:
-            W1, W2 = load_weights(args.play)
-        except (ValueError, FileNotFoundError) as error:
-            parser.error(f"--play: {error}")
-        gif = os.path.join(out, "pong_pg_play.gif")
-        results = play_games(args.env_id, W1, W2, args.play_games, args.seed, gif, workers=args.workers)
-        for i, (won, lost) in enumerate(results, 1):
-            print(f"game {i}: agent {won} - {lost} built-in AI  (score {won - lost:+d})")
-        mean = float(np.mean([w - l for w, l in results]))
-        print(f"mean score over {len(results)} games: {mean:+.2f}   GIF of one game: {gif}")
-        ad.runs.write_metrics(out, {"play_scores": [w - l for w, l in results], "play_mean_score": mean},
-                              args, started)
-        return {"scores": results, "mean": mean}
-
-    if args.episodes is None:
-        args.episodes = 30000 if args.full else 60
-    state = new_state(args)
-    if args.resume:
-        checkpoint = os.path.join(out, "checkpoint.npz")
-        try:
-            load_checkpoint(checkpoint, state)
-        except (ValueError, FileNotFoundError) as error:
-            parser.error(f"--resume: {error}")
-        print(f"resumed from {checkpoint}: episode {state['episode']}, update {state['updates']}, "
-              f"running reward {state['running_reward']}")
-    print(f"{args.env_id}: {args.games} games in parallel, {BATCH_EPISODES} episodes per update, "
-          f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
-    session = train(state, args, out)
-    state["games"].close()
-
-    h = state["history"]
-    gif = os.path.join(out, "pong_pg_game.gif")
-    demo = [] if session["interrupted"] else play_games(args.env_id, state["W1"], state["W2"], 1, args.seed, gif)
-    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
-               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
-    ad.runs.write_metrics(out, metrics, args, started)
-    print("\nresults")
-    print_table([
-        ("episodes / updates", f"{state['episode']} / {state['updates']}"),
-        ("environment steps", f"{state['env_steps']:,}"),
-        ("training time", ad.runs.format_seconds(state["seconds"])),
-        ("env steps/s (this session, learning included)", f"{session['session_steps_per_s']:.0f}"),
-        ("running reward", f"{state['running_reward']:.2f}" if h["score"] else "-"),
-        (f"mean score, first / last {metrics['compared_episodes']} episodes",
-         f"{metrics['mean_score_first_episodes']:.2f} / {metrics['mean_score_last_episodes']:.2f}"
-         if h["score"] else "-"),
-        ("demo game vs built-in AI", f"{demo[0][0]}-{demo[0][1]}" if demo else "skipped"),
-    ])
-    print(f"\nwrote {out}/: metrics.json, checkpoint.npz, weights_float16.npz, curve.csv, "
-          f"pong_pg_curve.png, pong_pg_neurons.png" + (", pong_pg_game.gif" if demo else ""))
-    if not args.full:
-        print("\nThis was a short demonstration; the policy is still close to random (the seed needed "
-              "~8,000 episodes).\nStart a real run (hours; Ctrl-C saves, --resume continues):\n"
-              "    python pong_pg.py --full\n    python pong_pg.py --full --resume\n"
-              f"Watch this checkpoint play:\n    python pong_pg.py --play {out}/checkpoint.npz\n"
-              "Watch the agent of our long run (3.6 h, running reward +2.6) play:\n    python pong_pg.py --play")
-    return {"state": state, "metrics": metrics}
+def build_parser():
+    """For tests and tools: build_parser().parse_args(argv) gives the settings a run with argv uses."""
+    import types
+    return types.SimpleNamespace(parse_args=parse_arguments)
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)

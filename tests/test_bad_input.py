@@ -122,7 +122,20 @@ def test_divergence_is_named():
 # ============================================================================
 # pong_pg.py
 # ============================================================================
-PONG_CASES = [
+PONG_CASES = [               # damaged checkpoints, orphaned workers and SIGTERM: tests/test_pong_pg.py
+    ["--play", "{bad}"],
+    ["--resume", "--out", "{tmp}/no_checkpoint_here"],
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--env-id", "bogus"],
+    ["--env-id", "ALE/Breakout-v5"],
+    ["--games", "11"],
+    ["--episodes", "1e11"],
+    ["--seed", str(2**70)],
+    ["--hours", "nan"],
+    ["--standardise", "median"],
+    ["--play", "--resume"],
+    ["--resume", "--overwrite"],
 ]
 
 
@@ -145,6 +158,12 @@ def test_trebuchet_refuses_bad_input(tmp_path):
 # cartpole_dp.py
 # ============================================================================
 CARTPOLE_CASES = [
+    ["--play", "{bad}"],                                   # every bad parameter file, refused on load
+    ["--out", ""], ["--out", "/proc/not_writable"], ["--out", "{tmp}/bad/random_bytes.npz"],
+    ["--seed", str(2**70)], ["--seed", "-1"],
+    ["--dp-seeds", "100000000000"], ["--dp-seeds", "1e11"], ["--dp-seeds", "0"],
+    ["--rl-max-episodes", "100000000000"], ["--dp-max-episodes", "100000000000"], ["--rl-seeds", "-1"],
+    ["--window", "0"], ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"], ["--no-such-flag"],
 ]
 
 
@@ -152,15 +171,60 @@ def test_cartpole_dp_refuses_bad_input(tmp_path):
     run_cases("cartpole_dp", CARTPOLE_CASES, tmp_path)
 
 
+def test_cartpole_dp_divergence_and_bad_play_keep_existing_output(tmp_path):
+    """A diverged run (exit 3) and a bad --play file stop before writing: an earlier run's files stay."""
+    out = tmp_path / "earlier_run"
+    out.mkdir()
+    (out / "params.npz").write_bytes(b"an earlier run's policy")
+    (out / "metrics.json").write_text("{}")
+    assert "not finite" in assert_refused("cartpole_dp", ["--lr", "1e308", "--dp-seeds", "1", "--rl-seeds", "0",
+                                                          "--out", str(out)], untouched=out)
+    bad = make_bad_files(tmp_path / "bad")
+    assert_refused("cartpole_dp", ["--play", bad["nan_inside"], "--out", str(out)], untouched=out)
+
+
 # ============================================================================
 # pendulum_bptt.py
 # ============================================================================
 PENDULUM_CASES = [
+    ["--play", "{bad}"],                                   # every bad file: refused before any folder is made
+    ["--seed", "100000000000000000000000"], ["--seed", "-1"], ["--seed", "1.5"],
+    ["--sim-steps", "1e11"], ["--sim-steps", "100000000000"], ["--long-sim-steps", "100000000000"],
+    ["--batch", "0"], ["--batch", "100000000000"], ["--eval-episodes", "0"], ["--fresh-episodes", "100000000000"],
+    ["--hidden", "100000000000"], ["--vi-angles", "100000000000"], ["--ddpg-steps", "100000000000"],
+    ["--lr", "nan"], ["--long-lr", "inf"], ["--lr", "0"], ["--policy", "round"], ["--grid", "2"],
+    ["--out", ""], ["--out", "/proc/not_writable"], ["--out", "{tmp}/bad/empty.npz"],
+    ["--out", "{tmp}/bad/empty.npz/below"],
 ]
 
 
 def test_pendulum_bptt_refuses_bad_input(tmp_path):
     run_cases("pendulum_bptt", PENDULUM_CASES, tmp_path)
+
+
+def test_pendulum_bptt_divergence_is_one_line_and_keeps_what_was_there(tmp_path):
+    """--long-lr 1e308 diverges in phase 2: exit 3, one line, the earlier run's files untouched, and the
+    last finite parameters saved beside them."""
+    out = tmp_path / "earlier_run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    np.savez(out / "params.npz", W1=np.ones((3, 2)))
+    before = {name: folder_fingerprint(out)[name] for name in ("metrics.json", "params.npz")}
+    line = assert_refused("pendulum_bptt", ["--sim-steps", "200", "--long-sim-steps", "64000", "--long-lr", "1e308",
+                                            "--curve-episodes", "1", "--out", str(out)])
+    assert "diverged" in line and "params_last_finite.npz" in line, line
+    after = folder_fingerprint(out)
+    assert {name: after[name] for name in before} == before
+    import pendulum_bptt
+    policy = pendulum_bptt.policy_from_file(str(out / "params_last_finite.npz"))
+    assert np.all(np.isfinite(policy(np.zeros(3, dtype=np.float32))))
+
+
+def test_pendulum_bptt_a_refused_flag_leaves_an_earlier_run_untouched(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    assert_refused("pendulum_bptt", ["--grid", "2", "--out", str(tmp_path)], untouched=tmp_path)
+    assert_refused("pendulum_bptt", ["--play", str(tmp_path / "metrics.json"), "--out", str(tmp_path)],
+                   untouched=tmp_path)
 
 
 # ============================================================================

@@ -1,6 +1,6 @@
 """Record (or re-record) a script's behaviour snapshot: its metrics.json for a short, fixed command.
 
-    python tests/snapshots/record.py cartpole_dp --ignore train_seconds -- --dp-seeds 2 --rl-seeds 0
+    python tests/snapshots/record.py cartpole_dp --ignore train_seconds --ignore seconds -- --dp-seeds 2 --rl-seeds 0
 
 writes tests/snapshots/cartpole_dp.json. tests/test_snapshots.py reruns the command and compares.
 Re-record only in the commit that changes what the script computes, and say why in its message."""
@@ -31,7 +31,8 @@ def run_script(script, argv):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("script", help="script name without .py")
-    p.add_argument("--ignore", nargs="*", default=[], help="keys (at any depth) that hold timings, not results")
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                   help="a key (at any depth) that holds a timing, not a result; repeat for more")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the script's flags")
     args = p.parse_args()
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
