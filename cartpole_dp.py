@@ -14,21 +14,18 @@ The claim tested is the Flux team's (Innes, Joy and Karmali, 2019, "DP vs RL" on
 in FluxML/model-zoo): backprop through the simulator solves CartPole in "around 5 episodes", where RL needs
 hundreds. "Solved" here is Gymnasium's bar for CartPole-v1: a mean return ≥ 475 over deterministic episodes of
 the real environment. The RL comparison is REINFORCE with a learned baseline on the real environment, with the
-same engine, network (4-24-48-1, tanh) and optimizer.
+same engine, network (4-24-48-1, tanh) and optimizer; LQR on the linearised twin is the classical one.
 
 One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
-the policy is updated during it. Three disjoint sets of start states (section 8): after each training episode
-a stopping rule scores the policy on its own 100 starts; the result is then measured once on 1,000 starts that
-nothing else touches; a third set served development. Baselines on the same starts: REINFORCE, random search
-over untrained networks, and LQR on the linearised twin (zero episodes); and the original's own setting,
-CartPole-v0 (200 steps, bar 195), for the Flux setup and this script's.
+the policy is updated during it. After each training episode a stopping rule scores the policy on its own 100
+starts; the result is then measured once on 1,000 other starts (section 8). Part 2 adds random search over
+untrained networks (a control for luck) and the original's own setting, CartPole-v0 (200 steps, bar 195).
 
 Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL, 5 random-search, 3+3 CartPole-v0 (about a minute)
       python cartpole_dp.py --full   # 30 seeds each (20 RL), 100 Gymnasium checks per policy, the ablations
 Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, params.npz (the first DP
-seed's policy), curves.png and balancing.gif. To use a saved policy:
-
-    policy = cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")     # observation -> action 0 or 1
+seed's policy), curves.png and balancing.gif. cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")
+turns a saved policy into a function: Gymnasium observation -> action 0 or 1.
 
 Results: see README.md, section cartpole_dp.py.
 """
@@ -60,35 +57,7 @@ SETTINGS = {
     "ablations": False,         # what each design choice is worth (on the DP seeds, development starts)
 }
 FULL = {"dp_seeds": 30, "rl_seeds": 20, "rs_seeds": 30, "v0_seeds": 30, "gym_check": 100, "ablations": True}
-HELP = {
-    "dp_seeds": "DP training seeds",
-    "dp_max_episodes": "give up on a DP seed after this many training episodes",
-    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
-    "rl_seeds": "RL training seeds (0 skips RL)",
-    "rl_max_episodes": "give up on an RL seed after this many training episodes",
-    "rs_seeds": "random-search seeds (0 skips it)",
-    "rs_draws": "untrained networks drawn per random-search seed",
-    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
-    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
-    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
-    "lr": "DP: Adam learning rate",
-    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
-    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
-}
-TYPES = {
-    "dp_seeds": ad.runs.whole(1, 1000),
-    "dp_max_episodes": ad.runs.whole(1, 10_000),
-    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
-    "rl_seeds": ad.runs.whole(0, 1000),
-    "rl_max_episodes": ad.runs.whole(1, 100_000),
-    "rs_seeds": ad.runs.whole(0, 1000),
-    "rs_draws": ad.runs.whole(1, 10_000),
-    "v0_seeds": ad.runs.whole(0, 1000),
-    "v0_max_episodes": ad.runs.whole(1, 10_000),
-    "window": ad.runs.whole(1, 500),
-    "lr": ad.runs.number(exclusive_minimum=0.0),
-    "gym_check": ad.runs.whole(0, 1000),
-}
+# The --help text and the type and bounds of every flag: Part 2, beside parse_args.
 
 # ----------------------------------------------------------------------------
 # 2. Environment: Gymnasium's CartPole-v1, constant for constant, as a differentiable twin
@@ -258,7 +227,8 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
 def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
            activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
     """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
-    Returns (network, record) with per-episode returns and stopping-set scores."""
+    Returns (network, record) with per-episode returns and stopping-set scores. The keywords after `lr` exist
+    for the original's setup and the ablations (Part 2, FLUX_SETUP and ABLATIONS)."""
     rng = np.random.default_rng(seed)
     policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
@@ -276,7 +246,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE on the real environment; random search over initialisations; LQR on the linearised twin
+# 7. Baseline: REINFORCE on the real environment; LQR on the linearised twin
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -327,20 +297,7 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     return policy, record
 
 
-def random_search(seed, rule, draws):
-    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
-    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
-    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
-    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
-    record, best = new_record(seed), None
-    for draw in range(1, draws + 1):
-        network = make_network(stream)
-        if rule(scorer(network), record):
-            record["episodes_to_bar"] = draw
-            return network, record
-        if best is None or record["stop_mean"][-1] > best[0]:
-            best = (record["stop_mean"][-1], network)
-    return best[1], record
+# A control for luck, random search over untrained networks: see Part 2, random_search.
 
 
 def linearised_twin():
@@ -417,8 +374,8 @@ class StoppingRule:
 
     Screened on the twin; when the twin's mean is ≥ bar + margin, confirmed on Gymnasium itself (if
     confirm_on_gym). Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy;
-    the margin buys the reported set its bar. The first episode at which the plain rule (margin 0) would have
-    stopped is recorded too, with that policy's reported score (measured, never used to decide)."""
+    the margin buys the reported set its bar. (What the plain rule, margin 0, would have done is recorded
+    beside it: see Part 2, note_plain_rule.)"""
 
     def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
                  reported=None):
@@ -429,10 +386,7 @@ class StoppingRule:
     def __call__(self, score, record):
         twin = evaluate_on_twin(score, self.states, self.max_steps)
         record["stop_mean"].append(float(twin.mean()))
-        if record["plain_rule_episode"] is None and twin.mean() >= self.bar:
-            record["plain_rule_episode"] = len(record["stop_mean"])
-            if self.reported is not None:
-                record["plain_rule_reported_mean"] = self.reported(score)["mean"]
+        note_plain_rule(record, twin.mean() >= self.bar, score, self.reported)
         if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
             return bool(twin.mean() >= self.bar + self.margin)
         gym = evaluate_on_gym(score, self.seeds, self.env_id)
@@ -505,6 +459,38 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
+# The command line: the --help text, each flag's type and bounds, --play
+HELP = {
+    "dp_seeds": "DP training seeds",
+    "dp_max_episodes": "give up on a DP seed after this many training episodes",
+    "margin": "stop training at a mean return >= bar + margin on the stopping starts",
+    "rl_seeds": "RL training seeds (0 skips RL)",
+    "rl_max_episodes": "give up on an RL seed after this many training episodes",
+    "rs_seeds": "random-search seeds (0 skips it)",
+    "rs_draws": "untrained networks drawn per random-search seed",
+    "v0_seeds": "seeds per method on CartPole-v0, the original's setting (0 skips it)",
+    "v0_max_episodes": "give up on a CartPole-v0 seed after this many training episodes",
+    "window": "DP: simulated steps per BPTT window (one Adam step per window)",
+    "lr": "DP: Adam learning rate",
+    "gym_check": "reported starts per policy also played on Gymnasium, which must agree with the twin",
+    "ablations": "the ablation table: DP variants on the DP seeds, on development starts",
+}
+TYPES = {
+    "dp_seeds": ad.runs.whole(1, 1000),
+    "dp_max_episodes": ad.runs.whole(1, 10_000),
+    "margin": ad.runs.number(minimum=0.0, maximum=25.0),
+    "rl_seeds": ad.runs.whole(0, 1000),
+    "rl_max_episodes": ad.runs.whole(1, 100_000),
+    "rs_seeds": ad.runs.whole(0, 1000),
+    "rs_draws": ad.runs.whole(1, 10_000),
+    "v0_seeds": ad.runs.whole(0, 1000),
+    "v0_max_episodes": ad.runs.whole(1, 10_000),
+    "window": ad.runs.whole(1, 500),
+    "lr": ad.runs.number(exclusive_minimum=0.0),
+    "gym_check": ad.runs.whole(0, 1000),
+}
+
+
 def parse_args(argv=None):
     return ad.runs.command_line(__doc__, "cartpole_dp", SETTINGS, FULL, HELP, types=TYPES, argv=argv,
                                 add_arguments=add_arguments)
@@ -540,6 +526,15 @@ def describe_sets(args):
 def new_record(seed):
     return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "steps": 0,
             "plain_rule_episode": None}
+
+
+def note_plain_rule(record, at_bar, score, reported):
+    """Bookkeeping for the margin's cost: the first training episode at which the plain rule (margin 0) would
+    have stopped, and that policy's reported score (measured, never used to decide)."""
+    if record["plain_rule_episode"] is None and at_bar:
+        record["plain_rule_episode"] = len(record["stop_mean"])
+        if reported is not None:
+            record["plain_rule_reported_mean"] = reported(score)["mean"]
 
 
 def check_weights(network, when):
@@ -598,6 +593,25 @@ def original_setting(args):
 
 
 # ----------------------------------------------------------------------------
+# A control for luck: random search over untrained networks (a secondary baseline)
+# ----------------------------------------------------------------------------
+def random_search(seed, rule, draws):
+    """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
+    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
+    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
+    stream = ad.runs.random_streams(seed, "random_search")["random_search"]
+    record, best = new_record(seed), None
+    for draw in range(1, draws + 1):
+        network = make_network(stream)
+        if rule(scorer(network), record):
+            record["episodes_to_bar"] = draw
+            return network, record
+        if best is None or record["stop_mean"][-1] > best[0]:
+            best = (record["stop_mean"][-1], network)
+    return best[1], record
+
+
+# ----------------------------------------------------------------------------
 # Acting without a graph, the RL episode sampler, Gymnasium's start states
 # ----------------------------------------------------------------------------
 def forward_numpy(weights, obs):
@@ -649,15 +663,8 @@ def sample_rl_episode(env, weights, obs, rng):
 
 def gym_initial_states(seeds, env_id="CartPole-v1"):
     """The float64 states Gymnasium's CartPole starts from after reset(seed=s)."""
-    import gymnasium as gym
     warnings.filterwarnings("ignore", message=".*CartPole-v0 is out of date")   # it is the original's setting
-    env = gym.make(env_id)
-    states = []
-    for s in seeds:
-        env.reset(seed=int(s))
-        states.append(np.array(env.unwrapped.state, dtype=np.float64))
-    env.close()
-    return np.array(states)
+    return ad.runs.reset_states(env_id, seeds)
 
 
 # ----------------------------------------------------------------------------

@@ -1,65 +1,49 @@
 """Model value expansion through stiff contact: horizon H, smoothing rho, and value-gradient critics, measured.
 
-The idea (the "Differentiable RL" deck). With a differentiable model you choose how far to trust it:
-unroll the model H steps and bootstrap with a learned critic,
+With a differentiable model you choose how far to trust it: unroll the model H steps and bootstrap with a
+learned critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
 
-    J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],        u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
+    J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],    u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
 
-and differentiate through the rollout (reparameterised noise eps fixed). H = 0 is DDPG / SVG(0): low
-variance, biased by the critic. H = T is BPTT: unbiased, but every contact step multiplies the gradient
-by a Jacobian of norm ~ dt k = 20, so with stiff contact its variance explodes (and heavy tails make a
-finite sample look biased too). A differentiable simulator also has a knob on smoothness: the contact
-force k max(d, 0) becomes k rho softplus(d / rho), which is the hard force averaged over logistic noise
-on the gap: contact and no-contact "averaged". Smoothing tames the variance and buys a longer horizon,
-at the price of model bias; annealing H and rho together walks "the path of manageable variance".
-Finally a critic can learn the value *gradient* directly from the Bellman gradient equation
-(DHP / VGL(lambda)), because accurate values do not guarantee accurate gradients.
+H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
+multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
+heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
+gradients?", ICML 2022). A differentiable simulator also has a knob on smoothness: the contact force
+k max(d, 0) becomes k rho softplus(d / rho), the hard force averaged over logistic noise on the gap. Smoothing
+tames the variance at the price of model bias. A critic can also learn the value *gradient* directly from the
+Bellman gradient equation (DHP / VGL(lambda), Werbos; Fairbank), since accurate values need not have accurate
+gradients:
 
-Toy system (after Suh et al. 2022): 1-D pusher p and box b, stiff penalty contact, dt 0.02, k 1000,
-T 128, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+    grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
-Measured (python mve_critic.py --full: 18.7 min on 2 shared cores; every table is printed and in metrics.json):
-  Exp 1, gradient of J for a linear policy, 2048 per-sample gradients per cell, truth by finite differences:
-    variance at H = T (BPTT), theta_init:  rho = 0: 5.3e3 |grad J|^2,  rho = 0.01: 0.95   (ratio 5.5e3)
-    variance vs H, rho = 0:  0.17 at H = 8, 3.3 at H = 64, 5.3e3 at H = 128; per k: 1.7 / 5.6e3 / 1.1e10 at k = 300 / 1000 / 3000
-    bias (Q terminal) vs H, rho = 0:  22.6 (H = 0), 1.7 (H = 1), 1.1 (8), 0.41 (32); up again past H = 32 (heavy tails)
-    smoothing bias floor at H = T, rho = 0.03:  0.060 (theta_init), 0.25 (theta_good)
-    best H by the MSE of a 64-episode mean:  32 at rho = 0, 128 for every rho > 0: smoothing buys the full horizon
-    the G (value-gradient) terminal cuts the bias 4-60x at theta_good (rho 0.01, H 1: 0.10 vs 6.2) but is 2-4x
-    worse where the contact chatters (theta_init): there grad V itself varies on the contact length scale
-  Exp 2, training an MLP policy, 400k env steps, 3 seeds, evaluated on hard contact (start: -23.7):
-    BPTT on rho = 0.01: -16.4 +- 0.2,  BPTT: -17.4 +- 0.1,  MVE H=8 (Q): -27.1 +- 4.3,  H=0 (DDPG-like): -83 +- 51,
-    annealed H 32->4 with rho 0.01->0: -43.4 +- 16.1 (the hypothesis "no worse than the best fixed" fails);
-    anneal rho only at H = 32: -20.3 +- 1.3; BPTT with rho annealed: -16.7 +- 0.3. Shrinking H is what hurts:
-    short horizons lean on the value critic, whose gradient is biased by more than |grad J| (Exp 1).
-  Exp 3, critics on held-out states (theta_good, rho = 0.01): value critic: value error 0.26 but gradient error
-    0.88, cosine 0.45; gradient critic VGL(0.95): gradient cosine 0.86 (error 0.94, median per state 0.74);
-    DHP (lambda = 0) error 6.8. Training with G (H = 16): -15.5 and -16.7 on two seeds (the best critic runs
-    of all) but one seed collapses to "never touch the box" (-47.8), so on average it is not better than Q.
+The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
+T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+
+Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
+with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
+hard late) beats the best fixed setting; (3) a TD(lambda) value critic can have accurate values but inaccurate
+gradients, which a VGL(lambda) gradient critic learns directly.
 
 Run:
-    python mve_critic.py                # quick versions of all three experiments (<= 2 minutes)
-    python mve_critic.py --full         # the full experiments, each with its wall time
-    python mve_critic.py --exp 1        # one experiment (add --full for the full version)
+    python mve_critic.py                # the lesson run: small versions of all three experiments
+    python mve_critic.py --full         # the full experiments (see README.md for the times)
+    python mve_critic.py --exp 2 --seeds 3     # one experiment, with more seeds
+
+Results: see README.md#mve_criticpy.
 """
 
+import argparse
+import json
 import math
 import os
 import time
 
-if __name__ == "__main__":
-    # The matrices here are small (64-wide MLPs, batches of 64-2048 rows): BLAS threads only add overhead,
-    # ~10x on 2 busy cores. Only when run as a script, and only if the user has not chosen otherwise.
-    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_name, "1")
-
+import autodiff as ad            # before numpy: it makes BLAS single-threaded (small matrices, shared cores)
 import numpy as np
-
-import autodiff as ad
 from autodiff import Tensor
 
 # ----------------------------------------------------------------------------
-# Constants (mve_spec.md, section 2)
+# 1. Settings: the physics, the training constants and the run's sizes (read these first)
 # ----------------------------------------------------------------------------
 DT = 0.02                         # seconds per step, semi-implicit Euler
 MASS_PUSHER, MASS_BOX = 1.0, 1.0
@@ -80,14 +64,38 @@ ACTOR_LR, CRITIC_LR, ADAM_BETAS = 2e-3, 1e-3, (0.7, 0.95)
 GRAD_CLIP = 1.0
 TARGET_KEEP = 0.2                 # target <- 0.2 target + 0.8 online, after every critic update
 CRITIC_EPOCHS, CRITIC_MINIBATCHES = 8, 4
+SCORE_LAST = 5                    # a run's score: the mean of its last 5 evaluations (of 25), not one point
 
 THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant push, contact chatters
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
 EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
 
+SETTINGS = {                      # the lesson run (a few minutes on 2 shared cores)
+    "exp": "all",
+    # Exp 1: the gradient estimator at fixed linear policies
+    "snapshots": ("init",), "rhos": (0.0, 0.003, 0.01, 0.03), "horizons": (0, 1, 4, 16, 64, T), "episodes": 512,
+    "truth_episodes": 8192, "critic_iterations": 40, "stiffness_sweep": (), "sweep_episodes": 512, "ratio_episodes": 2048,
+    # Exp 2: training an MLP policy
+    "seeds": 1, "env_steps": 160_000, "arms": ("H8", "H32", "BPTT", "BPTT_rho0.01", "anneal_H"),
+    "actor_lr": ACTOR_LR, "diagnose": False, "resume": False,
+    # Exp 3: value critic against value-gradient critic
+    "fidelity_iterations": 60, "held_out": 64, "reference_rollouts": 64, "exp3_arms": ("Q_H8", "G_H8_lam0.95"),
+}
+FULL = {                          # what --full changes
+    "snapshots": ("init", "good"), "horizons": (0, 1, 2, 4, 8, 16, 32, 64, T), "episodes": 2048, "truth_episodes": 40960,
+    "critic_iterations": 100, "stiffness_sweep": (300.0, 1000.0, 3000.0), "sweep_episodes": 2048, "ratio_episodes": 8192,
+    "seeds": 5, "env_steps": 400_000, "diagnose": True,
+    "arms": ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01", "anneal_both", "anneal_H",
+             "anneal_rho_H32", "anneal_rho_BPTT", "anneal_both_G", "anneal_H_prefit", "anneal_H_reset_adam",
+             "anneal_both_prefit", "anneal_both_G_prefit"),
+    "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
+    "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
+}
+# what each setting means (its --help text): see Part 2, HELP
+
 
 # ----------------------------------------------------------------------------
-# Environment: pusher and box with a contact force of smoothing width rho
+# 2. Environment: pusher and box with a contact force of smoothing width rho (the stiffness is the lesson)
 #   x = (p, v, b, w);  d = p - b (penetration);  lam = k s_rho(d)
 #   s_rho(d) = rho log(1 + e^{d/rho}) = E_{n ~ Logistic(0, rho)} max(d + n, 0);   s_0(d) = max(d, 0)
 #   v' = v + dt (u - lam - c_p v) / m_p;   w' = w + dt (lam - c_b w) / m_b;   p' = p + dt v';   b' = b + dt w'
@@ -167,17 +175,15 @@ def observe(x):
     return x @ OBS_MATRIX + OBS_OFFSET
 
 
-def contact_onsets(states):
-    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
-    touching = states[:, :, 0] - states[:, :, 2] > 0
-    return np.sum(touching[1:] & ~touching[:-1], axis=0)
-
-
 # ----------------------------------------------------------------------------
-# Policy: u = u_max tanh(mu_theta(o) + sigma eps), reparameterised
+# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
 #   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
 #   one row per episode the rows' .grad after one backward are the per-sample gradients.
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
+#   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
+#   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
+#   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
+#   Both critics are MLPs 64-64 with a target copy and a running output scale.
 # ----------------------------------------------------------------------------
 @ad.primitive
 def linear_policy(theta, o):
@@ -227,23 +233,6 @@ def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
     return states, actions, rewards
 
 
-def evaluate(policy, episodes=128):
-    """Deterministic policy on the HARD system from fixed initial states:
-    (mean undiscounted return, mean |b_T - b*|)."""
-    x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
-    total = np.zeros(episodes)
-    for _ in range(T):
-        x, r = step_numpy(x, act_numpy(policy, x), 0.0)
-        total += r
-    return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
-
-
-# ----------------------------------------------------------------------------
-# Critics: time-aware MLPs 64-64 with a target copy and a running output scale
-#   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
-#   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
-#   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
-# ----------------------------------------------------------------------------
 class Critic:
     def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
         self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
@@ -274,24 +263,6 @@ class Critic:
         out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
         return ad.reshape(out, out.shape[:-1]) if self.scalar else out
 
-    def fit(self, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
-        """Regress the online net on (features, targets) with Adam; then move the target net."""
-        features = features.reshape(-1, features.shape[-1])
-        targets = targets.reshape(len(features), -1)
-        rms = np.sqrt(np.mean(targets ** 2, axis=0)) + 1e-6
-        self.scale = rms if self.scale is None else np.sqrt(0.9 * self.scale ** 2 + 0.1 * rms ** 2)
-        scaled = targets / self.scale
-        for _ in range(epochs):
-            for rows in np.array_split(rng.permutation(len(features)), minibatches):
-                error = ad.mlp(Tensor(features[rows]), *self.params, activation="tanh") - scaled[rows]
-                loss = ad.mean(error * error)
-                self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
-        for i, p in enumerate(self.params):
-            self.target[i] = TARGET_KEEP * self.target[i] + (1.0 - TARGET_KEEP) * p.data
-        return float(loss.data)
-
     def values(self, x, t, rho, u=None, target=True):
         """NumPy evaluation, zero where t >= T."""
         with ad.no_grad():
@@ -313,12 +284,16 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 
 
 # ----------------------------------------------------------------------------
-# The windowed MVE actor objective (to be maximised)
-#   H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}),  the rollout continuing from
+# 4. Loss: the windowed MVE actor objective and the critics' targets
+#   actor, H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}), the rollout continuing from
 #            stopgrad(x_{jH}) after each boundary (V_hat sees the non-stopped state). If V_hat = V^pi its
 #            gradient is unbiased for every H: all of the bias comes from the critic.
-#   H = 0:   sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
-#   H = W = T and no critic: plain BPTT.
+#   actor, H = 0:  sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
+#   actor, H = W = T and no critic: plain BPTT.
+#   Q critic, TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}]
+#   G critic, VGL(lambda), the Bellman gradient equation with eps fixed (A_t = f_x + f_u pi_x, closed loop):
+#       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
+#   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
 class Rollout:
     """What a window leaves for the critics: states (W+1, N, 4), pre-squash actions and rewards (W, N)."""
@@ -362,13 +337,6 @@ def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stif
     return objective, Rollout(x0, eps, t0, rho, states, actions, rewards)
 
 
-# ----------------------------------------------------------------------------
-# Critic targets
-#   TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}],  y_{W-1} bootstraps on Q_target(x_W)
-#   VGL(lambda), the Bellman gradient equation with the noise eps fixed (A_t = f_x + f_u pi_x, closed loop):
-#       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
-#   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient.
-# ----------------------------------------------------------------------------
 def td_lambda_targets(critic, policy, rollout, rng):
     W = len(rollout.rewards)
     times = rollout.t0 + np.arange(1, W + 1)[:, None]                   # times of x_1 .. x_W
@@ -408,6 +376,44 @@ def vgl_targets(critic, policy, rollout, stiffness=STIFFNESS):
     return np.stack([xt.grad for xt in replayed])
 
 
+# ----------------------------------------------------------------------------
+# 5. Update: one actor step (backward, clip the norm at 1, Adam) and one critic regression
+# ----------------------------------------------------------------------------
+def actor_gradient(optimizer, objective, window):
+    """Backpropagate the actor loss -mean(objective) / window into the policy's .grad."""
+    optimizer.zero_grad()
+    loss = -ad.mean(objective) / window
+    loss.backward()
+    return loss
+
+
+def actor_step(optimizer, params, lr):
+    """Clip the gradient norm at GRAD_CLIP, then one Adam step; returns the pre-clip norm (clipping hides it)."""
+    norm = ad.optim.clip_grad_norm(params, GRAD_CLIP)
+    optimizer.lr = lr
+    optimizer.step()
+    return norm
+
+
+def fit_regression(critic, features, targets, rng, epochs=CRITIC_EPOCHS, minibatches=CRITIC_MINIBATCHES):
+    """Regress the online net on (features, targets) with Adam; then move the target net."""
+    features = features.reshape(-1, features.shape[-1])
+    targets = targets.reshape(len(features), -1)
+    rms = np.sqrt(np.mean(targets ** 2, axis=0)) + 1e-6
+    critic.scale = rms if critic.scale is None else np.sqrt(0.9 * critic.scale ** 2 + 0.1 * rms ** 2)
+    scaled = targets / critic.scale
+    for _ in range(epochs):
+        for rows in np.array_split(rng.permutation(len(features)), minibatches):
+            error = ad.mlp(Tensor(features[rows]), *critic.params, activation="tanh") - scaled[rows]
+            loss = ad.mean(error * error)
+            critic.optimizer.zero_grad()
+            loss.backward()
+            critic.optimizer.step()
+    for i, p in enumerate(critic.params):
+        critic.target[i] = TARGET_KEEP * critic.target[i] + (1.0 - TARGET_KEEP) * p.data
+    return float(loss.data)
+
+
 def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
     """Targets from this window (with the policy that collected it), then one round of regression."""
     W = len(rollout.rewards)
@@ -418,7 +424,59 @@ def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
     else:
         targets = vgl_targets(critic, policy, rollout, stiffness)
         features = critic.features(rollout.states[:W], times, rollout.rho).data
-    return critic.fit(features, targets, rng)
+    return fit_regression(critic, features, targets, rng)
+
+
+# ----------------------------------------------------------------------------
+# 6. Training: SHAC-style windows of 32 steps in 64 environments, actor then critic, evaluated on hard contact
+# ----------------------------------------------------------------------------
+def schedule(method, i, iterations):
+    """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
+    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
+    s = min(1.0, i / (0.7 * iterations))
+    horizon = 2 ** int(round(5 - 3 * s)) if method["horizon"] == "anneal" else method["horizon"]
+    return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
+
+
+def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
+    diagnose: measure the actor's gradient error where the anneal switches H (see Part 2, SwitchOfH)."""
+    rng = np.random.default_rng(seed)
+    policy = make_mlp_policy(rng)
+    params = policy_parameters(policy)
+    anneal = method["rho"] == "anneal"
+    critic = None
+    if method["critic"]:
+        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+    optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+    window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
+    iterations = max(1, env_steps // (N_ENVS * window))
+    eval_every = max(1, iterations // eval_points)
+    log = TrainingLog(policy, window)
+    switch = SwitchOfH(method, seed, diagnose, critic, policy, params, lr, window, log)
+    t, x, env_rho = 0, None, None
+    for i in range(iterations):
+        started = time.perf_counter()
+        horizon, rho = schedule(method, i, iterations)
+        if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
+            x = initial_states(rng, N_ENVS)
+            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
+        if switch.happens(i, iterations):  # the remedies for, and diagnostics at, a switch of H: see Part 2
+            started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
+        eps = rng.normal(size=(window, N_ENVS))
+        objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
+        loss = actor_gradient(optimizer, objective, window)
+        ad.runs.check_finite("actor loss", loss, f"iteration {i}")
+        if critic is not None:  # before the actor moves: the targets use the policy that collected the data
+            fit_critic(critic, policy, rollout, rng)
+        log.norms.append(actor_step(optimizer, params, lr * (1.0 - i / iterations)))
+        ad.runs.check_finite("policy parameters", np.concatenate([p.data.ravel() for p in params]), f"iteration {i}")
+        x, t = rollout.states[-1], (t + window) % T
+        log.pause(time.perf_counter() - started)
+        if (i + 1) % eval_every == 0 or i + 1 == iterations:
+            log.record((i + 1) * N_ENVS * window + switch.extra_steps)
+    return dict(log.summary(), iterations=iterations, window=window, switch_diagnostics=switch.diagnostics,
+                extra_env_steps=switch.extra_steps, policy=policy, critic=critic)
 
 
 def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
@@ -435,7 +493,28 @@ def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=ST
 
 
 # ----------------------------------------------------------------------------
-# Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
+# 7. Baseline: the arms compared, from H = 0 (DDPG-like) and H = T (BPTT, no critic) to the annealed schedules
+#   Every arm trains the same MLP policy with the same env-step budget; only H, rho and the critic differ.
+# ----------------------------------------------------------------------------
+METHODS = {
+    "H0_ddpg": dict(label="H=0 (DDPG-like), Q", horizon=0, rho=0.0, critic="Q"),
+    "H4": dict(label="H=4, Q", horizon=4, rho=0.0, critic="Q"),
+    "H8": dict(label="H=8, Q", horizon=8, rho=0.0, critic="Q"),
+    "H16": dict(label="H=16, Q", horizon=16, rho=0.0, critic="Q"),
+    "H32": dict(label="H=32, Q", horizon=32, rho=0.0, critic="Q"),
+    "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
+    "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
+    "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
+    # the two schedules
+    "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
+    "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
+}
+# the controls that take the schedules apart, and the remedies for a switch of H: see Part 2, METHODS.update
+# Exp 3's arms (training with the gradient critic G): see Part 2, EXP3_METHODS
+
+
+# ----------------------------------------------------------------------------
+# 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
 #              common random numbers (the same x_0 and eps at theta +- delta)
 #   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
@@ -443,6 +522,17 @@ def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=ST
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
 #   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
 # ----------------------------------------------------------------------------
+def evaluate(policy, episodes=128):
+    """Deterministic policy on the HARD system from fixed initial states:
+    (mean undiscounted return, mean |b_T - b*|)."""
+    x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
+    total = np.zeros(episodes)
+    for _ in range(T):
+        x, r = step_numpy(x, act_numpy(policy, x), 0.0)
+        total += r
+    return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
+
+
 SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
 
 
@@ -471,7 +561,8 @@ def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
-    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode."""
+    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode
+    (a report of how often the gap closed, so how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
     grads, onsets = [], []
     for start in range(0, episodes, chunk):
         n = min(chunk, episodes - start)
@@ -494,6 +585,272 @@ def gradient_statistics(grads, truth, batch=64):
     mse = float(np.mean(np.sum((batch_means - truth) ** 2, axis=1))) / norm2
     return {"bias": bias, "bias_minus_noise": bias - variance / len(grads), "variance": variance, "mse64": mse,
             "max_norm": float(np.max(np.linalg.norm(grads, axis=1)) / math.sqrt(norm2))}
+
+
+# ----------------------------------------------------------------------------
+# 9. main: parse the settings, check the output folder, run the experiments asked for, write the results
+# ----------------------------------------------------------------------------
+def main(argv=None):
+    args = ad.runs.command_line(__doc__, "mve_critic", SETTINGS, FULL, HELP, types=setting_types(), argv=argv)
+    out = ad.runs.prepare_out(args.out)                     # usable, or a one-line error, before any work
+    cfg, started = config(args), time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    metrics, walls, learned, exp1 = {}, {}, {}, None
+    print(f"mve_critic: {'full' if args.full else 'lesson'} run, experiments {args.exp}, out {out}")
+    try:
+        if args.exp in ("1", "all"):     # the gradient estimator's bias and variance against H and rho
+            exp1 = timed(walls, "exp1", experiment_1, cfg, rng)
+            metrics["exp1"] = report_exp1(exp1, out, walls["exp1"])
+        if args.exp in ("2", "all"):     # training: fixed H and rho, the anneals and their controls
+            exp2 = timed(walls, "exp2", experiment_2, cfg, ad.runs.prepare_out(os.path.join(out, "runs")))
+            metrics["exp2"], learned["exp2"] = report_exp2(exp2, cfg, out, walls["exp2"]), exp2["runs"]
+        if args.exp in ("3", "all"):     # value critic against value-gradient critic
+            exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1, ad.runs.prepare_out(os.path.join(out, "runs")))
+            metrics["exp3"], learned["exp3"] = report_exp3(exp3, cfg, out, walls["exp3"]), exp3["runs"]
+            learned["exp3_fidelity"] = exp3["critics"]
+    except ad.runs.Diverged:             # keep what finished before the run diverged
+        ad.runs.write_metrics(out, metrics, args, started, name="metrics_diverged.json")
+        raise
+    save_learned(out, learned, args.seed)
+    path = ad.runs.write_metrics(out, metrics, args, started)
+    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
+          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
+    print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
+    return metrics
+
+
+# ============================== Part 2: running the experiment ==============================
+# ----------------------------------------------------------------------------
+# The command line: list-valued settings, checked at parse time
+# ----------------------------------------------------------------------------
+def comma_list(convert, check, what):
+    """An argparse type: a comma-separated list whose items pass `check` (empty text is the empty list)."""
+    def parse(text):
+        try:
+            items = tuple(convert(item) for item in text.split(",") if item.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        bad = [item for item in items if not check(item)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {bad[0]!r}")
+        return items
+    parse.__name__ = what
+    return parse
+
+
+# each setting's --help text (the settings themselves are section 1)
+HELP = {
+    "exp": "which experiment: 1 gradient bias/variance vs H and rho, 2 training, 3 value vs gradient critic, or all",
+    "snapshots": "Exp 1: linear-policy snapshots, from init (constant push) and good",
+    "rhos": "Exp 1: contact smoothing widths rho (m), comma-separated",
+    "horizons": "Exp 1: model horizons H (0 or a divisor of T = 128), comma-separated",
+    "episodes": "Exp 1: per-sample gradients per (snapshot, rho, H) cell (>= 64: one 64-episode batch)",
+    "truth_episodes": "Exp 1: episodes of the finite-difference grad J on the hard system",
+    "critic_iterations": "Exp 1: policy-evaluation windows that fit the Q and G critics per (snapshot, rho)",
+    "stiffness_sweep": "Exp 1: stiffnesses k (N/m, < 5000) of the H = T variance sweep, comma-separated",
+    "sweep_episodes": "Exp 1: episodes per cell of the stiffness sweep",
+    "ratio_episodes": "Exp 1: episodes per rho of the smoothing-ratio study at both snapshots (>= 64)",
+    "seeds": "Exp 2 and 3: training seeds per arm (seed, seed + 1000, ...)",
+    "env_steps": "Exp 2 and 3: environment steps per training run",
+    "arms": "Exp 2: training arms, comma-separated (the names in METHODS)",
+    "actor_lr": "Exp 2 and 3: the actor's Adam step size (decays linearly to 0)",
+    "diagnose": "Exp 2: measure the actor's gradient error at each H where the anneal switches H",
+    "resume": "Exp 2: reuse the finished runs saved in OUT/runs/ (same arm, seed and budget)",
+    "fidelity_iterations": "Exp 3: policy-evaluation windows fitting the critics compared on held-out states",
+    "held_out": "Exp 3: held-out states of the critic comparison",
+    "reference_rollouts": "Exp 3: Monte Carlo rollouts per held-out state for the reference V and grad V",
+    "exp3_arms": "Exp 3: training arms with the gradient critic, comma-separated (the names in EXP3_METHODS)",
+}
+
+
+def setting_types():
+    """Each setting's parser: sizes are bounded so that a typo (1e11) is refused at once, not after hours."""
+    whole = ad.runs.whole
+    return {
+        "exp": ad.runs.one_of("1", "2", "3", "all"),
+        "snapshots": comma_list(str, lambda s: s in SNAPSHOTS, "snapshot names (init, good)"),
+        "rhos": comma_list(float, lambda r: 0.0 <= r <= 0.1, "smoothing widths in [0, 0.1]"),
+        "horizons": comma_list(int, lambda h: h == 0 or (h > 0 and T % h == 0), f"horizons (0 or divisors of {T})"),
+        "stiffness_sweep": comma_list(float, lambda k: 0 < k < 5000, "stiffnesses in (0, 5000)"),
+        "arms": comma_list(str, lambda a: a in METHODS, "training arms (the names in METHODS)"),
+        "exp3_arms": comma_list(str, lambda a: a in EXP3_METHODS, "Exp 3 arms (the names in EXP3_METHODS)"),
+        "actor_lr": ad.runs.number(exclusive_minimum=0.0),
+        "episodes": whole(64, 2**20), "truth_episodes": whole(2, 2**22), "critic_iterations": whole(0, 10**5),
+        "sweep_episodes": whole(64, 2**20), "ratio_episodes": whole(64, 2**20), "seeds": whole(1, 100), "env_steps": whole(1, 10**8),
+        "fidelity_iterations": whole(0, 10**5), "held_out": whole(2, 2**14), "reference_rollouts": whole(2, 2**12),
+    }
+
+
+def config(args):
+    """The settings as the experiments read them (the arms resolved to their definitions)."""
+    cfg = {key: getattr(args, key) for key in SETTINGS}
+    if args.exp in ("1", "all") and (T not in cfg["horizons"] or 0.0 not in cfg["rhos"] or len(cfg["rhos"]) < 2
+                                     or "init" not in cfg["snapshots"] or not any(h >= 8 for h in cfg["horizons"])):
+        raise ad.runs.BadInput(f"Exp 1 compares against hard contact and BPTT: --rhos needs 0 and one more value, "
+                               f"--horizons needs {T} and one H >= 8, --snapshots needs init")
+    cfg.update(seed=args.seed, methods={k: METHODS[k] for k in args.arms},
+               exp3_methods={k: EXP3_METHODS[k] for k in args.exp3_arms})
+    return cfg
+
+
+def timed(walls, name, function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    walls[name] = time.perf_counter() - started
+    return result
+
+
+def report_exp1(exp1, out, wall):
+    print_exp1(exp1)
+    plot_bias_variance(exp1, out, "mve_critic_bias_variance.png")
+    plot_mse_map(exp1, out, "mve_critic_mse_map.png")
+    print(f"Exp 1 wall time {ad.runs.format_seconds(wall)}")
+    return dict(exp1, wall_seconds=wall)
+
+
+def report_exp2(exp2, cfg, out, wall):
+    print_exp2(exp2, cfg["methods"])
+    plot_training(exp2["runs"], cfg["methods"], out, "mve_critic_training.png",
+                  f"Training: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k = {STIFFNESS:g}")
+    if exp2["switches"]:
+        plot_switches(exp2["switches"], cfg["methods"], out, "mve_critic_switches.png")
+    print(f"Exp 2 wall time {ad.runs.format_seconds(wall)}")
+    return {"summary": exp2["summary"], "claims": exp2["claims"], "switches": exp2["switches"],
+            "runs": strip_runs(exp2["runs"]), "wall_seconds": wall}
+
+
+def report_exp3(exp3, cfg, out, wall):
+    print_exp3(exp3, cfg["exp3_methods"])
+    plot_critics(exp3, out, "mve_critic_critics.png")
+    print(f"Exp 3 wall time {ad.runs.format_seconds(wall)}")
+    return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
+            "summary": exp3["summary"], "comparisons": exp3["comparisons"],
+            "runs": strip_runs(exp3["runs"]), "wall_seconds": wall}
+
+
+# ----------------------------------------------------------------------------
+# Training plumbing: the learning-curve log, what an arm does at a switch of H, and the switch diagnostics
+# ----------------------------------------------------------------------------
+class TrainingLog:
+    """The learning curve (evaluated on the hard system), the pre-clip gradient norms and the training clock."""
+
+    def __init__(self, policy, window):
+        self.policy, self.window, self.seconds, self.norms = policy, window, 0.0, []
+        self.curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
+        self.record(0)
+
+    def pause(self, seconds):
+        self.seconds += seconds
+
+    def record(self, env_steps):
+        ret, err = ad.runs.check_finite("evaluation return", evaluate(self.policy), f"{env_steps:,} env steps")
+        for key, value in (("env_steps", env_steps), ("seconds", self.seconds), ("return", ret), ("box_error", err)):
+            self.curve[key].append(value)
+
+    def summary(self, last=SCORE_LAST):
+        """The score of a run is the mean of its last `last` evaluations, not its final point (one point is noisy)."""
+        norms = np.array(self.norms)
+        return {"curve": self.curve, "grad_norms": self.norms, "final_return": self.curve["return"][-1],
+                "final_box_error": self.curve["box_error"][-1], "score": float(np.mean(self.curve["return"][-last:])),
+                "score_box_error": float(np.mean(self.curve["box_error"][-last:])),
+                "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(norms > GRAD_CLIP)),
+                "train_seconds": self.seconds}
+
+
+PREFIT_WINDOWS = 8                # the "refit the critic at a switch" remedy: 8 windows (16k env steps) per switch
+DIAGNOSED_HORIZONS = (4, 8, 16, 32)  # where the actor's gradient error is measured at a switch of H ...
+REFERENCE_RHO = 0.003             # ... against BPTT on this smoothing (low variance, bias < 1e-3 |grad J|^2)
+ANNEAL_H = dict(horizon="anneal", rho=0.0)      # the schedule whose switch points every arm is diagnosed at
+
+
+class SwitchOfH:
+    """What train does at each iteration where the anneal schedule switches H (for fixed-H arms too, as a
+    control): first, with diagnose, measure the actor's gradient error at every H in DIAGNOSED_HORIZONS (off
+    the training clock, on a separate random stream); then apply the arm's remedy, if it has one."""
+
+    def __init__(self, method, seed, diagnose, critic, policy, params, lr, window, log):
+        self.method, self.diagnose, self.critic, self.policy, self.params = method, diagnose, critic, policy, params
+        self.lr, self.window, self.log = lr, window, log
+        self.rng, self.diagnostics, self.extra_steps = np.random.default_rng([seed, 1]), [], 0
+
+    def happens(self, i, iterations):
+        return i > 0 and schedule(ANNEAL_H, i, iterations)[0] != schedule(ANNEAL_H, i - 1, iterations)[0]
+
+    def __call__(self, i, horizon, rho, optimizer, rng, started):
+        """Returns the iteration's restarted clock and the optimizer (a new one after "reset_adam")."""
+        if self.diagnose and self.critic is not None and horizon != T:
+            self.log.pause(time.perf_counter() - started)
+            self.diagnostics.append(dict(gradient_errors(self.policy, self.critic, rho, self.rng), iteration=i,
+                                         env_steps=i * N_ENVS * self.window + self.extra_steps, horizon=horizon))
+            started = time.perf_counter()
+        return started, self.remedy(optimizer, rho, rng)
+
+    def remedy(self, optimizer, rho, rng):
+        """The arm's remedy. "prefit": fit the critic on PREFIT_WINDOWS fresh windows of the current policy (their
+        env steps are counted); "reset_adam": forget the optimizer's moments, scaled to the old horizon's gradients."""
+        if self.method.get("at_switch") == "prefit" and self.critic is not None:
+            train_critics_for_policy(self.policy, rho, PREFIT_WINDOWS, rng, [self.critic])
+            self.extra_steps += PREFIT_WINDOWS * N_ENVS * WINDOW
+        if self.method.get("at_switch") == "reset_adam":
+            optimizer = ad.optim.Adam(self.params, lr=self.lr, betas=ADAM_BETAS)
+        return optimizer
+
+
+def gradient_errors(policy, critic, rho, rng, batches=4):
+    """At the current policy: the actor's gradient at each H in DIAGNOSED_HORIZONS against BPTT's (whole
+    episodes, W = T, the same starts and noise for every H), and the critic's value error at the bootstrap
+    states x_{jH} against the discounted return that followed them (one rollout each, so it includes that
+    return's noise). With an exact critic every H would give BPTT's gradient: the gap is the critic's doing.
+    The BPTT reference runs on rho >= REFERENCE_RHO: through hard contact its variance would drown the
+    comparison, and at rho = 0.003 its bias against hard contact is tiny (Exp 1 measures both)."""
+    params = policy_parameters(policy)
+    grads = {h: [] for h in DIAGNOSED_HORIZONS + (T,)}
+    squared = {h: np.zeros(2) for h in DIAGNOSED_HORIZONS}
+    for _ in range(batches):
+        x0, eps, boot = initial_states(rng, N_ENVS), rng.normal(size=(T, N_ENVS)), int(rng.integers(2**31))
+        for h in grads:
+            policy.zero_grad()
+            objective, rollout = mve_objective(policy, x0, eps, 0, np.maximum(rho, REFERENCE_RHO) if h == T else rho, h,
+                                               None if h == T else critic, np.random.default_rng(boot))
+            ad.mean(objective).backward()
+            grads[h].append(np.concatenate([p.grad.ravel() for p in params]))
+        for h in DIAGNOSED_HORIZONS:           # rollout is BPTT's: the same trajectories
+            squared[h] += critic_value_error(critic, rollout, h)
+    policy.zero_grad()
+    reference = np.mean(grads[T], axis=0)
+    noise = np.linalg.norm(np.std(grads[T], axis=0, ddof=1)) / math.sqrt(batches) / np.linalg.norm(reference)
+    result = {"reference_noise": float(noise), "gradient_rel_error": {}, "gradient_cosine": {}, "critic_value_rel_error": {}}
+    for h in DIAGNOSED_HORIZONS:             # keys are strings, as they come back from JSON
+        g = np.mean(grads[h], axis=0)
+        result["gradient_rel_error"][str(h)] = float(np.linalg.norm(g - reference) / np.linalg.norm(reference))
+        result["gradient_cosine"][str(h)] = float(g @ reference / (np.linalg.norm(g) * np.linalg.norm(reference)))
+        result["critic_value_rel_error"][str(h)] = float(math.sqrt(squared[h][0] / squared[h][1])) if squared[h][1] else None
+    return result
+
+
+def critic_value_error(critic, rollout, horizon):
+    """(sum of (Q(x_t, u_t) - G_t)^2, sum of G_t^2) over the bootstrap times t = H, 2H, ... < T, where G_t is
+    the discounted return from t on in the same rollout. Zeros for a gradient critic (it has no values)."""
+    if critic.kind != "Q":
+        return np.zeros(2)
+    rewards = rollout.rewards
+    returns = np.zeros_like(rewards)
+    ahead = np.zeros(rewards.shape[1])
+    for t in reversed(range(len(rewards))):
+        ahead = rewards[t] + GAMMA * ahead
+        returns[t] = ahead
+    times = np.arange(horizon, T, horizon)
+    q = critic.values(rollout.states[times], times[:, None], rollout.rho, np.tanh(rollout.actions[times]))
+    return np.array([np.sum((q - returns[times]) ** 2), np.sum(returns[times] ** 2)])
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
+# ----------------------------------------------------------------------------
+def contact_onsets(states):
+    """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
+    touching = states[:, :, 0] - states[:, :, 2] > 0
+    return np.sum(touching[1:] & ~touching[:-1], axis=0)
 
 
 def experiment_1(cfg, rng):
@@ -531,12 +888,35 @@ def experiment_1(cfg, rng):
             grads, onsets = per_sample_gradients(THETA_INIT, T, rho, None, cfg["sweep_episodes"], rng, stiffness=k)
             sweep[k][rho] = dict(gradient_statistics(grads, truth), contact_onsets=onsets)
     result["stiffness_sweep"] = sweep
+    result["smoothing_ratio"] = smoothing_ratio_study(cfg["ratio_episodes"], np.random.default_rng([cfg["seed"], 2]))
     result["claims"] = exp1_claims(result)
     return result
 
 
+def smoothing_ratio_study(episodes, rng, rho=0.01, batches=8):
+    """How surely does smoothing cut BPTT's variance? At both snapshots, per-sample H = T gradients on hard
+    contact and on rho: the ratio tr Cov(hard) / tr Cov(smooth) on nested subsets (how the estimate moves
+    with the sample count), and over `batches` independent batches: their median with a distribution-free
+    interval for it (order statistics 2 and 7 of 8 cover the median with probability 93%). Heavy tails make
+    the plain ratio creep upwards with n while the batch median stays put; the two together are honest."""
+    study = {}
+    for name, theta in SNAPSHOTS.items():
+        hard, _ = per_sample_gradients(theta, T, 0.0, None, episodes, rng)
+        smooth, _ = per_sample_gradients(theta, T, rho, None, episodes, rng)
+        ratio = lambda a, b: float(np.sum(a.var(axis=0, ddof=1)) / np.sum(b.var(axis=0, ddof=1)))  # noqa: E731
+        counts = [n for n in (256, 512, 1024, 2048, 4096, 8192, 16384) if n <= episodes]
+        by_batch = sorted(ratio(h, s) for h, s in zip(np.array_split(hard, batches), np.array_split(smooth, batches)))
+        study[name] = {"ratio": ratio(hard, smooth), "episodes": episodes, "rho": rho,
+                       "ratio_by_count": {str(n): ratio(hard[:n], smooth[:n]) for n in counts},
+                       "batch_median": float(np.median(by_batch)), "batch_interval_93pct": [by_batch[1], by_batch[-2]],
+                       "batch_size": episodes // batches,
+                       "max_over_mean_norm_hard": float(np.max(np.linalg.norm(hard, axis=1))
+                                                        / np.mean(np.linalg.norm(hard, axis=1)))}
+    return study
+
+
 def exp1_claims(result):
-    """The bar of issue 8, item 1, as numbers (theta_init, k = 1000, Q critic)."""
+    """Exp 1's bars as numbers (theta_init, k = 1000, Q critic): what would make the picture convincing."""
     snap = result["snapshots"]["init"]["rho"]
     rhos, horizons = result["rhos"], result["horizons"]
     hard = snap[0.0]["Q"]
@@ -559,136 +939,175 @@ def exp1_claims(result):
 # ----------------------------------------------------------------------------
 # Experiment 2: training on the hard system (MLP policy, 64 envs, windows of 32, same env-step budget)
 # ----------------------------------------------------------------------------
-METHODS = {
-    "A_ddpg_H0": dict(label="A: H=0 (DDPG-like)", horizon=0, rho=0.0, critic="Q"),
-    "B_bptt": dict(label="B: BPTT", horizon=T, rho=0.0, critic=None),
-    "C_bptt_smooth": dict(label="C: BPTT, rho=0.01", horizon=T, rho=0.01, critic=None),
-    "D_mve_H8": dict(label="D: MVE H=8", horizon=8, rho=0.0, critic="Q"),
-    "E_mve_H8_smooth": dict(label="E: MVE H=8, rho=0.01", horizon=8, rho=0.01, critic="Q"),
-    "F_anneal": dict(label="F: anneal H 32->4, rho 0.01->0", horizon="anneal", rho="anneal", critic="Q"),
-    # not in the issue's list: they split F's schedule in two, to see which half helps or hurts
-    "F1_anneal_rho_H32": dict(label="F': anneal rho only, H=32", horizon=32, rho="anneal", critic="Q"),
-    "F2_anneal_rho_bptt": dict(label="F'': BPTT, anneal rho 0.01->0", horizon=T, rho="anneal", critic=None),
-}
+METHODS.update({    # after the arms of section 7, in this order
+    "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
+    "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
+    "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+    # remedies for a switch of H
+    "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
+                            critic="Q", at_switch="prefit"),
+    "anneal_H_reset_adam": dict(label="anneal H only, Adam reset at each switch", horizon="anneal", rho=0.0,
+                                critic="Q", at_switch="reset_adam"),
+    # the schedule's best chance: both anneals, the critic refitted at each switch, Q or a rho-conditioned G
+    "anneal_both_prefit": dict(label="anneal H and rho, Q refitted at each switch", horizon="anneal", rho="anneal",
+                               critic="Q", at_switch="prefit"),
+    "anneal_both_G_prefit": dict(label="anneal H and rho, G refitted at each switch", horizon="anneal", rho="anneal",
+                                 critic="G", at_switch="prefit"),
+})
+FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
 
 
-def schedule(method, i, iterations):
-    """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
-    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
-    s = min(1.0, i / (0.7 * iterations))
-    horizon = 2 ** int(round(5 - 3 * s)) if method["horizon"] == "anneal" else method["horizon"]
-    return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
-
-
-def train(method, seed, env_steps, eval_points=25, progress=None):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
-    rng = np.random.default_rng(seed)
-    policy = make_mlp_policy(rng)
-    params = policy_parameters(policy)
-    anneal = method["rho"] == "anneal"
-    critic = None
-    if method["critic"]:
-        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
-    optimizer = ad.optim.Adam(params, lr=ACTOR_LR, betas=ADAM_BETAS)
-    window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
-    iterations = max(1, env_steps // (N_ENVS * window))
-    eval_every = max(1, iterations // eval_points)
-    curve = {k: [] for k in ("env_steps", "seconds", "return", "box_error")}
-    norms = []
-    seconds, t, x, env_rho = 0.0, 0, None, None
-
-    def record(i):
-        ret, err = evaluate(policy)
-        curve["env_steps"].append(i * N_ENVS * window)
-        curve["seconds"].append(seconds)
-        curve["return"].append(ret)
-        curve["box_error"].append(err)
-
-    record(0)
-    for i in range(iterations):
-        started = time.perf_counter()
-        horizon, rho = schedule(method, i, iterations)
-        if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
-            x = initial_states(rng, N_ENVS)
-            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        eps = rng.normal(size=(window, N_ENVS))
-        objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
-        optimizer.zero_grad()
-        (-ad.mean(objective) / window).backward()
-        if critic is not None:  # before the actor moves: the targets use the policy that collected the data
-            fit_critic(critic, policy, rollout, rng)
-        norms.append(ad.optim.clip_grad_norm(params, GRAD_CLIP))
-        optimizer.lr = ACTOR_LR * (1.0 - i / iterations)
-        optimizer.step()
-        x, t = rollout.states[-1], (t + window) % T
-        seconds += time.perf_counter() - started
-        if (i + 1) % eval_every == 0 or i + 1 == iterations:
-            record(i + 1)
-            if progress is not None:
-                progress(i + 1, iterations, curve)
-    return {"curve": curve, "grad_norms": norms, "iterations": iterations, "window": window,
-            "final_return": curve["return"][-1], "final_box_error": curve["box_error"][-1],
-            "median_grad_norm": float(np.median(norms)), "fraction_clipped": float(np.mean(np.array(norms) > GRAD_CLIP)),
-            "train_seconds": seconds}
-
-
-def steps_to_reach(curve, level):
-    """First env-step count at which the evaluated return reaches `level` (None if never)."""
-    for steps, ret in zip(curve["env_steps"], curve["return"]):
-        if ret >= level:
-            return steps
-    return None
-
-
-def run_methods(methods, cfg, label):
-    runs = {}
-    progress = ad.runs.Progress(len(methods) * cfg["seeds"], label, every=10.0)
+def run_methods(methods, cfg, label, cache=None):
+    """Train every arm on seeds seed, seed + 1000, ... . With `cache` (a folder) each finished run is saved
+    there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts."""
+    runs, total = {}, len(methods) * cfg["seeds"]
+    progress = ad.runs.Progress(total, label, every=10.0)
     for name, method in methods.items():
         runs[name] = []
         for s in range(cfg["seeds"]):
-            runs[name].append(train(method, cfg["seed"] + 1000 * s, cfg["env_steps"]))
-            progress.update(len(runs[name]) + sum(len(v) for k, v in runs.items() if k != name), method=name,
-                            final_return=runs[name][-1]["final_return"])
+            seed = cfg["seed"] + 1000 * s
+            path = cache and os.path.join(cache, f"{name}_seed{seed}_steps{cfg['env_steps']}")
+            run = load_run(path, method) if path and cfg["resume"] else None
+            if run is None:
+                with np.errstate(over="ignore", invalid="ignore"):   # divergence is caught, and named, by check_finite
+                    run = train(method, seed, cfg["env_steps"], lr=cfg["actor_lr"], diagnose=cfg["diagnose"])
+                run = save_run(path, method, run) if path else run
+            runs[name].append(run)
+            progress.update(sum(len(v) for v in runs.values()), arm=name, score=run["score"])
     return runs
 
 
+def run_arrays(run):
+    """The learned parameters of a run: {policy_i, critic_i, critic_scale} as arrays."""
+    if "arrays" in run:
+        return run["arrays"]
+    arrays = {f"policy_{i}": p.data for i, p in enumerate(policy_parameters(run["policy"]))}
+    if run["critic"] is not None:
+        arrays.update({f"critic_{i}": p.data for i, p in enumerate(run["critic"].params)})
+        arrays["critic_scale"] = run["critic"].scale
+    return arrays
+
+
+def save_learned(out, learned, seed):
+    """out/params.npz: every trained policy and critic of the run, as `<experiment>/<arm>/seed<N>/<array>`
+    (policy_i and critic_i are the MLP's weights and biases in layer order; critic_scale the output scale)."""
+    arrays = {"seed": np.int64(seed)}
+    for experiment, runs in learned.items():
+        if experiment == "exp3_fidelity":
+            for name, critic in runs.items():
+                arrays.update({f"{experiment}/{name}/critic_{i}": p.data for i, p in enumerate(critic.params)})
+                arrays[f"{experiment}/{name}/critic_scale"] = critic.scale
+            continue
+        for arm, seeds in runs.items():
+            for s, run in enumerate(seeds):
+                arrays.update({f"{experiment}/{arm}/seed{seed + 1000 * s}/{k}": v for k, v in run_arrays(run).items()})
+    temporary = os.path.join(out, f".params.{os.getpid()}.tmp.npz")
+    np.savez(temporary, **arrays)
+    os.replace(temporary, os.path.join(out, "params.npz"))
+
+
+def save_run(path, method, run):
+    ad.runs.write_json(path + ".json", {"method": method, "run": {k: v for k, v in run.items()
+                                                                  if k not in ("policy", "critic", "arrays")}})
+    temporary = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(temporary, **run_arrays(run))
+    os.replace(temporary, path + ".npz")
+    return run
+
+
+def load_run(path, method):
+    """A cached run, or None if there is none for this exact arm definition (or it cannot be read)."""
+    try:
+        with open(path + ".json") as f:
+            record = json.load(f)
+        arrays = ad.runs.load_arrays(path + ".npz", what="cached training run")
+    except (OSError, ValueError, ad.runs.BadInput):
+        return None
+    if record.get("method") != json.loads(json.dumps(method)):
+        return None
+    return dict(record["run"], arrays=arrays, cached=path)
+
+
+def strip_run(run):
+    """What metrics.json keeps of a run: curves and figures, not the objects or per-iteration norms."""
+    return {k: v for k, v in run.items() if k not in ("grad_norms", "policy", "critic", "arrays")}
+
+
+def strip_runs(runs):
+    return {k: [strip_run(r) for r in v] for k, v in runs.items()}
+
+
 def summarise_runs(runs):
+    """Per arm: the score (mean of each run's last evaluations) as a mean over seeds with its standard error
+    (ddof = 1), the per-seed scores, and the gradient-norm figures."""
     summary = {}
     for name, seeds in runs.items():
-        finals = np.array([r["final_return"] for r in seeds])
-        errors = np.array([r["final_box_error"] for r in seeds])
-        summary[name] = {"final_return_mean": float(finals.mean()), "final_return_std": float(finals.std()),
-                         "final_box_error_mean": float(errors.mean()), "final_box_error_std": float(errors.std()),
+        scores, finals = [r["score"] for r in seeds], [r["final_return"] for r in seeds]
+        score, score_se = ad.runs.mean_and_se(scores)
+        box, box_se = ad.runs.mean_and_se([r["score_box_error"] for r in seeds])
+        summary[name] = {"score_mean": score, "score_se": score_se, "scores": scores, "final_returns": finals,
+                         "box_error_mean": box, "box_error_se": box_se, "seeds": len(seeds),
                          "median_pre_clip_grad_norm": float(np.median([r["median_grad_norm"] for r in seeds])),
                          "fraction_clipped": float(np.mean([r["fraction_clipped"] for r in seeds])),
                          "train_seconds_mean": float(np.mean([r["train_seconds"] for r in seeds])),
-                         "final_returns": finals, "final_box_errors": errors}
+                         "extra_env_steps": seeds[0].get("extra_env_steps", 0)}
     return summary
 
 
-def experiment_2(cfg):
-    runs = run_methods(METHODS, cfg, "exp2 training runs")
+def experiment_2(cfg, cache=None):
+    runs = run_methods(cfg["methods"], cfg, "exp2 training runs", cache)
     summary = summarise_runs(runs)
-    fixed = [k for k in METHODS if not k.startswith("F")]
-    best_fixed = max(fixed, key=lambda k: summary[k]["final_return_mean"])
-    f = summary["F_anneal"]
-    initial = np.mean([r["curve"]["return"][0] for r in runs["F_anneal"]])
-    level = initial + 0.9 * (f["final_return_mean"] - initial)     # 90% of F's improvement (if it improved)
-    reach = {k: [steps_to_reach(r["curve"], level) for r in runs[k]] if f["final_return_mean"] > initial
-             else "F ended below its initial return: no gain to reach" for k in METHODS}
-    claims = {
-        "best_fixed_method": best_fixed,
-        "F_minus_best_fixed_return": f["final_return_mean"] - summary[best_fixed]["final_return_mean"],
-        "anneal_variants_minus_best_fixed_return": {k: summary[k]["final_return_mean"] - summary[best_fixed]["final_return_mean"]
-                                                    for k in METHODS if k.startswith("F")},
-        "F_minus_B_in_B_seed_std": (f["final_return_mean"] - summary["B_bptt"]["final_return_mean"])
-        / summary["B_bptt"]["final_return_std"] if len(runs["B_bptt"]) > 1 else None,
-        "F_final_box_error": f["final_box_error_mean"],
-        "B_median_grad_norm_over_others": summary["B_bptt"]["median_pre_clip_grad_norm"]
-        / np.median([summary[k]["median_pre_clip_grad_norm"] for k in METHODS if k != "B_bptt"]),
-        "env_steps_to_90pct_of_F_improvement": reach,
-    }
-    return {"runs": runs, "summary": summary, "claims": claims}
+    return {"runs": runs, "summary": summary, "claims": exp2_claims(runs, summary),
+            "switches": switch_summary(runs)}
+
+
+def exp2_claims(runs, summary):
+    """Paired differences of scores (the same seeds, so the same initial policies), for the arms present."""
+    scores = {k: np.array(s["scores"]) for k, s in summary.items()}
+    fixed = [k for k in summary if k in FIXED_ARMS]
+    best = max(fixed, key=lambda k: summary[k]["score_mean"]) if fixed else None
+    pairs = [(k, best) for k in summary if k not in FIXED_ARMS and best] + [
+        ("anneal_H", "H4"), ("anneal_H", "H32"), ("anneal_both", "anneal_rho_H32"), ("anneal_both_G", "anneal_both"),
+        ("anneal_H_prefit", "anneal_H"), ("anneal_H_reset_adam", "anneal_H"), ("anneal_H_prefit", "H4"),
+        ("anneal_H_reset_adam", "H4"), ("anneal_both_prefit", "anneal_both"), ("anneal_both_G_prefit", "anneal_both_G"),
+        ("H4", "H32")]
+    differences = {f"{a} - {b}": ad.runs.paired_difference(scores[a], scores[b]) for a, b in pairs
+                   if a in scores and b in scores and len(scores[a]) == len(scores[b])}
+    claims = {"best_fixed_arm": best, "paired_score_differences": differences}
+    points = [p for seeds in runs.values() for r in seeds for p in r.get("switch_diagnostics", [])]
+    if points:   # over every diagnosed policy of every arm and seed: which H's gradient points the right way?
+        claims["gradient_cosine_by_H"] = {str(h): ad.runs.mean_and_se([p["gradient_cosine"][str(h)] for p in points])
+                                          for h in DIAGNOSED_HORIZONS}
+        claims["critic_value_error_by_H"] = {str(h): _mean_or_none([p["critic_value_rel_error"][str(h)] for p in points])
+                                             for h in DIAGNOSED_HORIZONS}
+        claims["diagnosed_policies"] = len(points)
+    if "BPTT" in summary and len(summary) > 1:
+        others = [summary[k]["median_pre_clip_grad_norm"] for k in summary if k != "BPTT"]
+        claims["BPTT_median_grad_norm_over_others"] = summary["BPTT"]["median_pre_clip_grad_norm"] / np.median(others)
+    return claims
+
+
+def switch_summary(runs):
+    """Mean over seeds of the gradient diagnostics at each switch point, per arm (arms that were diagnosed)."""
+    table = {}
+    for name, seeds in runs.items():
+        points = [r["switch_diagnostics"] for r in seeds if r.get("switch_diagnostics")]
+        if not points:
+            continue
+        table[name] = []
+        for k in range(min(len(p) for p in points)):
+            at = [p[k] for p in points]
+            entry = {"env_steps": float(np.mean([a["env_steps"] for a in at])), "horizon": at[0]["horizon"],
+                     "reference_noise": float(np.mean([a["reference_noise"] for a in at]))}
+            for key in ("gradient_rel_error", "gradient_cosine", "critic_value_rel_error"):
+                entry[key] = {h: _mean_or_none([a[key][h] for a in at]) for h in at[0][key]}
+            table[name].append(entry)
+    return table
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 # ----------------------------------------------------------------------------
@@ -697,6 +1116,19 @@ def experiment_2(cfg):
 #   (b) Exp 1's bias with the G terminal (in experiment 1's results)
 #   (c) training with G instead of Q, critic lambda x actor H
 # ----------------------------------------------------------------------------
+EXP3_METHODS = {
+    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
+    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
+    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
+    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
+    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
+    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
+    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
+    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
+    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
+}
+
+
 def held_out_states(policy, rho, count, rng):
     """States visited by the policy (on the rho system), at uniformly random times."""
     x0 = initial_states(rng, count)
@@ -769,44 +1201,30 @@ def critic_fidelity(cfg, rng, rho=0.01):
         entry.update(gradient_rel_error=relative_error(g_hat, g_mc), gradient_median_state_error=float(np.median(per_state)),
                      gradient_cosine=mean_cosine(g_hat, g_mc))
         table["critics"][name] = entry
-    return table, points
+    return table, points, critics
 
 
-def experiment_3(cfg, rng, exp1=None):
-    fidelity, points = critic_fidelity(cfg, rng)
+def experiment_3(cfg, rng, exp1=None, cache=None):
+    fidelity, points, critics = critic_fidelity(cfg, rng)
     bias_with_g = None
     if exp1 is not None:   # (b): beta_H with the value terminal vs the gradient terminal, H <= 8
         bias_with_g = {name: {rho: {h: (rows["Q"][h]["bias"], rows["G"][h]["bias"]) for h in exp1["horizons"] if 0 < h <= 8}
                               for rho, rows in snap["rho"].items()} for name, snap in exp1["snapshots"].items()}
-    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs")
+    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs", cache)
     summary = summarise_runs(runs)
-    comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon
+    comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon, paired by seed
     for q_name in (k for k in runs if k.startswith("Q_H")):
         g_name = "G" + q_name[1:] + "_lam0.95"
-        q, g = summary[q_name], summary[g_name]
-        reach = [steps_to_reach(r["curve"], q["final_return_mean"]) for r in runs[g_name]]
-        comparisons[g_name + " vs " + q_name] = {
-            "final_return_difference": g["final_return_mean"] - q["final_return_mean"],
-            "difference_in_Q_seed_std": (g["final_return_mean"] - q["final_return_mean"]) / q["final_return_std"]
-            if len(runs[q_name]) > 1 else None,
-            "G_env_steps_to_Q_final_return_fraction": [None if s is None else s / cfg["env_steps"] for s in reach]}
+        if g_name not in runs:
+            continue
+        q = summary[q_name]
+        reach = [ad.runs.first_reaching(r["curve"]["env_steps"], r["curve"]["return"], q["score_mean"]) for r in runs[g_name]]
+        comparisons[g_name + " vs " + q_name] = dict(
+            ad.runs.paired_difference(summary[g_name]["scores"], q["scores"]),
+            G_env_steps_to_Q_score_fraction=[None if s is None else s / cfg["env_steps"] for s in reach])
     return {"fidelity": fidelity, "bias_Q_vs_G_terminal": bias_with_g, "runs": runs, "summary": summary,
+            "critics": critics,
             "comparisons": comparisons, "points": points}
-
-
-EXP3_QUICK = {
-    "Q_H8": dict(label="Q critic TD(0.95), H=8", horizon=8, rho=0.0, critic="Q"),
-    "G_H8_lam0.95": dict(label="G critic VGL(0.95), H=8", horizon=8, rho=0.0, critic="G"),
-}
-EXP3_FULL = {
-    "Q_H4": dict(label="Q TD(0.95), H=4", horizon=4, rho=0.0, critic="Q"),
-    "G_H4_lam0.95": dict(label="G VGL(0.95), H=4", horizon=4, rho=0.0, critic="G"),
-    "G_H4_lam0": dict(label="G VGL(0), H=4", horizon=4, rho=0.0, critic="G", critic_lambda=0.0),
-    "Q_H16": dict(label="Q TD(0.95), H=16", horizon=16, rho=0.0, critic="Q"),
-    "G_H16_lam0.95": dict(label="G VGL(0.95), H=16", horizon=16, rho=0.0, critic="G"),
-    "G_H16_lam0": dict(label="G VGL(0), H=16", horizon=16, rho=0.0, critic="G", critic_lambda=0.0),
-    "F_anneal_G": dict(label="F anneal, G VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
-}
 
 
 # ----------------------------------------------------------------------------
@@ -819,37 +1237,39 @@ def _h_axis(ax, horizons):
     ax.set_xlabel("horizon H")
 
 
-def plot_bias_variance(exp1, path):
+def plot_bias_variance(exp1, out, filename):
     plt = ad.runs.pyplot()
     names = list(exp1["snapshots"])
-    fig, axes = plt.subplots(len(names), 3, figsize=(14, 3.8 * len(names)), squeeze=False)
-    panels = [("bias", "bias  |mean g - grad J|^2 / |grad J|^2"), ("variance", "variance  tr Cov(g) / |grad J|^2"),
-              ("mse64", "relative MSE of a 64-episode mean")]
+    fig, axes = plt.subplots(len(names), 3, figsize=(15, 4.0 * len(names)), squeeze=False)
+    panels = [("bias", "Bias of the mean gradient", "bias  |mean g - grad J|^2 / |grad J|^2"),
+              ("variance", "Variance of one episode's gradient", "variance  tr Cov(g) / |grad J|^2"),
+              ("mse64", "Error of a 64-episode mean (what one update sees)", "relative MSE at batch 64")]
     for r, name in enumerate(names):
-        for c, (key, title) in enumerate(panels):
+        for c, (key, title, ylabel) in enumerate(panels):
             ax = axes[r, c]
             for i, rho in enumerate(exp1["rhos"]):
                 rows = exp1["snapshots"][name]["rho"][rho]
                 hs = sorted(rows["Q"])
                 ax.plot([h if h else 0.5 for h in hs], [rows["Q"][h][key] for h in hs], "o-", color=f"C{i}",
-                        label=f"rho={rho}")
+                        label=f"rho = {rho}, Q terminal")
                 if key == "bias":
-                    hs = sorted(rows["G"])
-                    ax.plot(hs, [rows["G"][h][key] for h in hs], "s--", color=f"C{i}", alpha=0.5)
+                    hs = sorted(h for h in rows["G"] if h < T)
+                    ax.plot(hs, [rows["G"][h][key] for h in hs], "s--", color=f"C{i}", alpha=0.5,
+                            label=f"rho = {rho}, G terminal")
             ax.set_yscale("log")
             _h_axis(ax, exp1["horizons"])
-            ax.set_title(f"theta_{name}: {title}", fontsize=9)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"theta_{name}: {title}\n(H = 0 is DDPG-like, H = {T} is BPTT; units of |grad J|^2)", fontsize=9)
             ax.grid(alpha=0.3)
-        axes[r, 0].legend(fontsize=8, title="solid: Q terminal, dashed: G", title_fontsize=7)
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
-def plot_mse_map(exp1, path):
+def plot_mse_map(exp1, out, filename):
     plt = ad.runs.pyplot()
     names, horizons, rhos = list(exp1["snapshots"]), exp1["horizons"], exp1["rhos"]
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         snap = exp1["snapshots"][name]["rho"]
         grid = np.log10([[snap[rho]["Q"][h]["mse64"] for h in horizons] for rho in rhos])
@@ -861,104 +1281,116 @@ def plot_mse_map(exp1, path):
         ax.plot(best, range(len(rhos)), "r*-", markersize=14, label="best H for each rho")
         ax.set_xticks(range(len(horizons)), [str(h) for h in horizons])
         ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
-        ax.set_xlabel("horizon H")
-        ax.set_ylabel("smoothing rho")
-        ax.set_title(f"log10 relative MSE (batch 64), theta_{name}", fontsize=9)
+        ax.set_xlabel("model horizon H (steps before the critic takes over)")
+        ax.set_ylabel("contact smoothing rho (m)")
+        ax.set_title(f"theta_{name}: error of a 64-episode gradient, log10 of MSE / |grad J|^2\n"
+                     "(darker is better; the stars trace the path of manageable variance)", fontsize=9)
         ax.legend(fontsize=8, loc="upper left")
-        fig.colorbar(image, ax=ax)
+        fig.colorbar(image, ax=ax, label="log10 relative MSE")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
-def plot_training(runs, methods, path, title):
+def plot_training(runs, methods, out, filename, title):
     plt = ad.runs.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8.5))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
     for i, (name, seeds) in enumerate(runs.items()):
-        color, label = f"C{i}", methods[name]["label"]
+        color = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
         steps = np.array(seeds[0]["curve"]["env_steps"])
         for ax, key in ((axes[0, 0], "return"), (axes[0, 1], "box_error")):
             values = np.array([r["curve"][key] for r in seeds])
-            ax.plot(steps, values.mean(axis=0), color=color, label=label)
-            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
+            ax.plot(steps, values.mean(axis=0), color=color, label=methods[name]["label"] if key == "return" else None)
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.12)
         for r in seeds:
             axes[1, 0].plot(r["curve"]["seconds"], r["curve"]["return"], color=color, alpha=0.7)
-        norms = np.array([r["grad_norms"] for r in seeds])
-        per_iter = N_ENVS * seeds[0]["window"]
-        smooth = np.array([np.median(norms[:, max(0, k - 4):k + 1]) for k in range(norms.shape[1])])
-        axes[1, 1].plot(per_iter * np.arange(1, len(smooth) + 1), smooth, color=color)
-    axes[0, 0].set_ylabel("eval return (hard contact)")
-    axes[0, 1].set_ylabel("|b_T - b*| (hard contact)")
-    axes[0, 1].set_yscale("log")
-    axes[1, 0].set_ylabel("eval return")
-    axes[1, 0].set_xlabel("training wall-clock seconds (shared cores)")
-    axes[1, 1].set_ylabel("pre-clip actor gradient norm (running median)")
-    axes[1, 1].set_yscale("log")
-    axes[1, 1].axhline(GRAD_CLIP, color="k", lw=0.8, ls=":")
-    for ax in (axes[0, 0], axes[0, 1], axes[1, 1]):
-        ax.set_xlabel("environment steps")
+        if all("grad_norms" in r for r in seeds):
+            norms = np.array([r["grad_norms"] for r in seeds])
+            smooth = np.array([np.median(norms[:, max(0, k - 4):k + 1]) for k in range(norms.shape[1])])
+            axes[1, 1].plot(N_ENVS * seeds[0]["window"] * np.arange(1, len(smooth) + 1), smooth, color=color)
+    axes[0, 0].set(title="Return on the hard system during training (line: mean over seeds, band: min to max)",
+                   ylabel="evaluation return (128 fixed starts; higher is better)", xlabel="environment steps")
+    axes[0, 1].set(title="Where the box ends: |b_T - b*|, its distance from the target after 128 steps",
+                   ylabel="|b_T - b*| (m, log scale)", xlabel="environment steps", yscale="log")
+    axes[1, 0].set(title="Return against training time (each line one seed)", ylabel="evaluation return",
+                   xlabel="training wall-clock seconds (2 shared cores)")
+    axes[1, 1].axhline(GRAD_CLIP, color="k", lw=0.8, ls=":", label=f"clipped above {GRAD_CLIP:g}")
+    axes[1, 1].set(title="Actor gradient norm before clipping (running median of 5 iterations)",
+                   ylabel="pre-clip gradient norm (log scale)", xlabel="environment steps", yscale="log")
+    axes[1, 1].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+        ax.title.set_fontsize(9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title="arm (colour in every panel)")
+    axes[0, 0].legend().set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
-def plot_critics(exp3, path):
+def plot_switches(switches, methods, out, filename):
+    """The direction of the actor's gradient at each H (its cosine with BPTT's), at the anneal's switch points."""
     plt = ad.runs.pyplot()
-    points = exp3["points"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    v_mc, g_mc = points["v_mc"], points["g_mc"]
-    scale = np.sqrt(np.mean(g_mc ** 2, axis=0))     # per coordinate, so p, v, b, w share one plot
-    lo, hi = v_mc.min(), v_mc.max()
-    axes[1].plot([-3, 3], [-3, 3], "k:", lw=0.8)
-    axes[0].plot([lo, hi], [lo, hi], "k:", lw=0.8)
-    for i, name in enumerate(n for n in points if n not in ("v_mc", "g_mc")):
-        v_hat, g_hat = points[name]
-        if v_hat is not None:
-            axes[0].scatter(v_mc, v_hat, s=6, color=f"C{i}", label=name)
-        axes[1].scatter((g_mc / scale).ravel(), (g_hat / scale).ravel(), s=4, color=f"C{i}", alpha=0.6, label=name)
-    axes[0].set_xlabel("Monte Carlo V(x)")
-    axes[0].set_ylabel("critic V_hat(x)")
-    axes[0].set_title("values (held-out states, theta_good, rho=0.01)", fontsize=9)
-    axes[1].set_xlabel("Monte Carlo grad_x V (per-coordinate RMS units)")
-    axes[1].set_ylabel("critic gradient: grad_x Q_hat or G_hat")
-    axes[1].set_title("value gradients", fontsize=9)
-    axes[1].set_xlim(-3, 3)
-    axes[1].set_ylim(-3, 3)
-    for i, (name, seeds) in enumerate(exp3["runs"].items()):
-        returns = np.array([r["curve"]["return"] for r in seeds])
-        axes[2].plot(seeds[0]["curve"]["env_steps"], returns.mean(axis=0), color=f"C{i}", label=name)
-    axes[2].set_xlabel("environment steps")
-    axes[2].set_ylabel("eval return (hard contact)")
-    axes[2].set_title("training with Q vs G terminal", fontsize=9)
-    for ax in axes:
+    names = list(switches)
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    for ax, name in zip(axes.flat, names):
+        steps = [p["env_steps"] for p in switches[name]]
+        for j, h in enumerate(DIAGNOSED_HORIZONS):
+            ax.plot(steps, [p["gradient_cosine"][str(h)] for p in switches[name]], "o-", color=f"C{j}", label=f"H = {h}")
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set(ylim=(-1.05, 1.05), xlabel="environment steps (the anneal's switch points)",
+               ylabel="cosine with BPTT's gradient", title=f"{methods[name]['label']}\n"
+               "is the critic-based gradient pointing the right way? (1 = yes)")
+        ax.title.set_fontsize(8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
+
+
+def plot_critics(exp3, out, filename):
+    plt = ad.runs.pyplot()
+    points = exp3["points"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    v_mc, g_mc = points["v_mc"], points["g_mc"]
+    scale = np.sqrt(np.mean(g_mc ** 2, axis=0))     # per coordinate, so p, v, b, w share one plot
+    lo, hi = v_mc.min(), v_mc.max()
+    axes[1].plot([-3, 3], [-3, 3], "k:", lw=0.8, label="perfect critic")
+    axes[0].plot([lo, hi], [lo, hi], "k:", lw=0.8, label="perfect critic")
+    for i, name in enumerate(n for n in points if n not in ("v_mc", "g_mc")):
+        v_hat, g_hat = points[name]
+        if v_hat is not None:
+            axes[0].plot(v_mc, v_hat, ".", ms=3, color=f"C{i}", label=name)
+        axes[1].plot((g_mc / scale).ravel(), (g_hat / scale).ravel(), ".", ms=2, color=f"C{i}", alpha=0.6, label=name)
+    axes[0].set(xlabel="Monte Carlo value V(x)", ylabel="critic's value V_hat(x)",
+                title="Values on held-out states (theta_good, rho = 0.01)")
+    axes[1].set(xlabel="Monte Carlo grad_x V (each coordinate in units of its RMS)",
+                ylabel="critic's gradient: grad_x Q_hat or G_hat", xlim=(-3, 3), ylim=(-3, 3),
+                title="Value gradients on the same states: what the actor uses")
+    for i, (name, seeds) in enumerate(exp3["runs"].items()):
+        returns = np.array([r["curve"]["return"] for r in seeds])
+        axes[2].plot(seeds[0]["curve"]["env_steps"], returns.mean(axis=0), color=f"C{i}", label=name)
+    axes[2].set(xlabel="environment steps", ylabel="evaluation return on the hard system (mean over seeds)",
+                title="Training with a value critic (Q) or a value-gradient critic (G)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return ad.runs.save_figure(fig, out, filename, dpi=90)
 
 
 # ----------------------------------------------------------------------------
 # Printed tables
 # ----------------------------------------------------------------------------
-def fmt(value):
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
-
-
-def print_table(title, header, rows):
-    widths = [max(len(str(h)), *(len(fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        print("  ".join(fmt(v).rjust(w) for v, w in zip(r, widths)))
+def show(title, header, rows):
+    """One printed table: the title, then the rows under the header (numbers to 3 significant digits)."""
+    ad.runs.print_table(header, rows, title=title)
 
 
 def print_exp1(exp1):
@@ -968,53 +1400,77 @@ def print_exp1(exp1):
               f"noise floor of the truth {snap['truth_noise_floor']:.1e} in units of |grad J|^2)")
         for key, label in (("variance", "variance nu_H"), ("bias", "bias beta_H, Q terminal"),
                            ("mse64", "relative MSE at batch 64, Q terminal")):
-            print_table(f"theta_{name}: {label} ({exp1['episodes']} episodes)", ["rho \\ H"] + horizons,
+            show(f"theta_{name}: {label} ({exp1['episodes']} episodes)", ["rho \\ H"] + horizons,
                         [[str(rho)] + [snap["rho"][rho]["Q"][h][key] for h in horizons] for rho in exp1["rhos"]])
-        print_table(f"theta_{name}: bias beta_H, G terminal", ["rho \\ H"] + horizons,
+        show(f"theta_{name}: bias beta_H, G terminal", ["rho \\ H"] + horizons,
                     [[str(rho)] + [snap["rho"][rho]["G"].get(h, {}).get("bias") for h in horizons] for rho in exp1["rhos"]])
-        print_table(f"theta_{name}: at H = T: max per-sample |g| / |grad J| and contact onsets per episode",
+        show(f"theta_{name}: at H = T: max per-sample |g| / |grad J| and contact onsets per episode",
                     ["rho", "max |g|", "onsets"],
                     [[str(rho), snap["rho"][rho]["Q"][T]["max_norm"], snap["rho"][rho]["Q"][T]["contact_onsets"]]
                      for rho in exp1["rhos"]])
     sweep = exp1["stiffness_sweep"]
     if sweep:
-        print_table("theta_init, H = T: variance nu over stiffness k x rho", ["k \\ rho"] + list(exp1["rhos"]),
+        show("theta_init, H = T: variance nu over stiffness k x rho", ["k \\ rho"] + list(exp1["rhos"]),
                     [[str(k)] + [sweep[k][rho]["variance"] for rho in exp1["rhos"]] for k in sweep])
     c = exp1["claims"]
-    print_table("Exp 1 claims (theta_init, k=1000)", ["claim", "measured"], [
-        [f"nu(H=T, rho=0) / nu(H=T, rho={c['rho_moderate']})  (want >= 100)", c["variance_ratio_at_H_T_rho0_over_rho_moderate"]],
-        ["nu(H=T) / nu(H=8), rho=0  (want >= 100)", c["variance_growth_rho0_from_smallest_H>=8_to_T"]],
-        ["fraction of H steps where beta falls, rho=0", c["bias_falls_with_H_rho0_fraction_of_steps"]],
-        [f"beta(H=T) at rho={exp1['rhos'][-1]}  (smoothing bias floor, want >= 0.05)", c["bias_floor_largest_rho_at_H_T"]],
-        ["best H by MSE64 for rho = " + ", ".join(map(str, exp1["rhos"])), ", ".join(str(h) for h in c["best_H_by_mse64"].values())],
-    ])
+    best = list(c["best_H_by_mse64"].values())
+    rows = [[f"nu(H=T, rho=0) / nu(H=T, rho={c['rho_moderate']})", c["variance_ratio_at_H_T_rho0_over_rho_moderate"], ">= 100"],
+            ["nu(H=T) / nu(smallest H >= 8), rho=0", c["variance_growth_rho0_from_smallest_H>=8_to_T"], ">= 100"],
+            ["fraction of H steps where beta falls, rho=0", c["bias_falls_with_H_rho0_fraction_of_steps"], "1 (monotone)"],
+            [f"beta(H=T) at rho={exp1['rhos'][-1]} (smoothing bias floor)", c["bias_floor_largest_rho_at_H_T"], ">= 0.05"],
+            ["best H by MSE64 for rho = " + ", ".join(map(str, exp1["rhos"])), ", ".join(map(str, best)), "grows with rho"]]
+    met = [rows[0][1] >= 100, rows[1][1] >= 100, rows[2][1] == 1.0, rows[3][1] >= 0.05, best == sorted(best)]
+    show(f"Exp 1 claims (theta_init, k=1000, {exp1['episodes']} episodes per cell)", ["claim", "measured", "bar", "met"],
+         [r + ["yes" if m else "no"] for r, m in zip(rows, met)])
+    print("  The bars are those of a convincing picture, not tuned to pass. With few episodes per cell (the lesson run)\n"
+          "  the heavy-tailed hard-contact cells are noisy, so a 'no' here may flip; --full (2048 episodes) tests them.")
+    show(f"Smoothing ratio tr Cov(hard) / tr Cov(rho={next(iter(exp1['smoothing_ratio'].values()))['rho']}) at H = T: "
+         "plain, by sample count, and the median over 8 independent batches with its 93% interval",
+         ["snapshot", "ratio", *[f"n={n}" for n in next(iter(exp1["smoothing_ratio"].values()))["ratio_by_count"]],
+          "batch median", "interval", "max |g| / mean |g| (hard)"],
+         [[f"theta_{name}", r["ratio"], *r["ratio_by_count"].values(), r["batch_median"],
+           "{:.3g} to {:.3g}".format(*r["batch_interval_93pct"]), r["max_over_mean_norm_hard"]]
+          for name, r in exp1["smoothing_ratio"].items()])
 
 
 def print_runs(title, summary, methods):
-    print_table(title, ["method", "final return", "+- seed std", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
-                [[methods[k]["label"], s["final_return_mean"], s["final_return_std"], s["final_box_error_mean"],
-                  s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
+    show(title, ["arm", "score", "+- se", "seeds", "|b_T - b*|", "median pre-clip |grad|", "clipped", "train s"],
+         [[methods[k]["label"], s["score_mean"], s["score_se"], s["seeds"], s["box_error_mean"],
+           s["median_pre_clip_grad_norm"], s["fraction_clipped"], s["train_seconds_mean"]] for k, s in summary.items()])
+    print(f"  score: mean over seeds of each run's last {SCORE_LAST} evaluations (return on the hard system, "
+          "128 fixed starts); +- is the standard error over seeds (ddof=1)")
 
 
-def print_exp2(exp2):
-    print_runs("Exp 2: training on the hard system (eval: deterministic policy, 128 fixed states, hard contact)",
-               exp2["summary"], METHODS)
+def print_exp2(exp2, methods):
+    print_runs("Exp 2: training, evaluated on the hard system", exp2["summary"], methods)
     c = exp2["claims"]
-    print_table("Exp 2 claims", ["claim", "measured"], [
-        ["best fixed setting", METHODS[c["best_fixed_method"]]["label"]],
-        ["F final return - best fixed (want >= 0)", c["F_minus_best_fixed_return"]],
-        *[[f"  {METHODS[k]['label']} - best fixed", v] for k, v in c["anneal_variants_minus_best_fixed_return"].items()
-          if k != "F_anneal"],
-        ["(F - B) final return in B's seed std (want >= 2)", c["F_minus_B_in_B_seed_std"]],
-        ["F final |b_T - b*| (want < 0.05)", c["F_final_box_error"]],
-        ["B median pre-clip norm / others' median (want >= 10)", c["B_median_grad_norm_over_others"]],
-    ] + [[f"env steps to 90% of F's gain: {k}", v if isinstance(v, str) else ", ".join(str(s) for s in v)]
-         for k, v in c["env_steps_to_90pct_of_F_improvement"].items()])
+    if c["best_fixed_arm"]:
+        print(f"  best fixed arm: {methods[c['best_fixed_arm']]['label']}")
+    show("Exp 2: paired score differences (same seeds, same initial policies)", ["difference", "mean", "+- se", "n"],
+         [[k, d["mean"], d["se"], d["n"]] for k, d in c["paired_score_differences"].items()])
+    if min(s["seeds"] for s in exp2["summary"].values()) < 5:
+        print("  With fewer than 5 seeds these differences are anecdotes, not tests (se needs >= 2 seeds);\n"
+              "  the README's tables come from 5 seeds per arm (--seeds 5, or --full).")
+    if "gradient_cosine_by_H" in c:
+        show(f"Exp 2: over all {c['diagnosed_policies']} diagnosed policies, the cosine of the actor's gradient at H "
+             "with BPTT's (mean +- se), and the critic's value error at the bootstrap states",
+             ["H", "cosine", "+- se", "Q value error"],
+             [[h, *c["gradient_cosine_by_H"][h], c["critic_value_error_by_H"][h]] for h in c["gradient_cosine_by_H"]])
+    if "BPTT_median_grad_norm_over_others" in c:
+        print(f"  BPTT's median pre-clip gradient norm / the other arms' median: {c['BPTT_median_grad_norm_over_others']:.3g}")
+    for name, points in exp2["switches"].items():
+        show(f"Exp 2: {methods[name]['label']}: the actor's gradient error at each H against BPTT's, where the "
+             "anneal switches H (mean over seeds)", ["env steps", "H now", "reference noise"]
+             + [f"err H={h}" for h in DIAGNOSED_HORIZONS] + [f"cos H={h}" for h in DIAGNOSED_HORIZONS]
+             + [f"Q err H={h}" for h in DIAGNOSED_HORIZONS],
+             [[round(p["env_steps"]), p["horizon"], p["reference_noise"]]
+              + [p[key][str(h)] for key in ("gradient_rel_error", "gradient_cosine", "critic_value_rel_error")
+                 for h in DIAGNOSED_HORIZONS] for p in points])
 
 
 def print_exp3(exp3, methods):
     f = exp3["fidelity"]
-    print_table(f"Exp 3a: critic fidelity on held-out states (reference noise: value {f['reference_value_noise']:.3f}, "
+    show(f"Exp 3a: critic fidelity on held-out states (reference noise: value {f['reference_value_noise']:.3f}, "
                 f"gradient {f['reference_gradient_noise']:.3f})",
                 ["critic", "value rel. error", "gradient rel. error", "median over states", "gradient cosine"],
                 [[name, e["value_rel_error"], e["gradient_rel_error"], e["gradient_median_state_error"], e["gradient_cosine"]]
@@ -1025,93 +1481,15 @@ def print_exp3(exp3, methods):
             for rho, by_h in by_rho.items():
                 rows.append([f"theta_{name}, rho={rho}"] + [f"{q:.2g} / {g:.2g}" for q, g in by_h.values()])
         h_list = list(next(iter(next(iter(exp3["bias_Q_vs_G_terminal"].values())).values())))
-        print_table("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
+        show("Exp 3b: bias beta_H, Q terminal / G terminal", ["setting"] + [f"H={h}" for h in h_list], rows)
     print_runs("Exp 3c: training with the value-gradient critic", exp3["summary"], methods)
-    print_table("Exp 3c: G against Q at the same actor horizon", ["comparison", "final return G - Q", "in Q seed std",
-                                                                  "G steps to Q's final / budget"],
-                [[k, c["final_return_difference"], c["difference_in_Q_seed_std"],
-                  ", ".join(fmt(f) for f in c["G_env_steps_to_Q_final_return_fraction"])] for k, c in exp3["comparisons"].items()])
-
-
-# ----------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------
-def config(args):
-    if args.full:
-        cfg = dict(snapshots=("init", "good"), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 2, 4, 8, 16, 32, 64, T),
-                   episodes=2048, truth_episodes=40960, critic_iterations=100, stiffness_sweep=(300, 1000, 3000),
-                   sweep_episodes=2048, seeds=3, env_steps=400_000, fidelity_iterations=150, held_out=256,
-                   reference_rollouts=256, exp3_methods=EXP3_FULL)
-    else:
-        cfg = dict(snapshots=("init",), rhos=(0.0, 0.003, 0.01, 0.03), horizons=(0, 1, 4, 16, 64, T),
-                   episodes=512, truth_episodes=8192, critic_iterations=40, stiffness_sweep=(),
-                   sweep_episodes=512, seeds=1, env_steps=160_000, fidelity_iterations=60, held_out=64,
-                   reference_rollouts=64, exp3_methods=EXP3_QUICK)
-    for key in ("seeds", "env_steps", "episodes"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    cfg["seed"] = args.seed
-    return cfg
-
-
-def strip_runs(runs):
-    """Learning curves and per-run figures for metrics.json (not the per-iteration gradient norms)."""
-    return {k: [{key: r[key] for key in r if key != "grad_norms"} for r in v] for k, v in runs.items()}
-
-
-def main(argv=None):
-    parser = ad.runs.parser(__doc__, "mve_critic")
-    parser.add_argument("--exp", choices=("1", "2", "3", "all"), default="all",
-                        help="which experiment: 1 bias/variance vs H and rho, 2 training curves, 3 value vs gradient critic")
-    parser.add_argument("--seeds", type=ad.runs.positive_int, default=None, help="training seeds (default 1, --full 3)")
-    parser.add_argument("--env-steps", type=ad.runs.positive_int, default=None,
-                        help="environment steps per training run (default 100k, --full 400k)")
-    parser.add_argument("--episodes", type=ad.runs.positive_int, default=None,
-                        help="episodes per gradient estimate in Exp 1 (default 512, --full 2048)")
-    args = parser.parse_args(argv)
-    cfg = config(args)
-    out = ad.runs.prepare_out(args.out)
-    started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    metrics, walls, exp1 = {}, {}, None
-    print(f"mve_critic: {'full' if args.full else 'quick'} run, experiments {args.exp}, out {out}")
-
-    if args.exp in ("1", "all"):
-        t0 = time.perf_counter()
-        exp1 = experiment_1(cfg, rng)
-        walls["exp1"] = time.perf_counter() - t0
-        print_exp1(exp1)
-        plot_bias_variance(exp1, os.path.join(out, "mve_critic_bias_variance.png"))
-        plot_mse_map(exp1, os.path.join(out, "mve_critic_mse_map.png"))
-        metrics["exp1"] = dict(exp1, wall_seconds=walls["exp1"])
-        print(f"Exp 1 wall time {ad.runs.format_seconds(walls['exp1'])}")
-    if args.exp in ("2", "all"):
-        t0 = time.perf_counter()
-        exp2 = experiment_2(cfg)
-        walls["exp2"] = time.perf_counter() - t0
-        print_exp2(exp2)
-        plot_training(exp2["runs"], METHODS, os.path.join(out, "mve_critic_training.png"),
-                      f"Exp 2: {cfg['env_steps']:,} env steps per run, {cfg['seeds']} seed(s), k={STIFFNESS:g}")
-        metrics["exp2"] = {"summary": exp2["summary"], "claims": exp2["claims"], "runs": strip_runs(exp2["runs"]),
-                           "wall_seconds": walls["exp2"]}
-        print(f"Exp 2 wall time {ad.runs.format_seconds(walls['exp2'])}")
-    if args.exp in ("3", "all"):
-        t0 = time.perf_counter()
-        exp3 = experiment_3(cfg, rng, exp1)
-        walls["exp3"] = time.perf_counter() - t0
-        print_exp3(exp3, cfg["exp3_methods"])
-        plot_critics(exp3, os.path.join(out, "mve_critic_critics.png"))
-        metrics["exp3"] = {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
-                           "summary": exp3["summary"], "comparisons": exp3["comparisons"],
-                           "runs": strip_runs(exp3["runs"]), "wall_seconds": walls["exp3"]}
-        print(f"Exp 3 wall time {ad.runs.format_seconds(walls['exp3'])}")
-
-    path = ad.runs.write_metrics(out, metrics, args, started)
-    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
-          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
-    print(f"metrics: {path}; figures in {out}")
-    return metrics
+    show("Exp 3c: G against Q at the same actor horizon (paired by seed)", ["comparison", "score G - Q", "+- se",
+                                                                           "G steps to Q's score / budget"],
+         [[k, c["mean"], c["se"], ", ".join(ad.runs.format_cell(f) for f in c["G_env_steps_to_Q_score_fraction"])]
+          for k, c in exp3["comparisons"].items()])
+    if min(s["seeds"] for s in exp3["summary"].values()) < 5:
+        print("  One seed per arm: these training differences are anecdotes; the README's come from 5 seeds (--seeds 5).")
 
 
 if __name__ == "__main__":
-    main()
+    ad.runs.run(main)

@@ -9,11 +9,10 @@ and the summed cost of an episode is differentiated with respect to the policy's
 through time (BPTT), exactly as for an RNN. A late cost reaches the torque that caused it through the physics:
 no value function, no exploration noise.
 
-What is here: a twin of Gymnasium's Pendulum-v1 (bitwise equal to its step; a fused version with hand-written
-VJPs), a mirror-symmetric policy u = 2 tanh(f(o) − f(mirror o)), truncated BPTT in two phases (short windows
-learn the swing-up, longer ones then refine it), DDPG on the real environment as the RL baseline, and the
-measurements: returns on gymnasium.make("Pendulum-v1") from fixed starts, paired with the same starts played
-by a near-optimal controller (value iteration on an (angle, speed) grid).
+What is here: a twin of Gymnasium's Pendulum-v1 (bitwise equal to its step; fused, with hand-written VJPs), a
+mirror-symmetric policy u = 2 tanh(f(o) − f(mirror o)), truncated BPTT in two phases (short windows learn the
+swing-up, longer ones refine it), DDPG on the real environment as the RL baseline, and returns on
+gymnasium.make("Pendulum-v1") from fixed starts, each paired with a near-optimal controller's (value iteration).
 
 The claim tested: the original (Flux's pendulum) says BPTT beats the RL leaderboard "in a single episode of
 training". Here: how far below the optimum BPTT and DDPG end, on starts no choice was made on, and whether one
@@ -24,9 +23,8 @@ Run:  python pendulum_bptt.py            # the lesson run: BPTT seed 0 (both pha
                                          # a finer map (outputs in runs/pendulum_bptt_full/; resumable)
       python pendulum_bptt.py --play runs/pendulum_bptt/params.npz   # a saved policy on both evaluation sets
       python pendulum_bptt.py --help     # every setting, with the value each mode uses
-Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png,
-swing_up.gif. pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz") returns a function from a
-Gymnasium observation to a Gymnasium action.
+Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png, swing_up.gif;
+pendulum_bptt.policy_from_file("runs/pendulum_bptt/params.npz") maps a Gymnasium observation to an action.
 
 Results: see README.md#pendulum_bpttpy.
 """
@@ -71,26 +69,7 @@ HELP = {
     "vi_convergence": "also run value iteration on coarser grids, to show the optimum has converged",
     "original_seeds": "seeds of the original's setting re-created (one 1,000-step episode each)",
 }
-POLICY_KINDS = ("odd", "plain")
-
-
-def policy_kind(text):
-    if text not in POLICY_KINDS:
-        raise ValueError(text)
-    return text
-
-
-policy_kind.__name__ = "policy kind (odd or plain)"
-TYPES = {
-    "seeds": ad.runs.whole(1, 1000), "sim_steps": ad.runs.whole(1, 10**9), "batch": ad.runs.whole(1, 100_000),
-    "window": ad.runs.whole(1, 100_000), "lr": ad.runs.positive_float, "long_sim_steps": ad.runs.whole(0, 10**9),
-    "long_batch": ad.runs.whole(1, 100_000), "long_window": ad.runs.whole(1, 100_000),
-    "long_lr": ad.runs.positive_float, "hidden": ad.runs.whole(1, 4096), "policy": policy_kind,
-    "ddpg_steps": ad.runs.whole(0, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
-    "eval_episodes": ad.runs.whole(1, 100_000), "fresh_episodes": ad.runs.whole(1, 100_000),
-    "curve_episodes": ad.runs.whole(1, 10_000), "grid": ad.runs.whole(3, 1001),
-    "vi_angles": ad.runs.whole(8, 2001), "vi_speeds": ad.runs.whole(3, 2001), "original_seeds": ad.runs.whole(0, 1000),
-}
+# Each flag's type and range (TYPES, POLICY_KINDS): see Part 2
 # Gymnasium reset seeds of each set of starts, disjoint; none is ever used in training.
 EVAL_SEED_BASE = 1_000_000    # the evaluation set, reset seeds 1,000,000 + k: seen while the method was chosen
 FRESH_SEED_BASE = 10_000_000  # the fresh set, reset seeds 10,000,000 + k: first played after every choice was made
@@ -236,23 +215,12 @@ def observation(state):
     return obs, vjp
 
 
-
 def reset_states(rng, n):
     """n start states from Pendulum-v1's reset distribution: θ ~ U(−π, π), θ̇ ~ U(−1, 1)."""
     return np.stack([rng.uniform(-np.pi, np.pi, n), rng.uniform(-1.0, 1.0, n)], axis=1)
 
 
-def original_step(state, torque):
-    """One step of the original's pendulum (Gym.jl's Pendulum-v0, which Flux's example trained on), with
-    the engine's ops: the same equations as Gymnasium's, but the torque is NOT clipped (Gym.jl clamps it
-    only for drawing), in the dynamics and in the cost, and θ moves with the speed before its ±8 clip.
-    state: Tensor (B, 2); torque: Tensor (B,) or (B, 1). Returns (next_state, cost of the pre-step state)."""
-    theta, speed, u = state[:, 0], state[:, 1], _torque_vector(torque)
-    wrapped = theta + ad.Tensor(angle_normalize(theta.data) - theta.data)
-    cost = wrapped * wrapped + 0.1 * (speed * speed) + 0.001 * (u * u)
-    raw_speed = speed + (GRAVITY_TERM * ad.sin(theta) + TORQUE_TERM * u) * DT
-    new_theta = theta + raw_speed * DT
-    return ad.stack([new_theta, ad.clip(raw_speed, -MAX_SPEED, MAX_SPEED)], axis=1), cost
+# The original's pendulum (Gym.jl's Pendulum-v0: the torque unclipped): see Part 2, original_step
 
 
 # ----------------------------------------------------------------------------
@@ -344,22 +312,6 @@ def bptt_update(net, optimizer, state, steps, kind, max_grad_norm):
     return loss, end.data, grad_norm
 
 
-def check_update(net, before, last_good, loss, when):
-    """A diverged update stops training. `before` holds the parameters this update started from,
-    `last_good` those of the latest update whose loss was finite. A non-finite loss puts back `last_good`,
-    non-finite parameters after the step put back `before`, and Diverged carries the net to be saved.
-    Returns the new `last_good`."""
-    loss_finite = np.isfinite(loss.item())
-    if loss_finite and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
-        return before
-    for p, old in zip(net.parameters(), before if loss_finite else (last_good or before)):
-        p.data = old
-    error = ad.runs.Diverged(f"BPTT {'parameters' if loss_finite else 'loss'} not finite at {when} "
-                             f"(training diverged; try a smaller learning rate)")
-    error.net = net
-    raise error
-
-
 def adam_schedule(lr, done, total):
     """Constant step size, then a linear decay to 5% over the last quarter of the steps."""
     return lr * min(1.0, 0.05 + 0.95 * (1.0 - done / total) / 0.25)
@@ -381,15 +333,13 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
     rng = np.random.default_rng(seed)
     net = net if net is not None else make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
-    curve, grad_norms, done, last_good = [], [], 0, None
-    checkpoints = sorted(c - steps_before for c in curve_at if c >= steps_before)
+    grad_norms, done, last_good = [], 0, None
+    curve = LearningCurve(curve_at, curve_policy_eval, offset=steps_before)   # Part 2: the curve's checkpoints
     state, t_episode = reset_states(rng, batch), 0
     progress = ad.runs.Progress(sim_steps, label, every=5.0)
-    with np.errstate(over="ignore", invalid="ignore"):     # a divergence is caught by check_update
+    with np.errstate(over="ignore", invalid="ignore"):     # a divergence: check_update (Part 2)
         while done < sim_steps:
-            if checkpoints and done >= checkpoints[0]:
-                curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
-                checkpoints = [c for c in checkpoints if c > done]
+            curve.record_if_due(done, lambda obs: act(net, obs, kind))
             optimizer.lr = adam_schedule(lr, done, sim_steps)
             steps = min(window, episode_length - t_episode)
             before = [p.data.copy() for p in net.parameters()]
@@ -401,12 +351,11 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
             if t_episode >= episode_length:
                 state, t_episode = reset_states(rng, batch), 0
             progress.update(min(done, sim_steps), last_window_loss=loss.item())
-    if curve_policy_eval is not None:
-        curve.append((steps_before + done, curve_policy_eval(lambda obs: act(net, obs, kind))))
+    curve.finish(done, lambda obs: act(net, obs, kind))
     info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
             "max_grad_norm_seen": float(np.max(grad_norms, initial=0.0)),
             "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
-    return net, curve, info
+    return net, curve.points, info
 
 
 def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None,
@@ -445,24 +394,7 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
 # follow RL Zoo's DDPG/TD3 for Pendulum (γ = 0.98, σ = 0.1 of the action range is 0.2 here, one
 # gradient step per environment step), with smaller networks (64, 64) to fit the one-minute budget.
 # ----------------------------------------------------------------------------
-# Compute, counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
-# counting as two forward ones. BPTT, per simulated step: f on o and on mirror(o), forward and backward (6;
-# a plain policy 3). DDPG, per replayed sample of a gradient step: target actor and target critic forward
-# (2), critic forward and backward for the TD loss (3), actor and critic forward and backward for the
-# actor's loss (6); plus one actor forward to act at each step after the warm-up.
-BPTT_PASSES_PER_STEP = {"odd": 6, "plain": 3}
-DDPG_PASSES_PER_SAMPLE = 11
-
-
-def ddpg_passes(env_steps, batch=128, warmup=1000):
-    gradient_steps = max(0, env_steps - warmup + 1)
-    return gradient_steps * batch * DDPG_PASSES_PER_SAMPLE + max(0, env_steps - warmup)
-
-
-def ddpg_steps_matching(passes, batch=128, warmup=1000):
-    """The fewest DDPG environment steps whose network passes reach `passes` (e.g. one BPTT seed's)."""
-    per_step = batch * DDPG_PASSES_PER_SAMPLE + 1
-    return warmup - 1 + -(-(passes + 1) // per_step)
+# Compute matching (--full gives DDPG the network passes of one BPTT seed): see Part 2, ddpg_steps_matching
 
 
 def q_value(params, obs, action):
@@ -510,12 +442,10 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
     buffer = {k: np.zeros((env_steps, n)) for k, n in (("obs", 3), ("action", 1), ("reward", 1), ("next_obs", 3))}
     env = gym.make("Pendulum-v1")
     obs = env.reset(seed=DDPG_SEED_BASE + seed)[0]
-    curve, checkpoints, episode_return, episode_returns = [], sorted(curve_at), 0.0, []
+    curve, episode_return, episode_returns = LearningCurve(curve_at, curve_policy_eval), 0.0, []
     progress = ad.runs.Progress(env_steps, label, every=5.0)
     for t in range(env_steps):
-        if checkpoints and t >= checkpoints[0]:
-            curve.append((t, curve_policy_eval(policy)))
-            checkpoints = [c for c in checkpoints if c > t]
+        curve.record_if_due(t, policy)
         if t < warmup:
             action = rng.uniform(-MAX_TORQUE, MAX_TORQUE)
         else:
@@ -535,10 +465,9 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
         critic_loss = ad.runs.check_finite("DDPG critic loss", ddpg_update(actor, critic, optimizers, targets,
                                                                            sample, gamma, tau), f"step {t + 1}")
         progress.update(t + 1, critic_loss=critic_loss.item(), last_return=episode_returns[-1] if episode_returns else 0.0)
-    if curve_policy_eval is not None:
-        curve.append((env_steps, curve_policy_eval(policy)))
+    curve.finish(env_steps, policy)
     env.close()
-    return policy, actor, curve, {"env_steps": env_steps, "training_episode_returns": episode_returns}
+    return policy, actor, curve.points, {"env_steps": env_steps, "training_episode_returns": episode_returns}
 
 
 # ----------------------------------------------------------------------------
@@ -577,15 +506,6 @@ def evaluate(policy, episodes=100, seed_base=EVAL_SEED_BASE):
     returns, _ = run_gymnasium(policy, seeds=seed_base + np.arange(episodes))
     return {"mean": float(returns.mean()), "std": float(returns.std()), "worst": float(returns.min()),
             "best": float(returns.max()), "episodes": episodes, "returns": returns}
-
-
-def steps_to_upright(angles, tolerance=0.3):
-    """First step after which |θ| < tolerance for the rest of the episode (nan if never)."""
-    upright = np.abs(angles) < tolerance
-    stays = np.flip(np.logical_and.accumulate(np.flip(upright, axis=1), axis=1), axis=1)
-    first = np.argmax(stays, axis=1).astype(float)
-    first[~stays[:, -1]] = np.nan
-    return first
 
 
 # The reference: a near-optimal controller from finite-horizon value iteration on an (angle, speed) grid
@@ -688,6 +608,41 @@ def main(argv=None):
 
 # ============================== Part 2: running the experiment ==============================
 
+def check_update(net, before, last_good, loss, when):
+    """A diverged update stops training. `before` holds the parameters this update started from,
+    `last_good` those of the latest update whose loss was finite. A non-finite loss puts back `last_good`,
+    non-finite parameters after the step put back `before`, and Diverged carries the net to be saved.
+    Returns the new `last_good`."""
+    loss_finite = np.isfinite(loss.item())
+    if loss_finite and all(np.all(np.isfinite(p.data)) for p in net.parameters()):
+        return before
+    for p, old in zip(net.parameters(), before if loss_finite else (last_good or before)):
+        p.data = old
+    error = ad.runs.Diverged(f"BPTT {'parameters' if loss_finite else 'loss'} not finite at {when} "
+                             f"(training diverged; try a smaller learning rate)")
+    error.net = net
+    raise error
+
+
+class LearningCurve:
+    """The learning curve's bookkeeping: record_if_due(done, policy) evaluates the policy the first time the
+    running total `done` reaches each checkpoint of `at` (totals counted from `offset`), finish(done, policy)
+    once at the end. points: [(total steps, mean return)]. Without an evaluate function it records nothing."""
+
+    def __init__(self, at, evaluate, offset=0):
+        self.points, self.evaluate, self.offset = [], evaluate, offset
+        self.pending = sorted(c - offset for c in at if c >= offset)
+
+    def record_if_due(self, done, policy):
+        if self.pending and done >= self.pending[0]:
+            self.points.append((self.offset + done, self.evaluate(policy)))
+            self.pending = [c for c in self.pending if c > done]
+
+    def finish(self, done, policy):
+        if self.evaluate is not None:
+            self.points.append((self.offset + done, self.evaluate(policy)))
+
+
 def curve_evaluator(episodes):
     """Mean return on fixed Gymnasium episodes whose reset seeds are disjoint from both evaluation sets."""
     def curve_eval(policy):
@@ -709,6 +664,30 @@ def evaluate_sets(make_policy, args):
     make_policy() gives a policy for one set of episodes (the optimal controller counts steps)."""
     return {"evaluation": evaluate(make_policy(), args.eval_episodes, EVAL_SEED_BASE),
             "fresh": evaluate(make_policy(), args.fresh_episodes, FRESH_SEED_BASE)}
+
+
+# ----------------------------------------------------------------------------
+# Compute matching: BPTT and DDPG measured in network passes
+#
+# Counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
+# counting as two forward ones. BPTT, per simulated step: f on o and on mirror(o), forward and backward (6;
+# a plain policy 3). DDPG, per replayed sample of a gradient step: target actor and target critic forward
+# (2), critic forward and backward for the TD loss (3), actor and critic forward and backward for the
+# actor's loss (6); plus one actor forward to act at each step after the warm-up.
+# ----------------------------------------------------------------------------
+BPTT_PASSES_PER_STEP = {"odd": 6, "plain": 3}
+DDPG_PASSES_PER_SAMPLE = 11
+
+
+def ddpg_passes(env_steps, batch=128, warmup=1000):
+    gradient_steps = max(0, env_steps - warmup + 1)
+    return gradient_steps * batch * DDPG_PASSES_PER_SAMPLE + max(0, env_steps - warmup)
+
+
+def ddpg_steps_matching(passes, batch=128, warmup=1000):
+    """The fewest DDPG environment steps whose network passes reach `passes` (e.g. one BPTT seed's)."""
+    per_step = batch * DDPG_PASSES_PER_SAMPLE + 1
+    return warmup - 1 + -(-(passes + 1) // per_step)
 
 
 def train_and_evaluate_bptt(args, seed, curve_eval, out):
@@ -827,6 +806,19 @@ ORIGINAL = {"sizes": (3, 24, 48, 1), "window": 4, "lr": 0.03, "episode_steps": 1
 LEADERBOARD_BEST = -123.11     # best 100-episode mean on the old Gym leaderboard for Pendulum-v0 (D4PG)
 
 
+def original_step(state, torque):
+    """One step of the original's pendulum (Gym.jl's Pendulum-v0, which Flux's example trained on), with
+    the engine's ops: the same equations as Gymnasium's, but the torque is NOT clipped (Gym.jl clamps it
+    only for drawing), in the dynamics and in the cost, and θ moves with the speed before its ±8 clip.
+    state: Tensor (B, 2); torque: Tensor (B,) or (B, 1). Returns (next_state, cost of the pre-step state)."""
+    theta, speed, u = state[:, 0], state[:, 1], _torque_vector(torque)
+    wrapped = theta + ad.Tensor(angle_normalize(theta.data) - theta.data)
+    cost = wrapped * wrapped + 0.1 * (speed * speed) + 0.001 * (u * u)
+    raw_speed = speed + (GRAVITY_TERM * ad.sin(theta) + TORQUE_TERM * u) * DT
+    new_theta = theta + raw_speed * DT
+    return ad.stack([new_theta, ad.clip(raw_speed, -MAX_SPEED, MAX_SPEED)], axis=1), cost
+
+
 def train_original(seed, step):
     """One 1,000-step episode of the original's BPTT through `step` (original_step or Gymnasium's step_ops)."""
     rng = np.random.default_rng((seed, 17))
@@ -866,14 +858,7 @@ def original_policy(net):
 
 def gymnasium_starts(seeds):
     """The start states [θ, θ̇] Gymnasium's reset gives for these seeds."""
-    import gymnasium as gym
-    env = gym.make("Pendulum-v1")
-    starts = []
-    for seed in seeds:
-        env.reset(seed=int(seed))
-        starts.append(np.array(env.unwrapped.state, dtype=np.float64))
-    env.close()
-    return np.array(starts)
+    return ad.runs.reset_states("Pendulum-v1", seeds)
 
 
 def reproduce_original(args):
@@ -900,6 +885,15 @@ def reproduce_original(args):
             "median_same_policy_on_gymnasium": float(np.median(column("same_policy_on_gymnasium"))),
             "median_trained_on_clipped_twin": float(np.median(column("trained_on_clipped_twin_on_gymnasium"))),
             "peak_abs_torque_range": [float(column("peak_abs_torque").min()), float(column("peak_abs_torque").max())]}
+
+
+def steps_to_upright(angles, tolerance=0.3):
+    """First step after which |θ| < tolerance for the rest of the episode (nan if never)."""
+    upright = np.abs(angles) < tolerance
+    stays = np.flip(np.logical_and.accumulate(np.flip(upright, axis=1), axis=1), axis=1)
+    first = np.argmax(stays, axis=1).astype(float)
+    first[~stays[:, -1]] = np.nan
+    return first
 
 
 def measure_generalisation(policy, grid):
@@ -1034,6 +1028,31 @@ def save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisat
     plot_generalisation(os.path.join(out, "generalisation.png"), g["grid_theta"], g["grid_speed"], g["returns"],
                         g["_upright_map"])
     save_swing_up_gif(os.path.join(out, "swing_up.gif"), bptt_runs[0]["policy"])
+
+
+# ----------------------------------------------------------------------------
+# The command line: each setting's type and range (SETTINGS and HELP are in section 1)
+# ----------------------------------------------------------------------------
+POLICY_KINDS = ("odd", "plain")
+
+
+def policy_kind(text):
+    if text not in POLICY_KINDS:
+        raise ValueError(text)
+    return text
+
+
+policy_kind.__name__ = "policy kind (odd or plain)"
+TYPES = {
+    "seeds": ad.runs.whole(1, 1000), "sim_steps": ad.runs.whole(1, 10**9), "batch": ad.runs.whole(1, 100_000),
+    "window": ad.runs.whole(1, 100_000), "lr": ad.runs.positive_float, "long_sim_steps": ad.runs.whole(0, 10**9),
+    "long_batch": ad.runs.whole(1, 100_000), "long_window": ad.runs.whole(1, 100_000),
+    "long_lr": ad.runs.positive_float, "hidden": ad.runs.whole(1, 4096), "policy": policy_kind,
+    "ddpg_steps": ad.runs.whole(0, 10**7), "ddpg_seeds": ad.runs.whole(0, 1000),
+    "eval_episodes": ad.runs.whole(1, 100_000), "fresh_episodes": ad.runs.whole(1, 100_000),
+    "curve_episodes": ad.runs.whole(1, 10_000), "grid": ad.runs.whole(3, 1001),
+    "vi_angles": ad.runs.whole(8, 2001), "vi_speeds": ad.runs.whole(3, 2001), "original_seeds": ad.runs.whole(0, 1000),
+}
 
 
 def add_play_flag(parser):

@@ -11,10 +11,10 @@ well it turned out: supervised learning on your own samples, weighted by the adv
     update     = RMSProp (decay 0.99, lr 1e-4, eps 1e-5) on the gradient summed over 10 episodes
 
 The claim: this learns from pixels alone to beat the built-in AI; the original (Karpathy's pg-pong.py)
-took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Two defaults differ from
-the original: returns are standardised over the batch of 10 episodes (the original: per episode,
-`--standardise episode`), and ALE/Pong-v5 repeats each action 4 frames (the original's Pong-v0 draws
-2-4 at random, `--env-id Pong-v0`). New: the engine's backward, ten games at once, exact checkpoints.
+took ~8,000 episodes, three nights on a laptop, to get slightly better than it. Unlike the original,
+returns are standardised over the batch (`--standardise episode`: per episode, as the original) and
+ALE/Pong-v5 repeats each action 4 frames (`--env-id Pong-v0`: 2-4 at random, as the original).
+New: the engine's backward, ten games at once, exact checkpoints.
 
 Run:
     python pong_pg.py                   # the lesson run: 60 episodes, 6 updates, still close to random
@@ -52,26 +52,13 @@ BACKGROUND = (144, 109)      # red-channel values of the two background colours
 SETTINGS = {"env_id": "ALE/Pong-v5", "standardise": "batch", "episodes": 60, "hours": None,
             "games": BATCH_EPISODES, "workers": 2, "checkpoint_every": 20, "play_games": 3}
 FULL = {"episodes": 30000}
-HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frameskip 2-4)",
-        "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
-        "episodes": "train until this many episodes in total",
-        "hours": "also stop after this many hours of training in total; None is no time limit",
-        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
-        "workers": "processes that run the games (0: all in this one); results do not depend on it",
-        "checkpoint_every": "updates between checkpoints",
-        "play_games": "games per policy for --play"}
+# the flags' help text and types: Part 2, "The command line"
 
 
 # ----------------------------------------------------------------------------
 # 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
-def make_game(env_id, **options):
-    """One Atari game through Gymnasium (ale-py ships the Pong ROM). Part 2's `Games` runs ten of them."""
-    import ale_py
-    import gymnasium
-    gymnasium.register_envs(ale_py)
-    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
-    return gymnasium.make(env_id, **options)
+# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` runs ten copies, in worker processes.
 
 
 def preprocess(frames):
@@ -195,58 +182,32 @@ def update(state, episodes):
 # 6. Training: play exactly 10 whole episodes with the current policy, update, repeat
 # ----------------------------------------------------------------------------
 def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False, progress=None):
-    """Play `n_episodes` whole episodes with the fixed policy (W1, W2), spread over the parallel games.
-
-    All playing games are preprocessed and forwarded together (one batched forward per step); each then
-    samples UP with probability P(UP) (or, if greedy, takes the likelier action). A game that finishes
-    starts another episode only while fewer than n_episodes were started, so every episode is played
-    whole by this policy. Returns the episodes in the order they ended, each a dict of x (T, 6400) int8
-    difference frames, up (T,) bool and rewards (T,); None if stop() became true. `film.add(frame,
-    reward)` receives game 0's first episode; `progress.update(done)` hears of each finished one."""
-    n = len(games)
-    playing, first_frame = np.zeros(n, bool), np.zeros(n, bool)
-    previous, record = np.zeros((n, PIXELS), np.int8), [None] * n
-    episodes, started, filming = [], 0, film is not None
-
-    def start(ids):
-        nonlocal started
-        games.reset(ids)
-        playing[ids], first_frame[ids] = True, True
-        for g in ids:
-            record[g] = {"x": [], "up": [], "rewards": []}
-        started += len(ids)
-
-    start(np.arange(min(n, n_episodes)))
-    while playing.any():
+    """Play `n_episodes` whole episodes with the fixed policy (W1, W2) over the parallel games: one
+    batched forward per step, then each game samples UP with probability P(UP) (greedy: the likelier).
+    Returns the episodes in the order they ended, dicts of x (T, 6400) int8 difference frames, up (T,)
+    bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives game 0's first
+    episode; `progress.update(done)` hears of each finished one."""
+    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, exactly n whole episodes
+    filming = film is not None
+    while book.playing.any():
         if stop is not None and stop():
             return None
-        ids = np.flatnonzero(playing)
+        ids = np.flatnonzero(book.playing)
         current = preprocess(games.frames[ids])
-        x = current - previous[ids]                 # difference frame, values in {-1, 0, 1}
-        x[first_frame[ids]] = 0                     # the original's first input: no previous frame, zeros
-        previous[ids], first_frame[ids] = current, False
+        x = current - book.previous[ids]            # difference frame, values in {-1, 0, 1}
+        x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
+        book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
         up = p_up > 0.5 if greedy else rng.random(len(ids)) < p_up
-        frame_0 = games.frames[0].copy() if filming and playing[0] else None
+        frame_0 = games.frames[0].copy() if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
-        for j, g in enumerate(ids):
-            record[g]["x"].append(x[j])
-            record[g]["up"].append(up[j])
-            record[g]["rewards"].append(rewards[j])
+        ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
         if frame_0 is not None:
             film.add(frame_0, rewards[0])           # ids is sorted: game 0 comes first
-        ended = ids[dones]
-        for g in ended:
-            episodes.append({k: np.array(v) for k, v in record[g].items()})
-            record[g] = None
         filming = filming and 0 not in ended
         if progress is not None and len(ended):
-            progress.update(len(episodes))
-        playing[ended] = False
-        restart = ended[:max(0, n_episodes - started)]     # new episodes while fewer than n were started
-        if len(restart):
-            start(restart)
-    return episodes
+            progress.update(len(book.finished))
+    return book.finished
 
 
 def train_batch(state, stop=None):
@@ -261,25 +222,15 @@ def train_batch(state, stop=None):
 def train(state, args, out, log=print):
     """Train until args.episodes episodes or args.hours of training in total, checkpointing every
     args.checkpoint_every updates; Ctrl-C or SIGTERM saves the last update's state and stops."""
-    checkpoint = os.path.join(out, "checkpoint.npz")
-    session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"]}
-    state["session_start"] = session["start"]
-    progress = progress_for(state, args)
-    if state["boundary"] is None:
-        mark_boundary(state)                    # what a checkpoint saves if stopped during the first batch
+    session = start_session(state, args, out)          # Part 2: the clock, progress line, checkpoint path
     with StopRequests() as stop:
         while state["episode"] < args.episodes and (args.hours is None or state["seconds"] < args.hours * 3600):
             batch_start = time.perf_counter()
             episodes = train_batch(state, stop=stop)
             if episodes is None:
                 break
-            state["seconds"] = session["seconds_before"] + time.perf_counter() - session["start"]
-            record_batch(state, episodes, state["seconds"] / 3600)
-            mark_boundary(state)
-            if state["updates"] % args.checkpoint_every == 0:
-                save_outputs(state, args, out, checkpoint)
-            session["steps"] += report_batch(progress, state, args, episodes, time.perf_counter() - batch_start)
-    return end_session(state, args, out, checkpoint, session, stop.requested, log)
+            finish_batch(state, args, out, session, episodes, batch_start)   # Part 2: history, checkpoint
+    return end_session(state, args, out, session["checkpoint"], session, stop.requested, log)
 
 
 # ----------------------------------------------------------------------------
@@ -320,34 +271,34 @@ def main(argv=None):
     try:
         if resumed is not None:
             apply_checkpoint(resumed, state)
-            print(f"resumed from {resumed['path']}: episode {state['episode']}, update {state['updates']}, "
-                  f"running reward {state['running_reward']}")
-        print(f"{args.env_id}: {args.games} games at once, {BATCH_EPISODES} episodes per update, "
-              f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+        print_start(args, state, resumed)
         session = train(state, args, out)
     finally:
         state["games"].close()
     film = PointFilm()
     demo = [] if session["interrupted"] else play_games(args.env_id, state["W1"], state["W2"], 1, args.seed,
                                                         film=film)
-    if film.kept:
-        ad.runs.save_gif(os.path.join(out, "pong_pg_game.gif"), film.kept[::2], fps=15)
-    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
-               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
-    ad.runs.write_metrics(out, metrics, args, started)
-    print_results(state, session, metrics, demo, out)
-    if not args.full and resumed is None:
-        print_next_steps(out)
+    metrics = report(args, state, session, demo, film, resumed, out, started)     # Part 2: files, table
     return {"state": state, "metrics": metrics}
 
 
 # ============================== Part 2: running the experiment ==============================
-# The games in worker processes, exact checkpoints, Ctrl-C, --play, figures, the command line.
+# The games in worker processes, the episodes' and the session's bookkeeping, exact checkpoints, Ctrl-C,
+# --play, figures, the command line (help text and flag types).
 
 
 # ----------------------------------------------------------------------------
 # The games: n copies of the game, stepped in worker processes
 # ----------------------------------------------------------------------------
+def make_game(env_id, **options):
+    """One Atari game through Gymnasium (ale-py ships the Pong ROM). Part 2's `Games` runs ten of them."""
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)    # no banner on stderr
+    return gymnasium.make(env_id, **options)
+
+
 def _emulator_state(env):
     """One game's full state including the emulator's RNG (ALE's own serialisation, as bytes) and the
     env's NumPy RNG (it draws Pong-v0's random frameskip)."""
@@ -523,6 +474,45 @@ class Games:
         self.connections, self.processes, self.envs = [], [], []
 
 
+class Episodes:
+    """play_episodes' bookkeeping: which games are playing, each one's previous frame and steps so far,
+    the episodes in the order they ended. A game that finishes starts another episode only while fewer
+    than n_episodes were started, so every episode is played whole by the one policy (exactly 10 per
+    batch, however many games run at once)."""
+
+    def __init__(self, games, n_episodes):
+        n = len(games)
+        self.games, self.n_episodes, self.started = games, n_episodes, 0
+        self.playing, self.first_frame = np.zeros(n, bool), np.zeros(n, bool)
+        self.previous, self.steps = np.zeros((n, PIXELS), np.int8), [None] * n
+        self.finished = []
+        self.start(np.arange(min(n, n_episodes)))
+
+    def start(self, ids):
+        self.games.reset(ids)
+        self.playing[ids], self.first_frame[ids] = True, True
+        for g in ids:
+            self.steps[g] = {"x": [], "up": [], "rewards": []}
+        self.started += len(ids)
+
+    def add(self, ids, x, up, rewards, dones):
+        """Record one step of the games `ids`; end the episodes that are done, start new ones while
+        fewer than n_episodes were started. Returns the games whose episode ended."""
+        for j, g in enumerate(ids):
+            self.steps[g]["x"].append(x[j])
+            self.steps[g]["up"].append(up[j])
+            self.steps[g]["rewards"].append(rewards[j])
+        ended = ids[dones]
+        for g in ended:
+            self.finished.append({k: np.array(v) for k, v in self.steps[g].items()})
+            self.steps[g] = None
+        self.playing[ended] = False
+        restart = ended[:max(0, self.n_episodes - self.started)]
+        if len(restart):
+            self.start(restart)
+        return ended
+
+
 # ----------------------------------------------------------------------------
 # Training state, bookkeeping, progress, Ctrl-C
 # ----------------------------------------------------------------------------
@@ -541,6 +531,29 @@ def config_of(args):
     """The settings a checkpoint must agree with to be resumed."""
     return {"env_id": args.env_id, "games": args.games, "hidden": HIDDEN, "pixels": PIXELS,
             "batch_episodes": BATCH_EPISODES, "standardise": args.standardise}
+
+
+def start_session(state, args, out):
+    """This session's clock and progress line, and the first boundary: what a checkpoint saves if
+    stopped during the first batch."""
+    session = {"start": time.perf_counter(), "steps": 0, "seconds_before": state["seconds"],
+               "checkpoint": os.path.join(out, "checkpoint.npz")}
+    state["session_start"] = session["start"]
+    session["progress"] = progress_for(state, args)
+    if state["boundary"] is None:
+        mark_boundary(state)
+    return session
+
+
+def finish_batch(state, args, out, session, episodes, batch_start):
+    """After an update: the clock, the history, the boundary, a checkpoint when due, the progress line."""
+    state["seconds"] = session["seconds_before"] + time.perf_counter() - session["start"]
+    record_batch(state, episodes, state["seconds"] / 3600)
+    mark_boundary(state)
+    if state["updates"] % args.checkpoint_every == 0:
+        save_outputs(state, args, out, session["checkpoint"])
+    batch_seconds = time.perf_counter() - batch_start
+    session["steps"] += report_batch(session["progress"], state, args, episodes, batch_seconds)
 
 
 def record_batch(state, episodes, hours):
@@ -821,6 +834,27 @@ def run_metrics(state):
     }
 
 
+def print_start(args, state, resumed):
+    if resumed is not None:
+        print(f"resumed from {resumed['path']}: episode {state['episode']}, update {state['updates']}, "
+              f"running reward {state['running_reward']}")
+    print(f"{args.env_id}: {args.games} games at once, {BATCH_EPISODES} episodes per update, "
+          f"training to episode {args.episodes}" + (f" or {args.hours} h" if args.hours else ""))
+
+
+def report(args, state, session, demo, film, resumed, out, started):
+    """The demo game's GIF, metrics.json, the results table; after a lesson run, what to try next."""
+    if film.kept:
+        ad.runs.save_gif(os.path.join(out, "pong_pg_game.gif"), film.kept[::2], fps=15)
+    metrics = {**run_metrics(state), "steps_per_s_this_session": session["session_steps_per_s"],
+               "demo_game_score": demo[0][0] - demo[0][1] if demo else None}
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_results(state, session, metrics, demo, out)
+    if not args.full and resumed is None:
+        print_next_steps(out)
+    return metrics
+
+
 def print_results(state, session, metrics, demo, out):
     h = state["history"]
     first_last = (f"{metrics['mean_score_first_episodes']:.2f} / {metrics['mean_score_last_episodes']:.2f}"
@@ -970,6 +1004,14 @@ def curve_command(args, out, started):
 # ----------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------
+HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frameskip 2-4)",
+        "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
+        "episodes": "train until this many episodes in total",
+        "hours": "also stop after this many hours of training in total; None is no time limit",
+        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
+        "workers": "processes that run the games (0: all in this one); results do not depend on it",
+        "checkpoint_every": "updates between checkpoints",
+        "play_games": "games per policy for --play"}
 TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")
 
 

@@ -30,7 +30,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 from . import nn, optim, runs
 from .engine import (PRIMITIVES, Tensor, detect_anomaly, graph_string, is_grad_enabled, no_grad, primitive,
                      print_graph, unbroadcast)
-from .gradcheck import gradcheck
+from .gradcheck import assert_gradcheck, gradcheck
 from .kernels import gru_cell, gru_sequence, linear, mlp
 from .ops import (abs, add, clip, concatenate, cos, div, exp, getitem, log, log_softmax, logsumexp, matmul,
                   max, maximum, mean, minimum, mul, neg, power, relu, reshape, scale_gradient, sigmoid, sin,

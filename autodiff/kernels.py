@@ -3,8 +3,11 @@
 A graph of small ops pays Python overhead per op and stores every
 intermediate. A fused kernel does the same maths in a few NumPy calls and
 keeps only what its backward needs. Each kernel here is tested against the
-unfused composition of `ops` (tests/test_kernels.py) and timed against
-hand-written NumPy (benchmarks/autodiff_overhead.py).
+unfused composition of `ops` (tests/test_autodiff.py) and timed against
+hand-written NumPy (benchmarks/autodiff_overhead.py). Each checks its
+arguments' shapes in the forward, so a wrong parameter list or shape is a
+one-line error naming the kernel, not a wrong answer or a NumPy traceback
+from deep in the backward.
 
 Conventions: a linear layer computes x @ W + b with W of shape (n_in, n_out),
 so a batch of row vectors goes in and comes out; leading axes are batch axes.
@@ -40,21 +43,47 @@ def _dense_forward(x, W, b, activation):
 
 def _dense_backward(g, x, W, y, activation, need_x):
     """One layer's backward. Returns (dx or None, dW, db)."""
-    derivative = _activation(activation)[1]
+    derivative = ACTIVATIONS[activation][1]               # the name was checked in the forward
     dz = g if derivative is None else g * derivative(y)
-    dz2 = dz.reshape(-1, dz.shape[-1])
-    dW = x.reshape(-1, x.shape[-1]).T @ dz2
-    db = dz2.sum(axis=0)
+    if dz.ndim == 2:                                      # a batch of rows: the usual case
+        dW, db = x.T @ dz, dz.sum(axis=0)
+    else:                                                 # more batch axes: flatten them
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        dW, db = x.reshape(-1, x.shape[-1]).T @ dz2, dz2.sum(axis=0)
     dx = dz @ W.T if need_x else None
     return dx, dW, db
+
+
+def _shape(a):
+    return a.shape if type(a) is np.ndarray else np.shape(a)
+
+
+def _check_layer(kernel, features, W, b, layer=""):
+    """A layer's W must be (features, n_out) and its bias (n_out,) or absent. Returns n_out."""
+    shape = _shape(W)
+    if len(shape) != 2:
+        raise ValueError(f"{kernel}: W{layer} must be a matrix (n_in, n_out), got shape {shape}")
+    if shape[0] != features:
+        raise ValueError(f"{kernel}: x has {features} features but W{layer} expects {shape[0]} "
+                         f"(W{layer} is {shape}, i.e. (n_in, n_out))")
+    if b is not None and _shape(b) != (shape[1],):
+        raise ValueError(f"{kernel}: b{layer} has shape {_shape(b)} but W{layer} {shape} needs a bias of "
+                         f"shape ({shape[1]},)")
+    return shape[1]
+
+
+def _features(kernel, x):
+    shape = _shape(x)
+    if not shape:
+        raise ValueError(f"{kernel}: x is a single number; it needs a last axis of features")
+    return shape[-1]
 
 
 @primitive
 def linear(x, W, b=None, activation=None, needs_grad=(True,)):
     """y = f(x @ W + b), one op. Backward: dz = g ⊙ f'(z); dx = dz Wᵀ;
     dW = xᵀ dz; db = Σ dz over the batch."""
-    if np.shape(x)[-1] != np.shape(W)[0]:
-        raise ValueError(f"x has {np.shape(x)[-1]} features but W expects {np.shape(W)[0]} (W is (n_in, n_out))")
+    _check_layer("linear", _features("linear", x), W, b)
     y = _dense_forward(x, W, b, activation)
 
     def vjp(g):
@@ -67,7 +96,13 @@ def linear(x, W, b=None, activation=None, needs_grad=(True,)):
 def mlp(x, *params, activation="tanh", out_activation=None, needs_grad=None):
     """A whole multilayer perceptron as one op: params = (W1, b1, W2, b2, ...),
     hidden layers use `activation`, the last one `out_activation`."""
+    if len(params) < 2 or len(params) % 2:
+        raise ValueError(f"mlp: params must come in pairs (W1, b1, W2, b2, ...); got {len(params)} arrays "
+                         f"of shapes {', '.join(str(np.shape(p)) for p in params) or 'none'}")
     weights, biases = params[0::2], params[1::2]
+    features = _features("mlp", x)
+    for i, (W, b) in enumerate(zip(weights, biases)):
+        features = _check_layer("mlp", features, W, b, layer=i + 1)
     layer_inputs, outputs = [], []
     h = x
     for i, (W, b) in enumerate(zip(weights, biases)):
@@ -94,6 +129,19 @@ def mlp(x, *params, activation="tanh", out_activation=None, needs_grad=None):
 #   h' = (1 − z) ⊙ n + z ⊙ h
 # Wx is (n_in, 3H), Wh is (H, 3H), bx and bh are (3H,), gates ordered r, z, n.
 # ----------------------------------------------------------------------------
+def _check_gru(kernel, x, h, Wx, Wh, bx, bh):
+    """Shapes of one GRU step: x (..., n_in), h (..., H) with the same batch axes, Wx (n_in, 3H),
+    Wh (H, 3H), bx and bh (3H,). Hidden size 1 is where a wrong shape would otherwise broadcast."""
+    n_in, H = _features(kernel, x), _features(kernel, h)
+    expected = {"Wx": (n_in, 3 * H), "Wh": (H, 3 * H), "bx": (3 * H,), "bh": (3 * H,)}
+    for name, array in zip(expected, (Wx, Wh, bx, bh)):
+        if _shape(array) != expected[name]:
+            raise ValueError(f"{kernel}: {name} has shape {_shape(array)}, expected {expected[name]} for "
+                             f"{n_in} input features and hidden size {H} (gates r, z, n side by side)")
+    if _shape(x)[:-1] != _shape(h)[:-1]:
+        raise ValueError(f"{kernel}: x {np.shape(x)} and h {np.shape(h)} differ in their batch axes")
+
+
 def _gru_step(x_proj, h, Wh, bh):
     """One step given the input projection x Wx + bx; returns h' and what the
     backward needs."""
@@ -124,6 +172,7 @@ def _gru_step_backward(g, h, saved, dx_proj, dh_proj):
 @primitive
 def gru_cell(x, h, Wx, Wh, bx, bh):
     """One GRU step h' = GRU(x, h) as a single op."""
+    _check_gru("gru_cell", x, h, Wx, Wh, bx, bh)
     x_proj = x @ Wx + bx
     h_new, saved = _gru_step(x_proj, h, Wh, bh)
 
@@ -143,6 +192,13 @@ def gru_sequence(xs, h0, Wx, Wh, bx, bh, needs_grad=None):
     returns every hidden state, shape (T, B, H). One op for the whole of BPTT:
     the input projections of all steps are one matrix product, and so are the
     weight gradients, leaving only the recurrence itself in a Python loop."""
+    if np.ndim(xs) != 3 or np.ndim(h0) != 2:
+        raise ValueError(f"gru_sequence: xs must be (T, B, n_in) and h0 (B, H); got {np.shape(xs)} and "
+                         f"{np.shape(h0)}")
+    if xs.shape[0] == 0 or xs.shape[1] == 0:
+        raise ValueError(f"gru_sequence: xs has shape {xs.shape}: it needs at least one step (T) and one "
+                         "sequence (B)")
+    _check_gru("gru_sequence", xs[0], h0, Wx, Wh, bx, bh)
     T = xs.shape[0]
     x_proj = (xs.reshape(-1, xs.shape[-1]) @ Wx + bx).reshape(T, xs.shape[1], -1)
     hs = np.empty((T,) + h0.shape, dtype=np.result_type(xs, h0, Wh))

@@ -8,8 +8,10 @@ minimise its negative.
              θ ← θ − lr m̂ / (√v̂ + ε),  m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ)
 
 Updates are in place (`p.data -= ...`), like PyTorch's: a graph recorded before
-`step()` holds the same arrays, so run a fresh forward after each step rather
-than calling backward again on an old graph.
+`step()` holds the same arrays, so run a fresh forward after each step. Calling
+backward on a graph recorded before the step raises an error naming the
+parameter (the engine notes every in-place change of `.data`), instead of
+returning a gradient computed from the updated values.
 
 `state_dict()` / `load_state_dict()` give the optimiser's memory as plain
 arrays so a checkpoint can hold it (and a resumed run continue exactly).

@@ -144,6 +144,16 @@ def nonnegative_int(text):
     return _whole_number(text, 0)
 
 
+def one_of(*choices):
+    """An argparse type: one of the given words."""
+    def parse(text):
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    parse.__name__ = "choice"
+    return parse
+
+
 positive_float = number(exclusive_minimum=0.0)
 seed_type = whole(0, SEED_LIMIT - 1)
 
@@ -497,6 +507,21 @@ def play_episodes(env_id, policy, seeds, max_steps=None, set_start=None, watch=N
     finally:
         for env in envs:
             env.close()
+
+
+def reset_states(env_id, seeds, **make_kwargs):
+    """The float64 states env.unwrapped.state that Gymnasium's reset(seed=s) gives, one row per seed: the
+    starts a differentiable twin replays exactly."""
+    import gymnasium as gym
+    env = gym.make(env_id, **make_kwargs)
+    try:
+        states = []
+        for seed in seeds:
+            env.reset(seed=int(seed))
+            states.append(np.array(env.unwrapped.state, dtype=np.float64))
+        return np.array(states)
+    finally:
+        env.close()
 
 
 # ----------------------------------------------------------------------------

@@ -147,11 +147,38 @@ def test_pong_pg_refuses_bad_input(tmp_path):
 # trebuchet.py
 # ============================================================================
 TREBUCHET_CASES = [
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--out", "{tmp}/bad/empty.npz"],                      # an existing file, not a folder
+    ["--aimer", "{bad}"],
+    ["--aimer", "{tmp}/no_such_aimer.npz"],
+    ["--eval-pairs", "0"],
+    ["--steps", "1e11"],
+    ["--batch", "100000000000"],
+    ["--hidden", "0"],
+    ["--seed", str(2**70)],
+    ["--seed", "-1"],
+    ["--lr", "nan"],
+    ["--lr", "1e308"],
+    ["--huber-delta", "0"],
+    ["--model", "bogus"],
+    ["--eval-stream", "train"],               # only 'test' and 'tuning' are held out
+    ["--no-such-flag"],
 ]
 
 
 def test_trebuchet_refuses_bad_input(tmp_path):
     run_cases("trebuchet", TREBUCHET_CASES, tmp_path)
+
+
+def test_trebuchet_bad_aimer_leaves_an_existing_run_untouched(tmp_path):
+    bad = make_bad_files(tmp_path / "bad")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    np.savez(run / "params.npz", W1=np.ones((2, 4)))
+    for kind in ("random_bytes", "truncated", "another_scripts_file"):
+        assert_refused("trebuchet", ["--aimer", bad[kind], "--out", str(run)], untouched=run)
 
 
 # ============================================================================
@@ -281,8 +308,44 @@ def test_rl2_bandits_refuses_bad_input(tmp_path):
 # mve_critic.py
 # ============================================================================
 MVE_CASES = [
+    ["--exp", "1", "--episodes", "10"],                  # fewer than one 64-episode batch
+    ["--episodes", "100000000000"],                      # sizes that would exhaust memory or time
+    ["--held-out", "100000000000"],
+    ["--env-steps", "1e11"],
+    ["--seed", "100000000000000000000000"],              # a seed no .npz stores exactly
+    ["--seed", "-1"],
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--exp", "4"],
+    ["--horizons", "3"],                                 # H must divide T = 128
+    ["--rhos", "nan"],
+    ["--stiffness-sweep", "6000"],                       # unstable: k dt^2 (1/m_p + 1/m_b) >= 4
+    ["--arms", "H4,bogus"],
+    ["--actor-lr", "0"],
+    ["--actor-lr", "inf"],
+    ["--exp", "1", "--horizons", "0,4"],                 # no H = T, so nothing to compare with
 ]
 
 
 def test_mve_critic_refuses_bad_input(tmp_path):
     run_cases("mve_critic", MVE_CASES, tmp_path)
+
+
+def test_mve_critic_leaves_earlier_output_alone(tmp_path):
+    """A refused command does not touch an earlier run's folder; an unwritable folder is refused before any
+    work; a run that diverges stops with exit 3, names it, and keeps the earlier metrics.json as it was."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text('{"metrics": {}}')
+    assert_refused("mve_critic", ["--out", str(earlier), "--exp", "1", "--episodes", "10"], untouched=earlier)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert "not a folder" in assert_refused("mve_critic", ["--out", str(a_file)])
+    if os.geteuid() != 0:                                # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert "cannot write" in assert_refused("mve_critic", ["--out", str(locked / "run")])
+    line = assert_refused("mve_critic", ["--out", str(earlier), "--exp", "2", "--arms", "BPTT", "--env-steps", "8192",
+                                         "--actor-lr", "1e308"])
+    assert "not finite" in line, line
+    assert (earlier / "metrics.json").read_text() == '{"metrics": {}}'

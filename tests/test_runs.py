@@ -146,3 +146,19 @@ def test_parameters_that_would_need_pickling_are_never_written(tmp_path):
     assert not os.path.exists(path)
     ad.nn.save_parameters(path, {"W": np.ones(2)}, seed=2**31)
     assert ad.nn.load_arrays(path)["seed"] == 2**31
+
+
+def test_reset_states_are_the_states_gymnasium_starts_from():
+    import gymnasium as gym
+    env = gym.make("CartPole-v1")
+    env.reset(seed=7)
+    assert np.array_equal(ad.runs.reset_states("CartPole-v1", [3, 7])[1], env.unwrapped.state)
+    env.close()
+
+
+def test_one_of_accepts_only_its_words():
+    import argparse
+    parse = ad.runs.one_of("test", "tuning")
+    assert parse("test") == "test"
+    with pytest.raises(argparse.ArgumentTypeError, match="expected one of test, tuning"):
+        parse("train")
