@@ -258,11 +258,50 @@ def test_pendulum_bptt_a_refused_flag_leaves_an_earlier_run_untouched(tmp_path):
 # rl2_bandits.py
 # ============================================================================
 RL2_CASES = [
+    ["--params", "{bad}", "--out", "{tmp}/rl2_out"],              # every bad file: one line naming it
+    ["--params", "{tmp}/no_such_file.npz", "--out", "{tmp}/rl2_out"],
+    ["--out", ""],
+    ["--out", "/proc/not_writable"],
+    ["--out", "{tmp}/rl2_a_file"],                                # a file, not a folder
+    ["--n", "7"], ["--cells", "n10_k7"], ["--cells", "nonsense"],
+    ["--iterations", "100000000000"], ["--trials", "1e11"], ["--hidden", "100000000000"],
+    ["--eval-tasks", "100000000000"], ["--eval-tasks", "1000000", "--cells", "n500_k5"],
+    ["--seed", str(2**70)], ["--seed", "-1"], ["--lr", "nan"], ["--lr", "0"],
+    ["--lr", "1e308", "--iterations", "3", "--trials", "8", "--out", "{tmp}/rl2_diverged"],   # diverges: exit 3
 ]
 
 
+def rl2_files(tmp_path):
+    """A file where a folder should be; an agent file whose right keys hold wrong shapes, NaN, strings, a
+    huge GRU size; a finished run whose folder an evaluation must not overwrite."""
+    (tmp_path / "rl2_a_file").write_text("x")
+    import rl2_bandits as rl2
+    agent = rl2.make_agent(5, 4, np.random.default_rng(0))
+    good = rl2.agent_file_entries(agent, 10, 5)
+    damaged = {"wrong_shape": {**good, "n10_k5.policy_gru.Wx": np.ones((3, 3))},
+               "nan_weights": {**good, "n10_k5.value_head.W": np.full((4, 1), np.nan)},
+               "string_weights": {**good, "n10_k5.policy_head.b": np.array(["a"] * 5)},
+               "huge_hidden": {**good, "n10_k5.hidden": np.array(10**12)},
+               "float_hidden": {**good, "n10_k5.hidden": np.array(4.5)}}
+    paths = []
+    for name, arrays in damaged.items():
+        path = tmp_path / f"rl2_{name}.npz"
+        np.savez(path, **{key: np.asarray(getattr(v, "data", v)) for key, v in arrays.items()})
+        paths.append(str(path))
+    run = tmp_path / "rl2_finished_run"
+    run.mkdir()
+    np.savez(run / "params.npz", **{key: np.asarray(getattr(v, "data", v)) for key, v in good.items()})
+    (run / "metrics.json").write_text("{}")
+    return paths, run
+
+
 def test_rl2_bandits_refuses_bad_input(tmp_path):
+    damaged, run = rl2_files(tmp_path)
     run_cases("rl2_bandits", RL2_CASES, tmp_path)
+    for path in damaged:
+        line = assert_refused("rl2_bandits", ["--params", path, "--out", str(tmp_path / "rl2_out")])
+        assert path in line, line
+    assert_refused("rl2_bandits", ["--params", str(run / "params.npz"), "--out", str(run)], untouched=run)
 
 
 # ============================================================================
