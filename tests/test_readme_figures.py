@@ -1,4 +1,4 @@
-"""Every figure the README quotes in a results table comes from a committed results file.
+r"""Every figure the README quotes in a results table comes from a committed results file.
 
 A results table is a Markdown table right after a line `<!-- results -->`. In a script's section
 (`## \`X.py\``) its numbers must appear in docs/results/X*.json (X.json is the default run, X_full.json the
