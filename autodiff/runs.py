@@ -140,10 +140,6 @@ def positive_int(text):
     return _whole_number(text, 1)
 
 
-def nonnegative_int(text):
-    return _whole_number(text, 0)
-
-
 def one_of(*choices):
     """An argparse type: one of the given words."""
     def parse(text):
@@ -210,18 +206,6 @@ def command_line(doc, name, settings, full=None, help=None, types=None, argv=Non
     args.command = " ".join(["python", f"{name}.py", *(sys.argv[1:] if argv is None else list(argv))])
     args.provenance_at_start = provenance(args)     # the code that ran, even if the tree changes during a long run
     return args
-
-
-def parser(doc, name):
-    """An argparse parser with the three flags every script has, for scripts that add their own flags by hand:
-    --seed N (reproducible), --full (the long run), --out DIR (default runs/NAME)."""
-    first_line = (doc or name).strip().splitlines()[0]
-    p = OneLineParser(prog=f"{name}.py", description=first_line,
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seed", type=seed_type, default=0, help="random seed; the same seed gives the same run")
-    p.add_argument("--full", action="store_true", help="the long run instead of the one-minute lesson run")
-    p.add_argument("--out", default=os.path.join("runs", name), help="folder for metrics.json, params.npz, figures")
-    return p
 
 
 # ----------------------------------------------------------------------------
