@@ -1001,17 +1001,13 @@ def save_learned(out, learned, seed):
         for arm, seeds in runs.items():
             for s, run in enumerate(seeds):
                 arrays.update({f"{experiment}/{arm}/seed{seed + 1000 * s}/{k}": v for k, v in run_arrays(run).items()})
-    temporary = os.path.join(out, f".params.{os.getpid()}.tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, os.path.join(out, "params.npz"))
+    ad.nn.save_parameters(os.path.join(out, "params.npz"), arrays)      # atomic, never pickled
 
 
 def save_run(path, method, run):
     ad.runs.write_json(path + ".json", {"method": method, "run": {k: v for k, v in run.items()
                                                                   if k not in ("policy", "critic", "arrays")}})
-    temporary = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(temporary, **run_arrays(run))
-    os.replace(temporary, path + ".npz")
+    ad.nn.save_parameters(path + ".npz", run_arrays(run))
     return run
 
 
