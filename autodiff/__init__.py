@@ -23,8 +23,8 @@ Layout (read in this order):
 import os as _os
 import sys as _sys
 
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    if "numpy" not in _sys.modules:
+if "numpy" not in _sys.modules:        # once NumPy has loaded, its BLAS has already chosen its threads
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         _os.environ.setdefault(_name, "1")
 
 from . import nn, optim, runs
