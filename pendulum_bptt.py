@@ -483,10 +483,9 @@ def run_gymnasium(policy, seeds=None, starts=None):
     env.unwrapped.state), all in lockstep; policy maps a (B, 3) batch of observations to (B,) torques.
     Returns (returns (B,), angles (B, 201): θ wrapped to [−π, π) along the way)."""
     count = len(seeds) if seeds is not None else len(starts)
-    envs, angles = [], np.empty((count, EPISODE_STEPS + 1))
+    angles = np.empty((count, EPISODE_STEPS + 1))
 
     def set_start(env, i):
-        envs.append(env)
         if starts is not None:
             env.unwrapped.state = np.array(starts[i], dtype=np.float64)
         return gymnasium_obs(env.unwrapped.state)
@@ -497,7 +496,7 @@ def run_gymnasium(policy, seeds=None, starts=None):
     played = ad.runs.play_episodes("Pendulum-v1", lambda obs: np.asarray(policy(obs), dtype=np.float32).reshape(-1, 1),
                                    seeds if seeds is not None else np.zeros(count, dtype=int),
                                    set_start=set_start, watch=watch)
-    final = np.array([gymnasium_obs(env.unwrapped.state) for env in envs])
+    final = played["last_obs"]
     angles[:, -1] = np.arctan2(final[:, 1], final[:, 0])
     return played["returns"], angles
 

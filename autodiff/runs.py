@@ -468,7 +468,7 @@ def play_episodes(env_id, policy, seeds, max_steps=None, set_start=None, watch=N
     policy(obs) maps a (B, obs_dim) batch of the still-running episodes' observations to B actions.
     set_start(env, i) may replace episode i's start after reset (it returns the new observation).
     watch(t, obs, running) is called before every step, e.g. to record angles.
-    Returns {"returns": (N,), "lengths": (N,)} in the order of `seeds`."""
+    Returns {"returns": (N,), "lengths": (N,), "last_obs": (N, obs_dim)} in the order of `seeds`."""
     import gymnasium as gym
     envs = [gym.make(env_id, **make_kwargs) for _ in seeds]
     try:
@@ -490,7 +490,7 @@ def play_episodes(env_id, policy, seeds, max_steps=None, set_start=None, watch=N
                 lengths[i] += 1
                 running[i] = not (terminated or truncated)
             t += 1
-        return {"returns": returns, "lengths": lengths}
+        return {"returns": returns, "lengths": lengths, "last_obs": obs}
     finally:
         for env in envs:
             env.close()

@@ -124,6 +124,7 @@ def test_play_episodes_matches_a_hand_written_gymnasium_loop():
             total += reward
             done = terminated or truncated
         assert played["returns"][i] == total and played["lengths"][i] == total
+        assert np.array_equal(played["last_obs"][i], obs)
 
 
 def test_figure_problems_names_what_a_reader_would_miss():
