@@ -41,7 +41,7 @@ SETTINGS = {
     "cells": "n10_k5",        # which (n pulls, k arms) cells of Table 1
     "training_seeds": 1,      # agents trained per cell (n <= 100)
     "n500_seeds": 1,          # agents trained per n = 500 cell (each takes hours)
-    "eval_tasks": 50_000,     # unseen tasks per cell at n = 10 (fewer at larger n: TASKS_PER_N)
+    "eval_tasks": 50_000,     # unseen tasks per cell at n = 10 (fewer at larger n: Part 2, TASKS_PER_N)
     "tune_tasks": 2_000,      # other tasks on which the baselines' parameters are chosen, at n = 10
 }
 FULL = {"cells": "all", "training_seeds": 3, "eval_tasks": 100_000, "tune_tasks": 10_000}
@@ -442,16 +442,7 @@ def gittins(table):
 # (seed, n, k[, training seed]); the baselines' parameters are tuned on TUNE tasks (the authors tuned on the
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
-TUNING_GRIDS = {           # the authors' grids
-    "Gittins": ("discount", (0.9, 0.99, 0.999, 0.9999)),
-    "OTS": ("samples", tuple(range(1, 21))),
-    "UCB1": ("c", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
-    "eps-greedy": ("epsilon", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
-}
-TASKS_PER_N = {10: 1.0, 100: 0.2, 500: 0.1}   # fraction of --eval-tasks/--tune-tasks at each n: the SE per task
-                                              # grows like the mean there, so 1/5 at n = 100 keeps SE <= 0.2%
 BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")
-EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
 
 
 def make_baseline(name, value, n_pulls):
@@ -460,62 +451,22 @@ def make_baseline(name, value, n_pulls):
             "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
 
 
-def tune_baselines(n_pulls, n_arms, seed, n_tasks):
-    """Each tuned method's grid tried on TUNE tasks (same tasks and luck for every value): {name: best value,
-    name + " curve": {value: mean total}}."""
-    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, TUNE_STREAM]), n_tasks, n_arms,
-                                   n_pulls)
-    tuned, done = {}, 0
-    progress = ad.runs.Progress(sum(len(grid) for _, grid in TUNING_GRIDS.values()), "tuning", every=10)
-    for name, (parameter, grid) in TUNING_GRIDS.items():
-        curve = {}
-        for v in grid:
-            _, rewards = play(make_baseline(name, v, n_pulls), means, uniforms, np.random.default_rng(seed))
-            curve[v], done = rewards.sum(axis=0).mean(), done + 1
-            progress.update(done, method=name)
-        tuned[name] = max(grid, key=curve.get)
-        tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
-    return tuned
+EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
 
 
-def bayes_optimal_value(n_pulls, n_arms):
-    """The exact Bayes-optimal expected total reward, by dynamic programming over posterior counts:
-        V(state) = max_a  μ_a (1 + V(state with a success on a)) + (1 − μ_a) V(state with a failure on a),
-    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls. Arms with the same counts are interchangeable, so a
-    state is the sorted list of the tried arms' (s, f) (the untried arms are all alike): built level by level,
-    then one vectorised backward sweep per level."""
-    levels, moves = [{(): 0}], []
-    for depth in range(n_pulls):                     # forward: every reachable state and its children
-        following, rows = {}, []
-        for state in levels[-1]:
-            options = sorted(set(state)) + ([(0, 0)] if len(state) < n_arms else [])
-            row = []
-            for s, f in options:
-                rest = list(state)
-                if (s, f) in rest:
-                    rest.remove((s, f))
-                win, lose = tuple(sorted(rest + [(s + 1, f)])), tuple(sorted(rest + [(s, f + 1)]))
-                row.append(((1.0 + s) / (2.0 + s + f), following.setdefault(win, len(following)),
-                            following.setdefault(lose, len(following))))
-            rows.append(row)
-        levels.append(following)
-        moves.append(rows)
-    value = np.zeros(len(levels[-1]))
-    for rows in reversed(moves):                     # backward: the best action in every state of a level
-        table = np.zeros((len(rows), max(map(len, rows)), 3))
-        table[:, :, 0] = -1.0                        # padding: an impossible action (never the max)
-        for i, row in enumerate(rows):
-            table[i, :len(row)] = row
-        mu, win, lose = table[..., 0], table[..., 1].astype(int), table[..., 2].astype(int)
-        value = np.where(mu >= 0, mu * (1.0 + value[win]) + (1.0 - mu) * value[lose], -np.inf).max(axis=1)
-    return float(value[0])
+def exact_optimum(n_pulls, n_arms):
+    """The Bayes-optimal expected total reward, the ceiling for every method (None where n is too large):
+        V(counts) = max_a  μ_a (1 + V(counts after a success on a)) + (1 − μ_a) V(counts after a failure on a),
+    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls: dynamic programming over every reachable set of
+    posterior counts (Part 2, bayes_optimal_value)."""
+    return bayes_optimal_value(n_pulls, n_arms) if n_pulls <= EXACT_MAX_PULLS else None
 
 
 def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
     """Every baseline (tuned on TUNE tasks) and every trained agent on the same EVAL tasks with the same luck.
     Returns {method: {"totals", "arms", "rewards", "regret_per_pull"}}, with "RL2" a list (one per agent),
     the tuning record and the tasks' means."""
-    tuned = tune_baselines(n_pulls, n_arms, seed, tune_tasks)
+    tuned = tune_baselines(n_pulls, n_arms, seed, tune_tasks)     # the authors' grids on TUNE tasks: Part 2
     means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, EVAL_STREAM]), eval_tasks, n_arms,
                                    n_pulls)
 
@@ -579,7 +530,7 @@ def main(argv=None):
         tune_tasks, eval_tasks = tasks_for(n, args)
         print(f"n={n}, k={k}: tuning the baselines on {tune_tasks:,} tasks, evaluating all on {eval_tasks:,} others")
         results, tuned, means = evaluate_cell(agents, n, k, args.seed, eval_tasks, tune_tasks)
-        exact = bayes_optimal_value(n, k) if n <= EXACT_MAX_PULLS else None
+        exact = exact_optimum(n, k)
         rows = cell_rows(results, tuned, n, k, exact)
         print_cell_table(rows, n, k, eval_tasks, tune_tasks, exact, runs)
         per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs)
@@ -611,6 +562,71 @@ LIMITS = dict(trials=100_000, iterations=1_000_000, hidden=4096, eval_tasks=2_00
               eval_pulls=5_000_000)
 
 
+# ----------------------------------------------------------------------------
+# Tuning the baselines, and the exact optimum's dynamic program (section 8 calls both)
+# ----------------------------------------------------------------------------
+TUNING_GRIDS = {           # the authors' grids
+    "Gittins": ("discount", (0.9, 0.99, 0.999, 0.9999)),
+    "OTS": ("samples", tuple(range(1, 21))),
+    "UCB1": ("c", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
+    "eps-greedy": ("epsilon", tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))),
+}
+
+
+def tune_baselines(n_pulls, n_arms, seed, n_tasks):
+    """Each tuned method's grid tried on TUNE tasks (same tasks and luck for every value): {name: best value,
+    name + " curve": {value: mean total}}."""
+    means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, TUNE_STREAM]), n_tasks, n_arms,
+                                   n_pulls)
+    tuned, done = {}, 0
+    progress = ad.runs.Progress(sum(len(grid) for _, grid in TUNING_GRIDS.values()), "tuning", every=10)
+    for name, (parameter, grid) in TUNING_GRIDS.items():
+        curve = {}
+        for v in grid:
+            _, rewards = play(make_baseline(name, v, n_pulls), means, uniforms, np.random.default_rng(seed))
+            curve[v], done = rewards.sum(axis=0).mean(), done + 1
+            progress.update(done, method=name)
+        tuned[name] = max(grid, key=curve.get)
+        tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
+    return tuned
+
+
+def bayes_optimal_value(n_pulls, n_arms):
+    """The exact Bayes-optimal expected total reward, by dynamic programming over posterior counts:
+        V(state) = max_a  μ_a (1 + V(state with a success on a)) + (1 − μ_a) V(state with a failure on a),
+    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls. Arms with the same counts are interchangeable, so a
+    state is the sorted list of the tried arms' (s, f) (the untried arms are all alike): built level by level,
+    then one vectorised backward sweep per level."""
+    levels, moves = [{(): 0}], []
+    for depth in range(n_pulls):                     # forward: every reachable state and its children
+        following, rows = {}, []
+        for state in levels[-1]:
+            options = sorted(set(state)) + ([(0, 0)] if len(state) < n_arms else [])
+            row = []
+            for s, f in options:
+                rest = list(state)
+                if (s, f) in rest:
+                    rest.remove((s, f))
+                win, lose = tuple(sorted(rest + [(s + 1, f)])), tuple(sorted(rest + [(s, f + 1)]))
+                row.append(((1.0 + s) / (2.0 + s + f), following.setdefault(win, len(following)),
+                            following.setdefault(lose, len(following))))
+            rows.append(row)
+        levels.append(following)
+        moves.append(rows)
+    value = np.zeros(len(levels[-1]))
+    for rows in reversed(moves):                     # backward: the best action in every state of a level
+        table = np.zeros((len(rows), max(map(len, rows)), 3))
+        table[:, :, 0] = -1.0                        # padding: an impossible action (never the max)
+        for i, row in enumerate(rows):
+            table[i, :len(row)] = row
+        mu, win, lose = table[..., 0], table[..., 1].astype(int), table[..., 2].astype(int)
+        value = np.where(mu >= 0, mu * (1.0 + value[win]) + (1.0 - mu) * value[lose], -np.inf).max(axis=1)
+    return float(value[0])
+
+
+# ----------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------
 def add_agent_arguments(parser):
     """Flags that are not settings: one cell by --n/--k, PPO overrides, and --params."""
     parser.add_argument("--n", type=ad.runs.positive_int, help="pulls per trial: one cell, with --k "
@@ -682,6 +698,10 @@ def cell_config(n, args):
 
 def seeds_for(n, args):
     return args.n500_seeds if n >= 500 else args.training_seeds
+
+
+TASKS_PER_N = {10: 1.0, 100: 0.2, 500: 0.1}   # fraction of --eval-tasks/--tune-tasks at each n: the SE per task
+                                              # grows like the mean there, so 1/5 at n = 100 keeps SE <= 0.2%
 
 
 def tasks_for(n, args):
