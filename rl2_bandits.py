@@ -339,8 +339,7 @@ def play(choose, means, uniforms, rng):
 def first_argmax(scores):
     """argmax over arms; ties go to the lowest-numbered arm (plain np.argmax). This matters only for Greedy
     (and UCB1 at c = 0): a tried arm at posterior mean 0.5 then beats an untried one, so it explores less.
-    It reproduces the paper's Greedy column (74.9 vs 74.8 at n=100, k=5, and 77.7 vs 77.1 at k=10, on
-    8,000 tasks); breaking ties at random would score 75.7 and 79.1 instead."""
+    This reproduces the paper's Greedy column (74.9 vs 74.8 at n=100, k=5); random ties score 75.7."""
     return np.argmax(scores, axis=1)
 
 
@@ -360,35 +359,6 @@ def eps_greedy(epsilon):
     return choose
 
 
-def posterior_samples(rng, s, f, size=()):
-    """Samples of every arm's mean from its Beta(1 + s, 1 + f) posterior, shape size + s.shape. An untried
-    arm's posterior is Beta(1, 1) = U[0, 1]: drawn as a uniform, which is 10x cheaper than a Beta draw
-    (at k = 50 most arms are untried for most of a short trial)."""
-    theta = rng.uniform(size=tuple(size) + s.shape)
-    tried = (s + f) > 0
-    theta[..., tried] = rng.beta(1.0 + s[tried], 1.0 + f[tried], size=tuple(size) + (int(tried.sum()),))
-    return theta
-
-
-def thompson(s, f, t, rng):
-    """One sample from each posterior, pull the largest."""
-    return np.argmax(posterior_samples(rng, s, f), axis=1)
-
-
-def thompson_most_probable(m):
-    """The authors' "OTS": draw m samples of the whole mean vector from the posterior, keep the most
-    probable one (highest joint Beta log-density), pull its largest arm. m = 1 is Thompson sampling; large
-    m tends to acting on the posterior mode. Keeping the best sample *jointly* (not per arm) reproduces the
-    paper's column (6.20 vs 6.2 at n=10, k=10 on 10,000 tasks, where a per-arm choice scores 6.43). The
-    "OTS" of the wider literature, max(sample, mean), is a different algorithm."""
-    def choose(s, f, t, rng):
-        theta = np.clip(posterior_samples(rng, s, f, (m,)), 1e-12, 1.0 - 1e-12)               # (m, B, k)
-        log_density = np.sum(s * np.log(theta) + f * np.log1p(-theta), axis=2)                # up to a constant
-        kept = np.take_along_axis(theta, np.argmax(log_density, axis=0)[None, :, None], axis=0)[0]
-        return first_argmax(kept)
-    return choose
-
-
 def ucb1(c):
     """The authors' UCB1 on the prior's pseudo-counts: mean + c √(2 ln N / m), m = 2 + s + f pulls of the
     arm (1 success in 2 from the prior), N = Σ m."""
@@ -397,6 +367,10 @@ def ucb1(c):
         bonus = np.sqrt(2.0 * np.log(m.sum(axis=1, keepdims=True)) / m)
         return first_argmax((1.0 + s) / m + c * bonus)
     return choose
+
+
+# Thompson sampling (pull the largest of one draw from each arm's posterior) and the authors' OTS (act on the
+# most probable of m draws): Part 2, thompson and thompson_most_probable.
 
 
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
@@ -560,6 +534,38 @@ PAPER = {  # (n pulls, k arms) -> the row of Table 1 (Duan et al. 2016), total r
 }
 LIMITS = dict(trials=100_000, iterations=1_000_000, hidden=4096, eval_tasks=2_000_000, training_seeds=100,
               eval_pulls=5_000_000)
+
+
+# ----------------------------------------------------------------------------
+# Section 7's posterior-sampling baselines: Thompson sampling and the authors' OTS
+# ----------------------------------------------------------------------------
+def posterior_samples(rng, s, f, size=()):
+    """Samples of every arm's mean from its Beta(1 + s, 1 + f) posterior, shape size + s.shape. An untried
+    arm's posterior is Beta(1, 1) = U[0, 1]: drawn as a uniform, which is 10x cheaper than a Beta draw
+    (at k = 50 most arms are untried for most of a short trial)."""
+    theta = rng.uniform(size=tuple(size) + s.shape)
+    tried = (s + f) > 0
+    theta[..., tried] = rng.beta(1.0 + s[tried], 1.0 + f[tried], size=tuple(size) + (int(tried.sum()),))
+    return theta
+
+
+def thompson(s, f, t, rng):
+    """One sample from each posterior, pull the largest."""
+    return np.argmax(posterior_samples(rng, s, f), axis=1)
+
+
+def thompson_most_probable(m):
+    """The authors' "OTS": draw m samples of the whole mean vector from the posterior, keep the most
+    probable one (highest joint Beta log-density), pull its largest arm. m = 1 is Thompson sampling; large
+    m tends to acting on the posterior mode. Keeping the best sample *jointly* (not per arm) reproduces the
+    paper's column (6.20 vs 6.2 at n=10, k=10 on 10,000 tasks, where a per-arm choice scores 6.43). The
+    "OTS" of the wider literature, max(sample, mean), is a different algorithm."""
+    def choose(s, f, t, rng):
+        theta = np.clip(posterior_samples(rng, s, f, (m,)), 1e-12, 1.0 - 1e-12)               # (m, B, k)
+        log_density = np.sum(s * np.log(theta) + f * np.log1p(-theta), axis=2)                # up to a constant
+        kept = np.take_along_axis(theta, np.argmax(log_density, axis=0)[None, :, None], axis=0)[0]
+        return first_argmax(kept)
+    return choose
 
 
 # ----------------------------------------------------------------------------
