@@ -68,18 +68,9 @@ LESSON = dict(               # PPO for n = 10: the lesson's agent
     lam=0.3,                 # GAE λ, the authors' value (at n=10, 0.9 scored 6.36 vs 6.52 in 150 iterations)
     max_grad_norm=0.5,       # gradient clipping, per network
     center_per_pull=True,    # subtract the batch's mean advantage at each pull index (see train_rl2)
-    critic_sees="history",   # what else the critic reads: "time", "time+means" (see critic_features)
+    critic_sees="history",   # what else the critic reads: "time", "time+means" (Part 2, critic_features)
 )
-PPO_BY_N = {
-    10: LESSON,
-    # n = 100 starts from the n = 10 agent of the same k (a curriculum): from scratch, PPO on 100-pull trials
-    # made the policy deterministic before it learnt to use rewards (54 and 63 after 300 iterations at k = 5
-    # and 10), while an n = 10 agent already scores 72.7 at n = 100, k = 5. λ = 0.3 or 0.5 let the critic's
-    # errors collapse the policy at n = 100.
-    100: dict(LESSON, start_from_n=10, trials=128, iterations=800, lr=3e-3, entropy_coef=0.001, lam=0.9),
-    # n = 500 continues the n = 100 agent the same way (not yet run: about 5x the n = 100 stage's cost)
-    500: dict(LESSON, start_from_n=100, trials=64, iterations=400, lr=1e-3, entropy_coef=0.001, lam=0.9),
-}
+# PPO for 100- and 500-pull trials, each starting from the agent of the shorter ones: Part 2, PPO_BY_N
 
 
 # ----------------------------------------------------------------------------
@@ -108,6 +99,7 @@ def make_agent(n_arms, hidden, rng, dtype=np.float64, critic_sees="history"):
         "policy_gru": ad.nn.GRUCell(n_arms + 2, hidden, rng),
         # small initial logits: the untrained policy is uniform over arms
         "policy_head": ad.nn.Linear(hidden, n_arms, rng, init="orthogonal", gain=0.01),
+        # the critic reads the policy's k + 2 inputs, or more with critic_sees (Part 2, critic_size)
         "value_gru": ad.nn.GRUCell(critic_size(n_arms, critic_sees), hidden, rng),
         "value_head": ad.nn.Linear(hidden, 1, rng, init="orthogonal", gain=1.0),
     }
@@ -119,24 +111,6 @@ def make_agent(n_arms, hidden, rng, dtype=np.float64, critic_sees="history"):
 def agent_parameters(agent):
     """{"policy_gru.Wx": Tensor, ...}: the agent's weights by name."""
     return {f"{part}.{name}": p for part, module in agent.items() for name, p in module.named_parameters().items()}
-
-
-def critic_features(inputs, means, sees):
-    """What the critic reads: the policy's inputs, plus (if `sees` says so) the fraction of the trial gone
-    and the task's true means. The critic is used only in training, so it may see what the policy cannot
-    (an "asymmetric" critic); off by default. In a 150-iteration fine-tune at n=100, k=5, "time+means"
-    scored 75.6 against 74.4 for "history" (one seed each)."""
-    n, B = inputs.shape[:2]
-    parts = [inputs]
-    if sees in ("time", "time+means"):
-        parts.append(np.broadcast_to((np.arange(n) / n)[:, None, None], (n, B, 1)))
-    if sees == "time+means":
-        parts.append(np.broadcast_to(means[None], (n, B, means.shape[1])))
-    return np.concatenate(parts, axis=2).astype(inputs.dtype)
-
-
-def critic_size(n_arms, sees):
-    return n_arms + 2 + (sees in ("time", "time+means")) + (n_arms if sees == "time+means" else 0)
 
 
 def first_inputs(batch, n_arms):
@@ -294,7 +268,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
         means, uniforms = sample_tasks(rng, config["trials"], n_arms, n_pulls)
         inputs, arms, rewards, old_log_probs = rollout(agent, means, uniforms, rng)
         with ad.no_grad():
-            value_inputs = critic_features(inputs, means, config["critic_sees"])
+            value_inputs = critic_features(inputs, means, config["critic_sees"])   # by default, `inputs`
             values = state_values(agent, value_inputs).data * n_pulls
         advantages, returns = gae(rewards, values, config["discount"], config["lam"])
         # centred per pull index: a critic error that depends only on t (it must count the pulls left) would
@@ -534,6 +508,42 @@ PAPER = {  # (n pulls, k arms) -> the row of Table 1 (Duan et al. 2016), total r
 }
 LIMITS = dict(trials=100_000, iterations=1_000_000, hidden=4096, eval_tasks=2_000_000, training_seeds=100,
               eval_pulls=5_000_000)
+
+
+# ----------------------------------------------------------------------------
+# Section 1's PPO settings for longer trials: a curriculum from the shorter trials' agent
+# ----------------------------------------------------------------------------
+PPO_BY_N = {
+    10: LESSON,
+    # n = 100 starts from the n = 10 agent of the same k (a curriculum): from scratch, PPO on 100-pull trials
+    # made the policy deterministic before it learnt to use rewards (54 and 63 after 300 iterations at k = 5
+    # and 10), while an n = 10 agent already scores 72.7 at n = 100, k = 5. λ = 0.3 or 0.5 let the critic's
+    # errors collapse the policy at n = 100.
+    100: dict(LESSON, start_from_n=10, trials=128, iterations=800, lr=3e-3, entropy_coef=0.001, lam=0.9),
+    # n = 500 continues the n = 100 agent the same way (not yet run: about 5x the n = 100 stage's cost)
+    500: dict(LESSON, start_from_n=100, trials=64, iterations=400, lr=1e-3, entropy_coef=0.001, lam=0.9),
+}
+
+
+# ----------------------------------------------------------------------------
+# Section 3's variants of what the critic reads
+# ----------------------------------------------------------------------------
+def critic_features(inputs, means, sees):
+    """What the critic reads: the policy's inputs, plus (if `sees` says so) the fraction of the trial gone
+    and the task's true means. The critic is used only in training, so it may see what the policy cannot
+    (an "asymmetric" critic); off by default. In a 150-iteration fine-tune at n=100, k=5, "time+means"
+    scored 75.6 against 74.4 for "history" (one seed each)."""
+    n, B = inputs.shape[:2]
+    parts = [inputs]
+    if sees in ("time", "time+means"):
+        parts.append(np.broadcast_to((np.arange(n) / n)[:, None, None], (n, B, 1)))
+    if sees == "time+means":
+        parts.append(np.broadcast_to(means[None], (n, B, means.shape[1])))
+    return np.concatenate(parts, axis=2).astype(inputs.dtype)
+
+
+def critic_size(n_arms, sees):
+    return n_arms + 2 + (sees in ("time", "time+means")) + (n_arms if sees == "time+means" else 0)
 
 
 # ----------------------------------------------------------------------------
