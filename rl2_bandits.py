@@ -291,8 +291,8 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: the classical algorithms, each with Beta(1 + successes, 1 + failures) posteriors per arm,
-#    picking arms for the whole batch at once
+# 7. Baseline: the Gittins index (beside Greedy and Random), on Beta(1 + successes, 1 + failures) posteriors
+#    per arm, picking arms for the whole batch at once
 # ----------------------------------------------------------------------------
 def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
@@ -326,25 +326,9 @@ def greedy(s, f, t, rng):
     return first_argmax((1.0 + s) / (2.0 + s + f))
 
 
-def eps_greedy(epsilon):
-    def choose(s, f, t, rng):
-        explore = rng.uniform(size=s.shape[0]) < epsilon
-        return np.where(explore, random_policy(s, f, t, rng), greedy(s, f, t, rng))
-    return choose
-
-
-def ucb1(c):
-    """The authors' UCB1 on the prior's pseudo-counts: mean + c √(2 ln N / m), m = 2 + s + f pulls of the
-    arm (1 success in 2 from the prior), N = Σ m."""
-    def choose(s, f, t, rng):
-        m = 2.0 + s + f
-        bonus = np.sqrt(2.0 * np.log(m.sum(axis=1, keepdims=True)) / m)
-        return first_argmax((1.0 + s) / m + c * bonus)
-    return choose
-
-
-# Thompson sampling (pull the largest of one draw from each arm's posterior) and the authors' OTS (act on the
-# most probable of m draws): Part 2, thompson and thompson_most_probable.
+# Table 1's other columns, each a few lines on the same counts (Part 2): ε-greedy (greedy, or a random arm with
+# probability ε), UCB1 (posterior mean + an exploration bonus), Thompson sampling (pull the largest of one draw
+# from each arm's posterior) and the authors' OTS (act on the most probable of m draws).
 
 
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
@@ -547,8 +531,25 @@ def critic_size(n_arms, sees):
 
 
 # ----------------------------------------------------------------------------
-# Section 7's posterior-sampling baselines: Thompson sampling and the authors' OTS
+# Section 7's other classical algorithms, Table 1's other columns: ε-greedy, UCB1, Thompson sampling, OTS
 # ----------------------------------------------------------------------------
+def eps_greedy(epsilon):
+    def choose(s, f, t, rng):
+        explore = rng.uniform(size=s.shape[0]) < epsilon
+        return np.where(explore, random_policy(s, f, t, rng), greedy(s, f, t, rng))
+    return choose
+
+
+def ucb1(c):
+    """The authors' UCB1 on the prior's pseudo-counts: mean + c √(2 ln N / m), m = 2 + s + f pulls of the
+    arm (1 success in 2 from the prior), N = Σ m."""
+    def choose(s, f, t, rng):
+        m = 2.0 + s + f
+        bonus = np.sqrt(2.0 * np.log(m.sum(axis=1, keepdims=True)) / m)
+        return first_argmax((1.0 + s) / m + c * bonus)
+    return choose
+
+
 def posterior_samples(rng, s, f, size=()):
     """Samples of every arm's mean from its Beta(1 + s, 1 + f) posterior, shape size + s.shape. An untried
     arm's posterior is Beta(1, 1) = U[0, 1]: drawn as a uniform, which is 10x cheaper than a Beta draw
