@@ -35,7 +35,7 @@ import autodiff as ad  # before numpy: it makes BLAS single-threaded (small matr
 import numpy as np
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the lesson run, what --full changes, and PPO's settings per trial length
+# 1. Settings: the lesson run, what --full changes, and the lesson agent's PPO settings
 # ----------------------------------------------------------------------------
 SETTINGS = {
     "cells": "n10_k5",        # which (n pulls, k arms) cells of Table 1
@@ -129,8 +129,7 @@ def next_inputs(arms, rewards, n_arms):
 
 
 def policy_step(agent, x, h):
-    """One pull's worth of the policy: h' = GRU(x, h), logits = h' W + b (gru_cell = one step of the
-    gru_sequence that training differentiates)."""
+    """One pull of the policy: h' = GRU(x, h), logits = h' W + b: one step of the fused GRU sequence of training."""
     h = agent["policy_gru"](x, h)
     return h, agent["policy_head"](h)
 
@@ -476,7 +475,9 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# The paper's table, the command line, loading saved agents, the printed tables and the figures.
+# The paper's table; what Part 1 points to (PPO for longer trials, the critic's variants, Table 1's other
+# columns, the baselines' tuning, the exact optimum's dynamic program); the command line; saved agents; the
+# printed tables and the figures.
 
 METHODS = BASELINES + ("RL2",)
 PAPER = {  # (n pulls, k arms) -> the row of Table 1 (Duan et al. 2016), total reward per trial, METHODS order
