@@ -102,11 +102,9 @@ def _torque_vector(torque):
 
 
 def step_ops(state, torque):
-    """One step with the engine's elementary ops (a graph of ~20 nodes).
-
-    state: Tensor (B, 2) = [θ, θ̇];  torque: Tensor (B,) or (B, 1).
-    Returns (next_state (B, 2), cost (B,)): the cost is that of the pre-step
-    state and the clipped torque, as in Gymnasium."""
+    """One step with the engine's elementary ops (a graph of ~20 nodes): state Tensor (B, 2) = [θ, θ̇],
+    torque Tensor (B,) or (B, 1). Returns (next_state (B, 2), cost (B,)), the cost being that of the
+    pre-step state and the clipped torque, as in Gymnasium."""
     theta, speed = state[:, 0], state[:, 1]
     u = ad.clip(_torque_vector(torque), -MAX_TORQUE, MAX_TORQUE)
     # angle_normalize shifts θ by a multiple of 2π: a constant, so its slope is 1
@@ -181,9 +179,8 @@ def pendulum_cost(state, torque):
 
 
 def step_fused(state, torque):
-    """The same step as `step_ops` with two hand-differentiated primitives
-    (dynamics and cost) instead of ~20 small ops. Same arguments, same values,
-    same gradients (tests/test_pendulum_bptt.py checks all three)."""
+    """Same as step_ops, with two hand-differentiated primitives instead of ~20 small ops: same values
+    and gradients, tested equal in tests/test_pendulum_bptt.py."""
     return pendulum_dynamics(state, torque), pendulum_cost(state, torque)
 
 
@@ -312,13 +309,11 @@ def adam_schedule(lr, done, total):
 def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episode_length=EPISODE_STEPS,
                max_grad_norm=100.0, net=None, steps_before=0, curve_at=(), curve_policy_eval=None, label="bptt"):
     """Train on `batch` simulated episodes side by side, one update after every `window` steps, until
-    `sim_steps` simulated steps (every step of every trajectory counts; one update costs batch × window).
-
-    Within an episode (`episode_length` steps from a reset state) the state carries from window to window,
-    so the policy also learns from the later, upright part of the swing-up. Adam follows adam_schedule; the
-    gradient norm is clipped at `max_grad_norm` (rarely acts). net: continue this policy (phase 2), its
-    steps counted from `steps_before` on the curve. curve_policy_eval(policy) → mean return, called when the
-    running total first reaches each of `curve_at`. Returns (net, curve [(total steps, mean return)], info)."""
+    `sim_steps` simulated steps (every step of every trajectory counts: an update costs batch × window).
+    Within an episode (`episode_length` steps) the state carries from window to window, so the policy also
+    learns from the later, upright part of the swing-up. net, steps_before: continue a policy (phase 2);
+    curve_at, curve_policy_eval: the learning curve's checkpoints (Part 2, LearningCurve).
+    Returns (net, curve [(total steps, mean return)], info)."""
     rng = np.random.default_rng(seed)
     net = net if net is not None else make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
