@@ -429,6 +429,7 @@ def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
 
 # ----------------------------------------------------------------------------
 # 6. Training: SHAC-style windows of 32 steps in 64 environments, actor then critic, evaluated on hard contact
+#   critics fitted to a FIXED policy (Exp 1 and 3, the refit at a switch of H): Part 2, train_critics_for_policy
 # ----------------------------------------------------------------------------
 def schedule(method, i, iterations):
     """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
@@ -479,19 +480,6 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
                 extra_env_steps=switch.extra_steps, policy=policy, critic=critic)
 
 
-def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
-    """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
-    x, t = None, 0
-    for _ in range(iterations):
-        if t == 0:
-            x = initial_states(rng, N_ENVS)
-        eps = rng.normal(size=(WINDOW, N_ENVS))
-        rollout = Rollout(x, eps, t, rho, *rollout_numpy(policy, x, eps, rho, stiffness))
-        for critic in critics:
-            fit_critic(critic, policy, rollout, rng, stiffness)
-        x, t = rollout.states[-1], (t + WINDOW) % T
-
-
 # ----------------------------------------------------------------------------
 # 7. Baseline: the arms compared, from H = 0 (DDPG-like) and H = T (BPTT, no critic) to the annealed schedules
 #   Every arm trains the same MLP policy with the same env-step budget; only H, rho and the critic differ.
@@ -516,7 +504,7 @@ METHODS = {
 # ----------------------------------------------------------------------------
 # 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
-#              common random numbers (the same x_0 and eps at theta +- delta)
+#              common random numbers (the same x_0 and eps at theta +- delta): Part 2, finite_difference_gradient
 #   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
 #              (N, 5) node: one backward, and row n of its .grad is episode n's gradient
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
@@ -531,33 +519,6 @@ def evaluate(policy, episodes=128):
         x, r = step_numpy(x, act_numpy(policy, x), 0.0)
         total += r
     return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
-
-
-SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
-
-
-def discounted_returns(theta, x0, eps, rho, stiffness):
-    total, x = np.zeros(len(x0)), x0
-    for t in range(T):
-        x, r = step_numpy(x, linear_policy.forward(theta, observe(x))[0] + SIGMA * eps[t], rho, stiffness)
-        total += GAMMA ** t * r
-    return total
-
-
-def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=0.01, chunk=8192):
-    """grad J on the hard system and its standard error (from the spread of the per-episode differences)."""
-    samples = []
-    for start in range(0, episodes, chunk):
-        n = min(chunk, episodes - start)
-        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
-        rows = np.empty((n, 5))
-        for i in range(5):
-            step = np.eye(5)[i] * delta
-            rows[:, i] = (discounted_returns(theta + step, x0, eps, 0.0, stiffness)
-                          - discounted_returns(theta - step, x0, eps, 0.0, stiffness)) / (2 * delta)
-        samples.append(rows)
-    samples = np.concatenate(samples)
-    return samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
@@ -729,6 +690,22 @@ def report_exp3(exp3, cfg, out, wall):
 
 
 # ----------------------------------------------------------------------------
+# Policy evaluation: critics fitted to a fixed policy, the same fit_critic as in training
+# ----------------------------------------------------------------------------
+def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
+    """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
+    x, t = None, 0
+    for _ in range(iterations):
+        if t == 0:
+            x = initial_states(rng, N_ENVS)
+        eps = rng.normal(size=(WINDOW, N_ENVS))
+        rollout = Rollout(x, eps, t, rho, *rollout_numpy(policy, x, eps, rho, stiffness))
+        for critic in critics:
+            fit_critic(critic, policy, rollout, rng, stiffness)
+        x, t = rollout.states[-1], (t + WINDOW) % T
+
+
+# ----------------------------------------------------------------------------
 # Training plumbing: the learning-curve log, what an arm does at a switch of H, and the switch diagnostics
 # ----------------------------------------------------------------------------
 class TrainingLog:
@@ -847,6 +824,34 @@ def critic_value_error(critic, rollout, horizon):
 # ----------------------------------------------------------------------------
 # Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
 # ----------------------------------------------------------------------------
+SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
+
+
+def discounted_returns(theta, x0, eps, rho, stiffness):
+    """sum_{t<T} gamma^t r_t of each episode under the linear policy theta (no graph)."""
+    total, x = np.zeros(len(x0)), x0
+    for t in range(T):
+        x, r = step_numpy(x, linear_policy.forward(theta, observe(x))[0] + SIGMA * eps[t], rho, stiffness)
+        total += GAMMA ** t * r
+    return total
+
+
+def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=0.01, chunk=8192):
+    """grad J on the hard system and its standard error (from the spread of the per-episode differences)."""
+    samples = []
+    for start in range(0, episodes, chunk):
+        n = min(chunk, episodes - start)
+        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
+        rows = np.empty((n, 5))
+        for i in range(5):
+            step = np.eye(5)[i] * delta
+            rows[:, i] = (discounted_returns(theta + step, x0, eps, 0.0, stiffness)
+                          - discounted_returns(theta - step, x0, eps, 0.0, stiffness)) / (2 * delta)
+        samples.append(rows)
+    samples = np.concatenate(samples)
+    return samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
+
+
 def contact_onsets(states):
     """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
     touching = states[:, :, 0] - states[:, :, 2] > 0
