@@ -33,6 +33,7 @@ Results: see README.md#mve_criticpy.
 """
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -56,7 +57,7 @@ T = 128                           # episode length
 GAMMA = 0.99
 SIGMA = 0.3                       # policy noise, before the tanh
 LAMBDA = 0.95                     # TD(lambda) / VGL(lambda) of the critics
-RHO_MAX = 0.01                    # rho is given to rho-conditioned critics as rho / RHO_MAX
+RHO_MAX = 0.01                    # where the rho anneal starts; rho-conditioned critics see rho / RHO_MAX
 
 N_ENVS = 64                       # parallel environments in training
 WINDOW = 32                       # steps per training window (SHAC's steps_num)
@@ -70,7 +71,7 @@ THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant p
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
 EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
 
-SETTINGS = {                      # the lesson run (a few minutes on 2 shared cores)
+SETTINGS = {                      # the lesson run: small versions of the three experiments
     "exp": "all",
     # Exp 1: the gradient estimator at fixed linear policies
     "snapshots": ("init",), "rhos": (0.0, 0.003, 0.01, 0.03), "horizons": (0, 1, 4, 16, 64, T), "episodes": 512,
@@ -105,14 +106,13 @@ def soft_penetration(d, rho):
     rho is a scalar or one value per environment; rho = 0 is the hard max(d, 0)."""
     rho = np.asarray(rho, dtype=np.float64)
     smooth_rows = rho > 0
+    hard, hard_slope = np.maximum(d, 0.0), (d > 0).astype(np.float64)
     if not np.any(smooth_rows):
-        return np.maximum(d, 0.0), (d > 0).astype(np.float64)
-    width = np.where(smooth_rows, rho, 1.0)
+        return hard, hard_slope
+    width = np.where(smooth_rows, rho, 1.0)          # rows with rho = 0 divide by 1, then take the hard values
     z = d / width
-    smooth, slope = width * np.logaddexp(0.0, z), ad.stable_sigmoid(z)
-    if np.all(smooth_rows):
-        return smooth, slope
-    return np.where(smooth_rows, smooth, np.maximum(d, 0.0)), np.where(smooth_rows, slope, (d > 0) * 1.0)
+    return (np.where(smooth_rows, width * np.logaddexp(0.0, z), hard),
+            np.where(smooth_rows, ad.stable_sigmoid(z), hard_slope))
 
 
 @ad.primitive
@@ -177,8 +177,7 @@ def observe(x):
 
 # ----------------------------------------------------------------------------
 # 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
-#   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
-#   one row per episode the rows' .grad after one backward are the per-sample gradients.
+#   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5) (section 8)
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
 #   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
 #   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
@@ -295,12 +294,9 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 #       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
 #   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
-class Rollout:
-    """What a window leaves for the critics: states (W+1, N, 4), pre-squash actions and rewards (W, N)."""
-
-    def __init__(self, x0, eps, t0, rho, states, actions, rewards):
-        self.x0, self.eps, self.t0, self.rho = x0, eps, t0, rho
-        self.states, self.actions, self.rewards = states, actions, rewards
+# What a window leaves for the critics: where and when it started (x0, t0), its noise eps (W, N) and rho, then
+# the states (W+1, N, 4), pre-squash actions and rewards (W, N).
+Rollout = collections.namedtuple("Rollout", "x0 eps t0 rho states actions rewards")
 
 
 def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stiffness=STIFFNESS):
