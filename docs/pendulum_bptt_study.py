@@ -1,0 +1,269 @@
+"""Where pendulum_bptt.py's gap to the optimum comes from, and what closing it would take: development starts only.
+
+Every figure here is measured on the development starts, Gymnasium reset seeds 0-999 (DEVELOPMENT_SEEDS: the
+starts the method was chosen on; disjoint from the evaluation set, 1,000,000+, and the fresh set, 10,000,000+),
+each paired with the value-iteration controller's return on the same start (301 x 241 grid, the lesson run's).
+
+    python docs/pendulum_bptt_study.py --arm default     # one arm: BPTT seeds 0-2 (about 2 CPU-min per arm)
+    python docs/pendulum_bptt_study.py --diagnose        # where the default's gap sits (per start, per step)
+    python docs/pendulum_bptt_study.py --summarise       # every finished arm -> docs/results/pendulum_bptt_study.json
+
+Arms are kept in runs/pendulum_bptt_study/ as they finish (rerunning an arm reuses what is there).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import autodiff as ad       # noqa: E402  (first: single-threaded BLAS before NumPy loads)
+import numpy as np          # noqa: E402
+
+import pendulum_bptt as pb  # noqa: E402
+
+DEVELOPMENT_SEEDS = np.arange(1000)   # Gymnasium reset seeds 0-999
+TRAINING_SEEDS = (0, 1, 2)
+GRID = (301, 241)
+OUT = os.path.join(ROOT, "runs", "pendulum_bptt_study")
+RESULTS = os.path.join(ROOT, "docs", "results", "pendulum_bptt_study.json")
+DEFAULT = dict(phase_1=dict(sim_steps=pb.SETTINGS["sim_steps"], batch=pb.SETTINGS["batch"],
+                            window=pb.SETTINGS["window"], lr=pb.SETTINGS["lr"]),
+               phase_2=dict(sim_steps=pb.SETTINGS["long_sim_steps"], batch=pb.SETTINGS["long_batch"],
+                            window=pb.SETTINGS["long_window"], lr=pb.SETTINGS["long_lr"]),
+               hidden=pb.SETTINGS["hidden"])
+
+
+def with_phase_2(**changes):
+    return dict(DEFAULT, phase_2=dict(DEFAULT["phase_2"], **changes))
+
+
+# Each arm changes one thing. "then" continues the default's trained policy with one more phase.
+ARMS = {
+    "default": dict(DEFAULT, note="pendulum_bptt.py's settings (phase 1: 320,000 steps, windows 25, batch 8, "
+                                  "Adam 0.01; phase 2: 4,000,000 steps, windows 50, batch 64, Adam 0.001)"),
+    "phase 3: whole episodes": dict(DEFAULT, then=dict(sim_steps=1_280_000, batch=64, window=200, lr=1e-4),
+                                    note="then 1,280,000 more steps with 200-step windows (the whole episode: "
+                                         "the loss is the evaluated return exactly), Adam 1e-4"),
+    "phase 2 twice as long": dict(with_phase_2(sim_steps=8_000_000), note="phase 2: 8,000,000 steps"),
+    "wider policy": dict(DEFAULT, hidden=128, note="128 hidden units per layer instead of 64"),
+    "phase 2 decays throughout": dict(DEFAULT, schedule="linear", note="phase 2's Adam step decays linearly "
+                                      "from 0.001 to 5% over the whole phase (the default: over its last quarter)"),
+}
+
+
+def development_returns(policy):
+    return pb.run_gymnasium(policy, seeds=DEVELOPMENT_SEEDS)[0]
+
+
+def optimum_returns():
+    path = os.path.join(OUT, "optimum.npy")
+    if not os.path.exists(path):
+        values = pb.value_iteration(*GRID)
+        os.makedirs(OUT, exist_ok=True)
+        np.save(path, development_returns(pb.optimal_controller(values, *GRID)))
+    return np.load(path)
+
+
+def linear_decay(lr, done, total):
+    return lr * (1.0 - 0.95 * done / total)
+
+
+def train_arm(arm, seed):
+    """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
+    if "then" in arm:
+        net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
+        return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
+    if arm.get("schedule") != "linear":
+        return pb.train_two_phases(seed, arm["phase_1"], arm["phase_2"], hidden=arm["hidden"], label=f"seed {seed}")[0]
+    # train_two_phases written out, to swap phase 2's step-size schedule (same streams: seed, then (seed, 2))
+    net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **arm["phase_1"])
+    default_schedule, pb.adam_schedule = pb.adam_schedule, linear_decay
+    try:
+        return pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
+                             **arm["phase_2"])[0]
+    finally:
+        pb.adam_schedule = default_schedule
+
+
+def seed_path(name, seed):
+    return os.path.join(OUT, name.replace(" ", "_").replace(":", ""), f"seed_{seed}")
+
+
+def run_arm(name):
+    arm, optimum = ARMS[name], optimum_returns()
+    for seed in TRAINING_SEEDS:
+        path = seed_path(name, seed)
+        if os.path.exists(path + ".json"):
+            continue
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        net = train_arm(arm, seed)
+        returns = development_returns(lambda obs: pb.act(net, obs))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pb.save_policy(path + ".npz", net, "odd", seed=seed)
+        gap = ad.runs.paired_difference(optimum, returns)
+        ad.runs.write_json(path + ".json", {"seed": seed, "returns": returns.tolist(), "gap_to_optimum": gap,
+                                            "train_seconds": round(time.perf_counter() - t0, 1),
+                                            "cpu_seconds": round(time.process_time() - cpu0, 1)})
+        print(f"{name}, seed {seed}: {returns.mean():.2f}, gap to the optimum {gap['mean']:.2f} ± {gap['se']:.2f} "
+              f"({time.process_time() - cpu0:.0f} CPU-s)", flush=True)
+
+
+def arm_summary(name, optimum):
+    rows = []
+    for seed in TRAINING_SEEDS:
+        if os.path.exists(seed_path(name, seed) + ".json"):
+            with open(seed_path(name, seed) + ".json") as f:
+                rows.append(json.load(f))
+    if not rows:
+        return None
+    returns = np.array([r["returns"] for r in rows])
+    per_start = optimum - returns.mean(axis=0)
+    out = {"note": ARMS[name]["note"], "seeds": [r["seed"] for r in rows],
+           "gap_per_seed": [round(r["gap_to_optimum"]["mean"], 3) for r in rows],
+           "gap_se_per_seed": [round(r["gap_to_optimum"]["se"], 3) for r in rows],
+           "gap_seed_averaged": ad.runs.paired_difference(optimum, returns.mean(axis=0)),
+           "starts_more_than_10_below_optimum": float(np.mean(per_start > 10)),
+           "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
+    if name != "default":
+        default = arm_summary("default", optimum)
+        if default and default["seeds"] == out["seeds"]:
+            base = np.array([r["returns"] for r in map(read_seed("default"), out["seeds"])]).mean(axis=0)
+            out["minus_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
+    return out
+
+
+def read_seed(name):
+    def read(seed):
+        with open(seed_path(name, seed) + ".json") as f:
+            return json.load(f)
+    return read
+
+
+def diagnose():
+    """Where the default policy (seed 0) loses to the optimum on the development starts."""
+    values = pb.value_iteration(*GRID)
+    optimum, _ = pb.run_gymnasium(pb.optimal_controller(values, *GRID), seeds=DEVELOPMENT_SEEDS)
+    net, _ = pb.load_policy(seed_path("default", 0) + ".npz")
+    policy = lambda obs: pb.act(net, obs)                                       # noqa: E731
+    returns, angles = pb.run_gymnasium(policy, seeds=DEVELOPMENT_SEEDS)
+    _, optimum_angles = pb.run_gymnasium(pb.optimal_controller(values, *GRID), seeds=DEVELOPMENT_SEEDS)
+    gap = optimum - returns
+    starts = start_states(DEVELOPMENT_SEEDS)
+    ranked = np.sort(gap)[::-1]
+    late = upright_for_good(angles) - upright_for_good(optimum_angles)
+    report = {"gap": ad.runs.paired_difference(optimum, returns),
+              "gap_quantiles_0_10_25_50_75_90_99_100": np.round(np.quantile(gap, [0, .1, .25, .5, .75, .9, .99, 1]),
+                                                                  2).tolist(),
+              "share_of_gap_in_worst_k_starts": {k: round(float(ranked[:k].sum() / gap.sum()), 3)
+                                                 for k in (10, 50, 100, 200)},
+              "by_start_angle": by_groups(gap, np.abs(pb.angle_normalize(starts[:, 0])), (0, 1, 2, 2.6, 3.0, 3.2)),
+              "by_steps_later_upright_than_the_optimum": by_groups(gap, late, (-200, 3, 10, 201)),
+              "policy_minus_twin_return_max_abs": twin_check(policy, starts, returns),
+              **torque_comparison(policy, values, starts)}
+    print(json.dumps(report, indent=1))
+    ad.runs.write_json(os.path.join(OUT, "diagnosis.json"), report)
+    return report
+
+
+def start_states(seeds):
+    import gymnasium as gym
+    env = gym.make("Pendulum-v1")
+    states = []
+    for seed in seeds:
+        env.reset(seed=int(seed))
+        states.append(env.unwrapped.state.copy())
+    return np.array(states)
+
+
+def upright_for_good(angles, tolerance=0.3):
+    """The first step after which |θ| stays below `tolerance` to the end of the episode."""
+    fallen = np.abs(angles) >= tolerance
+    return np.where(fallen.any(axis=1), angles.shape[1] - np.argmax(fallen[:, ::-1], axis=1), 0)
+
+
+def by_groups(gap, key, edges):
+    total = gap.sum()
+    groups = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (key >= lo) & (key < hi)
+        if inside.any():
+            mean, se = ad.runs.mean_and_se(gap[inside])
+            groups[f"[{lo}, {hi})"] = {"starts": int(inside.sum()), "mean_gap": round(float(mean), 2),
+                                       "se": round(float(se), 2), "share_of_gap": round(float(gap[inside].sum() / total), 3)}
+    return groups
+
+
+def twin_check(policy, starts, returns):
+    """The training objective's quantity, −Σ_t cost over 200 steps on the twin, against Gymnasium's return."""
+    state, total = starts.copy(), np.zeros(len(starts))
+    for _ in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1).astype(np.float32)
+        state, cost = pb.step_numpy(state, policy(obs.astype(np.float64)))
+        total -= cost
+    return float(np.abs(total - returns).max())
+
+
+def torque_comparison(policy, values, starts):
+    """Along the policy's own trajectories: its torque against the optimal controller's at the same state and step."""
+    state, difference, saturated, optimal_saturated = starts.copy(), [], [], []
+    for t in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1)
+        torque = policy(obs)
+        best = greedy_torque(values, state, t)
+        difference.append(np.abs(torque - best))
+        saturated.append(np.abs(torque) > 1.95)
+        optimal_saturated.append(np.abs(best) > 1.95)
+        state, _ = pb.step_numpy(state, torque)
+    difference = np.array(difference)
+    return {"mean_abs_torque_difference_per_20_steps": [round(float(difference[a:a + 20].mean()), 3)
+                                                        for a in range(0, pb.EPISODE_STEPS, 20)],
+            "saturated_fraction_policy": round(float(np.mean(saturated)), 4),
+            "saturated_fraction_optimum": round(float(np.mean(optimal_saturated)), 4)}
+
+
+def greedy_torque(values, state, t):
+    """The optimal controller's torque at step t (pendulum_bptt.optimal_controller, without its clock)."""
+    successors, cost = pb.step_numpy(np.repeat(state, len(pb.GREEDY_TORQUES), axis=0),
+                                     np.tile(pb.GREEDY_TORQUES, len(state)))
+    index, weight = pb.grid_neighbours(successors, *GRID)
+    q = (weight * values[t + 1][index]).sum(axis=0) - cost
+    return pb.GREEDY_TORQUES[q.reshape(len(state), -1).argmax(axis=1)]
+
+
+def summarise():
+    optimum = optimum_returns()
+    arms = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
+    results = {"development_starts": "Gymnasium reset seeds 0-999", "training_seeds": list(TRAINING_SEEDS),
+               "optimum": {"grid": list(GRID), "mean_return": float(optimum.mean())}, "arms": arms,
+               "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), then --summarise"}
+    if os.path.exists(os.path.join(OUT, "diagnosis.json")):
+        with open(os.path.join(OUT, "diagnosis.json")) as f:
+            results["diagnosis_default_seed_0"] = json.load(f)
+    ad.runs.write_json(RESULTS, results)
+    for name, s in arms.items():
+        g = s["gap_seed_averaged"]
+        extra = f", minus the default {s['minus_default']['mean']:+.2f} ± {s['minus_default']['se']:.2f}" \
+            if "minus_default" in s else ""
+        print(f"{name}: gap per seed {s['gap_per_seed']}, seed-averaged {g['mean']:.2f} ± {g['se']:.2f}{extra}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arm", choices=list(ARMS))
+    parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--summarise", action="store_true")
+    args = parser.parse_args()
+    if args.arm:
+        run_arm(args.arm)
+    if args.diagnose:
+        diagnose()
+    if args.summarise:
+        summarise()
+
+
+if __name__ == "__main__":
+    main()
