@@ -41,6 +41,33 @@ def with_phase_2(**changes):
     return dict(DEFAULT, phase_2=dict(DEFAULT["phase_2"], **changes))
 
 
+def linear_decay(seed):
+    """An Adam step-size schedule (pendulum_bptt.adam_schedule's signature) decaying linearly to 5% throughout."""
+    return lambda lr, done, total: lr * (1.0 - 0.95 * done / total)
+
+
+def noisy_torque(sigma, seed):
+    """policy_torque plus N(0, sigma^2) per step: the return, averaged over the noise, is a smoothed objective."""
+    plain, rng = pb.policy_torque, np.random.default_rng((seed, 4))
+
+    def policy_torque(net, obs, kind="odd"):
+        torque = plain(net, obs, kind)
+        return torque + ad.Tensor(sigma * rng.standard_normal(torque.shape))
+    return policy_torque
+
+
+def bottom_heavy_starts(fraction, seed=None):
+    """Pendulum-v1's start distribution, except that `fraction` of the starts have |θ| > 2.6 (near hanging down)."""
+    plain = pb.reset_states
+
+    def reset_states(rng, n):
+        states = plain(rng, n)
+        bottom = rng.uniform(size=n) < fraction
+        states[bottom, 0] = np.sign(states[bottom, 0]) * rng.uniform(2.6, np.pi, bottom.sum())
+        return states
+    return reset_states
+
+
 # Each arm changes one thing. "then" continues the default's trained policy with one more phase.
 ARMS = {
     "default": dict(DEFAULT, note="pendulum_bptt.py's settings (phase 1: 320,000 steps, windows 25, batch 8, "
@@ -49,9 +76,16 @@ ARMS = {
                                     note="then 1,280,000 more steps with 200-step windows (the whole episode: "
                                          "the loss is the evaluated return exactly), Adam 1e-4"),
     "phase 2 twice as long": dict(with_phase_2(sim_steps=8_000_000), note="phase 2: 8,000,000 steps"),
+    "phase 2 four times as long": dict(with_phase_2(sim_steps=16_000_000), note="phase 2: 16,000,000 steps"),
     "wider policy": dict(DEFAULT, hidden=128, note="128 hidden units per layer instead of 64"),
-    "phase 2 decays throughout": dict(DEFAULT, schedule="linear", note="phase 2's Adam step decays linearly "
-                                      "from 0.001 to 5% over the whole phase (the default: over its last quarter)"),
+    "phase 2 decays throughout": dict(DEFAULT, phase_2_swaps={"adam_schedule": linear_decay},
+                                      note="phase 2's Adam step decays linearly from 0.001 to 5% over the whole phase (the default: over its last quarter)"),
+    "phase 2 with torque noise": dict(DEFAULT, phase_2_swaps={"policy_torque": lambda seed: noisy_torque(0.3, seed)},
+                                      note="phase 2 trains with N(0, 0.3^2) added to each torque (a smoothed "
+                                           "objective); evaluated without noise"),
+    "phase 2 starts near the bottom": dict(DEFAULT, phase_2_swaps={"reset_states": lambda seed: bottom_heavy_starts(0.5)},
+                                           note="phase 2: half of the training starts have |θ| > 2.6 (hanging "
+                                                "down), where most of the gap is"),
 }
 
 
@@ -68,25 +102,24 @@ def optimum_returns():
     return np.load(path)
 
 
-def linear_decay(lr, done, total):
-    return lr * (1.0 - 0.95 * done / total)
-
-
 def train_arm(arm, seed):
     """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
     if "then" in arm:
         net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
         return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
-    if arm.get("schedule") != "linear":
+    if "phase_2_swaps" not in arm:
         return pb.train_two_phases(seed, arm["phase_1"], arm["phase_2"], hidden=arm["hidden"], label=f"seed {seed}")[0]
-    # train_two_phases written out, to swap phase 2's step-size schedule (same streams: seed, then (seed, 2))
+    # train_two_phases written out, to swap a piece of pendulum_bptt for phase 2 only (same random streams)
     net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **arm["phase_1"])
-    default_schedule, pb.adam_schedule = pb.adam_schedule, linear_decay
+    originals = {name: getattr(pb, name) for name in arm["phase_2_swaps"]}
     try:
+        for name, replacement in arm["phase_2_swaps"].items():
+            setattr(pb, name, replacement(seed))
         return pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
                              **arm["phase_2"])[0]
     finally:
-        pb.adam_schedule = default_schedule
+        for name, original in originals.items():
+            setattr(pb, name, original)
 
 
 def seed_path(name, seed):
@@ -132,7 +165,7 @@ def arm_summary(name, optimum):
         default = arm_summary("default", optimum)
         if default and default["seeds"] == out["seeds"]:
             base = np.array([r["returns"] for r in map(read_seed("default"), out["seeds"])]).mean(axis=0)
-            out["minus_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
+            out["return_gain_over_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
     return out
 
 
@@ -246,8 +279,8 @@ def summarise():
     ad.runs.write_json(RESULTS, results)
     for name, s in arms.items():
         g = s["gap_seed_averaged"]
-        extra = f", minus the default {s['minus_default']['mean']:+.2f} ± {s['minus_default']['se']:.2f}" \
-            if "minus_default" in s else ""
+        gain = s.get("return_gain_over_default")
+        extra = f", return gain over the default {gain['mean']:+.2f} ± {gain['se']:.2f} (paired)" if gain else ""
         print(f"{name}: gap per seed {s['gap_per_seed']}, seed-averaged {g['mean']:.2f} ± {g['se']:.2f}{extra}")
 
 
