@@ -77,6 +77,9 @@ ARMS = {
                                          "the loss is the evaluated return exactly), Adam 1e-4"),
     "phase 2 twice as long": dict(with_phase_2(sim_steps=8_000_000), note="phase 2: 8,000,000 steps"),
     "phase 2 four times as long": dict(with_phase_2(sim_steps=16_000_000), note="phase 2: 16,000,000 steps"),
+    "phase 2 at a larger step": dict(with_phase_2(lr=0.003), note="phase 2: Adam 0.003 instead of 0.001"),
+    "phase 2 at half the batch": dict(with_phase_2(batch=32), note="phase 2: 32 episodes side by side instead of "
+                                                                   "64 (twice the updates for the same steps)"),
     "wider policy": dict(DEFAULT, hidden=128, note="128 hidden units per layer instead of 64"),
     "phase 2 decays throughout": dict(DEFAULT, phase_2_swaps={"adam_schedule": linear_decay},
                                       note="phase 2's Adam step decays linearly from 0.001 to 5% over the whole phase (the default: over its last quarter)"),
