@@ -77,6 +77,7 @@ ARMS = {
                                          "the loss is the evaluated return exactly), Adam 1e-4"),
     "phase 2 twice as long": dict(with_phase_2(sim_steps=8_000_000), note="phase 2: 8,000,000 steps"),
     "phase 2 four times as long": dict(with_phase_2(sim_steps=16_000_000), note="phase 2: 16,000,000 steps"),
+    "phase 2 eight times as long": dict(with_phase_2(sim_steps=32_000_000), note="phase 2: 32,000,000 steps"),
     "phase 2 at a larger step": dict(with_phase_2(lr=0.003), note="phase 2: Adam 0.003 instead of 0.001"),
     "phase 2 at half the batch": dict(with_phase_2(batch=32), note="phase 2: 32 episodes side by side instead of "
                                                                    "64 (twice the updates for the same steps)"),
@@ -157,12 +158,14 @@ def arm_summary(name, optimum):
     if not rows:
         return None
     returns = np.array([r["returns"] for r in rows])
-    per_start = optimum - returns.mean(axis=0)
     out = {"note": ARMS[name]["note"], "seeds": [r["seed"] for r in rows],
            "gap_per_seed": [round(r["gap_to_optimum"]["mean"], 3) for r in rows],
            "gap_se_per_seed": [round(r["gap_to_optimum"]["se"], 3) for r in rows],
            "gap_seed_averaged": ad.runs.paired_difference(optimum, returns.mean(axis=0)),
-           "starts_more_than_10_below_optimum": float(np.mean(per_start > 10)),
+           # the starts a policy loses more than 10 on (an extra swing), and their share of its gap
+           "starts_more_than_10_below_per_seed": [int(np.sum(optimum - r > 10)) for r in returns],
+           "their_share_of_the_gap_per_seed": [round(float(np.sum((g := optimum - r)[g > 10]) / g.sum()), 3)
+                                               for r in returns],
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
     if name != "default":
         default = arm_summary("default", optimum)
