@@ -191,7 +191,7 @@ def diagnose():
     returns, angles = pb.run_gymnasium(policy, seeds=DEVELOPMENT_SEEDS)
     _, optimum_angles = pb.run_gymnasium(pb.optimal_controller(values, *GRID), seeds=DEVELOPMENT_SEEDS)
     gap = optimum - returns
-    starts = start_states(DEVELOPMENT_SEEDS)
+    starts = ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)
     ranked = np.sort(gap)[::-1]
     late = upright_for_good(angles) - upright_for_good(optimum_angles)
     report = {"gap": ad.runs.paired_difference(optimum, returns),
@@ -206,16 +206,6 @@ def diagnose():
     print(json.dumps(report, indent=1))
     ad.runs.write_json(os.path.join(OUT, "diagnosis.json"), report)
     return report
-
-
-def start_states(seeds):
-    import gymnasium as gym
-    env = gym.make("Pendulum-v1")
-    states = []
-    for seed in seeds:
-        env.reset(seed=int(seed))
-        states.append(env.unwrapped.state.copy())
-    return np.array(states)
 
 
 def upright_for_good(angles, tolerance=0.3):
@@ -273,12 +263,19 @@ def greedy_torque(values, state, t):
     return pb.GREEDY_TORQUES[q.reshape(len(state), -1).argmax(axis=1)]
 
 
+def script_sha1():
+    import hashlib
+    with open(os.path.join(ROOT, "pendulum_bptt.py"), "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
 def summarise():
     optimum = optimum_returns()
     arms = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
     results = {"development_starts": "Gymnasium reset seeds 0-999", "training_seeds": list(TRAINING_SEEDS),
                "optimum": {"grid": list(GRID), "mean_return": float(optimum.mean())}, "arms": arms,
-               "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), then --summarise"}
+               "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), --diagnose, then --summarise",
+               "pendulum_bptt_py_sha1": script_sha1(), "provenance": ad.runs.provenance()}
     if os.path.exists(os.path.join(OUT, "diagnosis.json")):
         with open(os.path.join(OUT, "diagnosis.json")) as f:
             results["diagnosis_default_seed_0"] = json.load(f)
