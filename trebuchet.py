@@ -92,13 +92,13 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it,
-# the arm's inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
-# sling held on the ground exactly and every event interpolated. The same machine as FluxML's
-# Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from): see Part 2.
-MODELS = dict(virtualtrebuchet=dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA,
-                                    ground="lagrange", integration=INTEGRATION))
-MODEL = MODELS["virtualtrebuchet"]      # the model every function uses unless given another (`select_model`)
+# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it (the
+# arm's inertia a uniform beam's, the counterweight's 1 lb ft²), integrated as above, every event
+# interpolated. `ground_phase` and `refine_release` are filled in below; the machine as Trebuchet.jl runs it
+# (--model trebuchet_jl, where the blog's numbers come from) is in Part 2.
+MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION,
+             refine_release=None)
+MODELS = dict(virtualtrebuchet=MODEL)   # MODEL: what every function uses unless given another (`select_model`)
 
 
 # -------------------- Forward-mode derivatives with complex numbers --------
@@ -347,31 +347,34 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
     return state, elapsed, running, (before, after)
 
 
+def ground_phase(ground, shot, integration, tracks, model):
+    """Phase 1 from the rest state `ground` (α, β, α̇, β̇): the arm swings, the projectile slides until the
+    sling lifts it. Returns the hang state (α, β, γ, α̇, β̇, γ̇) at lift-off, its time, the failed shots."""
+    everyone = np.ones(ground.shape[1], dtype=bool)
+    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
+                                          integration["dt_ground"], MAX_SECONDS["ground"], everyone,
+                                          integration["method"], shot, None, tracks["ground"])
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    return np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot]), t_lift, failed
+
+
+MODEL["ground_phase"] = ground_phase
+
+
 def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
     Returns the hang state at the release, the event times, the shots that got there, and the
     bracketing states of the release step (for the copies that carry other derivatives)."""
     batch = release_angle.shape[0]
-    method = integration["method"]
-    # 1. ground: the arm swings, the projectile slides until the sling lifts it
     alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
-    dtype = np.result_type(shot["m11"])
-    ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    ok = np.ones(batch, dtype=bool)
-    if model["ground"] == "trebuchet_jl":     # the original's lift-off: see Part 2
-        hang, t_lift, failed = ground_as_trebuchet_jl(ground, shot, integration, tracks, model)
-    else:
-        ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
-                                              integration["dt_ground"], MAX_SECONDS["ground"], ok, method, shot,
-                                              None, tracks["ground"])
-        alpha, beta, alpha_dot, beta_dot = ground
-        gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-        hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
-    ok &= ~failed
+    ground = np.zeros((4, batch), np.result_type(shot["m11"])) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
+    hang, t_lift, failed = model["ground_phase"](ground, shot, integration, tracks, model)
+    ok = ~failed
     # 2. hang: three free angles until the velocity points along the release angle
     hang, t_release, failed, bracket = integrate(
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        method, shot, release_angle, tracks["hang"])
+        integration["method"], shot, release_angle, tracks["hang"])
     return hang, t_lift, t_release, ok & ~failed, bracket
 
 
@@ -392,13 +395,10 @@ def release_per_copy(bracket, release_angle, wind, ok, copies, model):
 
 def release_fraction(before, after, angles, model):
     """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
-    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. (The trebuchet_jl
-    model then refines s by root finding: Part 2, `release_on_interpolant`.)"""
+    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate` (a model may refine it)."""
     h0, h1 = release_condition(before, angles), release_condition(after, angles)
     s = h0 / (h0 - h1)
-    if model.get("release") == "state_interpolant":
-        s = release_on_interpolant(before, after, angles, s)
-    return s
+    return s if model["refine_release"] is None else model["refine_release"](before, after, angles, s)
 
 
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
@@ -423,7 +423,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
     shot = shot_constants(weight + EPS * 1j if wrt[2] else weight, model)
     hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks, model)
-    if copies or model.get("release") == "state_interpolant":
+    if copies or model["refine_release"] is not None:
         hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies or [None], model)
     # 3. flight: a point mass with drag until it is back on the ground
     n_copies = max(len(copies), 1)
@@ -690,9 +690,6 @@ def main(argv=None):
 # (`release_on_interpolant`). CONVERGED: the steps `integrator_accuracy` and `reachability` trust.
 REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
 CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
-MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
-                              ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
-                              release="state_interpolant")
 
 
 def euler_step(state, k1, rates, dt, extra):
@@ -701,6 +698,86 @@ def euler_step(state, k1, rates, dt, extra):
 
 
 STEPPERS["euler"] = euler_step
+
+# The ground phase as Trebuchet.jl runs it (the "trebuchet_jl" model). Two things differ from
+# `ground_rates` + `lift_off` in section 2, both found in its source (src/simulate.jl):
+#  * it integrates all three angles, the sling's included (its acceleration is the one that keeps
+#    the projectile on the ground), so with Euler steps the projectile drifts off the ground a little;
+#  * lift-off is the zero of  m g - T cos θ  (θ the sling from the vertical), with the sling's
+#    tension T estimated from the projectile's acceleration by a backward difference of its velocity
+#    over the step, and T = 0 exactly at the step's start. DifferentialEquations' root finder then
+#    brackets the jump at the step's start: the event lands there (`lift_off="step_start"`), so the
+#    lift-off time does not move with the inputs and carries no derivative.
+def ground_rates_free_sling(state, shot):
+    """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    angles = np.stack([alpha, gamma])
+    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    j1, j3 = LONG_ARM * c_a, SLING * c_g
+    free = _solve_arrow(m12, m13, shot, r1, r2, r3)
+    unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
+    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
+    normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
+    return np.stack([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
+
+
+def _projectile_vx(state):
+    alpha, _, gamma, alpha_dot, _, gamma_dot = state
+    return -LONG_ARM * sin(alpha) * alpha_dot - SLING * sin(gamma) * gamma_dot
+
+
+def _lift_estimate(new, old, dt):
+    """m g - T cos θ at the end of a step, T from the backward difference of the projectile's velocity
+    (horizontal: m a_x = -T cos γ in our angles, vertical part of the pull: -T sin γ)."""
+    tension = -PROJECTILE_MASS * (_projectile_vx(new) - _projectile_vx(old)) / dt / cos(new[2])
+    return PROJECTILE_MASS * GRAVITY + tension * sin(new[2]), tension
+
+
+def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
+    """Phase 1 as Trebuchet.jl runs it, from the rest state `ground` (α, β, α̇, β̇): returns the hang
+    state at lift-off, the lift-off time and the failed shots (no lift-off, or a negative tension
+    estimate: the original's "weight is too light")."""
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    state = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
+    dt, step = integration["dt_ground"], STEPPERS[integration["method"]]
+    running, failed = np.ones(state.shape[1], dtype=bool), np.zeros(state.shape[1], dtype=bool)
+    elapsed, h_old = np.zeros(state.shape[1]), None
+    for _ in range(int(math.ceil(MAX_SECONDS["ground"] / dt))):
+        if not running.any():
+            break
+        _start(tracks, "ground", state[[0, 1, 3, 4]])
+        new = step(state, ground_rates_free_sling(state, shot)[0], ground_rates_free_sling, dt, shot)
+        h, tension = _lift_estimate(new, state, dt)
+        lifted = running & (h.real <= 0.0)
+        failed |= running & ~lifted & (tension.real < 0.0)
+        if model.get("lift_off") == "interpolated" and h_old is not None:
+            s = h_old / (h_old - h)      # as section 2 does it: the event inside the step, with its derivative
+            state = np.where(lifted, state + s * (new - state), state)
+            elapsed = np.where(lifted, elapsed + s.real * dt, elapsed)
+        running &= ~lifted & ~failed
+        state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
+    return state, elapsed, failed | running
+
+
+def release_on_interpolant(before, after, angles, s):
+    """The trebuchet_jl model's release: the zero of the event function along the straight line between
+    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
+    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
+    derivative -∂h/∂p / ∂h/∂s."""
+    def h(s):
+        return release_condition(before + s * (after - before), angles)
+    for _ in range(4):
+        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
+        s = s - h(s) / slope
+    return s
+
+
+MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                              ground_phase=ground_as_trebuchet_jl, integration=REFERENCE_INTEGRATION,
+                              lift_off="step_start", refine_release=release_on_interpolant)
+
 
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
@@ -866,8 +943,8 @@ BLOG_CALL = dict(wind=-2.0, angle_degrees=45.0, weight_lb=200.0, published=(4.02
 BLOG_VARIANTS = {
     "trebuchet_jl": {},
     "trebuchet_jl, lift-off interpolated": dict(lift_off="interpolated"),
-    "trebuchet_jl, release interpolated linearly": dict(release="linear"),
-    "trebuchet_jl, sling held on the ground": dict(ground="lagrange"),
+    "trebuchet_jl, release interpolated linearly": dict(refine_release=None),
+    "trebuchet_jl, sling held on the ground": dict(ground_phase=ground_phase),
     "trebuchet_jl, inertias as named": dict(arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA),
     "trebuchet_jl, our integrator": dict(integration=INTEGRATION),
     "virtualtrebuchet, explicit Euler 1/60 s": dict(model="virtualtrebuchet", integration=REFERENCE_INTEGRATION),
@@ -901,81 +978,6 @@ def _blog_gradient(angle, weight, model, per_degree=True):
     angle_unit = math.pi / 180 if per_degree else 1.0
     return float(distance[0]), [float(jacobian[0][0]), float(jacobian[1][0] * angle_unit),
                                 float(jacobian[2][0] * POUND)]
-
-
-# The ground phase as Trebuchet.jl runs it (the "trebuchet_jl" model). Two things differ from
-# `ground_rates` + `lift_off` in section 2, both found in its source (src/simulate.jl):
-#  * it integrates all three angles, the sling's included (its acceleration is the one that keeps
-#    the projectile on the ground), so with Euler steps the projectile drifts off the ground a little;
-#  * lift-off is the zero of  m g - T cos θ  (θ the sling from the vertical), with the sling's
-#    tension T estimated from the projectile's acceleration by a backward difference of its velocity
-#    over the step, and T = 0 exactly at the step's start. DifferentialEquations' root finder then
-#    brackets the jump at the step's start: the event lands there (`lift_off="step_start"`), so the
-#    lift-off time does not move with the inputs and carries no derivative.
-def ground_rates_free_sling(state, shot):
-    """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
-    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
-    j1, j3 = LONG_ARM * c_a, SLING * c_g
-    free = _solve_arrow(m12, m13, shot, r1, r2, r3)
-    unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
-    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
-    normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
-
-
-def _projectile_vx(state):
-    alpha, _, gamma, alpha_dot, _, gamma_dot = state
-    return -LONG_ARM * sin(alpha) * alpha_dot - SLING * sin(gamma) * gamma_dot
-
-
-def _lift_estimate(new, old, dt):
-    """m g - T cos θ at the end of a step, T from the backward difference of the projectile's velocity
-    (horizontal: m a_x = -T cos γ in our angles, vertical part of the pull: -T sin γ)."""
-    tension = -PROJECTILE_MASS * (_projectile_vx(new) - _projectile_vx(old)) / dt / cos(new[2])
-    return PROJECTILE_MASS * GRAVITY + tension * sin(new[2]), tension
-
-
-def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
-    """Phase 1 as Trebuchet.jl runs it, from the rest state `ground` (α, β, α̇, β̇): returns the hang
-    state at lift-off, the lift-off time and the failed shots (no lift-off, or a negative tension
-    estimate: the original's "weight is too light")."""
-    alpha, beta, alpha_dot, beta_dot = ground
-    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    state = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
-    dt, step = integration["dt_ground"], STEPPERS[integration["method"]]
-    running, failed = np.ones(state.shape[1], dtype=bool), np.zeros(state.shape[1], dtype=bool)
-    elapsed, h_old = np.zeros(state.shape[1]), None
-    for _ in range(int(math.ceil(MAX_SECONDS["ground"] / dt))):
-        if not running.any():
-            break
-        _start(tracks, "ground", state[[0, 1, 3, 4]])
-        new = step(state, ground_rates_free_sling(state, shot)[0], ground_rates_free_sling, dt, shot)
-        h, tension = _lift_estimate(new, state, dt)
-        lifted = running & (h.real <= 0.0)
-        failed |= running & ~lifted & (tension.real < 0.0)
-        if model.get("lift_off") == "interpolated" and h_old is not None:
-            s = h_old / (h_old - h)      # as section 2 does it: the event inside the step, with its derivative
-            state = np.where(lifted, state + s * (new - state), state)
-            elapsed = np.where(lifted, elapsed + s.real * dt, elapsed)
-        running &= ~lifted & ~failed
-        state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
-    return state, elapsed, failed | running
-
-
-def release_on_interpolant(before, after, angles, s):
-    """The trebuchet_jl model's release: the zero of the event function along the straight line between
-    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
-    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
-    derivative -∂h/∂p / ∂h/∂s."""
-    def h(s):
-        return release_condition(before + s * (after - before), angles)
-    for _ in range(4):
-        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
-        s = s - h(s) / slope
-    return s
 
 
 INPUT_NAMES = ("wind", "release angle", "counterweight")
