@@ -263,20 +263,20 @@ def lift_off(state, _, normal):
     return normal
 
 
-def projectile_motion(state):
-    """Position and velocity of the projectile, from a hang state."""
+def projectile_motion(state, position=True):
+    """Position and velocity of the projectile, from a hang state (only the velocity if not `position`)."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
     angles = np.stack([alpha, gamma])
     (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
-    return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g,
-            -LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
+    velocity = (-LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
+    return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g, *velocity) if position else velocity
 
 
-def release_condition(state, release_angle, _=None):
-    """sin(direction of the projectile's velocity - release angle): positive
+def release_condition(state, direction, _=None):
+    """sin(direction of the projectile's velocity - release angle r), `direction` = (cos r, sin r): positive
     while the velocity still points above (behind) the release direction."""
-    _, _, vx, vy = projectile_motion(state)
-    return (vy * cos(release_angle) - vx * sin(release_angle)) / sqrt(vx * vx + vy * vy)
+    vx, vy = projectile_motion(state, position=False)
+    return (vy * direction[0] - vx * direction[1]) / sqrt(vx * vx + vy * vy)
 
 
 def flight_rates(state, wind):
@@ -374,7 +374,7 @@ def swing(shot, release_angle, integration, tracks, model):
     # 2. hang: three free angles until the velocity points along the release angle
     hang, t_release, failed, bracket = integrate(
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        integration["method"], shot, release_angle, tracks["hang"])
+        integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
     return hang, t_lift, t_release, ok & ~failed, bracket
 
 
@@ -396,9 +396,10 @@ def release_per_copy(bracket, release_angle, wind, ok, copies, model):
 def release_fraction(before, after, angles, model):
     """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
     the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate` (a model may refine it)."""
-    h0, h1 = release_condition(before, angles), release_condition(after, angles)
+    direction = (cos(angles), sin(angles))
+    h0, h1 = release_condition(before, direction), release_condition(after, direction)
     s = h0 / (h0 - h1)
-    return s if model["refine_release"] is None else model["refine_release"](before, after, angles, s)
+    return s if model["refine_release"] is None else model["refine_release"](before, after, direction, s)
 
 
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
@@ -761,13 +762,13 @@ def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
     return state, elapsed, failed | running
 
 
-def release_on_interpolant(before, after, angles, s):
+def release_on_interpolant(before, after, direction, s):
     """The trebuchet_jl model's release: the zero of the event function along the straight line between
     the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
     from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
     derivative -∂h/∂p / ∂h/∂s."""
     def h(s):
-        return release_condition(before + s * (after - before), angles)
+        return release_condition(before + s * (after - before), direction)
     for _ in range(4):
         slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
         s = s - h(s) / slope
