@@ -136,6 +136,14 @@ def cos(z):
     return out
 
 
+def sin_cos(z):
+    """sin z and cos z together: two transcendental calls instead of four."""
+    s, c = np.sin(z.real), np.cos(z.real)
+    sin_z, cos_z = c * z, -s * z
+    sin_z.real, cos_z.real = s, c
+    return sin_z, cos_z
+
+
 def sqrt(z):
     root = np.sqrt(z.real)
     out = z * (0.5 / root)
@@ -206,8 +214,9 @@ G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 
 def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
-    angles = np.stack([alpha - beta, alpha - gamma, alpha, beta, gamma])
-    (s_ab, s_ag), (c_ab, c_ag, c_a, c_b, c_g) = sin(angles[:2]), cos(angles)
+    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse."""
+    (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.stack([alpha - beta, alpha - gamma, alpha,
+                                                                            beta, gamma]))
     m12 = -shot["k12"] * c_ab
     m13 = K13 * c_ag
     pull_ab, pull_ag = shot["k12"] * s_ab, K13 * s_ag
@@ -215,7 +224,7 @@ def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, 
     r1 = pull_ab * beta_dot * beta_dot - pull_ag * gamma_dot * gamma_dot - shot["g1"] * c_a
     r2 = -pull_ab * alpha_dot2 - shot["g2"] * c_b
     r3 = pull_ag * alpha_dot2 - G3 * c_g
-    return m12, m13, r1, r2, r3
+    return m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g)
 
 
 def _solve_arrow(m12, m13, shot, r1, r2, r3):
@@ -228,10 +237,10 @@ def _solve_arrow(m12, m13, shot, r1, r2, r3):
 
 
 def hang_rates(state, shot):
-    """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air."""
+    """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air, and sin, cos of α, γ (for the release event)."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), None
+    m12, m13, r1, r2, r3, trig = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    return np.stack([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), trig
 
 
 def sling_on_ground(alpha, alpha_dot):
@@ -248,9 +257,8 @@ def ground_rates(state, shot):
     normal force N (newtons) that keeps it there: lift-off when N = 0."""
     alpha, beta, alpha_dot, beta_dot = state
     gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g) = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot,
+                                                                         gamma_dot, shot)
     j1, j3 = LONG_ARM * c_a, SLING * c_g
     free1, free2, free3 = _solve_arrow(m12, m13, shot, r1, r2, r3)     # M⁻¹ r
     u1, u2, u3 = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)        # M⁻¹ Jᵀ
@@ -263,19 +271,19 @@ def lift_off(state, _, normal):
     return normal
 
 
-def projectile_motion(state, position=True):
-    """Position and velocity of the projectile, from a hang state (only the velocity if not `position`)."""
+def projectile_motion(state, position=True, trig=None):
+    """Position and velocity of the projectile, from a hang state (only the velocity if not `position`);
+    `trig`: (sin α, sin γ, cos α, cos γ) if already known."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    s_a, s_g, c_a, c_g = trig or (*sin(np.stack([alpha, gamma])), *cos(np.stack([alpha, gamma])))
     velocity = (-LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
     return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g, *velocity) if position else velocity
 
 
-def release_condition(state, direction, _=None):
+def release_condition(state, direction, trig=None):
     """sin(direction of the projectile's velocity - release angle r), `direction` = (cos r, sin r): positive
     while the velocity still points above (behind) the release direction."""
-    vx, vy = projectile_motion(state, position=False)
+    vx, vy = projectile_motion(state, position=False, trig=trig)
     return (vy * direction[0] - vx * direction[1]) / sqrt(vx * vx + vy * vy)
 
 
@@ -712,9 +720,8 @@ STEPPERS["euler"] = euler_step
 def ground_rates_free_sling(state, shot):
     """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g) = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot,
+                                                                         gamma_dot, shot)
     j1, j3 = LONG_ARM * c_a, SLING * c_g
     free = _solve_arrow(m12, m13, shot, r1, r2, r3)
     unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
