@@ -215,7 +215,7 @@ G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
     """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse."""
-    (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.stack([alpha - beta, alpha - gamma, alpha,
+    (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.array([alpha - beta, alpha - gamma, alpha,
                                                                             beta, gamma]))
     m12 = -shot["k12"] * c_ab
     m13 = K13 * c_ag
@@ -240,7 +240,7 @@ def hang_rates(state, shot):
     """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air, and sin, cos of α, γ (for the release event)."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
     m12, m13, r1, r2, r3, trig = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), trig
+    return np.array([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), trig
 
 
 def sling_on_ground(alpha, alpha_dot):
@@ -264,7 +264,7 @@ def ground_rates(state, shot):
     u1, u2, u3 = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)        # M⁻¹ Jᵀ
     kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
     normal = (kappa - j1 * free1 - j3 * free3) / (j1 * u1 + j3 * u3)
-    return np.stack([alpha_dot, beta_dot, free1 + normal * u1, free2 + normal * u2]), normal
+    return np.array([alpha_dot, beta_dot, free1 + normal * u1, free2 + normal * u2]), normal
 
 
 def lift_off(state, _, normal):
@@ -275,7 +275,7 @@ def projectile_motion(state, position=True, trig=None):
     """Position and velocity of the projectile, from a hang state (only the velocity if not `position`);
     `trig`: (sin α, sin γ, cos α, cos γ) if already known."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    s_a, s_g, c_a, c_g = trig or (*sin(np.stack([alpha, gamma])), *cos(np.stack([alpha, gamma])))
+    s_a, s_g, c_a, c_g = trig or (*sin(np.array([alpha, gamma])), *cos(np.array([alpha, gamma])))
     velocity = (-LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
     return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g, *velocity) if position else velocity
 
@@ -291,7 +291,7 @@ def flight_rates(state, wind):
     x, y, vx, vy = state
     relative = vx - wind
     drag = DRAG * sqrt(relative * relative + vy * vy)
-    return np.stack([vx, vy, -drag * relative, -GRAVITY - drag * vy]), None
+    return np.array([vx, vy, -drag * relative, -GRAVITY - drag * vy]), None
 
 
 def landing(state, _=None, __=None):
@@ -727,7 +727,7 @@ def ground_rates_free_sling(state, shot):
     unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
     kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
     normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
+    return np.array([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
 
 
 def _projectile_vx(state):
