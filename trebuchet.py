@@ -345,10 +345,13 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
             before, after = np.where(crossed, state, before), np.where(crossed, new, after)
             state = np.where(crossed, state + s * (new - state), state)
             elapsed = np.where(crossed, elapsed + s * dt, elapsed)
-        state = np.where(carry_on, new, state)
-        k1 = np.where(carry_on, k1_new, k1)
-        h = np.where(carry_on, h_new, h)
-        elapsed = np.where(carry_on, elapsed + dt, elapsed)
+        if carry_on.all():      # no shot has stopped yet: nothing to select
+            state, k1, h, elapsed = new, k1_new, h_new, elapsed + dt
+        else:
+            state = np.where(carry_on, new, state)
+            k1 = np.where(carry_on, k1_new, k1)
+            h = np.where(carry_on, h_new, h)
+            elapsed = np.where(carry_on, elapsed + dt, elapsed)
         running = carry_on
         if record is not None:
             record.append(state.real.copy())
