@@ -502,7 +502,8 @@ def sample_shots(rng, n):
 def make_aimer(rng, hidden=48, layers=3):
     """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
     counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
-    what two of 32 or 64 do not in 600, on a set that was not recorded (not re-checked on "tuning")."""
+    what two of 32 or 64 do not in 600, on a set that was not recorded; on "tuning", three of 64 at the lesson
+    run's settings did worse (the study in README.md)."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
