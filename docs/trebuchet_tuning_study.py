@@ -4,7 +4,7 @@ One variant per call: train the aimer as trebuchet.py's section 6 does (Adam, co
 down to --floor × --lr, targets out of reach trained towards the nearest reachable distance), with the options
 below, then measure it on the 1,000 (target, wind) pairs of the 'tuning' random stream (never 'test', the
 stream every reported figure comes from). Without --warmup, --floor and --ema the training is trebuchet.py's
-own, step for step (same streams, same batches, the same learning rates: checked bit for bit over 20 steps), so
+own, step for step (same streams, same batches, the same learning rates: tests/test_trebuchet_study.py), so
 `python trebuchet.py --eval-stream tuning --lr X --adam-beta2 B --steps N` should print the same held-out
 figures. (The defaults here are the previous lesson run's: 600 steps, lr 2e-2, β2 0.999.) The CPU seconds are
 those of the training loop alone (no monitor set), so they are a little below the script's.
