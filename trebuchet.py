@@ -618,21 +618,7 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
 # ----------------------------------------------------------------------------
 # 8. Measurement: misses on held-out targets, against what the machine can reach
 # ----------------------------------------------------------------------------
-def reach(winds, n_iter=30, heaviest=WEIGHT_RANGE[1], integration=None):
-    """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
-    and the shortest (lightest counterweight, steepest or flattest angle). A target outside
-    [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
-    winds = np.asarray(winds, dtype=float)
-
-    def distance(angle, weight):
-        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False), integration=integration)[0]
-
-    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
-    _, longest = _golden_max(lambda r: distance(r, heaviest), lo, hi, n_iter)
-    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
-    return shortest, longest
-
-
+# What the machine can reach in each wind (the shortest and longest throw): Part 2, `reach` and `ReachCurve`.
 def aimed_distances(net, target, wind):
     with ad.no_grad():
         angle, weight = settings(net, target, wind)
@@ -1036,6 +1022,21 @@ def _golden_max(f, low, high, n_iter):
         probe = f(np.where(left, c, d))
         fc, fd = np.where(left, probe, fc), np.where(left, fd, probe)
     return np.where(fc > fd, c, d), np.maximum(fc, fd)
+
+
+def reach(winds, n_iter=30, heaviest=WEIGHT_RANGE[1], integration=None):
+    """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
+    and the shortest (lightest counterweight, steepest or flattest angle). A target outside
+    [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
+    winds = np.asarray(winds, dtype=float)
+
+    def distance(angle, weight):
+        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False), integration=integration)[0]
+
+    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
+    _, longest = _golden_max(lambda r: distance(r, heaviest), lo, hi, n_iter)
+    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
+    return shortest, longest
 
 
 class ReachCurve:
