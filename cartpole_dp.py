@@ -44,7 +44,8 @@ import numpy as np
 SETTINGS = {
     "dp_seeds": 10,             # DP training seeds: --seed, --seed + 1, ...
     "dp_max_episodes": 10,
-    "margin": 10.0,             # the stopping rule: mean >= 475 + margin on the stopping starts
+    "margin": 10.0,             # the stopping rule: mean >= 475 + margin on the stopping starts,
+    "budget": 5,                # or, after this many episodes, the best policy seen if it is at the bar
     "rl_seeds": 5,
     "rl_max_episodes": 1000,
     "rs_seeds": 5,              # random search over untrained networks: its seeds, and draws per seed
@@ -233,14 +234,13 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
     policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
     optimizer = ad.optim.Adam(params, lr)
-    record = new_record(seed)
+    record, best = new_record(seed), BestSeen()
     for episode in range(1, max_episodes + 1):
         steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop, rule.max_steps)
         record["train_return"].append(steps)
         record["steps"] += steps
         check_weights(policy, f"DP seed {seed}, training episode {episode}")
-        if rule(scorer(policy), record):
-            record["episodes_to_bar"] = episode
+        if rule.stop(policy, episode, record, best):
             break
     return policy, record
 
@@ -282,7 +282,7 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     value_opt = ad.optim.Adam(value.parameters(), value_lr)   # V(s) is even in s: it needs its biases
     env = gym.make("CartPole-v1")
     obs, _ = env.reset(seed=seed)             # later resets continue the env's own random stream
-    record = new_record(seed)
+    record, best = new_record(seed), BestSeen()
     for episode in range(1, max_episodes + 1):
         observations, actions, rewards = sample_rl_episode(env, weights_of(policy), obs, rng)
         obs, _ = env.reset()
@@ -290,8 +290,7 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
         record["steps"] += len(rewards)
         reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
         check_weights(policy, f"RL seed {seed}, training episode {episode}")
-        if rule(scorer(policy), record):
-            record["episodes_to_bar"] = episode
+        if rule.stop(policy, episode, record, best):
             break
     env.close()
     return policy, record
@@ -344,6 +343,7 @@ SEEN_SEEDS = range(3_000_000, 3_001_000)         # the previous reported set: it
 STOPPING_SEEDS = range(2_000_000, 2_000_100)     # the stopping rule's own 100 starts, after every episode
 REPORTED_SEEDS = range(4_000_000, 4_001_000)     # measured once, after training; nothing else touches them
 STOP_MARGIN = 10.0     # stop at a stopping-set mean >= bar + 10, chosen on development seeds and starts
+BUDGET = 5             # the claim's budget in training episodes: then fall back on the best policy seen
 TASKS = {"CartPole-v1": {"max_steps": 500, "bar": 475.0},    # Gymnasium's registered reward_threshold
          "CartPole-v0": {"max_steps": 200, "bar": 195.0}}    # the original's setting
 
@@ -376,14 +376,37 @@ class StoppingRule:
 
     Screened on the twin; when the twin's mean is ≥ bar + margin, confirmed on Gymnasium itself (if
     confirm_on_gym). Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy;
-    the margin buys the reported set its bar. (What the plain rule, margin 0, would have done is recorded
+    the margin buys the reported set its bar. A policy can also pass by luck at one episode and fall back at the
+    next (training goes on during each episode), so at the budget the rule returns the best policy seen if that
+    one is at the bar, rather than training on. (What the plain rule, margin 0, would have done is recorded
     beside it: see Part 2, note_plain_rule.)"""
 
     def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
-                 reported=None):
+                 reported=None, budget=BUDGET):
         self.env_id, self.seeds, self.margin, self.confirm_on_gym = env_id, seeds, margin, confirm_on_gym
         self.max_steps, self.bar = TASKS[env_id]["max_steps"], TASKS[env_id]["bar"]
-        self.states, self.reported = gym_initial_states(seeds, env_id), reported
+        self.states, self.reported, self.budget = gym_initial_states(seeds, env_id), reported, budget
+
+    def stop(self, network, episode, record, best):
+        """After training episode `episode`: True if training stops; `network` then holds the policy to return."""
+        if self(scorer(network), record):
+            record["episodes_to_bar"] = record["returned_episode"] = episode
+            return True
+        if self.budget and episode <= self.budget:
+            best.offer(record["stop_mean"][-1], episode, network)
+        if episode != self.budget or best.mean < self.bar:
+            return False
+        best.restore(network)               # the budget is spent: the best policy seen, already at the bar
+        self.confirm(scorer(network), record)
+        record["episodes_to_bar"], record["returned_episode"] = episode, best.episode
+        return True
+
+    def confirm(self, score, record, twin=None):
+        twin = evaluate_on_twin(score, self.states, self.max_steps) if twin is None else twin
+        gym = evaluate_on_gym(score, self.seeds, self.env_id)
+        record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
+        record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
+        return gym
 
     def __call__(self, score, record):
         twin = evaluate_on_twin(score, self.states, self.max_steps)
@@ -391,10 +414,22 @@ class StoppingRule:
         note_plain_rule(record, twin.mean() >= self.bar, score, self.reported)
         if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
             return bool(twin.mean() >= self.bar + self.margin)
-        gym = evaluate_on_gym(score, self.seeds, self.env_id)
-        record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
-        record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
-        return bool(gym.mean() >= self.bar + self.margin)
+        return bool(self.confirm(score, record, twin).mean() >= self.bar + self.margin)
+
+
+class BestSeen:
+    """The policy with the highest stopping-set mean so far (the later one on a tie), as a copy of its weights."""
+
+    def __init__(self):
+        self.mean, self.episode, self.weights = -np.inf, None, None
+
+    def offer(self, mean, episode, network):
+        if mean >= self.mean:
+            self.mean, self.episode, self.weights = mean, episode, [p.data.copy() for p in network.parameters()]
+
+    def restore(self, network):
+        for p, w in zip(network.parameters(), self.weights):
+            p.data = w.copy()
 
 
 class ReportedScore:
@@ -428,7 +463,7 @@ def main(argv=None):
         return play(args, started)
     out = ad.runs.prepare_out(args.out)
     reported = ReportedScore(gym_check=args.gym_check)
-    rule = StoppingRule(margin=args.margin, reported=reported)
+    rule = StoppingRule(margin=args.margin, reported=reported, budget=args.budget or None)
     metrics = {"sets": describe_sets(args)}
 
     dp_policies, dp_records = train_seeds("DP", args.dp_seeds, args.seed, reported, lambda seed: run_dp(
@@ -466,6 +501,8 @@ HELP = {
     "dp_seeds": "DP training seeds",
     "dp_max_episodes": "give up on a DP seed after this many training episodes",
     "margin": "stop training at a mean return >= bar + margin on the stopping starts",
+    "budget": "after this many training episodes without a stop, return the best policy seen if its mean on "
+              "the stopping starts is >= bar, else train on (0: no budget)",
     "rl_seeds": "RL training seeds (0 skips RL)",
     "rl_max_episodes": "give up on an RL seed after this many training episodes",
     "rs_seeds": "random-search seeds (0 skips it)",
@@ -481,6 +518,7 @@ TYPES = {
     "dp_seeds": ad.runs.whole(1, 1000),
     "dp_max_episodes": ad.runs.whole(1, 10_000),
     "margin": ad.runs.number(minimum=0.0, maximum=25.0),
+    "budget": ad.runs.whole(0, 10_000),
     "rl_seeds": ad.runs.whole(0, 1000),
     "rl_max_episodes": ad.runs.whole(1, 100_000),
     "rs_seeds": ad.runs.whole(0, 1000),
@@ -521,14 +559,15 @@ def describe_sets(args):
         return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
     return {"development": span(DEVELOPMENT_SEEDS) + ": tuning, ablations, the stopping rule",
             "seen": span(SEEN_SEEDS) + ": the previous reported set, development since it shaped the rule",
-            "stopping": span(STOPPING_SEEDS) + f": the stopping rule, mean >= bar + {args.margin:g}",
+            "stopping": span(STOPPING_SEEDS) + f": the stopping rule, mean >= bar + {args.margin:g}, or the best "
+                                               f"policy seen at {args.budget} episodes if it is >= bar",
             "reported": span(REPORTED_SEEDS) + f": scored once after training, on the twin, the first "
                                                f"{args.gym_check} also on Gymnasium"}
 
 
 def new_record(seed):
-    return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "steps": 0,
-            "plain_rule_episode": None}
+    return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "returned_episode": None,
+            "steps": 0, "plain_rule_episode": None}
 
 
 def note_plain_rule(record, at_bar, score, reported):
@@ -586,7 +625,7 @@ def original_setting(args):
     tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
     at 200 steps there too."""
     reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
-    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported)
+    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported, budget=None)
     result = {}
     for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
         _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
@@ -600,18 +639,18 @@ def original_setting(args):
 # ----------------------------------------------------------------------------
 def random_search(seed, rule, draws):
     """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
-    keep the first that passes the stopping rule. No training; record["episodes_to_bar"] counts draws. If none
-    passes, the draw with the best stopping-set score is returned (and the bar is not reached)."""
+    keep the first that passes the stopping rule (at the budget, the best draw so far if it is at the bar). No
+    training; record["episodes_to_bar"] counts draws. If none passes, the draw with the best stopping-set score
+    is returned (and the bar is not reached)."""
     stream = ad.runs.random_streams(seed, "random_search")["random_search"]
-    record, best = new_record(seed), None
+    record, best = new_record(seed), BestSeen()
     for draw in range(1, draws + 1):
         network = make_network(stream)
-        if rule(scorer(network), record):
-            record["episodes_to_bar"] = draw
+        if rule.stop(network, draw, record, best):
             return network, record
-        if best is None or record["stop_mean"][-1] > best[0]:
-            best = (record["stop_mean"][-1], network)
-    return best[1], record
+        best.offer(record["stop_mean"][-1], draw, network)
+    best.restore(network)
+    return network, record
 
 
 # ----------------------------------------------------------------------------
@@ -722,6 +761,9 @@ def summarise(records, bar=REWARD_THRESHOLD, bar_episodes=5):
     plain = [r["plain_rule_episode"] for r in records]
     both = [(e, p) for e, p in zip(episodes, plain) if e is not None and p is not None]
     summary = {"episodes_to_bar": episodes, "reached": len(reached), "seeds": len(records),
+               "returned_episode": [r.get("returned_episode") for r in records],
+               "budget_returns": sum(r.get("returned_episode") is not None and r["returned_episode"] != e
+                                     for r, e in zip(records, episodes)),
                "within_5": sum(e <= bar_episodes for e in reached),
                "mean_episodes": float(np.mean(reached)) if reached else None,
                "median_episodes": float(np.median(reached)) if reached else None,
@@ -907,7 +949,7 @@ def untrained_pass_rate(states, seeds):
 def long_run_extras(metrics, args, policy):
     """--full, on development starts (the plain rule on the first 100, screened on the twin): the closed-loop
     gradient of one window, the untrained pass rate, and what each design choice is worth."""
-    rule = StoppingRule(seeds=DEVELOPMENT_SEEDS[:100], margin=0.0, confirm_on_gym=False)
+    rule = StoppingRule(seeds=DEVELOPMENT_SEEDS[:100], margin=0.0, confirm_on_gym=False, budget=None)
     seeds = range(args.seed, args.seed + args.dp_seeds)
     state = rule.states[:1]
     for _ in range(100):                  # a state on the trained policy's own trajectory
