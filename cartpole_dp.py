@@ -398,7 +398,7 @@ class StoppingRule:
             return False
         best.restore(network)               # the budget is spent: the best policy seen, already at the bar
         self.confirm(scorer(network), record)
-        record["episodes_to_bar"], record["returned_episode"] = episode, best.episode
+        record["episodes_to_bar"], record["returned_episode"], record["at_budget"] = episode, best.episode, True
         return True
 
     def confirm(self, score, record, twin=None):
@@ -567,7 +567,7 @@ def describe_sets(args):
 
 def new_record(seed):
     return {"seed": seed, "train_return": [], "stop_mean": [], "episodes_to_bar": None, "returned_episode": None,
-            "steps": 0, "plain_rule_episode": None}
+            "at_budget": False, "steps": 0, "plain_rule_episode": None}
 
 
 def note_plain_rule(record, at_bar, score, reported):
@@ -762,8 +762,7 @@ def summarise(records, bar=REWARD_THRESHOLD, bar_episodes=5):
     both = [(e, p) for e, p in zip(episodes, plain) if e is not None and p is not None]
     summary = {"episodes_to_bar": episodes, "reached": len(reached), "seeds": len(records),
                "returned_episode": [r.get("returned_episode") for r in records],
-               "budget_returns": sum(r.get("returned_episode") is not None and r["returned_episode"] != e
-                                     for r, e in zip(records, episodes)),
+               "budget_returns": sum(r["at_budget"] for r in records),
                "within_5": sum(e <= bar_episodes for e in reached),
                "mean_episodes": float(np.mean(reached)) if reached else None,
                "median_episodes": float(np.median(reached)) if reached else None,
@@ -818,12 +817,12 @@ def print_report(metrics):
         if s:
             rows.append(report_row({"DP": "DP (this script)", "RL": "RL (REINFORCE)"}.get(name, name + " (draws)"), s))
     lqr = metrics["lqr"]
-    rows.append(["LQR (0 episodes)", "1/1" if lqr["episodes_to_bar"] == 0 else "0/1", 0, 0, "-",
+    rows.append(["LQR (0 episodes)", "1/1" if lqr["episodes_to_bar"] == 0 else "0/1", 0, 0, "-", "-",
                  lqr.get("gym_stop_mean"), f"{lqr['reported']['mean']:.1f} ± {lqr['reported']['se']:.1f}",
                  lqr["reported"]["mean"], "-", "-"])
     for name, s in (metrics.get("original_setting") or {}).items():
         rows.append(report_row(f"CartPole-v0, {name}", s, within="-"))
-    ad.runs.print_table(["method", "seeds at bar", "mean ep.", "max ep.", "<=5 ep. & reported at bar",
+    ad.runs.print_table(["method", "seeds at bar", "mean ep.", "max ep.", "best at budget", "<=5 ep. & reported at bar",
                          "stopping set (Gym)", "reported ± se", "worst seed", "plain rule: ep.",
                          "plain: <=5 ep. & at bar"], rows,
                         title="Episodes to the bar (stopping rule) and the score on the reported starts")
@@ -840,7 +839,7 @@ def print_report(metrics):
 
 def report_row(name, s, within=None):
     mean = lambda values: np.mean([v for v in values if v is not None]) if any(v is not None for v in values) else None
-    return [name, f"{s['reached']}/{s['seeds']}", s["mean_episodes"], s["max_episodes"],
+    return [name, f"{s['reached']}/{s['seeds']}", s["mean_episodes"], s["max_episodes"], s["budget_returns"],
             within or f"{s['seeds_within_5_and_reported_at_bar']}/{s['seeds']}", mean(s["stopping_gym_mean"]),
             f"{s['reported_mean_over_seeds']:.1f} ± {s['reported_se_over_seeds']:.1f}", s["worst_seed_reported_mean"],
             s["mean_plain_rule_episodes"], f"{s['plain_rule_seeds_within_5_and_reported_at_bar']}/{s['seeds']}"]
