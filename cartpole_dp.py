@@ -18,7 +18,8 @@ same engine, network (4-24-48-1, tanh) and optimizer; LQR on the linearised twin
 
 One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
 the policy is updated during it. After each training episode a stopping rule scores the policy on its own 100
-starts; the result is then measured once on 1,000 other starts (section 8). Part 2 adds random search over
+starts (stop at a mean ≥ 485; after 5 episodes, return the best policy seen if it is ≥ 475); the result is then
+measured once on 1,000 other starts (section 8). Part 2 adds random search over
 untrained networks (a control for luck) and the original's own setting, CartPole-v0 (200 steps, bar 195).
 
 Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL, 5 random-search, 3+3 CartPole-v0 (about a minute)
@@ -314,7 +315,7 @@ def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
     """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
     recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
     were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
-    F = 10·sign(−K s): knowing the model, with zero training episodes."""
+    F = 10·sign(−K s) (lqr_scorer, Part 2): knowing the model, with zero training episodes."""
     Q = np.eye(4) if Q is None else Q
     R = np.eye(1) if R is None else R
     P = Q
@@ -326,11 +327,6 @@ def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
         if converged:
             break
     return K
-
-
-def lqr_scorer(K):
-    """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
-    return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
 
 
 # ----------------------------------------------------------------------------
@@ -396,7 +392,7 @@ class StoppingRule:
             best.offer(record["stop_mean"][-1], episode, network)
         if episode != self.budget or best.mean < self.bar:
             return False
-        best.restore(network)               # the budget is spent: the best policy seen, already at the bar
+        best.restore(network)               # the budget is spent: the best policy seen (BestSeen, Part 2)
         self.confirm(scorer(network), record)
         record["episodes_to_bar"], record["returned_episode"], record["at_budget"] = episode, best.episode, True
         return True
@@ -415,21 +411,6 @@ class StoppingRule:
         if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
             return bool(twin.mean() >= self.bar + self.margin)
         return bool(self.confirm(score, record, twin).mean() >= self.bar + self.margin)
-
-
-class BestSeen:
-    """The policy with the highest stopping-set mean so far (the later one on a tie), as a copy of its weights."""
-
-    def __init__(self):
-        self.mean, self.episode, self.weights = -np.inf, None, None
-
-    def offer(self, mean, episode, network):
-        if mean >= self.mean:
-            self.mean, self.episode, self.weights = mean, episode, [p.data.copy() for p in network.parameters()]
-
-    def restore(self, network):
-        for p, w in zip(network.parameters(), self.weights):
-            p.data = w.copy()
 
 
 class ReportedScore:
@@ -579,6 +560,21 @@ def note_plain_rule(record, at_bar, score, reported):
             record["plain_rule_reported_mean"] = reported(score)["mean"]
 
 
+class BestSeen:
+    """The policy with the highest stopping-set mean so far (the later one on a tie), as a copy of its weights."""
+
+    def __init__(self):
+        self.mean, self.episode, self.weights = -np.inf, None, None
+
+    def offer(self, mean, episode, network):
+        if mean >= self.mean:
+            self.mean, self.episode, self.weights = mean, episode, [p.data.copy() for p in network.parameters()]
+
+    def restore(self, network):
+        for p, w in zip(network.parameters(), self.weights):
+            p.data = w.copy()
+
+
 def check_weights(network, when):
     """A diverged run stops here, named (exit 3), before anything is saved: an earlier params.npz is kept."""
     for name, p in network.named_parameters().items():
@@ -602,6 +598,11 @@ def train_seeds(method, n_seeds, first_seed, reported, train):
                         stopping_gym_mean=record.get("gym_stop_mean", float("nan")), reported_mean=score["mean"],
                         reported_min=score["min"])
     return networks, records
+
+
+def lqr_scorer(K):
+    """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
+    return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
 
 
 def lqr_baseline(rule, reported):
