@@ -127,7 +127,7 @@ def test_at_the_budget_the_rule_returns_the_best_policy_seen(rule):
 
 def test_rl_baseline_learns_on_the_real_environment(rule, reported):
     policy, record = cp.run_rl(0, rule, max_episodes=60)
-    # measured: seed 0 stops after 37 episodes, Gymnasium mean 495.9 on the stopping starts, 495.7 reported
+    # measured: seed 0 stops after 37 episodes, Gymnasium mean 495.9 on the stopping starts, 494.8 reported
     assert record["episodes_to_bar"] is not None
     assert record["gym_stop_mean"] >= cp.REWARD_THRESHOLD + cp.STOP_MARGIN
     assert reported(cp.scorer(policy))["mean"] >= cp.REWARD_THRESHOLD
