@@ -108,7 +108,7 @@ def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
 
 def hidden_units(x, W1):
     """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
-    changed = np.flatnonzero(np.any(x != 0, axis=0))
+    changed = np.flatnonzero(x.any(axis=0))
     x_changed = x[:, changed].astype(W1.dtype)
     return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
 
@@ -159,24 +159,44 @@ def policy_loss(x, up, advantage, W1, W2):
 # ----------------------------------------------------------------------------
 # 5. Update: the gradient summed over the batch, then one RMSProp step
 # ----------------------------------------------------------------------------
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=1024):
-    """Sum the gradient of the loss over all steps of all episodes into W1.grad and W2.grad, `chunk`
-    frames at a time to bound memory (the engine adds up .grad of leaves across backward calls)."""
+def episode_gradient(episode, advantage, W1, W2, chunk=256):
+    """The gradient of one episode's loss with respect to (W1, W2), and the loss; `chunk` frames at a
+    time: that bounds memory (the engine adds up .grad of leaves across backward calls), and a short
+    chunk has fewer changed pixels for policy_logit to gather (256 frames: ~440 of 6400, 1024: ~690)."""
+    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves, no .grad
     total = 0.0
-    for episode, advantage in zip(episodes, advantages(episodes, standardise)):
-        for start in range(0, len(advantage), chunk):
-            rows = slice(start, start + chunk)
-            loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
-            loss.backward()
-            total += loss.item()
-    return total
+    for start in range(0, len(advantage), chunk):
+        rows = slice(start, start + chunk)
+        loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
+        loss.backward()
+        total += loss.item()
+    return W1.grad, W2.grad, total
+
+
+def add_gradients(gradients, W1, W2):
+    """W1.grad, W2.grad = the sum of the episodes' gradients, added in episode order (so the sum is the
+    same to the bit wherever each episode's gradient was computed); returns the batch's loss."""
+    W1.grad, W2.grad = gradients[0][0].copy(), gradients[0][1].copy()
+    for dW1, dW2, _ in gradients[1:]:
+        W1.grad += dW1
+        W2.grad += dW2
+    return sum(g[2] for g in gradients)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=256):
+    """The batch's gradient into W1.grad and W2.grad, in this process; returns the loss."""
+    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
+    return add_gradients(gradients, W1, W2)
 
 
 def update(state, episodes):
-    """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi."""
+    """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi. The
+    advantages need every episode's rewards; each episode's gradient is then computed where the episode
+    was played (Games.episode_gradients: episode_gradient above, here or in the worker processes)."""
     W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
     optimizer.zero_grad()
-    loss = accumulate_gradient(episodes, W1, W2, state["config"]["standardise"])
+    advantage = advantages(episodes, state["config"]["standardise"])
+    loss = add_gradients(state["games"].episode_gradients(episodes, advantage, W1, W2), W1, W2)
     ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
     optimizer.step()
     for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
@@ -360,6 +380,9 @@ class Games:
     def play(self, W1, W2, n_episodes, **options):
         return play_episodes(self, W1, W2, n_episodes, **options)
 
+    def episode_gradients(self, episodes, advantage, W1, W2):
+        return [episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)]
+
     def reset(self, ids):
         for g in ids:
             self.frames[g] = self.envs[g].reset()[0]
@@ -401,16 +424,20 @@ def state_arrays(states):
 class GamePool:
     """The n games split over k worker processes (game g in worker g mod k). For a batch the main process
     writes the weights into shared memory once; then each worker plays its games' episodes with
-    play_episodes, exactly as Games.play does in one process, and sends them back when done. No step
-    waits for another process, so both cores step emulators all batch long; the wall time of a batch is
-    the slower worker's (the emulator is most of the work and holds the GIL: threads would not help)."""
+    play_episodes, exactly as Games.play does in one process, and sends back their actions and rewards
+    when done (the frames stay with it). No step waits for another process, so both cores step emulators
+    all batch long; the wall time of a batch is the slower worker's (the emulator is most of the work
+    and holds the GIL: threads would not help). For the update, the main process computes the advantages
+    from all rewards, and each worker writes the gradient of each of its episodes into shared memory."""
 
     def __init__(self, env_id, n, seed, workers):
         import mmap
         import multiprocessing
         self.env_id, self.total, self.workers = env_id, n, workers
-        shared = np.frombuffer(mmap.mmap(-1, 8 * (PIXELS * HIDDEN + HIDDEN + 1)), np.float64)
-        self.W1, self.W2 = shared[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), shared[PIXELS * HIDDEN:-1]
+        size = PIXELS * HIDDEN + HIDDEN
+        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (1 + BATCH_EPISODES) + 1)), np.float64)
+        self.W1, self.W2 = shared[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), shared[PIXELS * HIDDEN:size]
+        self.gradients = shared[size:-1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
         self.stop_flag = shared[-1:]                    # set to 1: the workers abandon the batch
         self.numbers = [np.arange(w, n, workers) for w in range(workers)]
         self.connections, self.processes = [], []
@@ -418,7 +445,8 @@ class GamePool:
         for numbers in self.numbers:
             mine, theirs = context.Pipe()
             process = context.Process(target=_game_worker, daemon=True, args=(
-                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2, self.stop_flag))
+                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2, self.gradients,
+                self.stop_flag))
             process.start()
             theirs.close()                              # the worker holds the other end now
             self.connections.append(mine)
@@ -467,6 +495,16 @@ class GamePool:
             vars(film).update(replies[0][1])            # game 0 is worker 0's first game
         return sorted((e for episodes, _ in replies for e in episodes), key=lambda e: e["number"])
 
+    def episode_gradients(self, episodes, advantage, W1, W2):
+        """episode_gradient of each episode of the last batch, computed by the worker that played it (with
+        the weights it played with, still in shared memory); in episode order."""
+        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total % self.workers == w}
+                for w in range(self.workers)]
+        losses = {number: loss for reply in self._gather("gradients", mine) for number, loss in reply.items()}
+        rows = [self.gradients[e["number"]] for e in episodes]
+        return [(row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:], losses[e["number"]])
+                for row, e in zip(rows, episodes)]
+
     def game_states(self):
         states = [None] * self.total
         for numbers, reply in zip(self.numbers, self._gather("state")):
@@ -491,7 +529,7 @@ class GamePool:
         self.connections, self.processes = [], []
 
 
-def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, stop_flag):
+def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradients, stop_flag):
     """A worker process: owns the games `numbers` and plays their episodes when asked. It exits when the
     main process closes the pipe or dies."""
     for other in inherited:              # the main process's ends of the pipes: without closing them here,
@@ -499,7 +537,7 @@ def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, stop_f
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
     try:
-        _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), stop_flag)
+        _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), gradients, stop_flag)
     except (EOFError, OSError):           # the main process went away: nothing left to do
         pass
 
@@ -514,8 +552,9 @@ class _EndedMessages:
         self.connection.send(("ended", done))
 
 
-def _serve(connection, games, W1, W2, stop_flag):
+def _serve(connection, games, W1, W2, gradients, stop_flag):
     parent = os.getppid()
+    played = {}                                          # the last batch's episodes, by number
 
     def stop():                                          # asked by the main process, or orphaned
         return stop_flag[0] != 0 or os.getppid() != parent
@@ -530,7 +569,15 @@ def _serve(connection, games, W1, W2, stop_flag):
             film = PointFilm() if filming else None
             episodes = play_episodes(games, W1, W2, n_episodes, stop=stop, film=film, greedy=payload[1],
                                      progress=_EndedMessages(connection) if reporting else None)
-            connection.send(("played", None if episodes is None else (episodes, vars(film) if filming else None)))
+            played = {e["number"]: e for e in episodes or []}
+            light = [{k: v for k, v in e.items() if k != "x"} for e in episodes or []]   # the frames stay here
+            connection.send(("played", None if episodes is None else (light, vars(film) if filming else None)))
+        elif command == "gradients":
+            losses = {}
+            for number, advantage in payload.items():
+                dW1, dW2, losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data)
+                gradients[number, :PIXELS * HIDDEN], gradients[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
+            connection.send(("gradients", losses))
         elif command == "state":
             connection.send(("state", games.game_states()))
         elif command == "restore":
@@ -570,9 +617,12 @@ class Episodes:
         """Record one step of the games `ids`; end the episodes that are done, start each game's next
         one if it has one. Returns the games whose episode ended."""
         for j, g in enumerate(ids):
-            self.steps[g]["x"].append(x[j])
-            self.steps[g]["up"].append(up[j])
-            self.steps[g]["rewards"].append(rewards[j])
+            steps = self.steps[g]
+            steps["x"].append(x[j])
+            steps["up"].append(up[j])
+            steps["rewards"].append(rewards[j])
+        if not dones.any():
+            return ids[:0]
         ended = ids[dones]
         for g in ended:
             steps = self.steps[g]

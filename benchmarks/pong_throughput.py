@@ -41,11 +41,13 @@ def _random_play(env_id, n_games, seed, seconds, pipe):
     rng = np.random.default_rng(seed)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for env in games:
-            _, _, terminated, truncated, _ = env.step(int(rng.choice((pong_pg.UP, pong_pg.DOWN))))
-            steps += 1
-            if terminated or truncated:
-                env.reset()
+        actions = rng.choice((pong_pg.UP, pong_pg.DOWN), size=(100, len(games))).tolist()   # drawn ahead: the
+        for row in actions:                                                                 # env alone is timed
+            for env, action in zip(games, row):
+                _, _, terminated, truncated, _ = env.step(action)
+                steps += 1
+                if terminated or truncated:
+                    env.reset()
     pipe.send((steps, time.perf_counter() - start))
 
 
@@ -158,10 +160,11 @@ def original_loop(env, model, caches, rng, n_episodes):
 # ----------------------------------------------------------------------------
 # Where our loop's wall time goes, in the main process and in each worker
 # ----------------------------------------------------------------------------
-MAIN_LABELS = ["waiting for the workers' episodes (GamePool.play)", "gradient + RMSProp (once per batch)",
+MAIN_LABELS = ["waiting for the workers' episodes (GamePool.play)",
+               "update: advantages, the workers' gradients, their sum, RMSProp",
                "game states at the batch boundary (for checkpoints)"]
 WORKER_LABELS = ["emulator steps (Games.step, resets)", "preprocess (the worker's games, vectorised)",
-                 "forward (sparse, batched)", "play_episodes in all"]
+                 "forward (sparse, batched)", "play_episodes in all", "gradients of its episodes (episode_gradient)"]
 
 
 class Profile:
@@ -208,6 +211,7 @@ def profiled(profile):
     wrap(pong_pg, "preprocess", WORKER_LABELS[1])
     wrap(pong_pg, "probability_up", WORKER_LABELS[2])
     wrap(pong_pg, "play_episodes", WORKER_LABELS[3])
+    wrap(pong_pg, "episode_gradient", WORKER_LABELS[4])
 
 
 def print_profile(profile, wall, workers):
@@ -222,7 +226,8 @@ def print_profile(profile, wall, workers):
         playing = profile.get(w, WORKER_LABELS[3])
         parts = {label: profile.get(w, label) for label in WORKER_LABELS[:3]}
         parts["sampling and bookkeeping in play_episodes (Python)"] = playing - sum(parts.values())
-        parts["idle (waiting for the other worker and the update)"] = wall - playing
+        parts[WORKER_LABELS[4]] = profile.get(w, WORKER_LABELS[4])
+        parts["idle (waiting for the other worker and the main process)"] = wall - playing - parts[WORKER_LABELS[4]]
         print(f"  worker {w}:")
         for label, seconds in parts.items():
             print(f"    {label:<58} {seconds:6.1f} s  {100 * seconds / wall:4.0f}%")
