@@ -2,17 +2,26 @@
 
 Three loops, in one run, alternating round by round so that load from other processes hits all alike:
 
-  ceiling   the environment alone: the same ALE games, stepped with random UP/DOWN actions by as many
-            processes as pong_pg uses (--workers), no policy, no pipes, no learning. Training cannot beat it.
-  ours      pong_pg.train_batch: 10 games at once in the worker processes, one batched (sparse) forward per
-            step, vectorised preprocessing, the engine's backward, one RMSProp step per 10 episodes.
+  ceiling   the environment alone: the same ALE games, stepped with random UP/DOWN actions (drawn ahead) by
+            as many processes as pong_pg uses (--workers), no policy, no pipes, no learning. Training cannot
+            beat it.
+  ours      pong_pg.train_batch, then the batch boundary's game states (what a checkpoint saves): each worker
+            process plays its games' whole episodes with play_episodes (vectorised preprocessing, one batched
+            sparse forward per step, each game's own sampling stream), the main process computes the
+            advantages, each worker the gradients of its episodes, the main process adds them and takes one
+            RMSProp step per 10 episodes.
   original  one game, one frame at a time, written the way the original pg-pong.py is (prepro per frame,
             np.dot(W1, x) per frame, hand-written backward per episode, RMSProp every 10 episodes).
 
 Steps/s = environment steps / wall seconds, learning included. It prints ours as a fraction of the ceiling,
-ours against the original, and a profile of where our loop's wall time goes in the main process.
+ours against the original, the workers' steps (the slower worker sets a batch's wall time), and where the wall
+time of our batches goes, in the main process and in each worker.
 
-    python benchmarks/pong_throughput.py [--rounds 2] [--workers 2]
+On a busy machine the fraction measures mostly how much CPU time we spend per step beside the emulator: the
+kernel shares the cores between sessions (autogroup), so neither the ceiling's processes nor ours get both
+cores. The parallel part (both workers busy at once) shows only on a quiet machine.
+
+    python benchmarks/pong_throughput.py [--rounds 2] [--workers 2] [--json PATH]
 
 (BLAS is single-threaded because autodiff is imported before NumPy; no environment variable is needed.)
 """
