@@ -63,10 +63,10 @@ FULL = {"episodes": 30000}
 
 
 def preprocess(frames):
-    """(B, 210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the original's prepro: crop the score
-    and borders (rows 35..194), keep every second row and column of the red channel, erase the two
+    """B frames (210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the original's prepro: crop the
+    score and borders (rows 35..194), keep every second row and column of the red channel, erase the two
     background colours; everything else (paddles, ball) becomes 1. One expression for all games."""
-    red = np.ascontiguousarray(frames[:, 35:195:2, ::2, 0])        # copied once: the compares run faster
+    red = np.stack([frame[35:195:2, ::2, 0] for frame in frames])   # (B, 80, 80), only these bytes copied
     on = (red != 0) & (red != BACKGROUND[0]) & (red != BACKGROUND[1])
     return on.reshape(len(frames), PIXELS).view(np.int8)            # True/False as the bytes 1/0
 
@@ -88,20 +88,23 @@ def policy_logit_plain(x, W1, W2):
 
 
 @ad.primitive
-def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
+def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
     """Same as policy_logit_plain, tested equal in tests/test_pong_pg.py; one fused op, faster.
 
     Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
-    columns of x and rows of W1. Ten games' difference frames have ~150 of 6400 pixels set: acting reads
-    ~2% of W1, exactly. Backward (the original's policy_backward, batched):
+    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
+    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
+    Backward (the original's policy_backward, batched, block by block into one dW1):
         dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
-    changed, x_changed, h = hidden_units(x, W1)
+    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
+    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
     z = h @ W2
 
     def vjp(g):
         dh = np.outer(g, W2) * (h > 0)
         dW1 = np.zeros_like(W1)
-        dW1[changed] = x_changed.T @ dh
+        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
+            dW1[changed] += x_changed.T @ dh[start:start + block]
         return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
     return z, vjp
 
@@ -159,10 +162,9 @@ def policy_loss(x, up, advantage, W1, W2):
 # ----------------------------------------------------------------------------
 # 5. Update: the gradient summed over the batch, then one RMSProp step
 # ----------------------------------------------------------------------------
-def episode_gradient(episode, advantage, W1, W2, chunk=256):
+def episode_gradient(episode, advantage, W1, W2, chunk=4096):
     """The gradient of one episode's loss with respect to (W1, W2), and the loss; `chunk` frames at a
-    time: that bounds memory (the engine adds up .grad of leaves across backward calls), and a short
-    chunk has fewer changed pixels for policy_logit to gather (256 frames: ~440 of 6400, 1024: ~690)."""
+    time to bound memory (the engine adds up .grad of leaves across backward calls)."""
     W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves, no .grad
     total = 0.0
     for start in range(0, len(advantage), chunk):
@@ -183,7 +185,7 @@ def add_gradients(gradients, W1, W2):
     return sum(g[2] for g in gradients)
 
 
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=256):
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
     """The batch's gradient into W1.grad and W2.grad, in this process; returns the loss."""
     gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
     return add_gradients(gradients, W1, W2)
@@ -227,7 +229,7 @@ def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False,
         book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
         up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids]) < p_up
-        frame_0 = games.frames[0].copy() if filming and book.playing[0] else None
+        frame_0 = games.frames[0] if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
         ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
         if frame_0 is not None:
@@ -358,8 +360,8 @@ class Games:
     """Games number `numbers` (default: all) of a batch of n, in this process. Each has its own emulator,
     seeded from (seed, its number), and its own sampling stream (a SeedSequence keyed by its number), so a
     game plays the same whichever process runs it and however the others are split. Only the games named
-    in a call are stepped or reset. The last frame of each lives in one (games, 210, 160, 3) array, so
-    preprocessing runs on all of them at once. (Gymnasium's AsyncVectorEnv steps every game from the main
+    in a call are stepped or reset. `frames` holds each game's last frame (the array the emulator made;
+    never copied), and preprocessing takes them all at once. (Gymnasium's AsyncVectorEnv steps every game from the main
     process at every step, the very round trip the worker pool avoids, and resets a finished game by
     itself or not at all, where exactly-10-episode batches leave it idle; hence this small class.)"""
 
@@ -369,7 +371,7 @@ class Games:
         emulator_seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)[self.numbers]
         self.rngs = [np.random.default_rng(np.random.SeedSequence([seed, 11], spawn_key=(int(g),)))
                      for g in self.numbers]
-        self.frames = np.zeros((len(self.numbers), 210, 160, 3), np.uint8)    # every ALE game's RGB frame
+        self.frames = [np.zeros((210, 160, 3), np.uint8)] * len(self.numbers)    # every ALE game's RGB frame
         self.envs = [make_game(env_id) for _ in self.numbers]
         for env, s in zip(self.envs, emulator_seeds):
             env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG

@@ -48,7 +48,7 @@ def _random_play(env_id, n_games, seed, seconds, pipe):
     for g, env in enumerate(games):
         env.reset(seed=seed + g)
     rng = np.random.default_rng(seed)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         actions = rng.choice((pong_pg.UP, pong_pg.DOWN), size=(100, len(games))).tolist()   # drawn ahead: the
         for row in actions:                                                                 # env alone is timed
@@ -57,11 +57,12 @@ def _random_play(env_id, n_games, seed, seconds, pipe):
                 steps += 1
                 if terminated or truncated:
                     env.reset()
-    pipe.send((steps, time.perf_counter() - start))
+    pipe.send((steps, time.perf_counter() - start, time.process_time() - cpu))
 
 
 def ceiling(env_id, games, workers, seconds, seed):
-    """Total env steps/s of `workers` processes, each stepping its share of `games` with random actions."""
+    """Env steps, wall seconds and CPU seconds (all processes) of `workers` processes, each stepping its
+    share of `games` with random actions."""
     import multiprocessing
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
@@ -75,7 +76,17 @@ def ceiling(env_id, games, workers, seconds, seed):
     results = [p.recv() for p in pipes]
     for process in processes:
         process.join()
-    return sum(steps for steps, _ in results), max(s for _, s in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
+
+
+def cpu_seconds(pids):
+    """CPU seconds (user + system) used so far by this process and the processes `pids` (from /proc)."""
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # ----------------------------------------------------------------------------
@@ -267,15 +278,19 @@ def main(argv=None):
     profile.pids[:] = [p.pid for p in state["games"].processes]
     profile.seconds[:] = 0.0
     totals = {name: [0, 0.0] for name in ("ceiling", "ours", "original")}
+    cpu = {"ceiling": 0.0, "ours": 0.0}
+    pids = [p.pid for p in state["games"].processes]
     worker_steps = np.zeros(args.workers)
     for r in range(args.rounds):
-        steps, seconds = ceiling(args.env_id, args.games, args.workers, args.ceiling_seconds, args.seed + r)
+        steps, seconds, cpu_used = ceiling(args.env_id, args.games, args.workers, args.ceiling_seconds, args.seed + r)
         totals["ceiling"][0] += steps
         totals["ceiling"][1] += seconds
-        start = time.perf_counter()
+        cpu["ceiling"] += cpu_used
+        start, cpu_start = time.perf_counter(), cpu_seconds(pids)
         episodes = pong_pg.train_batch(state)
         pong_pg.mark_boundary(state)                # as training does after every update
         totals["ours"][1] += time.perf_counter() - start
+        cpu["ours"] += cpu_seconds(pids) - cpu_start
         totals["ours"][0] += sum(len(e["rewards"]) for e in episodes)
         for e in episodes:                          # episode e is game e mod games, in worker game mod workers
             worker_steps[e["number"] % args.games % args.workers] += len(e["rewards"])
@@ -294,6 +309,10 @@ def main(argv=None):
           f"= {100 * rate['ours'] / rate['ceiling']:.0f}% of the ceiling")
     print(f"  the original's loop (1 game, frame by frame)     {rate['original']:7.0f} env steps/s  "
           f"-> ours is {rate['ours'] / rate['original']:.2f}x the original")
+    per_step = {k: 1e3 * cpu[k] / totals[k][0] for k in cpu}
+    print(f"  CPU time per 1,000 env steps (all processes): ceiling {per_step['ceiling']:.3f} s, ours "
+          f"{per_step['ours']:.3f} s: the emulator is {100 * per_step['ceiling'] / per_step['ours']:.0f}% of our CPU "
+          f"time (hardly moved by other processes' load)")
     balance = worker_steps.mean() / worker_steps.max()
     print(f"  workers' steps: {', '.join(f'{s:,.0f}' for s in worker_steps)}: the slower worker sets a batch's wall "
           f"time, so the steps balance (mean / max) of {100 * balance:.0f}% caps our share of the ceiling")
@@ -302,6 +321,8 @@ def main(argv=None):
         metrics = {"env_steps_per_s": rate, "fraction_of_ceiling": rate["ours"] / rate["ceiling"],
                    "ours_over_original": rate["ours"] / rate["original"], "worker_steps": worker_steps.tolist(),
                    "worker_steps_balance": balance, "steps": {k: v[0] for k, v in totals.items()},
+                   "cpu_seconds": cpu, "cpu_seconds_per_1000_steps": per_step,
+                   "cpu_fraction_of_ceiling": per_step["ceiling"] / per_step["ours"],
                    "seconds": {k: v[1] for k, v in totals.items()}, "load_average_1min": load,
                    "profile_fraction": fractions}
         ad.runs.write_json(args.json, {"metrics": metrics, "args": vars(args), "provenance": ad.runs.provenance()})
