@@ -228,7 +228,7 @@ def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False,
         x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
         book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
-        up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids]) < p_up
+        up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids.tolist()]) < p_up
         frame_0 = games.frames[0] if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
         ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
@@ -392,7 +392,7 @@ class Games:
     def step(self, ids, actions):
         """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
         rewards, dones = np.zeros(len(ids)), np.zeros(len(ids), bool)
-        for j, (g, action) in enumerate(zip(ids, actions)):
+        for j, (g, action) in enumerate(zip(ids.tolist(), actions.tolist())):    # Python ints: faster
             self.frames[g], rewards[j], dones[j] = _step_game(self.envs[g], action)
         return rewards, dones
 
@@ -618,11 +618,11 @@ class Episodes:
     def add(self, ids, x, up, rewards, dones):
         """Record one step of the games `ids`; end the episodes that are done, start each game's next
         one if it has one. Returns the games whose episode ended."""
-        for j, g in enumerate(ids):
+        for j, (g, action_up, reward) in enumerate(zip(ids.tolist(), up.tolist(), rewards.tolist())):
             steps = self.steps[g]
             steps["x"].append(x[j])
-            steps["up"].append(up[j])
-            steps["rewards"].append(rewards[j])
+            steps["up"].append(action_up)
+            steps["rewards"].append(reward)
         if not dones.any():
             return ids[:0]
         ended = ids[dones]
