@@ -33,6 +33,7 @@ Results: see README.md#mve_criticpy.
 """
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -56,7 +57,7 @@ T = 128                           # episode length
 GAMMA = 0.99
 SIGMA = 0.3                       # policy noise, before the tanh
 LAMBDA = 0.95                     # TD(lambda) / VGL(lambda) of the critics
-RHO_MAX = 0.01                    # rho is given to rho-conditioned critics as rho / RHO_MAX
+RHO_MAX = 0.01                    # where the rho anneal starts; rho-conditioned critics see rho / RHO_MAX
 
 N_ENVS = 64                       # parallel environments in training
 WINDOW = 32                       # steps per training window (SHAC's steps_num)
@@ -70,7 +71,7 @@ THETA_INIT = np.array([0.0, 0.0, 0.0, 0.0, 0.5])     # linear policy: constant p
 THETA_GOOD = np.array([3.0, -0.5, 3.0, -0.5, 0.5])   # linear policy: pushes and settles near the target
 EVAL_SEED = 2024                                     # the 128 fixed initial states of every evaluation
 
-SETTINGS = {                      # the lesson run (a few minutes on 2 shared cores)
+SETTINGS = {                      # the lesson run: small versions of the three experiments
     "exp": "all",
     # Exp 1: the gradient estimator at fixed linear policies
     "snapshots": ("init",), "rhos": (0.0, 0.003, 0.01, 0.03), "horizons": (0, 1, 4, 16, 64, T), "episodes": 512,
@@ -105,14 +106,13 @@ def soft_penetration(d, rho):
     rho is a scalar or one value per environment; rho = 0 is the hard max(d, 0)."""
     rho = np.asarray(rho, dtype=np.float64)
     smooth_rows = rho > 0
+    hard, hard_slope = np.maximum(d, 0.0), (d > 0).astype(np.float64)
     if not np.any(smooth_rows):
-        return np.maximum(d, 0.0), (d > 0).astype(np.float64)
-    width = np.where(smooth_rows, rho, 1.0)
+        return hard, hard_slope
+    width = np.where(smooth_rows, rho, 1.0)          # rows with rho = 0 divide by 1, then take the hard values
     z = d / width
-    smooth, slope = width * np.logaddexp(0.0, z), ad.stable_sigmoid(z)
-    if np.all(smooth_rows):
-        return smooth, slope
-    return np.where(smooth_rows, smooth, np.maximum(d, 0.0)), np.where(smooth_rows, slope, (d > 0) * 1.0)
+    return (np.where(smooth_rows, width * np.logaddexp(0.0, z), hard),
+            np.where(smooth_rows, ad.stable_sigmoid(z), hard_slope))
 
 
 @ad.primitive
@@ -177,8 +177,7 @@ def observe(x):
 
 # ----------------------------------------------------------------------------
 # 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
-#   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5): with
-#   one row per episode the rows' .grad after one backward are the per-sample gradients.
+#   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5) (section 8)
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
 #   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
 #   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
@@ -295,12 +294,9 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 #       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
 #   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
-class Rollout:
-    """What a window leaves for the critics: states (W+1, N, 4), pre-squash actions and rewards (W, N)."""
-
-    def __init__(self, x0, eps, t0, rho, states, actions, rewards):
-        self.x0, self.eps, self.t0, self.rho = x0, eps, t0, rho
-        self.states, self.actions, self.rewards = states, actions, rewards
+# What a window leaves for the critics: where and when it started (x0, t0), its noise eps (W, N) and rho, then
+# the states (W+1, N, 4), pre-squash actions and rewards (W, N).
+Rollout = collections.namedtuple("Rollout", "x0 eps t0 rho states actions rewards")
 
 
 def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stiffness=STIFFNESS):
@@ -429,6 +425,7 @@ def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
 
 # ----------------------------------------------------------------------------
 # 6. Training: SHAC-style windows of 32 steps in 64 environments, actor then critic, evaluated on hard contact
+#   critics fitted to a FIXED policy (Exp 1 and 3, the refit at a switch of H): Part 2, train_critics_for_policy
 # ----------------------------------------------------------------------------
 def schedule(method, i, iterations):
     """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
@@ -479,19 +476,6 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
                 extra_env_steps=switch.extra_steps, policy=policy, critic=critic)
 
 
-def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
-    """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
-    x, t = None, 0
-    for _ in range(iterations):
-        if t == 0:
-            x = initial_states(rng, N_ENVS)
-        eps = rng.normal(size=(WINDOW, N_ENVS))
-        rollout = Rollout(x, eps, t, rho, *rollout_numpy(policy, x, eps, rho, stiffness))
-        for critic in critics:
-            fit_critic(critic, policy, rollout, rng, stiffness)
-        x, t = rollout.states[-1], (t + WINDOW) % T
-
-
 # ----------------------------------------------------------------------------
 # 7. Baseline: the arms compared, from H = 0 (DDPG-like) and H = T (BPTT, no critic) to the annealed schedules
 #   Every arm trains the same MLP policy with the same env-step budget; only H, rho and the critic differ.
@@ -516,7 +500,7 @@ METHODS = {
 # ----------------------------------------------------------------------------
 # 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
-#              common random numbers (the same x_0 and eps at theta +- delta)
+#              common random numbers (the same x_0 and eps at theta +- delta): Part 2, finite_difference_gradient
 #   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
 #              (N, 5) node: one backward, and row n of its .grad is episode n's gradient
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
@@ -531,33 +515,6 @@ def evaluate(policy, episodes=128):
         x, r = step_numpy(x, act_numpy(policy, x), 0.0)
         total += r
     return float(total.mean()), float(np.mean(np.abs(x[:, 2] - TARGET)))
-
-
-SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
-
-
-def discounted_returns(theta, x0, eps, rho, stiffness):
-    total, x = np.zeros(len(x0)), x0
-    for t in range(T):
-        x, r = step_numpy(x, linear_policy.forward(theta, observe(x))[0] + SIGMA * eps[t], rho, stiffness)
-        total += GAMMA ** t * r
-    return total
-
-
-def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=0.01, chunk=8192):
-    """grad J on the hard system and its standard error (from the spread of the per-episode differences)."""
-    samples = []
-    for start in range(0, episodes, chunk):
-        n = min(chunk, episodes - start)
-        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
-        rows = np.empty((n, 5))
-        for i in range(5):
-            step = np.eye(5)[i] * delta
-            rows[:, i] = (discounted_returns(theta + step, x0, eps, 0.0, stiffness)
-                          - discounted_returns(theta - step, x0, eps, 0.0, stiffness)) / (2 * delta)
-        samples.append(rows)
-    samples = np.concatenate(samples)
-    return samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
@@ -729,6 +686,22 @@ def report_exp3(exp3, cfg, out, wall):
 
 
 # ----------------------------------------------------------------------------
+# Policy evaluation: critics fitted to a fixed policy, the same fit_critic as in training
+# ----------------------------------------------------------------------------
+def train_critics_for_policy(policy, rho, iterations, rng, critics, stiffness=STIFFNESS):
+    """Policy evaluation: 64 environments in windows of 32 steps; every critic is fitted on every window."""
+    x, t = None, 0
+    for _ in range(iterations):
+        if t == 0:
+            x = initial_states(rng, N_ENVS)
+        eps = rng.normal(size=(WINDOW, N_ENVS))
+        rollout = Rollout(x, eps, t, rho, *rollout_numpy(policy, x, eps, rho, stiffness))
+        for critic in critics:
+            fit_critic(critic, policy, rollout, rng, stiffness)
+        x, t = rollout.states[-1], (t + WINDOW) % T
+
+
+# ----------------------------------------------------------------------------
 # Training plumbing: the learning-curve log, what an arm does at a switch of H, and the switch diagnostics
 # ----------------------------------------------------------------------------
 class TrainingLog:
@@ -847,6 +820,34 @@ def critic_value_error(critic, rollout, horizon):
 # ----------------------------------------------------------------------------
 # Experiment 1: bias and variance of the policy-gradient estimator against H, per rho
 # ----------------------------------------------------------------------------
+SNAPSHOTS = {"init": THETA_INIT, "good": THETA_GOOD}
+
+
+def discounted_returns(theta, x0, eps, rho, stiffness):
+    """sum_{t<T} gamma^t r_t of each episode under the linear policy theta (no graph)."""
+    total, x = np.zeros(len(x0)), x0
+    for t in range(T):
+        x, r = step_numpy(x, linear_policy.forward(theta, observe(x))[0] + SIGMA * eps[t], rho, stiffness)
+        total += GAMMA ** t * r
+    return total
+
+
+def finite_difference_gradient(theta, episodes, rng, stiffness=STIFFNESS, delta=0.01, chunk=8192):
+    """grad J on the hard system and its standard error (from the spread of the per-episode differences)."""
+    samples = []
+    for start in range(0, episodes, chunk):
+        n = min(chunk, episodes - start)
+        x0, eps = initial_states(rng, n), rng.normal(size=(T, n))
+        rows = np.empty((n, 5))
+        for i in range(5):
+            step = np.eye(5)[i] * delta
+            rows[:, i] = (discounted_returns(theta + step, x0, eps, 0.0, stiffness)
+                          - discounted_returns(theta - step, x0, eps, 0.0, stiffness)) / (2 * delta)
+        samples.append(rows)
+    samples = np.concatenate(samples)
+    return samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
+
+
 def contact_onsets(states):
     """Number of times per episode the gap closes (d = p - b crosses 0 upwards); states (steps, N, 4)."""
     touching = states[:, :, 0] - states[:, :, 2] > 0

@@ -92,20 +92,9 @@ def angle_normalize(theta):
     return ((theta + np.pi) % (2 * np.pi)) - np.pi
 
 
-def step_numpy(state, torque):
-    """One step of the batch, plain NumPy: state (B, 2) = [θ, θ̇], torque (B,).
-    Returns next_state (B, 2) and cost (B,), exactly as Gymnasium computes them."""
-    theta, speed = state[:, 0], state[:, 1]
-    u = np.minimum(np.maximum(torque, -MAX_TORQUE), MAX_TORQUE)
-    cost = angle_normalize(theta) ** 2 + 0.1 * speed ** 2 + 0.001 * u ** 2
-    new_speed = speed + (GRAVITY_TERM * np.sin(theta) + TORQUE_TERM * u) * DT
-    new_speed = np.minimum(np.maximum(new_speed, -MAX_SPEED), MAX_SPEED)
-    new_theta = theta + new_speed * DT
-    return np.stack([new_theta, new_speed], axis=1), cost
-
-
 # ----------------------------------------------------------------------------
-# The same step as a differentiable function, written two ways (step_fused is the fast one)
+# The step as a differentiable function, written two ways (step_fused is the fast one). The same step in
+# plain NumPy, without a graph, is the value iteration's: Part 2, step_numpy.
 # ----------------------------------------------------------------------------
 def _torque_vector(torque):
     """Accept the torque as (B,) or as the policy's (B, 1) column."""
@@ -113,11 +102,9 @@ def _torque_vector(torque):
 
 
 def step_ops(state, torque):
-    """One step with the engine's elementary ops (a graph of ~20 nodes).
-
-    state: Tensor (B, 2) = [θ, θ̇];  torque: Tensor (B,) or (B, 1).
-    Returns (next_state (B, 2), cost (B,)): the cost is that of the pre-step
-    state and the clipped torque, as in Gymnasium."""
+    """One step with the engine's elementary ops (a graph of ~20 nodes): state Tensor (B, 2) = [θ, θ̇],
+    torque Tensor (B,) or (B, 1). Returns (next_state (B, 2), cost (B,)), the cost being that of the
+    pre-step state and the clipped torque, as in Gymnasium."""
     theta, speed = state[:, 0], state[:, 1]
     u = ad.clip(_torque_vector(torque), -MAX_TORQUE, MAX_TORQUE)
     # angle_normalize shifts θ by a multiple of 2π: a constant, so its slope is 1
@@ -192,9 +179,8 @@ def pendulum_cost(state, torque):
 
 
 def step_fused(state, torque):
-    """The same step as `step_ops` with two hand-differentiated primitives
-    (dynamics and cost) instead of ~20 small ops. Same arguments, same values,
-    same gradients (tests/test_pendulum_bptt.py checks all three)."""
+    """Same as step_ops, with two hand-differentiated primitives instead of ~20 small ops: same values
+    and gradients, tested equal in tests/test_pendulum_bptt.py."""
     return pendulum_dynamics(state, torque), pendulum_cost(state, torque)
 
 
@@ -323,13 +309,11 @@ def adam_schedule(lr, done, total):
 def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episode_length=EPISODE_STEPS,
                max_grad_norm=100.0, net=None, steps_before=0, curve_at=(), curve_policy_eval=None, label="bptt"):
     """Train on `batch` simulated episodes side by side, one update after every `window` steps, until
-    `sim_steps` simulated steps (every step of every trajectory counts; one update costs batch × window).
-
-    Within an episode (`episode_length` steps from a reset state) the state carries from window to window,
-    so the policy also learns from the later, upright part of the swing-up. Adam follows adam_schedule; the
-    gradient norm is clipped at `max_grad_norm` (rarely acts). net: continue this policy (phase 2), its
-    steps counted from `steps_before` on the curve. curve_policy_eval(policy) → mean return, called when the
-    running total first reaches each of `curve_at`. Returns (net, curve [(total steps, mean return)], info)."""
+    `sim_steps` simulated steps (every step of every trajectory counts: an update costs batch × window).
+    Within an episode (`episode_length` steps) the state carries from window to window, so the policy also
+    learns from the later, upright part of the swing-up. net, steps_before: continue a policy (phase 2);
+    curve_at, curve_policy_eval: the learning curve's checkpoints (Part 2, LearningCurve).
+    Returns (net, curve [(total steps, mean return)], info)."""
     rng = np.random.default_rng(seed)
     net = net if net is not None else make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
@@ -473,35 +457,9 @@ def train_ddpg(seed, env_steps, hidden=64, batch=128, gamma=0.98, tau=0.005, lr=
 # ----------------------------------------------------------------------------
 # 8. Measurement: on gymnasium.make("Pendulum-v1"), from fixed reset seeds, deterministic policies
 # ----------------------------------------------------------------------------
-def gymnasium_obs(state):
-    """The float32 observation Gymnasium returns for a state [θ, θ̇]."""
-    return np.array([np.cos(state[0]), np.sin(state[0]), state[1]], dtype=np.float32)
-
-
-def run_gymnasium(policy, seeds=None, starts=None):
-    """Play one Pendulum-v1 episode per reset seed (or per start state [θ, θ̇], set through
-    env.unwrapped.state), all in lockstep; policy maps a (B, 3) batch of observations to (B,) torques.
-    Returns (returns (B,), angles (B, 201): θ wrapped to [−π, π) along the way)."""
-    count = len(seeds) if seeds is not None else len(starts)
-    angles = np.empty((count, EPISODE_STEPS + 1))
-
-    def set_start(env, i):
-        if starts is not None:
-            env.unwrapped.state = np.array(starts[i], dtype=np.float64)
-        return gymnasium_obs(env.unwrapped.state)
-
-    def watch(t, obs, running):
-        angles[:, t] = np.arctan2(obs[:, 1], obs[:, 0])
-
-    played = ad.runs.play_episodes("Pendulum-v1", lambda obs: np.asarray(policy(obs), dtype=np.float32).reshape(-1, 1),
-                                   seeds if seeds is not None else np.zeros(count, dtype=int),
-                                   set_start=set_start, watch=watch)
-    final = played["last_obs"]
-    angles[:, -1] = np.arctan2(final[:, 1], final[:, 0])
-    return played["returns"], angles
-
-
 def evaluate(policy, episodes=100, seed_base=EVAL_SEED_BASE):
+    """Returns of `episodes` Gymnasium episodes from reset seeds seed_base + k, played in lockstep (Part 2,
+    run_gymnasium), with their mean, spread, worst and best."""
     returns, _ = run_gymnasium(policy, seeds=seed_base + np.arange(episodes))
     return {"mean": float(returns.mean()), "std": float(returns.std()), "worst": float(returns.min()),
             "best": float(returns.max()), "episodes": episodes, "returns": returns}
@@ -515,54 +473,7 @@ def evaluate(policy, episodes=100, seed_base=EVAL_SEED_BASE):
 # then acts on the exact state, u_t = argmax_u [ −cost(s, u) + V_{t+1}(step(s, u)) ] over 41 torques, and
 # is played on Gymnasium like any policy: its measured return is a lower bound on the optimum, and the
 # grid is fine enough when refining it no longer moves that return (--vi-convergence).
-VI_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 11)      # the backups' actions
-GREEDY_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 41)  # the controller's actions
-
-
-def grid_neighbours(states, n_theta, n_speed):
-    """For states (N, 2): flat indices (4, N) of the surrounding grid points and their bilinear weights."""
-    x = (angle_normalize(states[:, 0]) + np.pi) * (n_theta / (2 * np.pi))
-    i0 = np.floor(x).astype(np.int64)
-    fx, i0 = x - i0, i0 % n_theta
-    i1 = (i0 + 1) % n_theta
-    y = (states[:, 1] + MAX_SPEED) * ((n_speed - 1) / (2 * MAX_SPEED))
-    j0 = np.clip(np.floor(y).astype(np.int64), 0, n_speed - 2)
-    fy = y - j0
-    index = np.stack([i0 * n_speed + j0, i0 * n_speed + j0 + 1, i1 * n_speed + j0, i1 * n_speed + j0 + 1])
-    weight = np.stack([(1 - fx) * (1 - fy), (1 - fx) * fy, fx * (1 - fy), fx * fy])
-    return index.astype(np.int32), weight
-
-
-def value_iteration(n_theta, n_speed, horizon=EPISODE_STEPS):
-    """V_t on the grid for t = 0..horizon, (horizon + 1, n_theta · n_speed) float32. Every (state, torque)
-    pair's successor and cost are computed once (the dynamics do not change with t); a backup is then a
-    gather, a weighted sum and a max."""
-    theta, speed, torque = np.meshgrid(-np.pi + 2 * np.pi * np.arange(n_theta) / n_theta,
-                                       np.linspace(-MAX_SPEED, MAX_SPEED, n_speed), VI_TORQUES, indexing="ij")
-    successors, cost = step_numpy(np.stack([theta.ravel(), speed.ravel()], axis=1), torque.ravel())
-    index, weight = grid_neighbours(successors, n_theta, n_speed)
-    values = np.zeros((horizon + 1, n_theta * n_speed), dtype=np.float32)
-    for t in range(horizon - 1, -1, -1):
-        q = (weight * values[t + 1][index]).sum(axis=0) - cost
-        values[t] = q.reshape(-1, len(VI_TORQUES)).max(axis=1)
-    return values
-
-
-def optimal_controller(values, n_theta, n_speed):
-    """A fresh controller for one set of episodes played in lockstep (it counts the steps: at step t it
-    looks one step ahead onto V_{t+1})."""
-    clock = [0]
-
-    def policy(obs):
-        obs = np.asarray(obs, dtype=np.float64)
-        state = np.stack([np.arctan2(obs[:, 1], obs[:, 0]), obs[:, 2]], axis=1)
-        successors, cost = step_numpy(np.repeat(state, len(GREEDY_TORQUES), axis=0),
-                                      np.tile(GREEDY_TORQUES, len(obs)))
-        index, weight = grid_neighbours(successors, n_theta, n_speed)
-        q = (weight * values[clock[0] + 1][index]).sum(axis=0) - cost
-        clock[0] += 1
-        return GREEDY_TORQUES[q.reshape(len(obs), -1).argmax(axis=1)]
-    return policy
+# The grid, the backups and the controller: Part 2, value_iteration and optimal_controller.
 
 
 def gap_to_optimum(optimum, result):
@@ -666,6 +577,37 @@ def evaluate_sets(make_policy, args):
 
 
 # ----------------------------------------------------------------------------
+# Playing Gymnasium episodes in lockstep (from reset seeds, or from chosen start states for the map)
+# ----------------------------------------------------------------------------
+def gymnasium_obs(state):
+    """The float32 observation Gymnasium returns for a state [θ, θ̇]."""
+    return np.array([np.cos(state[0]), np.sin(state[0]), state[1]], dtype=np.float32)
+
+
+def run_gymnasium(policy, seeds=None, starts=None):
+    """Play one Pendulum-v1 episode per reset seed (or per start state [θ, θ̇], set through
+    env.unwrapped.state), all in lockstep; policy maps a (B, 3) batch of observations to (B,) torques.
+    Returns (returns (B,), angles (B, 201): θ wrapped to [−π, π) along the way)."""
+    count = len(seeds) if seeds is not None else len(starts)
+    angles = np.empty((count, EPISODE_STEPS + 1))
+
+    def set_start(env, i):
+        if starts is not None:
+            env.unwrapped.state = np.array(starts[i], dtype=np.float64)
+        return gymnasium_obs(env.unwrapped.state)
+
+    def watch(t, obs, running):
+        angles[:, t] = np.arctan2(obs[:, 1], obs[:, 0])
+
+    played = ad.runs.play_episodes("Pendulum-v1", lambda obs: np.asarray(policy(obs), dtype=np.float32).reshape(-1, 1),
+                                   seeds if seeds is not None else np.zeros(count, dtype=int),
+                                   set_start=set_start, watch=watch)
+    final = played["last_obs"]
+    angles[:, -1] = np.arctan2(final[:, 1], final[:, 0])
+    return played["returns"], angles
+
+
+# ----------------------------------------------------------------------------
 # Compute matching: BPTT and DDPG measured in network passes
 #
 # Counted the same way for both: passes of one sample through a 64-64 MLP, a backward pass
@@ -752,6 +694,71 @@ def resumable(out, name, args, compute):
     ad.runs.write_json(path + ".json", {"settings": settings,
                                         "run": {k: v for k, v in run.items() if k not in ("net", "policy")}})
     return run
+
+
+# ----------------------------------------------------------------------------
+# The reference's machinery: value iteration on an (angle, speed) grid (the idea is in section 8)
+# ----------------------------------------------------------------------------
+def step_numpy(state, torque):
+    """One step of the batch, plain NumPy: state (B, 2) = [θ, θ̇], torque (B,).
+    Returns next_state (B, 2) and cost (B,), exactly as Gymnasium computes them."""
+    theta, speed = state[:, 0], state[:, 1]
+    u = np.minimum(np.maximum(torque, -MAX_TORQUE), MAX_TORQUE)
+    cost = angle_normalize(theta) ** 2 + 0.1 * speed ** 2 + 0.001 * u ** 2
+    new_speed = speed + (GRAVITY_TERM * np.sin(theta) + TORQUE_TERM * u) * DT
+    new_speed = np.minimum(np.maximum(new_speed, -MAX_SPEED), MAX_SPEED)
+    new_theta = theta + new_speed * DT
+    return np.stack([new_theta, new_speed], axis=1), cost
+
+
+VI_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 11)      # the backups' actions
+GREEDY_TORQUES = np.linspace(-MAX_TORQUE, MAX_TORQUE, 41)  # the controller's actions
+
+
+def grid_neighbours(states, n_theta, n_speed):
+    """For states (N, 2): flat indices (4, N) of the surrounding grid points and their bilinear weights."""
+    x = (angle_normalize(states[:, 0]) + np.pi) * (n_theta / (2 * np.pi))
+    i0 = np.floor(x).astype(np.int64)
+    fx, i0 = x - i0, i0 % n_theta
+    i1 = (i0 + 1) % n_theta
+    y = (states[:, 1] + MAX_SPEED) * ((n_speed - 1) / (2 * MAX_SPEED))
+    j0 = np.clip(np.floor(y).astype(np.int64), 0, n_speed - 2)
+    fy = y - j0
+    index = np.stack([i0 * n_speed + j0, i0 * n_speed + j0 + 1, i1 * n_speed + j0, i1 * n_speed + j0 + 1])
+    weight = np.stack([(1 - fx) * (1 - fy), (1 - fx) * fy, fx * (1 - fy), fx * fy])
+    return index.astype(np.int32), weight
+
+
+def value_iteration(n_theta, n_speed, horizon=EPISODE_STEPS):
+    """V_t on the grid for t = 0..horizon, (horizon + 1, n_theta · n_speed) float32. Every (state, torque)
+    pair's successor and cost are computed once (the dynamics do not change with t); a backup is then a
+    gather, a weighted sum and a max."""
+    theta, speed, torque = np.meshgrid(-np.pi + 2 * np.pi * np.arange(n_theta) / n_theta,
+                                       np.linspace(-MAX_SPEED, MAX_SPEED, n_speed), VI_TORQUES, indexing="ij")
+    successors, cost = step_numpy(np.stack([theta.ravel(), speed.ravel()], axis=1), torque.ravel())
+    index, weight = grid_neighbours(successors, n_theta, n_speed)
+    values = np.zeros((horizon + 1, n_theta * n_speed), dtype=np.float32)
+    for t in range(horizon - 1, -1, -1):
+        q = (weight * values[t + 1][index]).sum(axis=0) - cost
+        values[t] = q.reshape(-1, len(VI_TORQUES)).max(axis=1)
+    return values
+
+
+def optimal_controller(values, n_theta, n_speed):
+    """A fresh controller for one set of episodes played in lockstep (it counts the steps: at step t it
+    looks one step ahead onto V_{t+1})."""
+    clock = [0]
+
+    def policy(obs):
+        obs = np.asarray(obs, dtype=np.float64)
+        state = np.stack([np.arctan2(obs[:, 1], obs[:, 0]), obs[:, 2]], axis=1)
+        successors, cost = step_numpy(np.repeat(state, len(GREEDY_TORQUES), axis=0),
+                                      np.tile(GREEDY_TORQUES, len(obs)))
+        index, weight = grid_neighbours(successors, n_theta, n_speed)
+        q = (weight * values[clock[0] + 1][index]).sum(axis=0) - cost
+        clock[0] += 1
+        return GREEDY_TORQUES[q.reshape(len(obs), -1).argmax(axis=1)]
+    return policy
 
 
 def measure_optimum(args):
