@@ -871,7 +871,8 @@ def plot_curves(path, dp_records, rl_records, stop_level):
     ax.set_xlabel("training episodes")
     ax.set_ylabel("return (mean over 100 stopping starts)")
     ax.set_title("CartPole-v1: deterministic policy after each training episode\n"
-                 "(one line per seed; ★ = score on the 1,000 reported starts when stopped)", fontsize=9)
+                 "(one line per seed; ★ = score on the 1,000 reported starts when stopped; at the 5-episode "
+                 "budget, of the best policy seen)", fontsize=9)
     ax.set_ylim(0, 520)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
