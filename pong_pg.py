@@ -58,16 +58,17 @@ FULL = {"episodes": 30000}
 # ----------------------------------------------------------------------------
 # 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
-# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` runs ten copies, in worker processes.
+# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` holds ten copies, in this process or
+# split over worker processes, which then run play_episodes (section 6) on their own games.
 
 
 def preprocess(frames):
-    """(B, 210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the original's prepro: crop the score
-    and borders (rows 35..194), keep every second row and column of the red channel, erase the two
+    """B frames (210, 160, 3) uint8 RGB -> (B, 6400) int8 in {0, 1}, as the original's prepro: crop the
+    score and borders (rows 35..194), keep every second row and column of the red channel, erase the two
     background colours; everything else (paddles, ball) becomes 1. One expression for all games."""
-    red = frames[:, 35:195:2, ::2, 0]
+    red = np.stack([frame[35:195:2, ::2, 0] for frame in frames])   # (B, 80, 80), only these bytes copied
     on = (red != 0) & (red != BACKGROUND[0]) & (red != BACKGROUND[1])
-    return on.reshape(len(frames), PIXELS).astype(np.int8)
+    return on.reshape(len(frames), PIXELS).view(np.int8)            # True/False as the bytes 1/0
 
 
 # ----------------------------------------------------------------------------
@@ -87,31 +88,39 @@ def policy_logit_plain(x, W1, W2):
 
 
 @ad.primitive
-def policy_logit(x, W1, W2, needs_grad=(True, True, True)):
+def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
     """Same as policy_logit_plain, tested equal in tests/test_pong_pg.py; one fused op, faster.
 
     Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
-    columns of x and rows of W1. Ten games' difference frames have ~150 of 6400 pixels set: acting reads
-    ~2% of W1, exactly. Backward (the original's policy_backward, batched):
+    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
+    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
+    Backward (the original's policy_backward, batched, block by block into one dW1):
         dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
-    changed = np.flatnonzero(np.any(x != 0, axis=0))
-    x_changed = x[:, changed].astype(W1.dtype)
-    h = np.maximum(x_changed @ W1[changed], 0.0)
+    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
+    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
     z = h @ W2
 
     def vjp(g):
         dh = np.outer(g, W2) * (h > 0)
         dW1 = np.zeros_like(W1)
-        dW1[changed] = x_changed.T @ dh
+        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
+            dW1[changed] += x_changed.T @ dh[start:start + block]
         return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
     return z, vjp
 
 
+def hidden_units(x, W1):
+    """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
+    changed = np.flatnonzero(x.any(axis=0))
+    x_changed = x[:, changed].astype(W1.dtype)
+    return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
+
+
 def probability_up(x, W1, W2):
-    """P(UP | x) for a batch of difference frames, without recording a graph."""
-    with ad.no_grad():
-        z = policy_logit(ad.Tensor(x), W1, W2)
-    return ad.stable_sigmoid(z.data)
+    """P(UP | x) for a batch of difference frames: policy_logit's forward, in NumPy (acting records no
+    graph, and skipping the engine's bookkeeping matters at every step)."""
+    _, _, h = hidden_units(x, W1.data)
+    return ad.stable_sigmoid(h @ W2.data)
 
 
 # ----------------------------------------------------------------------------
@@ -153,24 +162,43 @@ def policy_loss(x, up, advantage, W1, W2):
 # ----------------------------------------------------------------------------
 # 5. Update: the gradient summed over the batch, then one RMSProp step
 # ----------------------------------------------------------------------------
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=1024):
-    """Sum the gradient of the loss over all steps of all episodes into W1.grad and W2.grad, `chunk`
-    frames at a time to bound memory (the engine adds up .grad of leaves across backward calls)."""
+def episode_gradient(episode, advantage, W1, W2, chunk=4096):
+    """The gradient of one episode's loss with respect to (W1, W2), and the loss; `chunk` frames at a
+    time to bound memory (the engine adds up .grad of leaves across backward calls)."""
+    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves, no .grad
     total = 0.0
-    for episode, advantage in zip(episodes, advantages(episodes, standardise)):
-        for start in range(0, len(advantage), chunk):
-            rows = slice(start, start + chunk)
-            loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
-            loss.backward()
-            total += loss.item()
-    return total
+    for start in range(0, len(advantage), chunk):
+        rows = slice(start, start + chunk)
+        loss = policy_loss(episode["x"][rows], episode["up"][rows], advantage[rows], W1, W2)
+        loss.backward()
+        total += loss.item()
+    return W1.grad, W2.grad, total
+
+
+def add_gradients(gradients, W1, W2):
+    """W1.grad, W2.grad = the sum of the episodes' gradients, added in episode order (so the sum is the
+    same to the bit wherever each episode's gradient was computed); returns the batch's loss."""
+    W1.grad, W2.grad = gradients[0][0].copy(), gradients[0][1].copy()
+    for dW1, dW2, _ in gradients[1:]:
+        W1.grad += dW1
+        W2.grad += dW2
+    return sum(g[2] for g in gradients)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
+    """The batch's gradient into W1.grad and W2.grad, in this process; returns the loss."""
+    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
+    return add_gradients(gradients, W1, W2)
 
 
 def update(state, episodes):
-    """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi."""
+    """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi. The
+    advantages need every episode's rewards; each episode's gradient is then computed where the episode
+    was played (Games.episode_gradients: episode_gradient above, here or in the worker processes)."""
     W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
     optimizer.zero_grad()
-    loss = accumulate_gradient(episodes, W1, W2, state["config"]["standardise"])
+    advantage = advantages(episodes, state["config"]["standardise"])
+    loss = add_gradients(state["games"].episode_gradients(episodes, advantage, W1, W2), W1, W2)
     ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
     optimizer.step()
     for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
@@ -181,25 +209,27 @@ def update(state, episodes):
 # ----------------------------------------------------------------------------
 # 6. Training: play exactly 10 whole episodes with the current policy, update, repeat
 # ----------------------------------------------------------------------------
-def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=False, progress=None):
-    """Play `n_episodes` whole episodes with the fixed policy (W1, W2) over the parallel games: one
-    batched forward per step, then each game samples UP with probability P(UP) (greedy: the likelier).
-    Returns the episodes in the order they ended, dicts of x (T, 6400) int8 difference frames, up (T,)
-    bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives game 0's first
-    episode; `progress.update(done)` hears of each finished one."""
-    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, exactly n whole episodes
+def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False, progress=None):
+    """Play whole episodes with the fixed policy (W1, W2) on `games`: one batched forward per step, then
+    each game samples UP with probability P(UP) from its own random stream (greedy: the likelier one).
+    Game g of a batch of n games plays episodes g, g + n, g + 2n, ... below n_episodes; so which episodes
+    a game plays, and what happens in them, does not depend on the process that runs it (`games` may be
+    one worker's share). Returns the episodes in their order, dicts of x (T, 6400) int8 difference
+    frames, up (T,) bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives
+    game 0's first episode; `progress.update(done)` hears of each finished one."""
+    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, which episode is whose
     filming = film is not None
     while book.playing.any():
         if stop is not None and stop():
             return None
         ids = np.flatnonzero(book.playing)
-        current = preprocess(games.frames[ids])
+        current = preprocess(games.frames)[ids]     # all games at once (idle ones too: it is cheaper)
         x = current - book.previous[ids]            # difference frame, values in {-1, 0, 1}
         x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
         book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
-        up = p_up > 0.5 if greedy else rng.random(len(ids)) < p_up
-        frame_0 = games.frames[0].copy() if filming and book.playing[0] else None
+        up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids.tolist()]) < p_up
+        frame_0 = games.frames[0] if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
         ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
         if frame_0 is not None:
@@ -207,13 +237,14 @@ def play_episodes(games, W1, W2, rng, n_episodes, stop=None, film=None, greedy=F
         filming = filming and 0 not in ended
         if progress is not None and len(ended):
             progress.update(len(book.finished))
-    return book.finished
+    return sorted(book.finished, key=lambda episode: episode["number"])
 
 
 def train_batch(state, stop=None):
     """Play one batch of 10 episodes, then one update. Returns the episodes (None if stopped before the
-    batch was complete: then nothing changed but the RNGs, and the boundary marks where to resume)."""
-    episodes = play_episodes(state["games"], state["W1"], state["W2"], state["rng"], BATCH_EPISODES, stop)
+    batch was complete: then nothing changed but the games, and the boundary marks where to resume).
+    `games.play` is play_episodes: here on all the games, or in each worker process on its own."""
+    episodes = state["games"].play(state["W1"], state["W2"], BATCH_EPISODES, stop=stop)
     if episodes is not None:
         update(state, episodes)
     return episodes
@@ -248,10 +279,9 @@ def screen_blind_policy():
 def play_games(env_id, W1, W2, n_games, seed, n_parallel=10, workers=0, greedy=False, film=None, progress=None):
     """Play n_games whole games; returns per-game (points won, points lost). The emulators are seeded
     from seed + 12345 (training's from seed), so these are not the games the policy trained on."""
-    rng = np.random.default_rng([seed, 11])
-    games = Games(env_id, min(n_parallel, n_games), seed + 12345, workers)
+    games = make_games(env_id, min(n_parallel, n_games), seed + 12345, workers)
     try:
-        episodes = play_episodes(games, W1, W2, rng, n_games, film=film, greedy=greedy, progress=progress)
+        episodes = games.play(W1, W2, n_games, film=film, greedy=greedy, progress=progress)
     finally:
         games.close()
     return [(int((e["rewards"] > 0).sum()), int((e["rewards"] < 0).sum())) for e in episodes]
@@ -321,193 +351,287 @@ def _step_game(env, action):
     return frame, float(reward), terminated or truncated
 
 
-def _game_worker(connection, inherited, env_id, ids, seeds, frames):
-    """A worker process: owns the games `ids`, writes their frames into the shared `frames` array and
-    answers the main process's commands. It exits when the main process closes the pipe or dies."""
-    for other in inherited:              # the main process's ends of the pipes: without closing them here,
-        other.close()                    # this worker would never see the end of its own pipe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
-    try:
-        _serve(connection, env_id, ids, seeds, frames)
-    except (EOFError, OSError):           # the main process went away: nothing left to do
-        pass
-
-
-def _serve(connection, env_id, ids, seeds, frames):
-    parent = os.getppid()
-    envs = {g: make_game(env_id) for g in ids}
-    for g, s in zip(ids, seeds):
-        envs[g].reset(seed=int(s))
-    connection.send("ready")
-    while True:
-        while not connection.poll(1.0):
-            if os.getppid() != parent:
-                return                                   # orphaned: the main process died
-        command, ids, payload = connection.recv()
-        if command == "step":
-            answers = []
-            for g, action in zip(ids, payload):
-                frames[g], reward, done = _step_game(envs[g], action)
-                answers.append((reward, done))
-            connection.send(answers)
-        elif command == "reset":
-            for g in ids:
-                frames[g] = envs[g].reset()[0]
-            connection.send(None)
-        elif command == "state":
-            connection.send([_emulator_state(envs[g]) for g in ids])
-        elif command == "restore":
-            try:
-                for g, (blob, np_random_json) in zip(ids, payload):
-                    _set_emulator_state(envs[g], blob, np_random_json)
-                connection.send(None)
-            except ValueError as error:
-                connection.send(str(error))
-        else:
-            connection.close()
-            return
+def make_games(env_id, n, seed, workers=0):
+    """n games, in this process (workers=0) or split over worker processes; both play the same episodes."""
+    return Games(env_id, n, seed) if workers == 0 else GamePool(env_id, n, seed, min(workers, n))
 
 
 class Games:
-    """n copies of the game. Only the games named in a call are stepped or reset. The last frame of
-    every game lives in one (n, 210, 160, 3) array, so preprocessing runs on all of them at once.
+    """Games number `numbers` (default: all) of a batch of n, in this process. Each has its own emulator,
+    seeded from (seed, its number), and its own sampling stream (a SeedSequence keyed by its number), so a
+    game plays the same whichever process runs it and however the others are split. Only the games named
+    in a call are stepped or reset. `frames` holds each game's last frame (the array the emulator made;
+    never copied), and preprocessing takes them all at once. (Gymnasium's AsyncVectorEnv steps every game from the main
+    process at every step, the very round trip the worker pool avoids, and resets a finished game by
+    itself or not at all, where exactly-10-episode batches leave it idle; hence this small class.)"""
 
-    With workers=0 the games run in this process. With workers=k they are split over k processes that
-    step their games at the same time (the emulator is most of the work and holds the GIL, so threads
-    would not help); the frames array is then shared memory, and only actions, rewards and done flags
-    travel through the pipes. Either way each game is the same emulator driven by the same actions.
-    (Gymnasium's AsyncVectorEnv resets a finished game by itself or not at all, and cannot leave one
-    idle while the others play on, which exactly-10-episode batches need; hence this small pool.)"""
-
-    def __init__(self, env_id, n, seed, workers=0):
-        self.env_id, self.n = env_id, n
-        shape = (n, 210, 160, 3)                        # every ALE game's RGB frame
-        seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)
-        self.workers = min(workers, n)
-        self.connections, self.processes, self.envs = [], [], []
-        if self.workers == 0:
-            self.frames = np.zeros(shape, np.uint8)
-            self.envs = [make_game(env_id) for _ in range(n)]
-            for env, s in zip(self.envs, seeds):
-                env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
-            return
-        import mmap
-        import multiprocessing
-        buffer = mmap.mmap(-1, int(np.prod(shape)))    # anonymous shared memory, inherited by forked workers
-        self.frames = np.frombuffer(buffer, np.uint8).reshape(shape)
-        self.owner = np.arange(n) % self.workers
-        context = multiprocessing.get_context("fork")
-        for w in range(self.workers):
-            ids = np.flatnonzero(self.owner == w)
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_game_worker, daemon=True,
-                                      args=(theirs, self.connections + [mine], env_id, ids, seeds[ids], self.frames))
-            process.start()
-            theirs.close()                              # the worker holds the other end now
-            self.connections.append(mine)
-            self.processes.append(process)
-        for connection in self.connections:
-            connection.recv()                           # "ready"
+    def __init__(self, env_id, n, seed, numbers=None):
+        self.env_id, self.total = env_id, n
+        self.numbers = np.arange(n) if numbers is None else np.asarray(numbers)
+        emulator_seeds = np.random.default_rng([seed, 7]).integers(2 ** 31, size=n)[self.numbers]
+        self.rngs = [np.random.default_rng(np.random.SeedSequence([seed, 11], spawn_key=(int(g),)))
+                     for g in self.numbers]
+        self.frames = [np.zeros((210, 160, 3), np.uint8)] * len(self.numbers)    # every ALE game's RGB frame
+        self.envs = [make_game(env_id) for _ in self.numbers]
+        for env, s in zip(self.envs, emulator_seeds):
+            env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
 
     def __len__(self):
-        return self.n
+        return len(self.numbers)
 
-    def _ask(self, command, ids, payload=None):
-        """Send each worker its part of the command; return the answers in the order of ids."""
-        ids = np.asarray(ids)
-        asked = []
-        for w, connection in enumerate(self.connections):
-            mine = np.flatnonzero(self.owner[ids] == w)
-            if len(mine):
-                connection.send((command, ids[mine], None if payload is None else [payload[i] for i in mine]))
-                asked.append((mine, connection))
-        answers = [None] * len(ids)
-        for mine, connection in asked:
-            reply = connection.recv()
-            if isinstance(reply, str):
-                raise ValueError(reply)
-            if reply is not None:
-                for i, item in zip(mine, reply):
-                    answers[i] = item
-        return answers
+    def play(self, W1, W2, n_episodes, **options):
+        return play_episodes(self, W1, W2, n_episodes, **options)
+
+    def episode_gradients(self, episodes, advantage, W1, W2):
+        return [episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)]
 
     def reset(self, ids):
-        if self.workers:
-            self._ask("reset", ids)
-            return
         for g in ids:
             self.frames[g] = self.envs[g].reset()[0]
 
     def step(self, ids, actions):
         """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
-        if self.workers:
-            answers = self._ask("step", ids, list(actions))
-            return np.array([a[0] for a in answers]), np.array([a[1] for a in answers], bool)
         rewards, dones = np.zeros(len(ids)), np.zeros(len(ids), bool)
-        for j, (g, action) in enumerate(zip(ids, actions)):
+        for j, (g, action) in enumerate(zip(ids.tolist(), actions.tolist())):    # Python ints: faster
             self.frames[g], rewards[j], dones[j] = _step_game(self.envs[g], action)
         return rewards, dones
 
-    def state(self):
-        """Every game's emulator state with its RNGs, as arrays for a checkpoint."""
-        states = self._ask("state", range(self.n)) if self.workers else [_emulator_state(e) for e in self.envs]
-        blobs = [blob for blob, _ in states]
-        return {"games_ale": np.concatenate(blobs), "games_ale_sizes": np.array([len(b) for b in blobs]),
-                "games_np_random": np.array(json.dumps([r for _, r in states]))}
+    def game_states(self):
+        """Per game: (emulator bytes, its env's RNG state as JSON, its sampling stream's state as JSON)."""
+        return [(*_emulator_state(env), json.dumps(rng.bit_generator.state)) for env, rng in zip(self.envs, self.rngs)]
 
     def restore(self, states):
-        """states: one (emulator bytes, NumPy RNG state as JSON) per game."""
-        if self.workers:
-            self._ask("restore", range(self.n), states)
-        else:
-            for env, (blob, np_random_json) in zip(self.envs, states):
-                _set_emulator_state(env, blob, np_random_json)
+        """states: one game_states() entry per game; a damaged one is a ValueError."""
+        for env, rng, (blob, np_random_json, sampling_json) in zip(self.envs, self.rngs, states):
+            _set_emulator_state(env, blob, np_random_json)
+            rng.bit_generator.state = json.loads(sampling_json)
+
+    def state(self):
+        """Every game's state, as arrays for a checkpoint."""
+        return state_arrays(self.game_states())
 
     def close(self):
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
+def state_arrays(states):
+    blobs = [s[0] for s in states]
+    return {"games_ale": np.concatenate(blobs), "games_ale_sizes": np.array([len(b) for b in blobs]),
+            "games_np_random": np.array(json.dumps([s[1] for s in states])),
+            "games_sampling": np.array(json.dumps([s[2] for s in states]))}
+
+
+class GamePool:
+    """The n games split over k worker processes (game g in worker g mod k). For a batch the main process
+    writes the weights into shared memory once; then each worker plays its games' episodes with
+    play_episodes, exactly as Games.play does in one process, and sends back their actions and rewards
+    when done (the frames stay with it). No step waits for another process, so both cores step emulators
+    all batch long; the wall time of a batch is the slower worker's (the emulator is most of the work
+    and holds the GIL: threads would not help). For the update, the main process computes the advantages
+    from all rewards, and each worker writes the gradient of each of its episodes into shared memory."""
+
+    def __init__(self, env_id, n, seed, workers):
+        import mmap
+        import multiprocessing
+        self.env_id, self.total, self.workers = env_id, n, workers
+        size = PIXELS * HIDDEN + HIDDEN
+        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (1 + BATCH_EPISODES) + 1)), np.float64)
+        self.W1, self.W2 = shared[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), shared[PIXELS * HIDDEN:size]
+        self.gradients = shared[size:-1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
+        self.stop_flag = shared[-1:]                    # set to 1: the workers abandon the batch
+        self.numbers = [np.arange(w, n, workers) for w in range(workers)]
+        self.connections, self.processes = [], []
+        context = multiprocessing.get_context("fork")   # the workers inherit the shared memory
+        for numbers in self.numbers:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_game_worker, daemon=True, args=(
+                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2, self.gradients,
+                self.stop_flag))
+            process.start()
+            theirs.close()                              # the worker holds the other end now
+            self.connections.append(mine)
+            self.processes.append(process)
+        self._gather("ready")
+
+    def __len__(self):
+        return self.total
+
+    def _gather(self, command, payloads=None, stop=None, progress=None):
+        """Send each worker its command; wait for every reply (checking stop() meanwhile), in worker order."""
+        from multiprocessing.connection import wait
+        for w, connection in enumerate(self.connections):
+            if command != "ready":
+                connection.send((command, None if payloads is None else payloads[w]))
+        replies, ended = [None] * self.workers, [0] * self.workers
+        pending = dict(zip(self.connections, range(self.workers)))
+        while pending:
+            for connection in wait(list(pending), timeout=0.05):
+                w = pending[connection]
+                try:
+                    kind, value = connection.recv()
+                except EOFError:
+                    raise RuntimeError(f"game worker {w} died") from None
+                if kind == "error":
+                    raise ValueError(value)
+                if kind == "ended":                     # an episode ended in worker w (for progress)
+                    ended[w] = value
+                    progress.update(sum(ended))
+                    continue
+                replies[w] = value
+                del pending[connection]
+            if stop is not None and stop():
+                self.stop_flag[0] = 1.0
+        self.stop_flag[0] = 0.0
+        return replies
+
+    def play(self, W1, W2, n_episodes, stop=None, film=None, greedy=False, progress=None):
+        """play_episodes on all games, each worker on its own; the same episodes as Games.play."""
+        self.W1[...], self.W2[...] = ad.Tensor(W1).data, ad.Tensor(W2).data
+        orders = [(n_episodes, greedy, film is not None and w == 0, progress is not None) for w in range(self.workers)]
+        replies = self._gather("play", orders, stop=stop, progress=progress)
+        if any(reply is None for reply in replies):
+            return None
+        if film is not None:
+            vars(film).update(replies[0][1])            # game 0 is worker 0's first game
+        return sorted((e for episodes, _ in replies for e in episodes), key=lambda e: e["number"])
+
+    def episode_gradients(self, episodes, advantage, W1, W2):
+        """episode_gradient of each episode of the last batch, computed by the worker that played it (with
+        the weights it played with, still in shared memory); in episode order."""
+        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total % self.workers == w}
+                for w in range(self.workers)]
+        losses = {number: loss for reply in self._gather("gradients", mine) for number, loss in reply.items()}
+        rows = [self.gradients[e["number"]] for e in episodes]
+        return [(row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:], losses[e["number"]])
+                for row, e in zip(rows, episodes)]
+
+    def game_states(self):
+        states = [None] * self.total
+        for numbers, reply in zip(self.numbers, self._gather("state")):
+            for g, s in zip(numbers, reply):
+                states[g] = s
+        return states
+
+    def state(self):
+        return state_arrays(self.game_states())
+
+    def restore(self, states):
+        self._gather("restore", [[states[g] for g in numbers] for numbers in self.numbers])
+
+    def close(self):
+        self.stop_flag[0] = 1.0                         # a worker still playing stops and reads "close"
         for connection, process in zip(self.connections, self.processes):
             try:
-                connection.send(("close", [], None))
+                connection.send(("close", None))
             except OSError:
                 pass
             process.join(timeout=5)
-        self.connections, self.processes, self.envs = [], [], []
+        self.connections, self.processes = [], []
+
+
+def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradients, stop_flag):
+    """A worker process: owns the games `numbers` and plays their episodes when asked. It exits when the
+    main process closes the pipe or dies."""
+    for other in inherited:              # the main process's ends of the pipes: without closing them here,
+        other.close()                    # this worker would never see the end of its own pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
+    try:
+        _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), gradients, stop_flag)
+    except (EOFError, OSError):           # the main process went away: nothing left to do
+        pass
+
+
+class _EndedMessages:
+    """A worker's `progress`: tells the main process how many of its episodes have ended."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def update(self, done):
+        self.connection.send(("ended", done))
+
+
+def _serve(connection, games, W1, W2, gradients, stop_flag):
+    parent = os.getppid()
+    played = {}                                          # the last batch's episodes, by number
+
+    def stop():                                          # asked by the main process, or orphaned
+        return stop_flag[0] != 0 or os.getppid() != parent
+    connection.send(("ready", None))
+    while True:
+        while not connection.poll(1.0):
+            if os.getppid() != parent:
+                return                                   # orphaned: the main process died
+        command, payload = connection.recv()
+        if command == "play":
+            n_episodes, filming, reporting = payload[0], payload[2], payload[3]
+            film = PointFilm() if filming else None
+            episodes = play_episodes(games, W1, W2, n_episodes, stop=stop, film=film, greedy=payload[1],
+                                     progress=_EndedMessages(connection) if reporting else None)
+            played = {e["number"]: e for e in episodes or []}
+            light = [{k: v for k, v in e.items() if k != "x"} for e in episodes or []]   # the frames stay here
+            connection.send(("played", None if episodes is None else (light, vars(film) if filming else None)))
+        elif command == "gradients":
+            losses = {}
+            for number, advantage in payload.items():
+                dW1, dW2, losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data)
+                gradients[number, :PIXELS * HIDDEN], gradients[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
+            connection.send(("gradients", losses))
+        elif command == "state":
+            connection.send(("state", games.game_states()))
+        elif command == "restore":
+            try:
+                games.restore(payload)
+                connection.send(("restored", True))
+            except ValueError as error:
+                connection.send(("error", str(error)))
+        else:
+            games.close()
+            connection.close()
+            return
 
 
 class Episodes:
     """play_episodes' bookkeeping: which games are playing, each one's previous frame and steps so far,
-    the episodes in the order they ended. A game that finishes starts another episode only while fewer
-    than n_episodes were started, so every episode is played whole by the one policy (exactly 10 per
-    batch, however many games run at once)."""
+    the episodes that ended. Game g (of a batch of n) plays episodes g, g + n, ... while they are below
+    n_episodes, then stays idle: every episode is played whole by the one policy, exactly 10 per batch
+    however many games run at once, and each episode's number says which one it is."""
 
     def __init__(self, games, n_episodes):
         n = len(games)
-        self.games, self.n_episodes, self.started = games, n_episodes, 0
+        self.games, self.n_episodes, self.next = games, n_episodes, np.array(games.numbers)
         self.playing, self.first_frame = np.zeros(n, bool), np.zeros(n, bool)
         self.previous, self.steps = np.zeros((n, PIXELS), np.int8), [None] * n
         self.finished = []
-        self.start(np.arange(min(n, n_episodes)))
+        self.start(np.flatnonzero(self.next < n_episodes))
 
     def start(self, ids):
         self.games.reset(ids)
         self.playing[ids], self.first_frame[ids] = True, True
         for g in ids:
-            self.steps[g] = {"x": [], "up": [], "rewards": []}
-        self.started += len(ids)
+            self.steps[g] = {"number": int(self.next[g]), "x": [], "up": [], "rewards": []}
+        self.next[ids] += self.games.total
 
     def add(self, ids, x, up, rewards, dones):
-        """Record one step of the games `ids`; end the episodes that are done, start new ones while
-        fewer than n_episodes were started. Returns the games whose episode ended."""
-        for j, g in enumerate(ids):
-            self.steps[g]["x"].append(x[j])
-            self.steps[g]["up"].append(up[j])
-            self.steps[g]["rewards"].append(rewards[j])
+        """Record one step of the games `ids`; end the episodes that are done, start each game's next
+        one if it has one. Returns the games whose episode ended."""
+        for j, (g, action_up, reward) in enumerate(zip(ids.tolist(), up.tolist(), rewards.tolist())):
+            steps = self.steps[g]
+            steps["x"].append(x[j])
+            steps["up"].append(action_up)
+            steps["rewards"].append(reward)
+        if not dones.any():
+            return ids[:0]
         ended = ids[dones]
         for g in ended:
-            self.finished.append({k: np.array(v) for k, v in self.steps[g].items()})
+            steps = self.steps[g]
+            self.finished.append({"number": steps.pop("number"), **{k: np.array(v) for k, v in steps.items()}})
             self.steps[g] = None
         self.playing[ended] = False
-        restart = ended[:max(0, self.n_episodes - self.started)]
+        restart = ended[self.next[ended] < self.n_episodes]
         if len(restart):
             self.start(restart)
         return ended
@@ -517,11 +641,10 @@ class Episodes:
 # Training state, bookkeeping, progress, Ctrl-C
 # ----------------------------------------------------------------------------
 def new_state(args):
-    rng = np.random.default_rng(args.seed)
-    W1, W2 = init_policy(rng)
+    W1, W2 = init_policy(np.random.default_rng(args.seed))
     optimizer = ad.optim.RMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
-    games = Games(args.env_id, args.games, args.seed, args.workers)
-    return {"W1": W1, "W2": W2, "optimizer": optimizer, "rng": rng, "games": games,
+    games = make_games(args.env_id, args.games, args.seed, args.workers)
+    return {"W1": W1, "W2": W2, "optimizer": optimizer, "games": games,
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
             "running_reward": None, "seconds": 0.0, "session_start": time.perf_counter(),
             "history": {"score": [], "length": [], "hours": [], "running_reward": []}, "boundary": None}
@@ -634,13 +757,13 @@ def continue_command(args):
 # ----------------------------------------------------------------------------
 # Checkpoints (.npz, never pickled): exact, atomic, validated array by array on load
 # ----------------------------------------------------------------------------
-CHECKPOINT_FORMAT = "pong_pg checkpoint v1"
+CHECKPOINT_FORMAT = "pong_pg checkpoint v2"      # v2: each game has its own sampling stream
 
 
 def mark_boundary(state):
-    """Remember the RNG and game states at an update boundary: what a checkpoint saves, even if Ctrl-C
-    arrives in the middle of the next batch."""
-    state["boundary"] = {"rng": json.dumps(state["rng"].bit_generator.state), **state["games"].state()}
+    """Remember the games' states (emulators and sampling streams) at an update boundary: what a
+    checkpoint saves, even if Ctrl-C arrives in the middle of the next batch."""
+    state["boundary"] = state["games"].state()
 
 
 def save_checkpoint(path, state):
@@ -656,9 +779,7 @@ def save_checkpoint(path, state):
         episode=np.array(state["episode"]), updates=np.array(state["updates"]),
         env_steps=np.array(state["env_steps"]), seconds=np.array(state["seconds"]),
         running_reward=np.array(np.nan if running is None else running),
-        rng=np.array(state["boundary"]["rng"]),
-        games_ale=state["boundary"]["games_ale"], games_ale_sizes=state["boundary"]["games_ale_sizes"],
-        games_np_random=state["boundary"]["games_np_random"], **optimizer, **history)
+        **state["boundary"], **optimizer, **history)
 
 
 def _text(arrays, key, path):
@@ -710,6 +831,9 @@ def read_checkpoint(path, config):
     """Every array of the checkpoint at `path`, validated (dtype, shape, finite, range) against this
     run's `config`; any problem is one BadInput naming the file and the array. Nothing is changed."""
     arrays = ad.runs.load_arrays(path, what="pong_pg checkpoint")
+    if str(arrays.get("format", "")) == "pong_pg checkpoint v1":
+        raise ad.runs.BadInput(f"{path}: a checkpoint of an older pong_pg.py (one sampling stream for all games), "
+                               f"which this version cannot continue: start a new run, or resume it with that version")
     if str(arrays.get("format", "")) != CHECKPOINT_FORMAT:
         raise ad.runs.BadInput(f"{path}: not a {CHECKPOINT_FORMAT!r} file (keys: {sorted(arrays)[:6]}...)")
     saved = _json(arrays, "config", path, dict)
@@ -724,8 +848,7 @@ def read_checkpoint(path, config):
                "seconds": _number(arrays, "seconds", path, minimum=0),
                "steps": _number(arrays, "rmsprop_steps", path, "i", minimum=0),
                "lr": _number(arrays, "rmsprop_lr", path, above=0),
-               "running_reward": _number(arrays, "running_reward", path, allow_nan=episode == 0),
-               "rng": _rng_state(_json(arrays, "rng", path, dict), "'rng'", path)}
+               "running_reward": _number(arrays, "running_reward", path, allow_nan=episode == 0)}
     shapes = {"W1": (PIXELS, HIDDEN), "W2": (HIDDEN,), "rmsprop_cache_0": (PIXELS, HIDDEN),
               "rmsprop_cache_1": (HIDDEN,), "games_ale_sizes": (config["games"],), "games_ale": (None,),
               **{f"history_{k}": (episode,) for k in ("score", "length", "hours", "running_reward")}}
@@ -736,13 +859,15 @@ def read_checkpoint(path, config):
     sizes, blob = arrays["games_ale_sizes"], arrays["games_ale"]
     if sizes.dtype.kind not in "iu" or blob.dtype != np.uint8 or sizes.min() <= 0 or sizes.sum() != len(blob):
         raise ad.runs.BadInput(f"{path}: damaged checkpoint (the games' emulator states do not add up)")
-    rngs = _json(arrays, "games_np_random", path, list)
-    if len(rngs) != config["games"]:
-        raise ad.runs.BadInput(f"{path}: damaged checkpoint ('games_np_random' holds {len(rngs)} games, "
-                               f"expected {config['games']})")
+    rngs = {key: _json(arrays, key, path, list) for key in ("games_np_random", "games_sampling")}
+    for key, states in rngs.items():
+        if len(states) != config["games"]:
+            raise ad.runs.BadInput(f"{path}: damaged checkpoint ({key!r} holds {len(states)} games, "
+                                   f"expected {config['games']})")
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    checked["games"] = [(blob[offsets[g]:offsets[g + 1]], json.dumps(_rng_state(_loads(r), f"game {g}'s RNG", path)))
-                        for g, r in enumerate(rngs)]
+    checked["games"] = [(blob[offsets[g]:offsets[g + 1]], json.dumps(_rng_state(_loads(r), f"game {g}'s RNG", path)),
+                         json.dumps(_rng_state(_loads(q), f"game {g}'s sampling stream", path)))
+                        for g, (r, q) in enumerate(zip(rngs["games_np_random"], rngs["games_sampling"]))]
     return checked
 
 
@@ -756,7 +881,6 @@ def apply_checkpoint(checked, state):
     state["W1"].data, state["W2"].data = arrays["W1"].astype(float), arrays["W2"].astype(float)
     state["optimizer"].load_state_dict({"steps": checked["steps"], "lr": checked["lr"],
                                         "cache_0": arrays["rmsprop_cache_0"], "cache_1": arrays["rmsprop_cache_1"]})
-    state["rng"].bit_generator.state = checked["rng"]
     for key in ("episode", "updates", "env_steps", "seconds"):
         state[key] = checked[key]
     running = checked["running_reward"]
@@ -1008,8 +1132,8 @@ HELP = {"env_id": "a Pong id of ale-py; Pong-v0 is the original's (random frames
         "standardise": "standardise returns over the 'batch' of 10 episodes, or per 'episode' (the original)",
         "episodes": "train until this many episodes in total",
         "hours": "also stop after this many hours of training in total; None is no time limit",
-        "games": f"games played at once (1..{BATCH_EPISODES}); results do not depend on it",
-        "workers": "processes that run the games (0: all in this one); results do not depend on it",
+        "games": f"games played at once (1..{BATCH_EPISODES}); game g plays episodes g, g + games, ... of each batch",
+        "workers": "processes that play the games (0: all in this one); results do not depend on it",
         "checkpoint_every": "updates between checkpoints",
         "play_games": "games per policy for --play"}
 TRAINED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "pong_pg_weights_float16.npz")

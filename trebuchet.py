@@ -34,12 +34,13 @@ import numpy as np
 # ----------------------------------------------------------------------------
 # 1. Settings: the lesson run's values, what --full changes, and the task
 # ----------------------------------------------------------------------------
-SETTINGS = dict(steps=600, batch=128, lr=2e-2, hidden=48, aim_within_reach=True, huber_delta=1.0,
+SETTINGS = dict(steps=800, batch=128, lr=4e-2, adam_beta2=0.99, hidden=48, aim_within_reach=True, huber_delta=1.0,
                 eval_pairs=1000, eval_stream="test", model="virtualtrebuchet", compare_supervised=False, figures=True)
-FULL = dict(steps=2000, batch=256, hidden=64)
+FULL = dict(steps=2000, batch=256, lr=2e-2, adam_beta2=0.999, hidden=64)   # the long run keeps its own (untuned) rate
 HELP = dict(steps="training steps of the aimer",
             batch="shots per training step",
             lr="Adam's initial learning rate (cosine schedule to 0)",
+            adam_beta2="Adam's decay of its running mean of squared gradients",
             hidden="units in each of the aimer's three hidden layers",
             aim_within_reach="train on the nearest reachable distance for targets out of reach",
             huber_delta="misses (m) up to which the loss is quadratic, linear beyond",
@@ -50,9 +51,9 @@ HELP = dict(steps="training steps of the aimer",
             figures="write the figures and the GIF")
 # Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
 # the learning curve's targets, "labels" and "integrator" the shots of Part 2's side experiments. "tuning" is
-# where steps, aiming within reach, lr and Huber δ were chosen (the sweep in README.md); "test", a disjoint
-# stream of the same distribution, shaped nothing and gives every reported figure (the network's shape: see
-# `make_aimer`).
+# where steps, aiming within reach, lr, Adam's β2 and Huber δ were chosen (the studies in README.md);
+# "test", a disjoint stream of the same distribution, shaped nothing and gives every reported figure (the
+# network's shape: see `make_aimer`).
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -92,13 +93,13 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it,
-# the arm's inertia that of a uniform beam and the counterweight's 1 lb ft², integrated as above, the
-# sling held on the ground exactly and every event interpolated. The same machine as FluxML's
-# Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from): see Part 2.
-MODELS = dict(virtualtrebuchet=dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA,
-                                    ground="lagrange", integration=INTEGRATION))
-MODEL = MODELS["virtualtrebuchet"]      # the model every function uses unless given another (`select_model`)
+# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it (the
+# arm's inertia a uniform beam's, the counterweight's 1 lb ft²), integrated as above, every event
+# interpolated. `ground_phase` and `refine_release` are filled in below; the machine as Trebuchet.jl runs it
+# (--model trebuchet_jl, where the blog's numbers come from) is in Part 2.
+MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION,
+             refine_release=None)
+MODELS = dict(virtualtrebuchet=MODEL)   # MODEL: what every function uses unless given another (`select_model`)
 
 
 # -------------------- Forward-mode derivatives with complex numbers --------
@@ -134,6 +135,14 @@ def cos(z):
     out = -np.sin(z.real) * z
     out.real = np.cos(z.real)
     return out
+
+
+def sin_cos(z):
+    """sin z and cos z together: two transcendental calls instead of four."""
+    s, c = np.sin(z.real), np.cos(z.real)
+    sin_z, cos_z = c * z, -s * z
+    sin_z.real, cos_z.real = s, c
+    return sin_z, cos_z
 
 
 def sqrt(z):
@@ -206,8 +215,9 @@ G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 
 def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
-    angles = np.stack([alpha - beta, alpha - gamma, alpha, beta, gamma])
-    (s_ab, s_ag), (c_ab, c_ag, c_a, c_b, c_g) = sin(angles[:2]), cos(angles)
+    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse."""
+    (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.array([alpha - beta, alpha - gamma, alpha,
+                                                                            beta, gamma]))
     m12 = -shot["k12"] * c_ab
     m13 = K13 * c_ag
     pull_ab, pull_ag = shot["k12"] * s_ab, K13 * s_ag
@@ -215,7 +225,7 @@ def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, 
     r1 = pull_ab * beta_dot * beta_dot - pull_ag * gamma_dot * gamma_dot - shot["g1"] * c_a
     r2 = -pull_ab * alpha_dot2 - shot["g2"] * c_b
     r3 = pull_ag * alpha_dot2 - G3 * c_g
-    return m12, m13, r1, r2, r3
+    return m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g)
 
 
 def _solve_arrow(m12, m13, shot, r1, r2, r3):
@@ -228,10 +238,10 @@ def _solve_arrow(m12, m13, shot, r1, r2, r3):
 
 
 def hang_rates(state, shot):
-    """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air."""
+    """d/dt (α, β, γ, α̇, β̇, γ̇) with the projectile in the air, and sin, cos of α, γ (for the release)."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), None
+    m12, m13, r1, r2, r3, trig = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
+    return np.array([alpha_dot, beta_dot, gamma_dot, *_solve_arrow(m12, m13, shot, r1, r2, r3)]), trig
 
 
 def sling_on_ground(alpha, alpha_dot):
@@ -248,42 +258,42 @@ def ground_rates(state, shot):
     normal force N (newtons) that keeps it there: lift-off when N = 0."""
     alpha, beta, alpha_dot, beta_dot = state
     gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
+    m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g) = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot,
+                                                                         gamma_dot, shot)
     j1, j3 = LONG_ARM * c_a, SLING * c_g
     free1, free2, free3 = _solve_arrow(m12, m13, shot, r1, r2, r3)     # M⁻¹ r
     u1, u2, u3 = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)        # M⁻¹ Jᵀ
     kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
     normal = (kappa - j1 * free1 - j3 * free3) / (j1 * u1 + j3 * u3)
-    return np.stack([alpha_dot, beta_dot, free1 + normal * u1, free2 + normal * u2]), normal
+    return np.array([alpha_dot, beta_dot, free1 + normal * u1, free2 + normal * u2]), normal
 
 
 def lift_off(state, _, normal):
     return normal
 
 
-def projectile_motion(state):
-    """Position and velocity of the projectile, from a hang state."""
+def projectile_motion(state, position=True, trig=None):
+    """Position and velocity of the projectile, from a hang state (only the velocity if not `position`);
+    `trig`: (sin α, sin γ, cos α, cos γ) if already known."""
     alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
-    return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g,
-            -LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot, LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
+    s_a, s_g, c_a, c_g = trig or (*sin(np.array([alpha, gamma])), *cos(np.array([alpha, gamma])))
+    velocity = (-LONG_ARM * s_a * alpha_dot - SLING * s_g * gamma_dot,
+                LONG_ARM * c_a * alpha_dot + SLING * c_g * gamma_dot)
+    return (LONG_ARM * c_a + SLING * c_g, LONG_ARM * s_a + SLING * s_g, *velocity) if position else velocity
 
 
-def release_condition(state, release_angle, _=None):
-    """sin(direction of the projectile's velocity - release angle): positive
+def release_condition(state, direction, trig=None):
+    """sin(direction of the projectile's velocity - release angle r), `direction` = (cos r, sin r): positive
     while the velocity still points above (behind) the release direction."""
-    _, _, vx, vy = projectile_motion(state)
-    return (vy * cos(release_angle) - vx * sin(release_angle)) / sqrt(vx * vx + vy * vy)
+    vx, vy = projectile_motion(state, position=False, trig=trig)
+    return (vy * direction[0] - vx * direction[1]) / sqrt(vx * vx + vy * vy)
 
 
 def flight_rates(state, wind):
     x, y, vx, vy = state
     relative = vx - wind
     drag = DRAG * sqrt(relative * relative + vy * vy)
-    return np.stack([vx, vy, -drag * relative, -GRAVITY - drag * vy]), None
+    return np.array([vx, vy, -drag * relative, -GRAVITY - drag * vy]), None
 
 
 def landing(state, _=None, __=None):
@@ -337,14 +347,32 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
             before, after = np.where(crossed, state, before), np.where(crossed, new, after)
             state = np.where(crossed, state + s * (new - state), state)
             elapsed = np.where(crossed, elapsed + s * dt, elapsed)
-        state = np.where(carry_on, new, state)
-        k1 = np.where(carry_on, k1_new, k1)
-        h = np.where(carry_on, h_new, h)
-        elapsed = np.where(carry_on, elapsed + dt, elapsed)
+        if carry_on.all():      # no shot has stopped yet: nothing to select
+            state, k1, h, elapsed = new, k1_new, h_new, elapsed + dt
+        else:
+            state = np.where(carry_on, new, state)
+            k1 = np.where(carry_on, k1_new, k1)
+            h = np.where(carry_on, h_new, h)
+            elapsed = np.where(carry_on, elapsed + dt, elapsed)
         running = carry_on
         if record is not None:
             record.append(state.real.copy())
     return state, elapsed, running, (before, after)
+
+
+def ground_phase(ground, shot, integration, tracks, model):
+    """Phase 1 from the rest state `ground` (α, β, α̇, β̇): the arm swings, the projectile slides until the
+    sling lifts it. Returns the hang state (α, β, γ, α̇, β̇, γ̇) at lift-off, its time, the failed shots."""
+    everyone = np.ones(ground.shape[1], dtype=bool)
+    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
+                                          integration["dt_ground"], MAX_SECONDS["ground"], everyone,
+                                          integration["method"], shot, None, tracks["ground"])
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    return np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot]), t_lift, failed
+
+
+MODEL["ground_phase"] = ground_phase
 
 
 def swing(shot, release_angle, integration, tracks, model):
@@ -352,26 +380,14 @@ def swing(shot, release_angle, integration, tracks, model):
     Returns the hang state at the release, the event times, the shots that got there, and the
     bracketing states of the release step (for the copies that carry other derivatives)."""
     batch = release_angle.shape[0]
-    method = integration["method"]
-    # 1. ground: the arm swings, the projectile slides until the sling lifts it
     alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
-    dtype = np.result_type(shot["m11"])
-    ground = np.zeros((4, batch), dtype) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    ok = np.ones(batch, dtype=bool)
-    if model["ground"] == "trebuchet_jl":     # the original's lift-off: see Part 2
-        hang, t_lift, failed = ground_as_trebuchet_jl(ground, shot, integration, tracks, model)
-    else:
-        ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
-                                              integration["dt_ground"], MAX_SECONDS["ground"], ok, method, shot,
-                                              None, tracks["ground"])
-        alpha, beta, alpha_dot, beta_dot = ground
-        gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-        hang = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
-    ok &= ~failed
+    ground = np.zeros((4, batch), np.result_type(shot["m11"])) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
+    hang, t_lift, failed = model["ground_phase"](ground, shot, integration, tracks, model)
+    ok = ~failed
     # 2. hang: three free angles until the velocity points along the release angle
     hang, t_release, failed, bracket = integrate(
         _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        method, shot, release_angle, tracks["hang"])
+        integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
     return hang, t_lift, t_release, ok & ~failed, bracket
 
 
@@ -392,13 +408,11 @@ def release_per_copy(bracket, release_angle, wind, ok, copies, model):
 
 def release_fraction(before, after, angles, model):
     """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
-    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate`. (The trebuchet_jl
-    model then refines s by root finding: Part 2, `release_on_interpolant`.)"""
-    h0, h1 = release_condition(before, angles), release_condition(after, angles)
+    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate` (a model may refine it)."""
+    direction = (cos(angles), sin(angles))
+    h0, h1 = release_condition(before, direction), release_condition(after, direction)
     s = h0 / (h0 - h1)
-    if model.get("release") == "state_interpolant":
-        s = release_on_interpolant(before, after, angles, s)
-    return s
+    return s if model["refine_release"] is None else model["refine_release"](before, after, direction, s)
 
 
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
@@ -423,7 +437,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
     shot = shot_constants(weight + EPS * 1j if wrt[2] else weight, model)
     hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks, model)
-    if copies or model.get("release") == "state_interpolant":
+    if copies or model["refine_release"] is not None:
         hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies or [None], model)
     # 3. flight: a point mass with drag until it is back on the ground
     n_copies = max(len(copies), 1)
@@ -488,7 +502,8 @@ def sample_shots(rng, n):
 def make_aimer(rng, hidden=48, layers=3):
     """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
     counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
-    what two of 32 or 64 do not in 600, on a set that was not recorded (not re-checked on "tuning")."""
+    what two of 32 or 64 do not in 600, on a set that was not recorded; on "tuning", three of 64 at the lesson
+    run's settings did worse (the study in README.md)."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -546,11 +561,11 @@ def update(optimizer, batch_loss, lr):
 # 6. Training: the loop, with a cosine learning rate and a monitor set
 # ----------------------------------------------------------------------------
 def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=2.0, reach_curve=None,
-          batch_loss=None, huber_delta=1.0):
+          batch_loss=None, huber_delta=1.0, beta2=0.999):
     """Adam on random batches of shots, learning rate on a cosine from `lr` to 0. `monitor(net)` -> dict
     is called every `monitor_every` steps for the learning curve. `batch_loss` replaces the loss through
     the simulator (Part 2's supervised side experiment uses it). Returns the curve as a dict of lists."""
-    optimizer = ad.optim.Adam(net.parameters(), lr=lr)
+    optimizer = ad.optim.Adam(net.parameters(), lr=lr, betas=(0.9, beta2))
     batch_loss = batch_loss or (lambda: aimer_loss(net, *sample_shots(rng, batch), reach_curve, huber_delta))
     curve = dict(step=[], batch_loss=[], batch_mean_miss=[], monitor_step=[], monitor={})
     progress = ad.runs.Progress(steps, "train", every=log_every)
@@ -603,21 +618,7 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
 # ----------------------------------------------------------------------------
 # 8. Measurement: misses on held-out targets, against what the machine can reach
 # ----------------------------------------------------------------------------
-def reach(winds, n_iter=30, heaviest=WEIGHT_RANGE[1], integration=None):
-    """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
-    and the shortest (lightest counterweight, steepest or flattest angle). A target outside
-    [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
-    winds = np.asarray(winds, dtype=float)
-
-    def distance(angle, weight):
-        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False), integration=integration)[0]
-
-    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
-    _, longest = _golden_max(lambda r: distance(r, heaviest), lo, hi, n_iter)
-    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
-    return shortest, longest
-
-
+# What the machine can reach in each wind (the shortest and longest throw): Part 2, `reach` and `ReachCurve`.
 def aimed_distances(net, target, wind):
     with ad.no_grad():
         angle, weight = settings(net, target, wind)
@@ -690,9 +691,6 @@ def main(argv=None):
 # (`release_on_interpolant`). CONVERGED: the steps `integrator_accuracy` and `reachability` trust.
 REFERENCE_INTEGRATION = dict(method="euler", dt_ground=1 / 60, dt_hang=1 / 60, dt_flight=1 / 60)
 CONVERGED = dict(method="rk4", dt_ground=1 / 480, dt_hang=1 / 1920, flight_method="rk4", dt_flight=1 / 480)
-MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
-                              ground="trebuchet_jl", integration=REFERENCE_INTEGRATION, lift_off="step_start",
-                              release="state_interpolant")
 
 
 def euler_step(state, k1, rates, dt, extra):
@@ -702,8 +700,88 @@ def euler_step(state, k1, rates, dt, extra):
 
 STEPPERS["euler"] = euler_step
 
+# The ground phase as Trebuchet.jl runs it (the "trebuchet_jl" model). Two things differ from
+# `ground_rates` + `lift_off` in section 2, both found in its source (src/simulate.jl):
+#  * it integrates all three angles, the sling's included (its acceleration is the one that keeps
+#    the projectile on the ground), so with Euler steps the projectile drifts off the ground a little;
+#  * lift-off is the zero of  m g - T cos θ  (θ the sling from the vertical), with the sling's
+#    tension T estimated from the projectile's acceleration by a backward difference of its velocity
+#    over the step, and T = 0 exactly at the step's start. DifferentialEquations' root finder then
+#    brackets the jump at the step's start: the event lands there (`lift_off="step_start"`), so the
+#    lift-off time does not move with the inputs and carries no derivative.
+def ground_rates_free_sling(state, shot):
+    """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
+    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
+    m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g) = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot,
+                                                                         gamma_dot, shot)
+    j1, j3 = LONG_ARM * c_a, SLING * c_g
+    free = _solve_arrow(m12, m13, shot, r1, r2, r3)
+    unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
+    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
+    normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
+    return np.array([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
+
+
+def _projectile_vx(state):
+    alpha, _, gamma, alpha_dot, _, gamma_dot = state
+    return -LONG_ARM * sin(alpha) * alpha_dot - SLING * sin(gamma) * gamma_dot
+
+
+def _lift_estimate(new, old, dt):
+    """m g - T cos θ at the end of a step, T from the backward difference of the projectile's velocity
+    (horizontal: m a_x = -T cos γ in our angles, vertical part of the pull: -T sin γ)."""
+    tension = -PROJECTILE_MASS * (_projectile_vx(new) - _projectile_vx(old)) / dt / cos(new[2])
+    return PROJECTILE_MASS * GRAVITY + tension * sin(new[2]), tension
+
+
+def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
+    """Phase 1 as Trebuchet.jl runs it, from the rest state `ground` (α, β, α̇, β̇): returns the hang
+    state at lift-off, the lift-off time and the failed shots (no lift-off, or a negative tension
+    estimate: the original's "weight is too light")."""
+    alpha, beta, alpha_dot, beta_dot = ground
+    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
+    state = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
+    dt, step = integration["dt_ground"], STEPPERS[integration["method"]]
+    running, failed = np.ones(state.shape[1], dtype=bool), np.zeros(state.shape[1], dtype=bool)
+    elapsed, h_old = np.zeros(state.shape[1]), None
+    for _ in range(int(math.ceil(MAX_SECONDS["ground"] / dt))):
+        if not running.any():
+            break
+        _start(tracks, "ground", state[[0, 1, 3, 4]])
+        new = step(state, ground_rates_free_sling(state, shot)[0], ground_rates_free_sling, dt, shot)
+        h, tension = _lift_estimate(new, state, dt)
+        lifted = running & (h.real <= 0.0)
+        failed |= running & ~lifted & (tension.real < 0.0)
+        if model.get("lift_off") == "interpolated" and h_old is not None:
+            s = h_old / (h_old - h)      # as section 2 does it: the event inside the step, with its derivative
+            state = np.where(lifted, state + s * (new - state), state)
+            elapsed = np.where(lifted, elapsed + s.real * dt, elapsed)
+        running &= ~lifted & ~failed
+        state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
+    return state, elapsed, failed | running
+
+
+def release_on_interpolant(before, after, direction, s):
+    """The trebuchet_jl model's release: the zero of the event function along the straight line between
+    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
+    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
+    derivative -∂h/∂p / ∂h/∂s."""
+    def h(s):
+        return release_condition(before + s * (after - before), direction)
+    for _ in range(4):
+        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
+        s = s - h(s) / slope
+    return s
+
+
+MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                              ground_phase=ground_as_trebuchet_jl, integration=REFERENCE_INTEGRATION,
+                              lift_off="step_start", refine_release=release_on_interpolant)
+
+
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
-             lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0), hidden=ad.runs.whole(1, 1024),
+             lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
+             adam_beta2=ad.runs.number(minimum=0.0, maximum=0.999999), hidden=ad.runs.whole(1, 1024),
              eval_pairs=ad.runs.whole(1, 10**5), huber_delta=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
              eval_stream=ad.runs.one_of("test", "tuning"), model=ad.runs.one_of(*MODELS))
 
@@ -718,7 +796,7 @@ def train_aimer(args, streams, monitor, reach_curve, out):
     """Section 6 on a fresh aimer; returns it, its learning curve and the training time (wall and CPU
     seconds: on a shared machine the CPU time is the figure to compare with a quiet machine's wall time)."""
     print(f"4. Training the aimer: MLP 2-{args.hidden}-{args.hidden}-{args.hidden}-2, {args.steps} steps of "
-          f"{args.batch} shots, Adam {args.lr:g} -> 0 (cosine)"
+          f"{args.batch} shots, Adam (β2 {args.adam_beta2:g}) {args.lr:g} -> 0 (cosine)"
           + (", targets out of reach replaced by the nearest reachable distance" if args.aim_within_reach else ""))
     net = make_aimer(streams["init"], args.hidden)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -807,7 +885,8 @@ def compare_with_supervised(args, streams, held_out, reach_curve, end_to_end, en
         i = rng.integers(0, target.size, args.batch)
         return regression_loss(net, target[i], wind[i], labels[i]), None
     started = time.process_time()
-    train(net, rng, SUPERVISED_STEPS_PER_STEP * args.steps, args.batch, args.lr, batch_loss=batch_loss)
+    train(net, rng, SUPERVISED_STEPS_PER_STEP * args.steps, args.batch, args.lr, batch_loss=batch_loss,
+          beta2=args.adam_beta2)
     regression_cpu_seconds = time.process_time() - started
     misses = [np.abs(aimed_distances(n, *held_out)[0] - held_out[0]) for n in (net, end_to_end)]
     shortest, longest = reach_curve(held_out[1])
@@ -852,7 +931,7 @@ def train_and_save(net, rng, args, monitor, path, reach_curve=None):
     """Train (section 6) and save the aimer; a diverged run still saves its last finite parameters."""
     try:
         curve = train(net, rng, args.steps, args.batch, args.lr, monitor, monitor_every=max(args.steps // 10, 1),
-                      reach_curve=reach_curve, huber_delta=args.huber_delta)
+                      reach_curve=reach_curve, huber_delta=args.huber_delta, beta2=args.adam_beta2)
     except ad.runs.Diverged as error:
         save_aimer(path, net, args.hidden)
         raise ad.runs.Diverged(f"{error}; the last finite aimer is saved in {path}") from None
@@ -866,8 +945,8 @@ BLOG_CALL = dict(wind=-2.0, angle_degrees=45.0, weight_lb=200.0, published=(4.02
 BLOG_VARIANTS = {
     "trebuchet_jl": {},
     "trebuchet_jl, lift-off interpolated": dict(lift_off="interpolated"),
-    "trebuchet_jl, release interpolated linearly": dict(release="linear"),
-    "trebuchet_jl, sling held on the ground": dict(ground="lagrange"),
+    "trebuchet_jl, release interpolated linearly": dict(refine_release=None),
+    "trebuchet_jl, sling held on the ground": dict(ground_phase=ground_phase),
     "trebuchet_jl, inertias as named": dict(arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA),
     "trebuchet_jl, our integrator": dict(integration=INTEGRATION),
     "virtualtrebuchet, explicit Euler 1/60 s": dict(model="virtualtrebuchet", integration=REFERENCE_INTEGRATION),
@@ -901,81 +980,6 @@ def _blog_gradient(angle, weight, model, per_degree=True):
     angle_unit = math.pi / 180 if per_degree else 1.0
     return float(distance[0]), [float(jacobian[0][0]), float(jacobian[1][0] * angle_unit),
                                 float(jacobian[2][0] * POUND)]
-
-
-# The ground phase as Trebuchet.jl runs it (the "trebuchet_jl" model). Two things differ from
-# `ground_rates` + `lift_off` in section 2, both found in its source (src/simulate.jl):
-#  * it integrates all three angles, the sling's included (its acceleration is the one that keeps
-#    the projectile on the ground), so with Euler steps the projectile drifts off the ground a little;
-#  * lift-off is the zero of  m g - T cos θ  (θ the sling from the vertical), with the sling's
-#    tension T estimated from the projectile's acceleration by a backward difference of its velocity
-#    over the step, and T = 0 exactly at the step's start. DifferentialEquations' root finder then
-#    brackets the jump at the step's start: the event lands there (`lift_off="step_start"`), so the
-#    lift-off time does not move with the inputs and carries no derivative.
-def ground_rates_free_sling(state, shot):
-    """d/dt (α, β, γ, α̇, β̇, γ̇) on the ground, γ a state of its own, and the normal force."""
-    alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot = state
-    m12, m13, r1, r2, r3 = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot)
-    angles = np.stack([alpha, gamma])
-    (s_a, s_g), (c_a, c_g) = sin(angles), cos(angles)
-    j1, j3 = LONG_ARM * c_a, SLING * c_g
-    free = _solve_arrow(m12, m13, shot, r1, r2, r3)
-    unit = _solve_arrow(m12, m13, shot, j1, 0.0 * j1, j3)
-    kappa = LONG_ARM * s_a * alpha_dot * alpha_dot + SLING * s_g * gamma_dot * gamma_dot
-    normal = (kappa - j1 * free[0] - j3 * free[2]) / (j1 * unit[0] + j3 * unit[2])
-    return np.stack([alpha_dot, beta_dot, gamma_dot, *(f + normal * u for f, u in zip(free, unit))]), normal
-
-
-def _projectile_vx(state):
-    alpha, _, gamma, alpha_dot, _, gamma_dot = state
-    return -LONG_ARM * sin(alpha) * alpha_dot - SLING * sin(gamma) * gamma_dot
-
-
-def _lift_estimate(new, old, dt):
-    """m g - T cos θ at the end of a step, T from the backward difference of the projectile's velocity
-    (horizontal: m a_x = -T cos γ in our angles, vertical part of the pull: -T sin γ)."""
-    tension = -PROJECTILE_MASS * (_projectile_vx(new) - _projectile_vx(old)) / dt / cos(new[2])
-    return PROJECTILE_MASS * GRAVITY + tension * sin(new[2]), tension
-
-
-def ground_as_trebuchet_jl(ground, shot, integration, tracks, model):
-    """Phase 1 as Trebuchet.jl runs it, from the rest state `ground` (α, β, α̇, β̇): returns the hang
-    state at lift-off, the lift-off time and the failed shots (no lift-off, or a negative tension
-    estimate: the original's "weight is too light")."""
-    alpha, beta, alpha_dot, beta_dot = ground
-    gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
-    state = np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot])
-    dt, step = integration["dt_ground"], STEPPERS[integration["method"]]
-    running, failed = np.ones(state.shape[1], dtype=bool), np.zeros(state.shape[1], dtype=bool)
-    elapsed, h_old = np.zeros(state.shape[1]), None
-    for _ in range(int(math.ceil(MAX_SECONDS["ground"] / dt))):
-        if not running.any():
-            break
-        _start(tracks, "ground", state[[0, 1, 3, 4]])
-        new = step(state, ground_rates_free_sling(state, shot)[0], ground_rates_free_sling, dt, shot)
-        h, tension = _lift_estimate(new, state, dt)
-        lifted = running & (h.real <= 0.0)
-        failed |= running & ~lifted & (tension.real < 0.0)
-        if model.get("lift_off") == "interpolated" and h_old is not None:
-            s = h_old / (h_old - h)      # as section 2 does it: the event inside the step, with its derivative
-            state = np.where(lifted, state + s * (new - state), state)
-            elapsed = np.where(lifted, elapsed + s.real * dt, elapsed)
-        running &= ~lifted & ~failed
-        state, elapsed, h_old = np.where(running, new, state), np.where(running, elapsed + dt, elapsed), h
-    return state, elapsed, failed | running
-
-
-def release_on_interpolant(before, after, angles, s):
-    """The trebuchet_jl model's release: the zero of the event function along the straight line between
-    the two states (explicit Euler's interpolant, on which DifferentialEquations' root finder works),
-    from the linear estimate s: Newton's method on s, whose imaginary part then carries the implicit
-    derivative -∂h/∂p / ∂h/∂s."""
-    def h(s):
-        return release_condition(before + s * (after - before), angles)
-    for _ in range(4):
-        slope = (h(s.real + 1e-7) - h(s.real - 1e-7)).real / 2e-7
-        s = s - h(s) / slope
-    return s
 
 
 INPUT_NAMES = ("wind", "release angle", "counterweight")
@@ -1018,6 +1022,21 @@ def _golden_max(f, low, high, n_iter):
         probe = f(np.where(left, c, d))
         fc, fd = np.where(left, probe, fc), np.where(left, fd, probe)
     return np.where(fc > fd, c, d), np.maximum(fc, fd)
+
+
+def reach(winds, n_iter=30, heaviest=WEIGHT_RANGE[1], integration=None):
+    """For each wind: the longest throw (heaviest counterweight, best angle, by golden-section search)
+    and the shortest (lightest counterweight, steepest or flattest angle). A target outside
+    [shortest, longest] cannot be hit by any setting, so no aimer can be blamed for missing it."""
+    winds = np.asarray(winds, dtype=float)
+
+    def distance(angle, weight):
+        return distance_and_jacobian(winds, angle, weight, wrt=(False, False, False), integration=integration)[0]
+
+    lo, hi = np.full(winds.shape, ANGLE_RANGE[0]), np.full(winds.shape, ANGLE_RANGE[1])
+    _, longest = _golden_max(lambda r: distance(r, heaviest), lo, hi, n_iter)
+    shortest = np.minimum(distance(lo, WEIGHT_RANGE[0]), distance(hi, WEIGHT_RANGE[0]))
+    return shortest, longest
 
 
 class ReachCurve:

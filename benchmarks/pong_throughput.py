@@ -2,17 +2,26 @@
 
 Three loops, in one run, alternating round by round so that load from other processes hits all alike:
 
-  ceiling   the environment alone: the same ALE games, stepped with random UP/DOWN actions by as many
-            processes as pong_pg uses (--workers), no policy, no pipes, no learning. Training cannot beat it.
-  ours      pong_pg.train_batch: 10 games at once in the worker processes, one batched (sparse) forward per
-            step, vectorised preprocessing, the engine's backward, one RMSProp step per 10 episodes.
+  ceiling   the environment alone: the same ALE games, stepped with random UP/DOWN actions (drawn ahead) by
+            as many processes as pong_pg uses (--workers), no policy, no pipes, no learning. Training cannot
+            beat it.
+  ours      pong_pg.train_batch, then the batch boundary's game states (what a checkpoint saves): each worker
+            process plays its games' whole episodes with play_episodes (vectorised preprocessing, one batched
+            sparse forward per step, each game's own sampling stream), the main process computes the
+            advantages, each worker the gradients of its episodes, the main process adds them and takes one
+            RMSProp step per 10 episodes.
   original  one game, one frame at a time, written the way the original pg-pong.py is (prepro per frame,
             np.dot(W1, x) per frame, hand-written backward per episode, RMSProp every 10 episodes).
 
 Steps/s = environment steps / wall seconds, learning included. It prints ours as a fraction of the ceiling,
-ours against the original, and a profile of where our loop's wall time goes in the main process.
+ours against the original, the workers' steps (the slower worker sets a batch's wall time), and where the wall
+time of our batches goes, in the main process and in each worker.
 
-    python benchmarks/pong_throughput.py [--rounds 2] [--workers 2]
+On a busy machine the fraction measures mostly how much CPU time we spend per step beside the emulator: the
+kernel shares the cores between sessions (autogroup), so neither the ceiling's processes nor ours get both
+cores. The parallel part (both workers busy at once) shows only on a quiet machine.
+
+    python benchmarks/pong_throughput.py [--rounds 2] [--workers 2] [--json PATH]
 
 (BLAS is single-threaded because autodiff is imported before NumPy; no environment variable is needed.)
 """
@@ -24,7 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import autodiff as ad  # noqa: E402,F401  (first: single-threaded BLAS before NumPy loads)
 
 import argparse  # noqa: E402
-import collections  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -40,18 +48,21 @@ def _random_play(env_id, n_games, seed, seconds, pipe):
     for g, env in enumerate(games):
         env.reset(seed=seed + g)
     rng = np.random.default_rng(seed)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
-        for env in games:
-            _, _, terminated, truncated, _ = env.step(int(rng.choice((pong_pg.UP, pong_pg.DOWN))))
-            steps += 1
-            if terminated or truncated:
-                env.reset()
-    pipe.send((steps, time.perf_counter() - start))
+        actions = rng.choice((pong_pg.UP, pong_pg.DOWN), size=(100, len(games))).tolist()   # drawn ahead: the
+        for row in actions:                                                                 # env alone is timed
+            for env, action in zip(games, row):
+                _, _, terminated, truncated, _ = env.step(action)
+                steps += 1
+                if terminated or truncated:
+                    env.reset()
+    pipe.send((steps, time.perf_counter() - start, time.process_time() - cpu))
 
 
 def ceiling(env_id, games, workers, seconds, seed):
-    """Total env steps/s of `workers` processes, each stepping its share of `games` with random actions."""
+    """Env steps, wall seconds and CPU seconds (all processes) of `workers` processes, each stepping its
+    share of `games` with random actions."""
     import multiprocessing
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
@@ -65,7 +76,17 @@ def ceiling(env_id, games, workers, seconds, seed):
     results = [p.recv() for p in pipes]
     for process in processes:
         process.join()
-    return sum(steps for steps, _ in results), max(s for _, s in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
+
+
+def cpu_seconds(pids):
+    """CPU seconds (user + system) used so far by this process and the processes `pids` (from /proc)."""
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # ----------------------------------------------------------------------------
@@ -157,12 +178,40 @@ def original_loop(env, model, caches, rng, n_episodes):
 
 
 # ----------------------------------------------------------------------------
-# Where our loop's wall time goes (main process)
+# Where our loop's wall time goes, in the main process and in each worker
 # ----------------------------------------------------------------------------
-def profiled(profile):
-    """Wrap pong_pg's pieces with wall-clock timers (seconds summed into `profile`); returns an undo."""
-    replaced = []
+MAIN_LABELS = ["waiting for the workers' episodes (GamePool.play)",
+               "update: advantages, the workers' gradients, their sum, RMSProp",
+               "game states at the batch boundary (for checkpoints)"]
+WORKER_LABELS = ["emulator steps (Games.step, resets)", "preprocess (the worker's games, vectorised)",
+                 "forward (sparse, batched)", "play_episodes in all", "gradients of its episodes (episode_gradient)"]
 
+
+class Profile:
+    """Wall seconds per label and per process (0: the main process, 1..k: the workers), summed in shared
+    memory so that the forked workers' timers reach the main process."""
+
+    def __init__(self, workers):
+        import mmap
+        labels = MAIN_LABELS + WORKER_LABELS
+        self.index = {label: i for i, label in enumerate(labels)}
+        memory = np.frombuffer(mmap.mmap(-1, 8 * ((workers + 1) * len(labels) + workers)), np.float64)
+        self.seconds = memory[:(workers + 1) * len(labels)].reshape(workers + 1, len(labels))
+        self.pids = memory[(workers + 1) * len(labels):]      # the workers' process ids, once they run
+        self.main = os.getpid()
+
+    def slot(self, known={}):
+        pid = os.getpid()
+        if pid not in known:
+            known[pid] = 0 if pid == self.main else 1 + int(np.flatnonzero(self.pids == pid)[0])
+        return known[pid]
+
+    def get(self, process, label):
+        return self.seconds[process, self.index[label]]
+
+
+def profiled(profile):
+    """Wrap pong_pg's pieces with wall-clock timers; call before the pool forks (the workers inherit them)."""
     def wrap(owner, name, label):
         original = getattr(owner, name)
 
@@ -171,16 +220,39 @@ def profiled(profile):
             try:
                 return original(*args, **kwargs)
             finally:
-                profile[label] += time.perf_counter() - start
+                profile.seconds[profile.slot(), profile.index[label]] += time.perf_counter() - start
         setattr(owner, name, timed)
-        replaced.append((owner, name, original))
 
-    wrap(pong_pg, "preprocess", "preprocess (all games, vectorised)")
-    wrap(pong_pg, "probability_up", "forward (sparse, batched)")
-    wrap(pong_pg.Games, "step", "waiting for the workers to step (emulators + pipes)")
-    wrap(pong_pg.Games, "reset", "waiting for resets")
-    wrap(pong_pg, "update", "gradient + RMSProp (once per batch)")
-    return lambda: [setattr(owner, name, original) for owner, name, original in replaced]
+    wrap(pong_pg.GamePool, "play", MAIN_LABELS[0])
+    wrap(pong_pg, "update", MAIN_LABELS[1])
+    wrap(pong_pg, "mark_boundary", MAIN_LABELS[2])
+    wrap(pong_pg.Games, "step", WORKER_LABELS[0])
+    wrap(pong_pg.Games, "reset", WORKER_LABELS[0])
+    wrap(pong_pg, "preprocess", WORKER_LABELS[1])
+    wrap(pong_pg, "probability_up", WORKER_LABELS[2])
+    wrap(pong_pg, "play_episodes", WORKER_LABELS[3])
+    wrap(pong_pg, "episode_gradient", WORKER_LABELS[4])
+
+
+def print_profile(profile, wall, workers):
+    print(f"\nwhere the wall time of our batches goes ({wall:.1f} s in all):")
+    print("  main process:")
+    for label in MAIN_LABELS:
+        print(f"    {label:<58} {profile.get(0, label):6.1f} s  {100 * profile.get(0, label) / wall:4.0f}%")
+    rest = wall - sum(profile.get(0, label) for label in MAIN_LABELS)
+    print(f"    {'the rest (bookkeeping)':<58} {rest:6.1f} s  {100 * rest / wall:4.0f}%")
+    fractions = {"main": {label: profile.get(0, label) / wall for label in MAIN_LABELS}}
+    for w in range(1, workers + 1):
+        playing = profile.get(w, WORKER_LABELS[3])
+        parts = {label: profile.get(w, label) for label in WORKER_LABELS[:3]}
+        parts["sampling and bookkeeping in play_episodes (Python)"] = playing - sum(parts.values())
+        parts[WORKER_LABELS[4]] = profile.get(w, WORKER_LABELS[4])
+        parts["idle (waiting for the other worker and the main process)"] = wall - playing - parts[WORKER_LABELS[4]]
+        print(f"  worker {w}:")
+        for label, seconds in parts.items():
+            print(f"    {label:<58} {seconds:6.1f} s  {100 * seconds / wall:4.0f}%")
+        fractions[f"worker {w}"] = {label: seconds / wall for label, seconds in parts.items()}
+    return fractions
 
 
 def main(argv=None):
@@ -199,22 +271,29 @@ def main(argv=None):
     caches = {k: np.zeros_like(v) for k, v in model.items()}
     env = pong_pg.make_game(args.env_id)
     env.reset(seed=args.seed)
+    profile = Profile(args.workers)
+    profiled(profile)                               # before the pool forks: its workers inherit the timers
     state = pong_pg.new_state(argparse.Namespace(seed=args.seed, env_id=args.env_id, games=args.games,
                                                  workers=args.workers, standardise="batch"))
+    profile.pids[:] = [p.pid for p in state["games"].processes]
+    profile.seconds[:] = 0.0
     totals = {name: [0, 0.0] for name in ("ceiling", "ours", "original")}
-    profile, busy = collections.defaultdict(float), []
+    cpu = {"ceiling": 0.0, "ours": 0.0}
+    pids = [p.pid for p in state["games"].processes]
+    worker_steps = np.zeros(args.workers)
     for r in range(args.rounds):
-        steps, seconds = ceiling(args.env_id, args.games, args.workers, args.ceiling_seconds, args.seed + r)
+        steps, seconds, cpu_used = ceiling(args.env_id, args.games, args.workers, args.ceiling_seconds, args.seed + r)
         totals["ceiling"][0] += steps
         totals["ceiling"][1] += seconds
-        undo = profiled(profile)
-        start = time.perf_counter()
+        cpu["ceiling"] += cpu_used
+        start, cpu_start = time.perf_counter(), cpu_seconds(pids)
         episodes = pong_pg.train_batch(state)
+        pong_pg.mark_boundary(state)                # as training does after every update
         totals["ours"][1] += time.perf_counter() - start
-        undo()
+        cpu["ours"] += cpu_seconds(pids) - cpu_start
         totals["ours"][0] += sum(len(e["rewards"]) for e in episodes)
-        lengths = [len(e["rewards"]) for e in episodes]
-        busy.append((sum(lengths), len(lengths) * max(lengths)))
+        for e in episodes:                          # episode e is game e mod games, in worker game mod workers
+            worker_steps[e["number"] % args.games % args.workers] += len(e["rewards"])
         start = time.perf_counter()
         totals["original"][0] += original_loop(env, model, caches, rng, batch_size)
         totals["original"][1] += time.perf_counter() - start
@@ -222,29 +301,30 @@ def main(argv=None):
               flush=True)
     state["games"].close()
     rate = {k: s / t for k, (s, t) in totals.items()}
-    print(f"\n{args.env_id}, {args.rounds} rounds, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
+    load = os.getloadavg()[0]
+    print(f"\n{args.env_id}, {args.rounds} rounds, load average {load:.2f} on {os.cpu_count()} cores "
           f"(other processes' load lowers every figure; the ratios are measured in the same rounds)")
     print(f"  ceiling: the env alone, {args.workers} processes, random actions  {rate['ceiling']:7.0f} env steps/s")
     print(f"  pong_pg: {args.games} games, {args.workers} workers, learning included   {rate['ours']:7.0f} env steps/s  "
           f"= {100 * rate['ours'] / rate['ceiling']:.0f}% of the ceiling")
     print(f"  the original's loop (1 game, frame by frame)     {rate['original']:7.0f} env steps/s  "
           f"-> ours is {rate['ours'] / rate['original']:.2f}x the original")
-    slots = sum(b[0] for b in busy) / sum(b[1] for b in busy)
-    print(f"  game slots busy in our batches: {100 * slots:.0f}% (a game whose episode ended waits for the batch's "
-          f"longest; docs/pong_pg_curve.csv gives 82% over the long run, see --curve)")
-    print("\nwhere pong_pg's wall time goes (main process):")
-    accounted = sum(profile.values())
-    for label, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
-        print(f"  {label:<55} {seconds:6.1f} s  {100 * seconds / totals['ours'][1]:4.0f}%")
-    rest = totals["ours"][1] - accounted
-    print(f"  {'bookkeeping in play_episodes (Python)':<55} {rest:6.1f} s  {100 * rest / totals['ours'][1]:4.0f}%")
+    per_step = {k: 1e3 * cpu[k] / totals[k][0] for k in cpu}
+    print(f"  CPU time per 1,000 env steps (all processes): ceiling {per_step['ceiling']:.3f} s, ours "
+          f"{per_step['ours']:.3f} s: the emulator is {100 * per_step['ceiling'] / per_step['ours']:.0f}% of our CPU "
+          f"time (hardly moved by other processes' load)")
+    balance = worker_steps.mean() / worker_steps.max()
+    print(f"  workers' steps: {', '.join(f'{s:,.0f}' for s in worker_steps)}: the slower worker sets a batch's wall "
+          f"time, so the steps balance (mean / max) of {100 * balance:.0f}% caps our share of the ceiling")
+    fractions = print_profile(profile, totals["ours"][1], args.workers)
     if args.json:
-        profile["bookkeeping in play_episodes (Python)"] = rest
         metrics = {"env_steps_per_s": rate, "fraction_of_ceiling": rate["ours"] / rate["ceiling"],
-                   "ours_over_original": rate["ours"] / rate["original"], "game_slots_busy": slots, "steps": {k: v[0] for k, v in totals.items()},
-                   "seconds": {k: v[1] for k, v in totals.items()}, "load_average_1min": os.getloadavg()[0],
-                   "profile_seconds": dict(profile),
-                   "profile_fraction": {k: v / totals["ours"][1] for k, v in profile.items()}}
+                   "ours_over_original": rate["ours"] / rate["original"], "worker_steps": worker_steps.tolist(),
+                   "worker_steps_balance": balance, "steps": {k: v[0] for k, v in totals.items()},
+                   "cpu_seconds": cpu, "cpu_seconds_per_1000_steps": per_step,
+                   "cpu_fraction_of_ceiling": per_step["ceiling"] / per_step["ours"],
+                   "seconds": {k: v[1] for k, v in totals.items()}, "load_average_1min": load,
+                   "profile_fraction": fractions}
         ad.runs.write_json(args.json, {"metrics": metrics, "args": vars(args), "provenance": ad.runs.provenance()})
     return rate
 

@@ -191,6 +191,7 @@ CARTPOLE_CASES = [
     ["--dp-seeds", "100000000000"], ["--dp-seeds", "1e11"], ["--dp-seeds", "0"],
     ["--rl-max-episodes", "100000000000"], ["--dp-max-episodes", "100000000000"], ["--rl-seeds", "-1"],
     ["--window", "0"], ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"], ["--no-such-flag"],
+    ["--budget", "-1"], ["--budget", "1e11"], ["--margin", "nan"],
 ]
 
 
