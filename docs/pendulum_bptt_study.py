@@ -4,7 +4,8 @@ Every figure here is measured on the development starts, Gymnasium reset seeds 0
 starts the method was chosen on; disjoint from the evaluation set, 1,000,000+, and the fresh set, 10,000,000+),
 each paired with the value-iteration controller's return on the same start (301 x 241 grid, the lesson run's).
 
-    python docs/pendulum_bptt_study.py --arm default     # one arm: BPTT seeds 0-2 (about 2 CPU-min per arm)
+    python docs/pendulum_bptt_study.py --arm default     # one arm: BPTT seeds 0-2 (about 2 CPU-min for the
+                                                         # default's cost; "phase 2 eight times as long": 11)
     python docs/pendulum_bptt_study.py --diagnose        # where the default's gap sits (per start, per step)
     python docs/pendulum_bptt_study.py --summarise       # every finished arm -> docs/results/pendulum_bptt_study.json
 
