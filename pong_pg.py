@@ -200,7 +200,8 @@ def update(state, episodes):
     advantage = advantages(episodes, state["config"]["standardise"])
     loss = add_gradients(state["games"].episode_gradients(episodes, advantage, W1, W2), W1, W2)
     ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
-    optimizer.step()
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
+        optimizer.step()
     for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
         ad.runs.check_finite(f"weight {p.name}", p, f"update {state['updates'] + 1}")
     state["updates"] += 1
