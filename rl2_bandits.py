@@ -829,11 +829,11 @@ def print_cell_table(rows, n_pulls, n_arms, eval_tasks, tune_tasks, exact, runs)
     optimum = f"the exact optimum {exact:.4f}" if exact is not None else "no exact optimum (n too large)"
     print(f"\nn={n_pulls}, k={n_arms}: total reward per trial on {eval_tasks:,} unseen tasks (mean ± SE), "
           f"the paper's Table 1, {optimum}")
-    print(f"  {'method':24s} {'ours':>9s} {'± SE':>7s} {'paper':>7s} {'z':>6s} {'to optimum':>10s}  "
+    print(f"  {'method':24s} {'ours':>9s} {'± SE':>7s} {'paper':>7s} {'z-paper':>7s} {'− optimum':>10s}  "
           f"tuned on {tune_tasks:,} other tasks")
     for method in METHODS + tuple(name for name in rows if name not in METHODS):
         r = rows[method]
-        paper = f"{r['paper']:7.1f} {r['z']:+6.1f}" if "paper" in r else " " * 14
+        paper = f"{r['paper']:7.1f} {r['z']:+7.1f}" if "paper" in r else " " * 15
         gap = f"{r['gap_to_optimum']:+10.3f}" if "gap_to_optimum" in r else " " * 10
         tuned = ", ".join(f"{k}={v}" for k, v in r.get("tuned", {}).items())
         print(f"  {method:24s} {r['mean']:9.3f} {r['se']:7.3f} {paper} {gap}  {tuned}")
