@@ -94,13 +94,9 @@ def angle_normalize(theta):
 
 # ----------------------------------------------------------------------------
 # The step as a differentiable function, written two ways (step_fused is the fast one). The same step in
-# plain NumPy, without a graph, is the value iteration's: Part 2, step_numpy.
+# plain NumPy, without a graph, is the value iteration's: Part 2, step_numpy. A torque may come as (B,)
+# or as the policy's (B, 1) column (Part 2, _torque_vector).
 # ----------------------------------------------------------------------------
-def _torque_vector(torque):
-    """Accept the torque as (B,) or as the policy's (B, 1) column."""
-    return torque.reshape((-1,)) if torque.ndim == 2 else torque
-
-
 def step_ops(state, torque):
     """One step with the engine's elementary ops (a graph of ~20 nodes): state Tensor (B, 2) = [θ, θ̇],
     torque Tensor (B,) or (B, 1). Returns (next_state (B, 2), cost (B,)), the cost being that of the
@@ -115,72 +111,14 @@ def step_ops(state, torque):
     return ad.stack([new_theta, new_speed], axis=1), cost
 
 
-@ad.primitive
-def pendulum_dynamics(state, torque):
-    """next_state = f(state, torque) as one op.
-
-    Forward (semi-implicit Euler):  u = clip(τ, ±2)
-        θ̇' = clip(θ̇ + (15 sin θ + 3u) dt, ±8),   θ' = θ + θ̇' dt
-    Backward, given g = (gθ', gθ̇'):
-        a   = (gθ̇' + gθ' dt) · [θ̇' not clipped]      gradient reaching the unclipped θ̇'
-        gθ  = gθ' + a · 15 cos θ · dt,   gθ̇ = a,   gτ = a · 3 dt · [τ not clipped]
-    (Written with in-place NumPy calls: this op runs 200 times per episode,
-    and at batch 64 the number of NumPy calls, not the arithmetic, is the cost.)"""
-    theta, speed = state[:, 0], state[:, 1]
-    u = _torque_vector(torque)
-    u_clipped = np.minimum(np.maximum(u, -MAX_TORQUE), MAX_TORQUE)
-    raw_speed = np.sin(theta)                    # the same operations in the same order as
-    raw_speed *= GRAVITY_TERM                    # Gymnasium: thdot + (15 sin th + 3 u) dt
-    raw_speed += TORQUE_TERM * u_clipped
-    raw_speed *= DT
-    raw_speed += speed
-    next_state = np.empty_like(state)
-    new_speed = next_state[:, 1]
-    np.minimum(np.maximum(raw_speed, -MAX_SPEED), MAX_SPEED, out=new_speed)
-    np.multiply(new_speed, DT, out=next_state[:, 0])
-    next_state[:, 0] += theta
-
-    def vjp(g):
-        a = g[:, 0] * DT
-        a += g[:, 1]
-        a *= new_speed == raw_speed              # zero where the speed clip was active
-        grad_state = np.empty_like(g)
-        grad_theta = np.cos(theta)
-        grad_theta *= GRAVITY_TERM * DT
-        grad_theta *= a
-        np.add(g[:, 0], grad_theta, out=grad_state[:, 0])
-        grad_state[:, 1] = a
-        grad_torque = a * (TORQUE_TERM * DT)
-        grad_torque *= u_clipped == u            # zero where the torque clip was active
-        return grad_state, grad_torque.reshape(np.shape(torque))
-    return next_state, vjp
-
-
-@ad.primitive
-def pendulum_cost(state, torque):
-    """cost = angle_normalize(θ)² + 0.1 θ̇² + 0.001 clip(τ, ±2)² as one op.
-    Backward: gθ = 2 wrap(θ) g,  gθ̇ = 0.2 θ̇ g,  gτ = 0.002 u g · [τ not clipped]."""
-    theta, speed = state[:, 0], state[:, 1]
-    u = _torque_vector(torque)
-    u_clipped = np.minimum(np.maximum(u, -MAX_TORQUE), MAX_TORQUE)
-    wrapped = angle_normalize(theta)
-    cost = wrapped * wrapped
-    cost += 0.1 * (speed * speed)
-    cost += 0.001 * (u_clipped * u_clipped)
-
-    def vjp(g):
-        grad_state = np.empty_like(state)
-        np.multiply(g, 2.0 * wrapped, out=grad_state[:, 0])
-        np.multiply(g, 0.2 * speed, out=grad_state[:, 1])
-        grad_torque = g * (0.002 * u_clipped)
-        grad_torque *= u_clipped == u
-        return grad_state, grad_torque.reshape(np.shape(torque))
-    return cost, vjp
-
-
 def step_fused(state, torque):
-    """Same as step_ops, with two hand-differentiated primitives instead of ~20 small ops: same values
-    and gradients, tested equal in tests/test_pendulum_bptt.py."""
+    """Same as step_ops, with two hand-differentiated primitives instead of ~20 small ops (Part 2,
+    pendulum_dynamics and pendulum_cost): same values and gradients, tested equal in tests/test_pendulum_bptt.py.
+    Forward (semi-implicit Euler), u = clip(τ, ±2):  θ̇' = clip(θ̇ + (15 sin θ + 3u) dt, ±8),  θ' = θ + θ̇' dt.
+    Backward, given g = (gθ', gθ̇') for the next state and g_c for the cost:
+        a   = (gθ̇' + gθ' dt) · [θ̇' not clipped]      the gradient reaching the unclipped θ̇'
+        gθ  = gθ' + a · 15 cos θ · dt + 2 wrap(θ) g_c,     gθ̇ = a + 0.2 θ̇ g_c
+        gτ  = (a · 3 dt + 0.002 u g_c) · [τ not clipped]"""
     return pendulum_dynamics(state, torque), pendulum_cost(state, torque)
 
 
@@ -517,6 +455,78 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
+
+# ----------------------------------------------------------------------------
+# The twin's fast path (section 2, step_fused): the step and its cost as two primitives with hand-written
+# backward passes, the equations in step_fused's docstring
+# ----------------------------------------------------------------------------
+def _torque_vector(torque):
+    """Accept the torque as (B,) or as the policy's (B, 1) column."""
+    return torque.reshape((-1,)) if torque.ndim == 2 else torque
+
+
+@ad.primitive
+def pendulum_dynamics(state, torque):
+    """next_state = f(state, torque) as one op.
+
+    Forward (semi-implicit Euler):  u = clip(τ, ±2)
+        θ̇' = clip(θ̇ + (15 sin θ + 3u) dt, ±8),   θ' = θ + θ̇' dt
+    Backward, given g = (gθ', gθ̇'):
+        a   = (gθ̇' + gθ' dt) · [θ̇' not clipped]      gradient reaching the unclipped θ̇'
+        gθ  = gθ' + a · 15 cos θ · dt,   gθ̇ = a,   gτ = a · 3 dt · [τ not clipped]
+    (Written with in-place NumPy calls: this op runs 200 times per episode,
+    and at batch 64 the number of NumPy calls, not the arithmetic, is the cost.)"""
+    theta, speed = state[:, 0], state[:, 1]
+    u = _torque_vector(torque)
+    u_clipped = np.minimum(np.maximum(u, -MAX_TORQUE), MAX_TORQUE)
+    raw_speed = np.sin(theta)                    # the same operations in the same order as
+    raw_speed *= GRAVITY_TERM                    # Gymnasium: thdot + (15 sin th + 3 u) dt
+    raw_speed += TORQUE_TERM * u_clipped
+    raw_speed *= DT
+    raw_speed += speed
+    next_state = np.empty_like(state)
+    new_speed = next_state[:, 1]
+    np.minimum(np.maximum(raw_speed, -MAX_SPEED), MAX_SPEED, out=new_speed)
+    np.multiply(new_speed, DT, out=next_state[:, 0])
+    next_state[:, 0] += theta
+
+    def vjp(g):
+        a = g[:, 0] * DT
+        a += g[:, 1]
+        a *= new_speed == raw_speed              # zero where the speed clip was active
+        grad_state = np.empty_like(g)
+        grad_theta = np.cos(theta)
+        grad_theta *= GRAVITY_TERM * DT
+        grad_theta *= a
+        np.add(g[:, 0], grad_theta, out=grad_state[:, 0])
+        grad_state[:, 1] = a
+        grad_torque = a * (TORQUE_TERM * DT)
+        grad_torque *= u_clipped == u            # zero where the torque clip was active
+        return grad_state, grad_torque.reshape(np.shape(torque))
+    return next_state, vjp
+
+
+@ad.primitive
+def pendulum_cost(state, torque):
+    """cost = angle_normalize(θ)² + 0.1 θ̇² + 0.001 clip(τ, ±2)² as one op.
+    Backward: gθ = 2 wrap(θ) g,  gθ̇ = 0.2 θ̇ g,  gτ = 0.002 u g · [τ not clipped]."""
+    theta, speed = state[:, 0], state[:, 1]
+    u = _torque_vector(torque)
+    u_clipped = np.minimum(np.maximum(u, -MAX_TORQUE), MAX_TORQUE)
+    wrapped = angle_normalize(theta)
+    cost = wrapped * wrapped
+    cost += 0.1 * (speed * speed)
+    cost += 0.001 * (u_clipped * u_clipped)
+
+    def vjp(g):
+        grad_state = np.empty_like(state)
+        np.multiply(g, 2.0 * wrapped, out=grad_state[:, 0])
+        np.multiply(g, 0.2 * speed, out=grad_state[:, 1])
+        grad_torque = g * (0.002 * u_clipped)
+        grad_torque *= u_clipped == u
+        return grad_state, grad_torque.reshape(np.shape(torque))
+    return cost, vjp
+
 
 def check_update(net, before, last_good, loss, when):
     """A diverged update stops training. `before` holds the parameters this update started from,
