@@ -155,8 +155,8 @@ def reset_states(rng, n):
 # The pendulum is mirror-symmetric ((θ, θ̇, u) → (−θ, −θ̇, −u)), and so is this policy:
 # u(mirror(o)) = −u(o) by construction. Without it, the first thing BPTT learns is "always push one
 # way at full torque" (the pendulum hangs a little to one side, which lowers θ²), the tanh saturates,
-# and the gradient dies there (a plain MLP stayed near −866 in the 4 settings tried). The 2·tanh
-# squash keeps the torque inside the clip, so the clip's zero gradient is never reached.
+# and the gradient dies there. The 2·tanh squash keeps the torque inside the clip, so the clip's zero
+# gradient is never reached.
 # ----------------------------------------------------------------------------
 MIRROR = np.array([1.0, -1.0, -1.0])
 TIE_BREAK = 0.01   # ε: at an exactly symmetric state (hanging straight down at rest) an odd policy
@@ -274,10 +274,7 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
                 state, t_episode = reset_states(rng, batch), 0
             progress.update(min(done, sim_steps), last_window_loss=loss.item())
     curve.finish(done, lambda obs: act(net, obs, kind))
-    info = {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
-            "max_grad_norm_seen": float(np.max(grad_norms, initial=0.0)),
-            "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
-    return net, curve.points, info
+    return net, curve.points, training_info(done, grad_norms, max_grad_norm)   # the counts: Part 2
 
 
 def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None,
@@ -299,10 +296,7 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
         net, curve_2, info_2 = train_bptt((seed, 2), kind=kind, net=net, steps_before=info_1["sim_steps"],
                                           curve_at=curve_at, curve_policy_eval=curve_policy_eval,
                                           label=f"{label} phase 2", **phase_2)
-    total = info_1["sim_steps"] + info_2["sim_steps"]
-    info = {"sim_steps": total, "updates": info_1["updates"] + info_2["updates"],
-            "episodes_simulated": total / EPISODE_STEPS, "phase_1": info_1, "phase_2": info_2}
-    return net, curve_1 + curve_2, info
+    return net, curve_1 + curve_2, both_phases_info(info_1, info_2)
 
 
 # ----------------------------------------------------------------------------
@@ -444,14 +438,9 @@ def main(argv=None):
     zero_torque = evaluate_sets(lambda: lambda obs: np.zeros(len(obs)), args)
     original = reproduce_original(args)
     generalisation = measure_generalisation(bptt_runs[0]["policy"], args.grid)
-    # report
-    metrics = collect_metrics(args, bptt_runs, ddpg_runs, optimum, original, zero_torque, generalisation)
-    metrics["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
-    save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisation)
-    ad.runs.write_metrics(out, metrics, args, started)
-    print_report(metrics)
-    print(f"wall time {time.perf_counter() - started:.1f}s; outputs in {out}/")
-    return metrics
+    # report: metrics.json, the figures, the printed table (Part 2)
+    return report(out, args, (started, cpu_started), bptt_runs, ddpg_runs, optimum, original, zero_torque,
+                  generalisation)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -542,6 +531,20 @@ def check_update(net, before, last_good, loss, when):
                              f"(training diverged; try a smaller learning rate)")
     error.net = net
     raise error
+
+
+def training_info(done, grad_norms, max_grad_norm):
+    """train_bptt's counts: steps, updates, and how often the gradient norm was clipped."""
+    return {"sim_steps": done, "updates": len(grad_norms), "episodes_simulated": done / EPISODE_STEPS,
+            "max_grad_norm_seen": float(np.max(grad_norms, initial=0.0)),
+            "clipped_updates": int(np.sum(np.array(grad_norms) > max_grad_norm))}
+
+
+def both_phases_info(info_1, info_2):
+    """train_two_phases' counts: both phases' totals, and each phase's own."""
+    total = info_1["sim_steps"] + info_2["sim_steps"]
+    return {"sim_steps": total, "updates": info_1["updates"] + info_2["updates"],
+            "episodes_simulated": total / EPISODE_STEPS, "phase_1": info_1, "phase_2": info_2}
 
 
 class LearningCurve:
@@ -986,6 +989,18 @@ def collect_metrics(args, bptt_runs, ddpg_runs, optimum, original, zero_torque, 
 
 def gap_text(gap):
     return f"{gap['mean']:.1f} ± {gap['se']:.1f}"
+
+
+def report(out, args, clocks, bptt_runs, ddpg_runs, optimum, original, zero_torque, generalisation):
+    """metrics.json (with the CPU time), the figures and the printed table; returns the metrics."""
+    started, cpu_started = clocks
+    metrics = collect_metrics(args, bptt_runs, ddpg_runs, optimum, original, zero_torque, generalisation)
+    metrics["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    save_figures(out, args, bptt_runs, ddpg_runs, optimum, original, generalisation)
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_report(metrics)
+    print(f"wall time {time.perf_counter() - started:.1f}s; outputs in {out}/")
+    return metrics
 
 
 def print_report(metrics):
