@@ -159,8 +159,7 @@ def reset_states(rng, n):
 # gradient is never reached.
 # ----------------------------------------------------------------------------
 MIRROR = np.array([1.0, -1.0, -1.0])
-TIE_BREAK = 0.01   # ε: at an exactly symmetric state (hanging straight down at rest) an odd policy
-                   # would output 0 and wait for rounding errors to grow; ε picks a direction
+TIE_BREAK = 0.01   # ε: an odd policy outputs 0 at rest hanging straight down (symmetric); ε picks a direction
 
 
 @ad.primitive
@@ -280,12 +279,10 @@ def train_bptt(seed, sim_steps, batch, window, lr, hidden=64, kind="odd", episod
 def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(), curve_policy_eval=None,
                      label="bptt"):
     """Phase 1 learns the swing-up with short windows; phase 2 continues the same policy with longer
-    windows and a larger batch, so that each gradient sees further ahead.
-
-    Why two: 25-step windows learn the swing-up every time but are myopic; 100-200-step windows from the
-    start rarely learn it, and once a policy swings up they improve it for a while and then collapse (one
-    swing falling just short of the top is a cliff in the return that the gradient cannot see; Suh et al.
-    2022 analyse the effect). 50-step windows (2.5 s) see most of a swing pay off.
+    windows and a larger batch, so that each gradient sees further ahead. Why two: 25-step windows learn
+    the swing-up every time but are myopic; 100-200-step windows from the start rarely learn it, and once a
+    policy swings up they improve it for a while and then collapse (one swing falling just short of the
+    top is a cliff in the return that the gradient cannot see; Suh et al. 2022 analyse the effect).
     phase_1, phase_2: dicts of train_bptt's sim_steps, batch, window, lr (phase_2["sim_steps"] = 0 skips it).
     Returns (net, curve over both phases, info with both phases' counts)."""
     net, curve_1, info_1 = train_bptt(seed, hidden=hidden, kind=kind, curve_at=curve_at,
@@ -309,10 +306,8 @@ def train_two_phases(seed, phase_1, phase_2, hidden=64, kind="odd", curve_at=(),
 # It learns from Gymnasium transitions only: no model, no gradient through the physics. Settings
 # follow RL Zoo's DDPG/TD3 for Pendulum (γ = 0.98, σ = 0.1 of the action range is 0.2 here, one
 # gradient step per environment step), with smaller networks (64, 64) to fit the one-minute budget.
+# Compute matching (--full gives DDPG the network passes of one BPTT seed): Part 2, ddpg_steps_matching.
 # ----------------------------------------------------------------------------
-# Compute matching (--full gives DDPG the network passes of one BPTT seed): see Part 2, ddpg_steps_matching
-
-
 def q_value(params, obs, action):
     """The critic Q(o, a) with parameters `params`; the action is scaled to [−1, 1] as its input."""
     return ad.mlp(ad.concatenate([obs, action], axis=1), *params, activation="relu")
