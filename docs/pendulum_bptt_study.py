@@ -69,6 +69,79 @@ def bottom_heavy_starts(fraction, seed=None):
     return reset_states
 
 
+# A learned value tail on each truncated window: the window's loss adds the critic's estimate of the cost
+# still to come (to the episode's end) from the state where the window is cut, so the gradient of a torque
+# early in a window also sees, through the critic, what its effect on the end state costs later. The
+# critic V(obs, steps left) is regressed on the costs-to-go the policy's own simulated episodes gave.
+VALUE_SCALE = 100.0                                     # the critic predicts cost-to-go / 100
+FEATURE_SCALE = np.array([1.0, 1.0, 1.0 / pb.MAX_SPEED])
+
+
+def critic_features(obs, steps_left):
+    """Tensor (B, 3) observations and the steps left in the episode -> the critic's input (B, 4)."""
+    left = ad.Tensor(np.full((obs.shape[0], 1), steps_left / pb.EPISODE_STEPS))
+    return ad.concatenate([obs * ad.Tensor(FEATURE_SCALE), left], axis=1)
+
+
+def state_features(states, steps_left):
+    obs = np.stack([np.cos(states[:, 0]), np.sin(states[:, 0]), states[:, 1] / pb.MAX_SPEED], axis=1)
+    return np.concatenate([obs, np.full((len(states), 1), steps_left / pb.EPISODE_STEPS)], axis=1)
+
+
+def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, critic_lr=1e-3, critic_batch=256,
+                     critic_steps=16, memory=16, max_grad_norm=100.0, label="value tail", tail=True,
+                     first_window=None):
+    """pendulum_bptt.train_bptt (same start stream, schedule and clipping) with the critic's tail on each
+    window that ends before the episode does (after `warmup` steps, while the critic learns first).
+    tail=False: no tail; first_window: the first window of each episode has this many steps ("staggered":
+    a number drawn uniformly from 1 to `window` for each batch of episodes, so the cuts fall anywhere)."""
+    rng, critic_rng = np.random.default_rng((seed, 2)), np.random.default_rng((seed, 5))
+    critic = ad.nn.MLP((4, 64, 64, 1), critic_rng, activation="tanh", out_activation=None)
+    optimizer = ad.optim.Adam(net.parameters(), lr=lr)
+    critic_optimizer = ad.optim.Adam(critic.parameters(), lr=critic_lr)
+    samples, done = [], 0
+    state, t, starts, window_costs = pb.reset_states(rng, batch), 0, [], []
+    progress = ad.runs.Progress(sim_steps, label, every=5.0)
+    while done < sim_steps:
+        optimizer.lr = pb.adam_schedule(lr, done, sim_steps)
+        first = int(critic_rng.integers(1, window + 1)) if first_window == "staggered" else first_window
+        steps = min(first if first and t == 0 else window, pb.EPISODE_STEPS - t)
+        end, costs = ad.Tensor(state), []
+        for _ in range(steps):
+            end, cost = pb.step_fused(end, pb.policy_torque(net, pb.observation(end)))
+            costs.append(cost)
+        per_episode = ad.stack(costs).sum(axis=0)
+        total = per_episode.sum()
+        if tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
+            tail = critic(critic_features(pb.observation(end), pb.EPISODE_STEPS - t - steps))
+            total = total + VALUE_SCALE * tail.sum()
+        loss = ad.runs.check_finite("phase 2 loss", total / (batch * steps), f"step {done:,}")
+        optimizer.zero_grad()
+        loss.backward()
+        ad.optim.clip_grad_norm(optimizer.params, max_grad_norm)
+        optimizer.step()
+        starts.append((state, t))
+        window_costs.append(per_episode.data)
+        state, t, done = end.data, t + steps, done + batch * steps
+        if t >= pb.EPISODE_STEPS and not tail:
+            state, t, starts, window_costs = pb.reset_states(rng, batch), 0, [], []
+        elif t >= pb.EPISODE_STEPS:
+            to_go = np.cumsum(np.array(window_costs)[::-1], axis=0)[::-1]     # cost from window k's start on
+            samples = samples[-(memory - 1):] + [(np.concatenate([state_features(s, pb.EPISODE_STEPS - t0)
+                                                                  for s, t0 in starts[1:]]),
+                                                  np.concatenate(to_go[1:]) / VALUE_SCALE)]
+            x, y = np.concatenate([a for a, _ in samples]), np.concatenate([b for _, b in samples])
+            for _ in range(critic_steps):
+                index = critic_rng.integers(0, len(x), critic_batch)
+                critic_loss = ad.mean((critic(ad.Tensor(x[index]))[:, 0] - ad.Tensor(y[index])) ** 2)
+                critic_optimizer.zero_grad()
+                critic_loss.backward()
+                critic_optimizer.step()
+            state, t, starts, window_costs = pb.reset_states(rng, batch), 0, [], []
+        progress.update(min(done, sim_steps), last_window_loss=loss.item())
+    return net
+
+
 # Each arm changes one thing. "then" continues the default's trained policy with one more phase.
 ARMS = {
     "default": dict(DEFAULT, note="pendulum_bptt.py's settings (phase 1: 320,000 steps, windows 25, batch 8, "
@@ -79,6 +152,30 @@ ARMS = {
     "phase 2 twice as long": dict(with_phase_2(sim_steps=8_000_000), note="phase 2: 8,000,000 steps"),
     "phase 2 four times as long": dict(with_phase_2(sim_steps=16_000_000), note="phase 2: 16,000,000 steps"),
     "phase 2 eight times as long": dict(with_phase_2(sim_steps=32_000_000), note="phase 2: 32,000,000 steps"),
+    "phase 2 eight times as long, windows of 100": dict(with_phase_2(sim_steps=32_000_000, window=100),
+                                                        note="phase 2: 32,000,000 steps with 100-step windows "
+                                                             "(a swing-up from hanging down takes longer than 50)"),
+    "phase 2 with a value tail": dict(DEFAULT, variant={},
+                                      note="phase 2 adds a learned critic's cost-to-go at each window's cut "
+                                           "(a value-aware tail), the critic regressed on the policy's own "
+                                           "simulated costs-to-go"),
+    "phase 2 written out (control)": dict(DEFAULT, variant=dict(tail=False),
+                                          note="the default, with phase 2 run by this file's train_value_tail "
+                                               "(no tail, no other change): a check that the variants' loop "
+                                               "is pendulum_bptt.train_bptt's"),
+    "phase 2 first window 100": dict(DEFAULT, variant=dict(tail=False, first_window=100),
+                                     note="phase 2: each episode's first window 100 steps, then 50 (a swing-up "
+                                          "from hanging down ends near step 45, at the 50-step cut)"),
+    "phase 2 first window 75": dict(DEFAULT, variant=dict(tail=False, first_window=75),
+                                    note="phase 2: each episode's first window 75 steps, then 50, 50 and 25"),
+    "phase 2 first window 25": dict(DEFAULT, variant=dict(tail=False, first_window=25),
+                                    note="phase 2: each episode's first window 25 steps, then 50, 50, 50 and 25 "
+                                         "(the swing-up's end, near step 45, falls inside a window)"),
+    "phase 2 staggered windows": dict(DEFAULT, variant=dict(tail=False, first_window="staggered"),
+                                      note="phase 2: each batch's first window 1-50 steps (uniform), then 50s: "
+                                           "the cuts fall anywhere in the episode"),
+    "phase 2 windows of 100": dict(with_phase_2(window=100), note="phase 2: 100-step windows instead of 50"),
+    "phase 2 sixteen times as long": dict(with_phase_2(sim_steps=64_000_000), note="phase 2: 64,000,000 steps"),
     "phase 2 at a larger step": dict(with_phase_2(lr=0.003), note="phase 2: Adam 0.003 instead of 0.001"),
     "phase 2 at half the batch": dict(with_phase_2(batch=32), note="phase 2: 32 episodes side by side instead of "
                                                                    "64 (twice the updates for the same steps)"),
@@ -112,6 +209,10 @@ def train_arm(arm, seed):
     if "then" in arm:
         net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
         return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
+    if "variant" in arm:
+        net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **arm["phase_1"])
+        return train_value_tail(seed, net, label=f"seed {seed} phase 2 (variant)", **arm["phase_2"],
+                                **arm["variant"])
     if "phase_2_swaps" not in arm:
         return pb.train_two_phases(seed, arm["phase_1"], arm["phase_2"], hidden=arm["hidden"], label=f"seed {seed}")[0]
     # train_two_phases written out, to swap a piece of pendulum_bptt for phase 2 only (same random streams)
@@ -131,9 +232,9 @@ def seed_path(name, seed):
     return os.path.join(OUT, name.replace(" ", "_").replace(":", ""), f"seed_{seed}")
 
 
-def run_arm(name):
+def run_arm(name, seeds=TRAINING_SEEDS):
     arm, optimum = ARMS[name], optimum_returns()
-    for seed in TRAINING_SEEDS:
+    for seed in seeds:
         path = seed_path(name, seed)
         if os.path.exists(path + ".json"):
             continue
@@ -291,11 +392,13 @@ def summarise():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arm", choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", choices=TRAINING_SEEDS, default=TRAINING_SEEDS,
+                        help="train only these seeds of the arm (a long arm in parts)")
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     if args.arm:
-        run_arm(args.arm)
+        run_arm(args.arm, args.seeds)
     if args.diagnose:
         diagnose()
     if args.summarise:
