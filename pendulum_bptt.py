@@ -19,8 +19,8 @@ training". Here: how far below the optimum BPTT and DDPG end, on starts no choic
 episode suffices on Gymnasium's pendulum, whose torque is clipped to ±2.
 
 Run:  python pendulum_bptt.py            # the lesson run: BPTT seed 0 (both phases), DDPG seed 0, the map
-      python pendulum_bptt.py --full     # 5 + 5 seeds, DDPG at BPTT's compute, the optimum's grid converged,
-                                         # a finer map (outputs in runs/pendulum_bptt_full/; resumable)
+      python pendulum_bptt.py --full     # 5 + 5 seeds, phase 2 eight times as long, DDPG at BPTT's compute, the
+                                         # optimum's grid converged, a finer map (runs/pendulum_bptt_full/; resumable)
       python pendulum_bptt.py --play runs/pendulum_bptt/params.npz   # a saved policy on both evaluation sets
       python pendulum_bptt.py --help     # every setting, with the value each mode uses
 Outputs in runs/pendulum_bptt/: metrics.json, params.npz, learning_curve.png, generalisation.png, swing_up.gif;
@@ -38,7 +38,7 @@ import autodiff as ad   # first: it makes BLAS single-threaded before NumPy load
 import numpy as np
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the lesson run's values in one dict; --full: more seeds, finer grids, DDPG at BPTT's compute
+# 1. Settings: the lesson run's values in one dict; --full: more seeds, a longer phase 2, finer grids
 # ----------------------------------------------------------------------------
 SETTINGS = {
     "seeds": 1, "sim_steps": 320_000, "batch": 8, "window": 25, "lr": 0.01,
@@ -47,8 +47,8 @@ SETTINGS = {
     "eval_episodes": 100, "fresh_episodes": 1000, "curve_episodes": 20, "grid": 25,
     "vi_angles": 301, "vi_speeds": 241, "vi_convergence": False, "original_seeds": 3,
 }
-FULL = {"seeds": 5, "ddpg_seeds": 5, "ddpg_steps": 0, "grid": 61, "vi_angles": 601, "vi_speeds": 481,
-        "vi_convergence": True, "original_seeds": 10}
+FULL = {"seeds": 5, "long_sim_steps": 32_000_000, "ddpg_seeds": 5, "ddpg_steps": 0, "grid": 61, "vi_angles": 601,
+        "vi_speeds": 481, "vi_convergence": True, "original_seeds": 10}
 HELP = {
     "seeds": "BPTT training seeds: seed, seed+1, ...",
     "sim_steps": "phase 1: simulated steps of training per BPTT seed (200 = one episode)",
