@@ -358,27 +358,23 @@ def swing(shot, release_angle, integration, tracks, model):
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
-    """The release again, for every complex copy: the same bracketing states (their real parts, except in
-    the counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its
-    own copy, so the release event moves with the angle in that copy alone. (copies=[None]: one real copy.)"""
+    """The release again, for every complex copy: the same bracketing states (real parts, except in the
+    counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its own copy,
+    so the release event, at s = h0 / (h0 - h1) inside the step as in `integrate` (a model may refine s), moves
+    with the angle in that copy alone. (copies=[None]: one real copy.)"""
     def per_copy(x, nudged):
         if nudged is None:
             return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1)
         return np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
     before, after = per_copy(bracket[0], None), per_copy(bracket[1], None)
     angles = per_copy(release_angle, 1)
-    s = release_fraction(before, after, angles, model)
-    hang = np.where(np.tile(ok, len(copies)), before + s * (after - before), before)
-    return hang, per_copy(wind, 0)
-
-
-def release_fraction(before, after, angles, model):
-    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
-    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate` (a model may refine it)."""
     direction = (cos(angles), sin(angles))
     h0, h1 = release_condition(before, direction), release_condition(after, direction)
     s = h0 / (h0 - h1)
-    return s if model.get("refine_release") is None else model["refine_release"](before, after, direction, s)
+    if model.get("refine_release") is not None:
+        s = model["refine_release"](before, after, direction, s)
+    hang = np.where(np.tile(ok, len(copies)), before + s * (after - before), before)
+    return hang, per_copy(wind, 0)
 
 
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
@@ -449,10 +445,8 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
-    counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
-    what two of 32 or 64 do not in 600, on a set that was not recorded; on "tuning", three of 64 at the lesson
-    run's settings did worse (the study in README.md)."""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and counterweight
+    ranges. (How three hidden layers of 48 were chosen: README.md.)"""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -532,17 +526,14 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
 # 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
-    """Find a release angle and counterweight that land each shot at `target`
-    metres in `wind` m/s, by Newton's method on the simulator alone.
+    """Find a release angle and counterweight that land each shot at `target` metres in `wind` m/s, by Newton's
+    method on the simulator alone.
 
-    One equation, distance(u) = target, in two unknowns u = (angle, weight),
-    each scaled to [0, 1] over its range: the Newton step with the smallest
-    norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
-    linear, so convergence is quadratic), clipped to the ranges. Each iteration
-    is one simulator call that gives the distances and both derivatives; shots
-    stop once within `tolerance`. Works on arrays (a batch of independent aims).
-    Returns dict(angle, weight, distance, evaluations, history) where history
-    lists the distances after each evaluation."""
+    One equation, distance(u) = target, in two unknowns u = (angle, weight), each scaled to [0, 1] over its range:
+    the Newton step with the smallest norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
+    linear, so convergence is quadratic), clipped to the ranges. Each iteration is one simulator call that gives
+    the distances and both derivatives; shots stop once within `tolerance`. Works on a batch of independent aims.
+    Returns dict(angle, weight, distance, evaluations, history: the distances after each evaluation)."""
     target, wind = np.broadcast_arrays(np.asarray(target, float).reshape(-1), np.asarray(wind, float).reshape(-1))
     low, high = np.array([ANGLE_RANGE[0], WEIGHT_RANGE[0]]), np.array([ANGLE_RANGE[1], WEIGHT_RANGE[1]])
     u = np.tile((np.array([angle, weight]) - low) / (high - low), (target.size, 1))
@@ -576,20 +567,15 @@ def aimed_distances(net, target, wind):
 
 
 def miss_statistics(net, target, wind, reach_curve):
-    """Absolute misses of the aimer's shots, over all pairs and over the pairs
-    within reach. For a target out of reach, `excess` is the miss beyond the
-    unavoidable one (its distance to the nearest reachable point)."""
+    """Absolute misses of the aimer's shots, over the pairs within reach (the headline) and over all pairs.
+    A target out of reach has an unavoidable miss, its distance to the nearest reachable point."""
     distance, _, _ = aimed_distances(net, target, wind)
     miss = np.abs(distance - target)
     shortest, longest = reach_curve(wind)
     unavoidable = np.maximum(np.maximum(target - longest, shortest - target), 0.0)
     reachable = unavoidable == 0.0
     return dict(reachable=_summary(miss[reachable], target[reachable]), all=_summary(miss, target),
-                out_of_reach_fraction=float(np.mean(~reachable)),
-                too_far_fraction=float(np.mean(target > longest)),
-                too_close_fraction=float(np.mean(target < shortest)),
-                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
-                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
+                **out_of_reach(miss, target, shortest, longest, unavoidable))   # Part 2: how many, and how far
 
 
 # ----------------------------------------------------------------------------
@@ -1059,6 +1045,17 @@ def report_reachability(result):
         print(f"   counterweight up to {cap.replace('_', ' ')}: {100 * r['reachable_fraction']:.1f}% of the held-out "
               f"targets within reach (longest throw in calm air {r['longest_calm_m']:.1f} m)")
     return result
+
+
+def out_of_reach(miss, target, shortest, longest, unavoidable):
+    """`miss_statistics` on the targets no setting can hit: how many, too far or too close, the mean unavoidable
+    miss among them, and the mean miss beyond the unavoidable one over all targets."""
+    reachable = unavoidable == 0.0
+    return dict(out_of_reach_fraction=float(np.mean(~reachable)),
+                too_far_fraction=float(np.mean(target > longest)),
+                too_close_fraction=float(np.mean(target < shortest)),
+                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
+                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
 
 
 def _summary(m, t):
