@@ -90,9 +90,8 @@ DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * 
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# The model every function uses unless given another: the machine as virtualtrebuchet.com documents it,
-# integrated as above, every event interpolated. The machine as Trebuchet.jl runs it (--model trebuchet_jl, where
-# the blog's numbers come from) is in Part 2, with its own ground phase and release.
+# MODEL, used unless a function is given another: the machine as virtualtrebuchet.com documents it, integrated as
+# above. Part 2 adds the machine as Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from).
 MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION)
 
 
@@ -385,8 +384,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     ∂distance/∂input (B,)}, the event times and, if `record`, each phase's trajectory (for pictures).
     The swing depends on the counterweight alone, so it runs once, as complex numbers only if ∂/∂weight is
     wanted; the release angle only decides where the swing stops, so its derivative enters at the release event;
-    the wind only acts in flight. From the release on, the batch runs as one complex copy per flagged input.
-    `model` defaults to MODEL, `integration` to the model's steppers and step sizes."""
+    the wind only acts in flight. `model` defaults to MODEL, `integration` to the model's steps."""
     model = model or MODEL
     integration = integration or model["integration"]
     batch = wind.shape[0]
