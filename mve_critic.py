@@ -100,6 +100,7 @@ FULL = {                          # what --full changes
 #   x = (p, v, b, w);  d = p - b (penetration);  lam = k s_rho(d)
 #   s_rho(d) = rho log(1 + e^{d/rho}) = E_{n ~ Logistic(0, rho)} max(d + n, 0);   s_0(d) = max(d, 0)
 #   v' = v + dt (u - lam - c_p v) / m_p;   w' = w + dt (lam - c_b w) / m_b;   p' = p + dt v';   b' = b + dt w'
+#   step_numpy, act_numpy, rollout_numpy (Part 2): the same step, action and rollout without a graph
 # ----------------------------------------------------------------------------
 def soft_penetration(d, rho):
     """s_rho(d) and its slope s_rho'(d) = sigmoid(d/rho) = P(contact under the noise).
@@ -148,12 +149,6 @@ def contact_step(x, a, rho, stiffness=STIFFNESS):
         ga = (g_v * DT * U_MAX / MASS_PUSHER - 2.0 * ACTION_COST * squashed * g[:, 4]) * (1.0 - squashed ** 2)
         return gx, ga, None
     return out, vjp
-
-
-def step_numpy(x, a, rho, stiffness=STIFFNESS):
-    """The same step without a graph: (next state, reward)."""
-    out = contact_step.forward(x, a, rho, stiffness=stiffness)[0]
-    return out[:, :4], out[:, 4]
 
 
 def initial_states(rng, n):
@@ -211,25 +206,6 @@ def policy_mean(policy, o, frozen=False):
         mu = ad.mlp(o, *params, activation="tanh")
         return ad.reshape(mu, mu.shape[:-1])
     return linear_policy(policy.data if frozen else policy, o)
-
-
-def act_numpy(policy, x, eps=None):
-    """Pre-squash action mu(o) + sigma eps for states x (..., 4), no graph; eps None: deterministic."""
-    with ad.no_grad():
-        mu = policy_mean(policy, Tensor(observe(x)), frozen=True).data
-    return mu if eps is None else mu + SIGMA * eps
-
-
-def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
-    """Roll out len(eps) steps without a graph. Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
-    steps = len(eps)
-    states = np.empty((steps + 1,) + x0.shape)
-    actions, rewards = np.empty(eps.shape), np.empty(eps.shape)
-    states[0] = x0
-    for t in range(steps):
-        actions[t] = act_numpy(policy, states[t], eps[t])
-        states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
-    return states, actions, rewards
 
 
 class Critic:
@@ -683,6 +659,35 @@ def report_exp3(exp3, cfg, out, wall):
     return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
             "summary": exp3["summary"], "comparisons": exp3["comparisons"],
             "runs": strip_runs(exp3["runs"]), "wall_seconds": wall}
+
+
+# ----------------------------------------------------------------------------
+# Without a graph: the step, the action and the rollout (evaluation, critic targets, policy evaluation)
+# ----------------------------------------------------------------------------
+def step_numpy(x, a, rho, stiffness=STIFFNESS):
+    """contact_step without a graph: (next state, reward)."""
+    out = contact_step.forward(x, a, rho, stiffness=stiffness)[0]
+    return out[:, :4], out[:, 4]
+
+
+def act_numpy(policy, x, eps=None):
+    """Pre-squash action mu(o) + sigma eps for states x (..., 4), no graph; eps None: deterministic."""
+    with ad.no_grad():
+        mu = policy_mean(policy, Tensor(observe(x)), frozen=True).data
+    return mu if eps is None else mu + SIGMA * eps
+
+
+def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
+    """mve_objective's rollout of len(eps) steps, without a graph.
+    Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
+    steps = len(eps)
+    states = np.empty((steps + 1,) + x0.shape)
+    actions, rewards = np.empty(eps.shape), np.empty(eps.shape)
+    states[0] = x0
+    for t in range(steps):
+        actions[t] = act_numpy(policy, states[t], eps[t])
+        states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
+    return states, actions, rewards
 
 
 # ----------------------------------------------------------------------------
