@@ -8,16 +8,15 @@ learned critic, and differentiate the whole thing (the policy noise eps is repar
 H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
 multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
 heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
-gradients?", ICML 2022). A differentiable simulator also has a knob on smoothness: the contact force
-k max(d, 0) becomes k rho softplus(d / rho), the hard force averaged over logistic noise on the gap. Smoothing
-tames the variance at the price of model bias. A critic can also learn the value *gradient* directly from the
-Bellman gradient equation (DHP / VGL(lambda), Werbos; Fairbank), since accurate values need not have accurate
-gradients:
+gradients?", ICML 2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho) (the hard force
+averaged over logistic noise on the gap), tames the variance at the price of model bias. And since accurate
+values need not have accurate gradients, a critic can learn the value *gradient* directly from the Bellman
+gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
 
     grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
-The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
-T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+The toy, after Suh et al.'s pusher and box: 1-D pusher p and box b, penalty contact k = 1000, T = 128 steps,
+reward -(b - 1)^2 - 0.01 (u/u_max)^2; every evaluation is on the hard system.
 
 Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
 with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
@@ -288,24 +287,22 @@ def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stif
     if W % horizon:
         raise ValueError(f"horizon {horizon} must divide the window {W}")
     states, actions, rewards = np.empty((W + 1, N, 4)), np.empty((W, N)), np.empty((W, N))
-    eps_boot = rng.normal(size=(W // horizon, N)) if critic is not None and critic.kind == "Q" else None
+    segments = W // horizon          # only a Q critic's bootstrap draws noise eps' (one per segment)
+    eps_boot = rng.normal(size=(segments, N)) if critic is not None and critic.kind == "Q" else [None] * segments
     x = Tensor(x0)
     states[0] = x0
     objective = Tensor(np.zeros(N))
-    for t in range(W):
-        if t > 0 and t % horizon == 0:
-            value = bootstrap_value(critic, policy, x, t0 + t, rho, None if eps_boot is None else eps_boot[t // horizon - 1])
-            if value is not None:
-                objective = objective + GAMMA ** t * value
-            x = ad.stop_gradient(x)
-        a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
-        out = contact_step(x, a, rho, stiffness=stiffness)
-        objective = objective + GAMMA ** t * out[:, 4]
-        x = out[:, :4]
-        states[t + 1], actions[t], rewards[t] = x.data, a.data, out.data[:, 4]
-    value = bootstrap_value(critic, policy, x, t0 + W, rho, None if eps_boot is None else eps_boot[-1])
-    if value is not None:
-        objective = objective + GAMMA ** W * value
+    for j in range(segments):        # H steps, then V_hat(x_{(j+1)H}), then go on from stopgrad(x_{(j+1)H})
+        for t in range(j * horizon, (j + 1) * horizon):
+            a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
+            out = contact_step(x, a, rho, stiffness=stiffness)
+            objective = objective + GAMMA ** t * out[:, 4]
+            x = out[:, :4]
+            states[t + 1], actions[t], rewards[t] = x.data, a.data, out.data[:, 4]
+        value = bootstrap_value(critic, policy, x, t0 + (j + 1) * horizon, rho, eps_boot[j])
+        if value is not None:
+            objective = objective + GAMMA ** ((j + 1) * horizon) * value
+        x = ad.stop_gradient(x)
     return objective, Rollout(x0, eps, t0, rho, states, actions, rewards)
 
 
@@ -458,10 +455,7 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
 # ----------------------------------------------------------------------------
 METHODS = {
     "H0_ddpg": dict(label="H=0 (DDPG-like), Q", horizon=0, rho=0.0, critic="Q"),
-    "H4": dict(label="H=4, Q", horizon=4, rho=0.0, critic="Q"),
-    "H8": dict(label="H=8, Q", horizon=8, rho=0.0, critic="Q"),
-    "H16": dict(label="H=16, Q", horizon=16, rho=0.0, critic="Q"),
-    "H32": dict(label="H=32, Q", horizon=32, rho=0.0, critic="Q"),
+    **{f"H{h}": dict(label=f"H={h}, Q", horizon=h, rho=0.0, critic="Q") for h in (4, 8, 16, 32)},
     "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
     "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
     "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
@@ -546,9 +540,7 @@ def main(argv=None):
         raise
     save_learned(out, learned, args.seed)
     path = ad.runs.write_metrics(out, metrics, args, started)
-    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
-          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
-    print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
+    print_wall_times(walls, started, path, out)
     return metrics
 
 
@@ -631,6 +623,12 @@ def timed(walls, name, function, *args):
     result = function(*args)
     walls[name] = time.perf_counter() - started
     return result
+
+
+def print_wall_times(walls, started, path, out):
+    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
+          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
+    print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
 
 
 def report_exp1(exp1, out, wall):
