@@ -210,9 +210,8 @@ def policy_mean(policy, o, frozen=False):
 class Critic:
     def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
         self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
-        self.scalar = kind == "Q"
-        n_in = 4 + (kind == "Q") + 1 + rho_conditioned
-        self.net = ad.nn.MLP((n_in, 64, 64, 1 if self.scalar else 4), rng, activation="tanh")
+        n_in = 4 + (kind == "Q") + 1 + rho_conditioned     # o, u (Q only), tau, rho / RHO_MAX (if conditioned)
+        self.net = ad.nn.MLP((n_in, 64, 64, 1 if kind == "Q" else 4), rng, activation="tanh")
         self.params = policy_parameters(self.net)
         self.target = [p.data.copy() for p in self.params]
         self.scale = None           # running RMS of the targets, per output: the net predicts target / scale
@@ -235,14 +234,14 @@ class Critic:
         """Q: (...,) values, G: (..., 4) gradients, as a Tensor (the target net's parameters are constants)."""
         params = self.target if target else self.params
         out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
-        return ad.reshape(out, out.shape[:-1]) if self.scalar else out
+        return ad.reshape(out, out.shape[:-1]) if self.kind == "Q" else out
 
     def values(self, x, t, rho, u=None, target=True):
         """NumPy evaluation, zero where t >= T."""
         with ad.no_grad():
             out = self(self.features(x, t, rho, u), target=target).data
         alive = np.asarray(t) < T
-        return out * (alive if self.scalar else np.asarray(alive)[..., None])
+        return out * (alive if self.kind == "Q" else np.asarray(alive)[..., None])
 
 
 def bootstrap_value(critic, policy, x, t, rho, eps_boot):
@@ -409,8 +408,7 @@ def schedule(method, i, iterations):
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose: measure the actor's gradient error where the anneal switches H (see Part 2, SwitchOfH)."""
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
     rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
@@ -431,7 +429,7 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
             env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        if switch.happens(i, iterations):  # the remedies for, and diagnostics at, a switch of H: see Part 2
+        if switch.happens(i, iterations):  # a switch of H: remedies, --diagnose (Part 2, SwitchOfH)
             started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
         eps = rng.normal(size=(window, N_ENVS))
         objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
