@@ -291,7 +291,7 @@ def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stif
     x = Tensor(x0)
     states[0] = x0
     objective = Tensor(np.zeros(N))
-    for j in range(segments):        # H steps, then V_hat(x_{(j+1)H}), then go on from stopgrad(x_{(j+1)H})
+    for j in range(segments):        # each segment: H steps, V_hat at its end, then a stop-gradient
         for t in range(j * horizon, (j + 1) * horizon):
             a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
             out = contact_step(x, a, rho, stiffness=stiffness)
