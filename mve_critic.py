@@ -674,7 +674,7 @@ def act_numpy(policy, x, eps=None):
 
 
 def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
-    """mve_objective's rollout of len(eps) steps, without a graph.
+    """mve_objective's rollout of len(eps) steps, without a graph (tested equal in tests/test_mve_critic.py).
     Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
     steps = len(eps)
     states = np.empty((steps + 1,) + x0.shape)
