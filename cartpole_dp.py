@@ -247,7 +247,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE on the real environment; LQR on the linearised twin
+# 7. Baseline: REINFORCE with a learned baseline, on the real environment, same network and optimizer
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -297,36 +297,8 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     return policy, record
 
 
-# A control for luck, random search over untrained networks: see Part 2, random_search.
-
-
-def linearised_twin():
-    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
-    VJP: the backward of output i is row i of the Jacobian."""
-    A, B = np.zeros((4, 4)), np.zeros((4, 1))
-    for i in range(4):
-        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
-        ad.sum(cartpole_step(state, force)[:, i]).backward()
-        A[i], B[i, 0] = state.grad[0], force.grad[0]
-    return A, B
-
-
-def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
-    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
-    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
-    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
-    F = 10·sign(−K s) (lqr_scorer, Part 2): knowing the model, with zero training episodes."""
-    Q = np.eye(4) if Q is None else Q
-    R = np.eye(1) if R is None else R
-    P = Q
-    for _ in range(iterations):
-        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
-        P_next = Q + A.T @ P @ (A - B @ K)
-        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
-        P = P_next
-        if converged:
-            break
-    return K
+# Two more comparators, in Part 2: random search over untrained networks (random_search, a control for
+# luck) and the classical one, LQR on the linearised twin (linearised_twin, lqr_gain: zero episodes).
 
 
 # ----------------------------------------------------------------------------
@@ -451,16 +423,12 @@ def main(argv=None):
         seed, rule, args.dp_max_episodes, window=args.window, lr=args.lr))
     metrics["dp"] = summarise(dp_records)
     metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed, reported)
-    rl_records, rs_records = [], []
+    rl_records = []
     if args.rl_seeds:
         _, rl_records = train_seeds("RL", args.rl_seeds, args.seed, reported,
                                     lambda seed: run_rl(seed, rule, args.rl_max_episodes))
         metrics["rl"] = summarise(rl_records)
-    if args.rs_seeds:
-        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
-                                    lambda seed: random_search(seed, rule, args.rs_draws))
-        metrics["random_search"] = summarise(rs_records)
-    metrics["lqr"] = lqr_baseline(rule, reported)
+    rs_records = other_comparators(metrics, args, rule, reported)     # random search and LQR: Part 2
     metrics["paired_vs_dp"] = paired_comparisons(dp_records, rl_records, rs_records, metrics["lqr"])
     if args.v0_seeds:
         metrics["original_setting"] = original_setting(args)
@@ -600,6 +568,64 @@ def train_seeds(method, n_seeds, first_seed, reported, train):
     return networks, records
 
 
+def original_setting(args):
+    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
+    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
+    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
+    at 200 steps there too."""
+    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
+    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported, budget=None)
+    result = {}
+    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
+        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
+                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
+        result[name] = summarise(records, bar=rule.bar)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Two more comparators: LQR on the linearised twin (the classical one), random search (a control for luck)
+# ----------------------------------------------------------------------------
+def other_comparators(metrics, args, rule, reported):
+    """Random search (if --rs-seeds) and LQR, each scored like DP; returns random search's records."""
+    rs_records = []
+    if args.rs_seeds:
+        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
+                                    lambda seed: random_search(seed, rule, args.rs_draws))
+        metrics["random_search"] = summarise(rs_records)
+    metrics["lqr"] = lqr_baseline(rule, reported)
+    return rs_records
+
+
+def linearised_twin():
+    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
+    VJP: the backward of output i is row i of the Jacobian."""
+    A, B = np.zeros((4, 4)), np.zeros((4, 1))
+    for i in range(4):
+        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
+        ad.sum(cartpole_step(state, force)[:, i]).backward()
+        A[i], B[i, 0] = state.grad[0], force.grad[0]
+    return A, B
+
+
+def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
+    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
+    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
+    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
+    F = 10·sign(−K s) (lqr_scorer): knowing the model, with zero training episodes."""
+    Q = np.eye(4) if Q is None else Q
+    R = np.eye(1) if R is None else R
+    P = Q
+    for _ in range(iterations):
+        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P_next = Q + A.T @ P @ (A - B @ K)
+        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
+        P = P_next
+        if converged:
+            break
+    return K
+
+
 def lqr_scorer(K):
     """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
     return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
@@ -620,24 +646,6 @@ def lqr_baseline(rule, reported):
     return record
 
 
-def original_setting(args):
-    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
-    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
-    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
-    at 200 steps there too."""
-    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
-    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported, budget=None)
-    result = {}
-    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
-        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
-                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
-        result[name] = summarise(records, bar=rule.bar)
-    return result
-
-
-# ----------------------------------------------------------------------------
-# A control for luck: random search over untrained networks (a secondary baseline)
-# ----------------------------------------------------------------------------
 def random_search(seed, rule, draws):
     """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
     keep the first that passes the stopping rule (at the budget, the best draw so far if it is at the bar). No
