@@ -183,9 +183,8 @@ def step_cost(state, lookahead=True):
 # 5. Update: one window of truncated BPTT, then one Adam step
 # ----------------------------------------------------------------------------
 def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False, max_steps=MAX_STEPS):
-    """One training episode: a trajectory of the twin from a reset until it fails or reaches max_steps, with
-    one Adam step per window of `window` steps (each window starts from the previous one's state, detached).
-    Returns the number of steps, which is this episode's return.
+    """One training episode: the twin from a reset until it fails or reaches max_steps, one Adam step per window
+    of `window` steps (each from the previous window's state, detached); returns its length, the return.
 
     Why one step: with closed_loop=True the gradient also flows through the policy's input (the state one force
     produced sets the next force). For a good bang-bang policy that backward loop has a gain of about −10 per
@@ -214,9 +213,8 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
 # ----------------------------------------------------------------------------
 def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
            activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
-    """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
-    Returns (network, record) with per-episode returns and stopping-set scores. The keywords after `lr` exist
-    for the original's setup and the ablations (Part 2, FLUX_SETUP and ABLATIONS)."""
+    """Train a DP policy from `seed`, asking the stopping rule (section 8) after every training episode; returns
+    (network, record). The keywords after `lr` serve the original's setup and the ablations (Part 2, ABLATIONS)."""
     rng = np.random.default_rng(seed)
     policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
@@ -327,12 +325,11 @@ def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
 class StoppingRule:
     """Asked after every training episode: is the deterministic policy at the bar on the stopping starts?
 
-    Screened on the twin; a mean ≥ bar + margin there is confirmed on Gymnasium itself (if confirm_on_gym).
-    Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy; the margin
-    buys the reported set its bar. A policy can also pass by luck at one episode and fall back at the next
-    (training goes on during each episode), so at the budget the rule returns the best policy seen if that one
-    is at the bar, rather than training on. The bookkeeping is in Part 2: at_budget, confirm_on_gym, BestSeen,
-    and note_plain_rule (what the plain rule, margin 0, would have done)."""
+    Screened on the twin, confirmed on Gymnasium itself (if confirm_on_gym). Stopping at the first pass picks a
+    lucky moment, so the stopping-set mean flatters the policy: the margin buys the reported set its bar. And a
+    policy can pass by luck at one episode and fall back at the next (training goes on during each episode),
+    so at the budget the rule returns the best policy seen if it is at the bar, rather than training on.
+    Bookkeeping in Part 2: at_budget, confirm_on_gym, BestSeen, note_plain_rule (what margin 0 would do)."""
 
     def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
                  reported=None, budget=BUDGET):
