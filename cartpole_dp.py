@@ -470,6 +470,9 @@ def play(args, started):
                           name="play.json")
 
 
+# ----------------------------------------------------------------------------
+# Records, the stopping rule's bookkeeping, several seeds in a row, the original's setting
+# ----------------------------------------------------------------------------
 def describe_sets(args):
     def span(seeds):
         return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
@@ -876,6 +879,8 @@ def plot_curves(path, dp_records, rl_records, stop_level):
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     ad.runs.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=110)
+
+
 def record_gym_episode(score, seed):
     """Observations of one real Gymnasium episode under the deterministic policy."""
     observations = []
