@@ -289,8 +289,7 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
 # 8. Measurement: three disjoint sets of starts, the stopping rule, and the reported score
 # ----------------------------------------------------------------------------
 # Gymnasium reset seeds. The twin's training starts come from each training seed's own generator instead.
-DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the stopping rule
-SEEN_SEEDS = range(3_000_000, 3_001_000)         # a former reported set; it shaped the rule, so development now
+DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the rule (+ SEEN_SEEDS)
 STOPPING_SEEDS = range(2_000_000, 2_000_100)     # the stopping rule's own 100 starts, after every episode
 REPORTED_SEEDS = range(4_000_000, 4_001_000)     # measured once, after training; nothing else touches them
 STOP_MARGIN = 10.0     # stop at a stopping-set mean >= bar + 10, chosen on development seeds and starts
@@ -473,6 +472,10 @@ def play(args, started):
 # ----------------------------------------------------------------------------
 # Records, the stopping rule's bookkeeping, several seeds in a row, the original's setting
 # ----------------------------------------------------------------------------
+SEEN_SEEDS = range(3_000_000, 3_001_000)   # a former reported set: it shaped the stopping rule, so it counts
+                                           # as development now, listed in metrics.json beside the others
+
+
 def describe_sets(args):
     def span(seeds):
         return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
