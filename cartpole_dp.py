@@ -231,7 +231,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE with a learned baseline, on the real environment, same network and optimizer
+# 7. Baseline: REINFORCE on the real environment, same network and optimizer (LQR, random search: Part 2)
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -279,10 +279,6 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
             break
     env.close()
     return policy, record
-
-
-# Two more comparators, in Part 2: random search over untrained networks (random_search, a control for
-# luck) and the classical one, LQR on the linearised twin (linearised_twin, lqr_gain: zero episodes).
 
 
 # ----------------------------------------------------------------------------
