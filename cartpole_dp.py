@@ -301,20 +301,8 @@ def evaluate_on_gym(score, seeds, env_id="CartPole-v1"):
     return result["returns"]
 
 
-def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
-    """The same evaluation on the twin, all episodes at once: from Gymnasium's own start states, with float32
-    observations, it replays Gymnasium's episodes exactly (tested, and checked in every run)."""
-    state = np.array(initial_states, dtype=np.float64)
-    alive = np.ones(len(state), dtype=bool)
-    returns = np.zeros(len(state))
-    for _ in range(max_steps):
-        force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
-        state = cartpole_step(state, force).data
-        returns += alive                      # +1 every step, the failing one included
-        alive &= ~terminated(state)
-        if not alive.any():
-            break
-    return returns
+# The stopping rule and the reported score call evaluate_on_twin (Part 2): the same, all episodes at once on
+# the twin; tested equal in tests/test_cartpole_dp.py (test_twin_evaluation_replays_gymnasium_episodes).
 
 
 class StoppingRule:
@@ -654,7 +642,7 @@ def random_search(seed, rule, draws):
 
 
 # ----------------------------------------------------------------------------
-# Acting without a graph, the RL episode sampler, Gymnasium's start states
+# Acting without a graph, the RL episode sampler, the twin's fast evaluation, Gymnasium's start states
 # ----------------------------------------------------------------------------
 def forward_numpy(weights, obs):
     """The tanh network in plain NumPy, for acting (no graph): weights is the list [W1, b1, W2, b2, W3, b3],
@@ -701,6 +689,23 @@ def sample_rl_episode(env, weights, obs, rng):
         rewards.append(reward)
         done = term or trunc
     return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
+
+
+def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
+    """Same as evaluate_on_gym, but on the twin, all episodes at once (the fast path): from Gymnasium's own
+    start states, with float32 observations, it replays Gymnasium's episodes exactly (tested equal in
+    tests/test_cartpole_dp.py, and checked in every run: twin_equals_gym)."""
+    state = np.array(initial_states, dtype=np.float64)
+    alive = np.ones(len(state), dtype=bool)
+    returns = np.zeros(len(state))
+    for _ in range(max_steps):
+        force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
+        state = cartpole_step(state, force).data
+        returns += alive                      # +1 every step, the failing one included
+        alive &= ~terminated(state)
+        if not alive.any():
+            break
+    return returns
 
 
 def gym_initial_states(seeds, env_id="CartPole-v1"):
