@@ -296,13 +296,10 @@ TASKS = {"CartPole-v1": {"max_steps": 500, "bar": 475.0},    # Gymnasium's regis
 
 def evaluate_on_gym(score, seeds, env_id="CartPole-v1"):
     """Returns of the deterministic policy on gymnasium.make(env_id), one episode per reset seed;
-    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0."""
+    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0. The rule and the reported score
+    use its fast path, evaluate_on_twin (Part 2: all episodes at once on the twin, tested equal)."""
     result = ad.runs.play_episodes(env_id, lambda obs: (score(obs) >= 0.0).astype(int), seeds)
     return result["returns"]
-
-
-# The stopping rule and the reported score call evaluate_on_twin (Part 2): the same, all episodes at once on
-# the twin; tested equal in tests/test_cartpole_dp.py (test_twin_evaluation_replays_gymnasium_episodes).
 
 
 class StoppingRule:
@@ -338,9 +335,8 @@ class StoppingRule:
 
 
 class ReportedScore:
-    """The reported score of a finished policy: the 1,000 reported starts on the twin (an exact replay of
-    Gymnasium), and the first `gym_check` of them also on Gymnasium itself, which must agree episode for
-    episode. Returns the per-start returns too, for paired comparisons between methods."""
+    """A finished policy's score on the 1,000 reported starts, on the twin (an exact replay; the first
+    `gym_check` also on Gymnasium itself, which must agree), per start too, for paired comparisons."""
 
     def __init__(self, env_id="CartPole-v1", seeds=REPORTED_SEEDS, gym_check=20):
         self.env_id, self.seeds, self.gym_check = env_id, seeds, gym_check
