@@ -372,15 +372,28 @@ def script_sha1():
 
 
 def summarise():
+    """Every arm kept in runs/pendulum_bptt_study/; an arm (or the diagnosis) found only in the results file
+    already there, summarised by an earlier run in another folder, is kept from it and named as such."""
     optimum = optimum_returns()
-    arms = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
+    earlier = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            earlier = json.load(f)
+    found = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
+    kept = [name for name in earlier.get("arms", {}) if name not in found]
+    arms = {name: found.get(name) or earlier["arms"][name] for name in ARMS if name in found or name in kept}
     results = {"development_starts": "Gymnasium reset seeds 0-999", "training_seeds": list(TRAINING_SEEDS),
                "optimum": {"grid": list(GRID), "mean_return": float(optimum.mean())}, "arms": arms,
                "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), --diagnose, then --summarise",
                "pendulum_bptt_py_sha1": script_sha1(), "provenance": ad.runs.provenance()}
+    if kept:
+        results["arms_kept_from_an_earlier_summary"] = kept
+        results["earlier_summary_provenance"] = earlier.get("earlier_summary_provenance", earlier.get("provenance"))
     if os.path.exists(os.path.join(OUT, "diagnosis.json")):
         with open(os.path.join(OUT, "diagnosis.json")) as f:
             results["diagnosis_default_seed_0"] = json.load(f)
+    elif "diagnosis_default_seed_0" in earlier:
+        results["diagnosis_default_seed_0"] = earlier["diagnosis_default_seed_0"]
     ad.runs.write_json(RESULTS, results)
     for name, s in arms.items():
         g = s["gap_seed_averaged"]
