@@ -211,11 +211,7 @@ def ppo_loss(agent, inputs, value_inputs, arms_onehot, old_log_probs, advantages
     value_error = state_values(agent, value_inputs) - returns / value_scale
     value_loss = 0.5 * ad.mean(value_error * value_error)
     loss = policy_loss + config["value_coef"] * value_loss - config["entropy_coef"] * entropy
-    # diagnostics: KL(π_old ‖ π) estimated as E[(ρ − 1) − log ρ], and how often the clip was active
-    rho = ratio.data
-    return loss, dict(policy_loss=policy_loss.item(), value_loss=value_loss.item(), entropy=entropy.item(),
-                      approx_kl=float(np.mean((rho - 1.0) - np.log(rho))),
-                      clip_fraction=float(np.mean(np.abs(rho - 1.0) > eps)))
+    return loss, ppo_diagnostics(policy_loss, value_loss, entropy, ratio.data, eps)     # KL, clip fraction: Part 2
 
 
 # ----------------------------------------------------------------------------
@@ -239,10 +235,7 @@ def ppo_update(agent, optimizer, batch, n_pulls, config, rng):
             loss.backward()
             grad_norm = ad.optim.clip_grad_norm(policy_params, config["max_grad_norm"])
             ad.optim.clip_grad_norm(value_params, config["max_grad_norm"])
-            with np.errstate(over="ignore", invalid="ignore"):     # a diverging step is named just below
-                optimizer.step()
-            for p in policy_params + value_params:
-                ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+            checked_step(optimizer, policy_params + value_params, epoch)   # a diverging step is one line: Part 2
     return stats, grad_norm
 
 
@@ -255,12 +248,9 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
     rng = np.random.default_rng(seed)
     agent = make_agent(n_arms, config["hidden"], rng, dtype=np.float32, critic_sees=config["critic_sees"])
     if start_from is not None:
-        for name, p in agent_parameters(start_from).items():
-            if agent_parameters(agent)[name].shape == p.shape:
-                agent_parameters(agent)[name].data = p.data.astype(np.float32)
+        copy_weights(start_from, agent)          # every weight whose shape matches (Part 2)
     optimizer = ad.optim.Adam(list(agent_parameters(agent).values()), lr=config["lr"], eps=1e-5)
-    history = {key: [] for key in ("reward", "entropy", "value_loss", "grad_norm", "approx_kl", "clip_fraction",
-                                   "elapsed")}
+    history = {key: [] for key in HISTORY}     # per iteration: Part 2, log_iteration
     progress = ad.runs.Progress(config["iterations"], label)
     for it in range(config["iterations"]):
         optimizer.lr = config["lr"] * (1.0 - it / config["iterations"])   # linear decay: a settled policy at the end
@@ -280,12 +270,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
         batch = (inputs, value_inputs, np.eye(n_arms, dtype=dtype)[arms],
                  *(a.astype(dtype) for a in (old_log_probs, advantages, returns)))
         stats, grad_norm = ppo_update(agent, optimizer, batch, n_pulls, config, rng)
-        for key, value in dict(stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm,
-                               elapsed=progress.elapsed()).items():
-            if key in history:
-                history[key].append(value)
-        progress.update(it + 1, reward=history["reward"][-1], entropy=stats["entropy"], kl=stats["approx_kl"],
-                        value_loss=stats["value_loss"])
+        log_iteration(history, progress, it, stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm)
     return agent, history
 
 
@@ -529,6 +514,43 @@ def critic_features(inputs, means, sees):
 
 def critic_size(n_arms, sees):
     return n_arms + 2 + (sees in ("time", "time+means")) + (n_arms if sees == "time+means" else 0)
+
+
+# ----------------------------------------------------------------------------
+# Sections 4-6's bookkeeping: PPO's diagnostics, a checked step, the curriculum's weights, the history
+# ----------------------------------------------------------------------------
+def ppo_diagnostics(policy_loss, value_loss, entropy, rho, eps):
+    """The minibatch's losses, KL(π_old ‖ π) estimated as E[(ρ − 1) − log ρ], and how often the clip bit."""
+    return dict(policy_loss=policy_loss.item(), value_loss=value_loss.item(), entropy=entropy.item(),
+                approx_kl=float(np.mean((rho - 1.0) - np.log(rho))),
+                clip_fraction=float(np.mean(np.abs(rho - 1.0) > eps)))
+
+
+def checked_step(optimizer, params, epoch):
+    """optimizer.step(), then Diverged (one line) if any weight is not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        optimizer.step()
+    for p in params:
+        ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+
+
+def copy_weights(source, agent):
+    """Start `agent` from `source`'s weights (a curriculum): every weight of the same name and shape."""
+    for name, p in agent_parameters(source).items():
+        if agent_parameters(agent)[name].shape == p.shape:
+            agent_parameters(agent)[name].data = p.data.astype(np.float32)
+
+
+HISTORY = ("reward", "entropy", "value_loss", "grad_norm", "approx_kl", "clip_fraction", "elapsed")
+
+
+def log_iteration(history, progress, it, stats, **more):
+    """Append one PPO iteration's figures to `history` (HISTORY's keys) and show the progress line."""
+    for key, value in dict(stats, **more, elapsed=progress.elapsed()).items():
+        if key in history:
+            history[key].append(value)
+    progress.update(it + 1, reward=history["reward"][-1], entropy=stats["entropy"], kl=stats["approx_kl"],
+                    value_loss=stats["value_loss"])
 
 
 # ----------------------------------------------------------------------------
