@@ -18,13 +18,11 @@ the most probable of m samples, UCB1, ε-greedy, greedy), all with a Beta(1, 1) 
 authors tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-optimal value can
 be computed (dynamic programming over posterior counts, n = 10), every method is measured against it.
 
-Run:  python rl2_bandits.py                        n=10, k=5: train one agent, evaluate everything
-      python rl2_bandits.py --cells n10_k10,n100_k5   the named cells of Table 1 (see --help)
-      python rl2_bandits.py --full                 all nine cells, 3 training seeds (1 at n=500): hours, so
-                                                   run it in parts, e.g. --full --cells n10_k5,n10_k10,n10_k50
+Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evaluate everything
+      python rl2_bandits.py --cells n100_k5   any cells of Table 1; --full: all nine, 3 training seeds (1 at
+                                              n=500), hours, so run it in parts with --cells
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
-Outputs in runs/rl2_bandits/ (runs/rl2_bandits_full/ with --full): metrics.json, params.npz, figures.
-Results: see README.md#rl2_banditspy.
+Outputs (runs/rl2_bandits/, or _full/ with --full): metrics.json, params.npz, figures. Results: see README.md.
 """
 
 import math
@@ -65,7 +63,7 @@ LESSON = dict(               # PPO for n = 10: the lesson's agent
     value_coef=0.5,          # critic's loss weight (separate networks + Adam: it only sets where clipping bites)
     entropy_coef=0.01,       # entropy bonus
     discount=1.0,            # the trial's total reward is the objective: no discount within a trial
-    lam=0.3,                 # GAE λ, the authors' value (at n=10, 0.9 scored 6.36 vs 6.52 in 150 iterations)
+    lam=0.3,                 # GAE λ, the authors' value
     max_grad_norm=0.5,       # gradient clipping, per network
     center_per_pull=True,    # subtract the batch's mean advantage at each pull index (see train_rl2)
     critic_sees="history",   # what else the critic reads: "time", "time+means" (Part 2, critic_features)
@@ -149,9 +147,9 @@ def state_values(agent, inputs):
 
 
 def rollout(agent, means, uniforms, rng, greedy_actions=False):
-    """Play one trial of n pulls in every task of the batch with the current policy (no graph). The hidden
-    state carries over from pull to pull: it is the only place the agent can remember what it has learnt
-    about the task. Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
+    """One trial of n pulls in every task of the batch with the current policy (no graph). The hidden state,
+    carried from pull to pull, is the agent's only memory of the task.
+    Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
     n, B = uniforms.shape
     k = means.shape[1]
     dtype = agent["policy_gru"].Wx.dtype
@@ -295,9 +293,8 @@ def play(choose, means, uniforms, rng):
 
 
 def first_argmax(scores):
-    """argmax over arms; ties go to the lowest-numbered arm (plain np.argmax). This matters only for Greedy
-    (and UCB1 at c = 0): a tried arm at posterior mean 0.5 then beats an untried one, so it explores less.
-    This reproduces the paper's Greedy column (74.9 vs 74.8 at n=100, k=5); random ties score 75.7."""
+    """argmax over arms; ties go to the lowest-numbered arm, as in the paper's Greedy column: a tried arm at
+    posterior mean 0.5 then beats an untried one, so Greedy (and UCB1 at c = 0) explores less."""
     return np.argmax(scores, axis=1)
 
 
@@ -310,9 +307,8 @@ def greedy(s, f, t, rng):
     return first_argmax((1.0 + s) / (2.0 + s + f))
 
 
-# Table 1's other columns, each a few lines on the same counts (Part 2): ε-greedy (greedy, or a random arm with
-# probability ε), UCB1 (posterior mean + an exploration bonus), Thompson sampling (pull the largest of one draw
-# from each arm's posterior) and the authors' OTS (act on the most probable of m draws).
+# Table 1's other columns, on the same counts (Part 2): ε-greedy, UCB1 (posterior mean + an exploration bonus),
+# Thompson sampling (the largest of one posterior draw per arm) and the authors' OTS (the most probable of m).
 
 
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
@@ -358,15 +354,7 @@ def gittins(table):
 # (seed, n, k[, training seed]); the baselines' parameters are tuned on TUNE tasks (the authors tuned on the
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
-BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")
-
-
-def make_baseline(name, value, n_pulls):
-    return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
-            "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
-            "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
-
-
+BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")   # by name: Part 2, make_baseline
 EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
 
 
@@ -400,21 +388,10 @@ def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
     return results, tuned, means
 
 
-def across_agents(per_task):
-    """Mean ± SE of a per-task figure (e.g. RL² − Gittins on each task) over several trained agents: each
-    agent's mean over the tasks, then the mean and SE across agents (training seeds), which holds both the
-    training and the task noise. With one agent, the SE over its tasks."""
-    means = [float(np.mean(x)) for x in per_task]
-    if len(means) == 1:
-        mean, se = ad.runs.mean_and_se(per_task[0])
-        return dict(mean=mean, se=se, se_over="tasks", per_seed=means)
-    mean, se = ad.runs.mean_and_se(means)
-    return dict(mean=mean, se=se, se_over=f"{len(means)} training seeds", per_seed=means)
-
-
 def headline(results, exact):
     """RL² against the others on the same tasks: paired differences with Gittins and Greedy, the gap to the
-    exact optimum, and the normalised score (RL² − Random)/(Gittins − Random), 1 = as good as Gittins."""
+    exact optimum, and the normalised score (RL² − Random)/(Gittins − Random), 1 = as good as Gittins.
+    With several agents, each agent's mean over the tasks, then mean ± SE across them (Part 2, across_agents)."""
     ours = [r["totals"] for r in results["RL2"]]
     random_mean, gittins_mean = results["Random"]["totals"].mean(), results["Gittins"]["totals"].mean()
     figures = {
@@ -434,29 +411,22 @@ def main(argv=None):
     started = time.perf_counter()
     args = parse_arguments(argv)
     out = ad.runs.prepare_out(args.out)
-    report, named, per_cell, trained = {}, {}, {}, {}
+    report, per_cell, trained = {}, {}, {}
     for n, k in args.cell_list:
         cell_started = time.perf_counter()
-        if args.params:
-            runs, agents = None, load_agents(args.params, n, k)
-            print(f"n={n}, k={k}: loaded {len(agents)} agent(s) from {args.params}")
-        else:
-            runs = [train_cell(n, k, i, args, trained) for i in range(seeds_for(n, args))]
-            agents = [run["agent"] for run in runs]
+        runs, agents = cell_agents(n, k, args, trained)        # trained (with any curriculum), or --params
         tune_tasks, eval_tasks = tasks_for(n, args)
         print(f"n={n}, k={k}: tuning the baselines on {tune_tasks:,} tasks, evaluating all on {eval_tasks:,} others")
         results, tuned, means = evaluate_cell(agents, n, k, args.seed, eval_tasks, tune_tasks)
         exact = exact_optimum(n, k)
         rows = cell_rows(results, tuned, n, k, exact)
         print_cell_table(rows, n, k, eval_tasks, tune_tasks, exact, runs)
-        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs)
+        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs, agents=agents)
         report[f"n{n}_k{k}"] = cell_report(rows, results, runs, exact, (tune_tasks, eval_tasks),
                                            time.perf_counter() - cell_started)
-        for i, agent in enumerate(agents):
-            named.update(agent_file_entries(agent, n, k, i))
     if len(args.cell_list) > 1:
         print_summary(per_cell, args.cell_list)
-    write_outputs(out, per_cell, named, report, args, started)
+    write_outputs(out, per_cell, report, args, started)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -603,8 +573,27 @@ def thompson_most_probable(m):
 
 
 # ----------------------------------------------------------------------------
-# Tuning the baselines, and the exact optimum's dynamic program (section 8 calls both)
+# Section 8's helpers: the baselines by name, their tuning, the SE across agents, the exact optimum's
+# dynamic program
 # ----------------------------------------------------------------------------
+def make_baseline(name, value, n_pulls):
+    return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
+            "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
+            "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
+
+
+def across_agents(per_task):
+    """Mean ± SE of a per-task figure (e.g. RL² − Gittins on each task) over several trained agents: each
+    agent's mean over the tasks, then the mean and SE across agents (training seeds), which holds both the
+    training and the task noise. With one agent, the SE over its tasks."""
+    means = [float(np.mean(x)) for x in per_task]
+    if len(means) == 1:
+        mean, se = ad.runs.mean_and_se(per_task[0])
+        return dict(mean=mean, se=se, se_over="tasks", per_seed=means)
+    mean, se = ad.runs.mean_and_se(means)
+    return dict(mean=mean, se=se, se_over=f"{len(means)} training seeds", per_seed=means)
+
+
 TUNING_GRIDS = {           # the authors' grids
     "Gittins": ("discount", (0.9, 0.99, 0.999, 0.9999)),
     "OTS": ("samples", tuple(range(1, 21))),
@@ -749,6 +738,16 @@ def tasks_for(n, args):
     return tuple(max(2, int(round(TASKS_PER_N[n] * count))) for count in (args.tune_tasks, args.eval_tasks))
 
 
+def cell_agents(n, k, args, trained):
+    """(training runs or None, agents) for cell (n, k): trained here, or loaded from --params."""
+    if args.params:
+        agents = load_agents(args.params, n, k)
+        print(f"n={n}, k={k}: loaded {len(agents)} agent(s) from {args.params}")
+        return None, agents
+    runs = [train_cell(n, k, i, args, trained) for i in range(seeds_for(n, args))]
+    return runs, [run["agent"] for run in runs]
+
+
 def train_cell(n, k, index, args, trained):
     """Train agent `index` (a training seed) for (n, k), first training the shorter-trial agent it starts
     from, if any (kept in `trained`). Returns {"agent", "history", "config", "train_time_s" (this stage),
@@ -888,8 +887,12 @@ def print_summary(per_cell, cells):
         print("  " + method.ljust(24) + "".join(text.rjust(23) for text in cells_text))
 
 
-def write_outputs(out, per_cell, named, report, args, started):
+def write_outputs(out, per_cell, report, args, started):
     if not args.params:
+        named = {}
+        for (n, k), cell in per_cell.items():
+            for i, agent in enumerate(cell["agents"]):
+                named.update(agent_file_entries(agent, n, k, i))
         ad.nn.save_parameters(os.path.join(out, "params.npz"), named)
         plot_training(per_cell, os.path.join(out, "rl2_bandits_training.png"))
     plot_regret(per_cell, os.path.join(out, "rl2_bandits_regret.png"))
