@@ -92,7 +92,7 @@ def pull(means, arms, uniforms_t):
 # ----------------------------------------------------------------------------
 def make_agent(n_arms, hidden, rng, dtype=np.float64, critic_sees="history"):
     """Separate GRUs for policy and value, so the critic's large regression gradients never disturb the
-    policy's memory. Training uses float32 (2.4x faster on these small matrices); tests float64."""
+    policy's memory. Training uses float32 (faster on these small matrices), the tests float64."""
     agent = {
         "policy_gru": ad.nn.GRUCell(n_arms + 2, hidden, rng),
         # small initial logits: the untrained policy is uniform over arms
@@ -319,9 +319,8 @@ def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
         V(s, f; λ) = max(λ/(1 − γ),  μ (1 + γ V(s+1, f)) + (1 − μ) γ V(s, f+1)),
     and the index of (s, f) is the λ at which both branches are equal. One backward sweep over the triangle
     s + f ≤ N does every state at once for a whole grid of λ; the crossing is found by linear interpolation
-    between grid points. At depth N the arm learns nothing more: V = max(λ, μ)/(1 − γ). N = the authors'
-    1,000, or less when γ^N is negligible. The finite horizon is handled as the authors did: γ is tuned.
-    """
+    between grid points. At depth N (the authors' 1,000, or less when γ^N is negligible) the arm learns
+    nothing more: V = max(λ, μ)/(1 − γ). The finite horizon is handled as the authors did: γ is tuned."""
     horizon = int(math.ceil(math.log(1e-12) / math.log(discount)))
     depth = max(max_pulls, min(truncation, max_pulls + horizon))
     lam = 1.0 - np.linspace(1.0, 0.0, grid_size + 1)[:, None] ** 2   # (G, 1) safe-arm rewards, dense near 1
@@ -355,7 +354,7 @@ def gittins(table):
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
 BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")   # by name: Part 2, make_baseline
-EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
+EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 at n = 20
 
 
 def exact_optimum(n_pulls, n_arms):
