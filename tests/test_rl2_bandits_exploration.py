@@ -1,15 +1,17 @@
 """rl2_bandits.py: a learning test where exploration matters.
 
-At n = 10 pulls Greedy (always pull the arm with the best posterior mean) is within 0.1 of the exact optimum, so
+At n = 10 pulls Greedy (always pull the arm with the best posterior mean) is 0.1 below the exact optimum, so
 a test there cannot tell an agent that explores from one that does not. At n = 50 pulls and k = 5 arms the Gittins
-index beats Greedy by about 1.4 per trial: trying an arm that might be better pays for itself over the 50 pulls.
+index beats Greedy by about 1.3 per trial: trying an arm that might be better pays for itself over the 50 pulls.
 
-The test trains RL² briefly (a curriculum: PPO on 10-pull trials, then on 50-pull trials, 2.5 M pulls) and asks it
-to beat Greedy on the same unseen tasks, with the same luck, by BAR. Two broken agents miss it:
-- Greedy itself (its margin over Greedy is 0);
-- RL² trained with the per-pull cut of the returns (one public reimplementation's GAE, with no bootstrap
-  from one pull to the next: A_t = r_t − V_t), which can only learn to maximise the next reward.
-The margins measured for training seeds 0-3 are in the README (rl2_bandits.py section).
+The test trains RL² briefly (a curriculum: PPO on 10-pull trials, then on 50-pull trials, 1.3 M pulls in all,
+about 30 s of one core) and asks its policy's most probable arms to beat Greedy on the same unseen tasks, with
+the same luck, by BAR. Agents that do not explore miss it:
+- Greedy itself (margin 0), and Greedy with random tie-breaks (+0.33, it tries an untried arm more often);
+- RL² trained with the per-pull cut of the returns (one public reimplementation's GAE, no bootstrap from one
+  pull to the next: A_t = r_t − V_t), which can only learn to maximise the next reward.
+Measured margins (RL² − Greedy on these tasks, SE ≈ 0.06), training seeds 0, 1, 2, 3: +0.68, +0.56, +0.72,
++0.71; with the per-pull cut −0.05, +0.02, −0.40, −0.22. The test trains seed 0.
 """
 
 import numpy as np
@@ -25,7 +27,7 @@ CURRICULUM = (10, 60)        # first 60 iterations on 10-pull trials (cheap: the
 ITERATIONS = 40              # then 40 on 50-pull trials
 TRAINING_SEED = 0
 EVAL_TASKS = 10_000          # unseen: their own stream, never drawn in training
-BAR = 0.3                    # RL² − Greedy, paired, mean total reward per trial
+BAR = 0.4                    # RL² − Greedy, paired, mean total reward per trial
 
 
 def evaluation_tasks():
