@@ -274,7 +274,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
 
 # ----------------------------------------------------------------------------
 # 7. Baseline: the Gittins index (beside Greedy and Random), on Beta(1 + successes, 1 + failures) posteriors
-#    per arm, picking arms for the whole batch at once
+#    per arm; Table 1's other columns (ε-greedy, UCB1, Thompson sampling, the authors' OTS): Part 2
 # ----------------------------------------------------------------------------
 def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
@@ -305,10 +305,6 @@ def random_policy(s, f, t, rng):
 def greedy(s, f, t, rng):
     """Pull the arm with the highest posterior mean (1 + s) / (2 + s + f)."""
     return first_argmax((1.0 + s) / (2.0 + s + f))
-
-
-# Table 1's other columns, on the same counts (Part 2): ε-greedy, UCB1 (posterior mean + an exploration bonus),
-# Thompson sampling (the largest of one posterior draw per arm) and the authors' OTS (the most probable of m).
 
 
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
@@ -354,15 +350,8 @@ def gittins(table):
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
 BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")   # by name: Part 2, make_baseline
-EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 at n = 20
-
-
-def exact_optimum(n_pulls, n_arms):
-    """The Bayes-optimal expected total reward, the ceiling for every method (None where n is too large):
-        V(counts) = max_a  μ_a (1 + V(counts after a success on a)) + (1 − μ_a) V(counts after a failure on a),
-    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls: dynamic programming over every reachable set of
-    posterior counts (Part 2, bayes_optimal_value)."""
-    return bayes_optimal_value(n_pulls, n_arms) if n_pulls <= EXACT_MAX_PULLS else None
+# The exact optimum, every method's ceiling (n <= 12), by dynamic programming over the posterior counts (Part 2,
+# exact_optimum): V(counts) = max_a μ_a (1 + V(a succeeds)) + (1 − μ_a) V(a fails), μ_a = (1 + s_a)/(2 + s_a + f_a)
 
 
 def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
@@ -617,6 +606,14 @@ def tune_baselines(n_pulls, n_arms, seed, n_tasks):
         tuned[name] = max(grid, key=curve.get)
         tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
     return tuned
+
+
+EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 at n = 20
+
+
+def exact_optimum(n_pulls, n_arms):
+    """The Bayes-optimal expected total reward, or None where n is too large for the dynamic program."""
+    return bayes_optimal_value(n_pulls, n_arms) if n_pulls <= EXACT_MAX_PULLS else None
 
 
 def bayes_optimal_value(n_pulls, n_arms):
