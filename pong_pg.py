@@ -129,14 +129,14 @@ def probability_up(x, W1, W2):
 def discounted_returns(rewards, gamma=GAMMA):
     """R_t = r_t + gamma R_{t+1}, restarted at every point scored: in Pong a point ends a rally, and
     the actions of one rally do not cause the next."""
-    returns = np.zeros(len(rewards))
-    running = 0.0
+    rewards = np.asarray(rewards, float).tolist()         # Python floats: a faster loop, the same sums
+    returns, running = [0.0] * len(rewards), 0.0
     for t in reversed(range(len(rewards))):
         if rewards[t] != 0:
             running = 0.0
         running = running * gamma + rewards[t]
         returns[t] = running
-    return returns
+    return np.array(returns)
 
 
 def advantages(episodes, standardise="batch"):
@@ -194,11 +194,12 @@ def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
 def update(state, episodes):
     """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi. The
     advantages need every episode's rewards; each episode's gradient is then computed where the episode
-    was played (Games.episode_gradients: episode_gradient above, here or in the worker processes)."""
+    was played and the gradients summed in episode order (games.gradient: accumulate_gradient's
+    episode_gradient and add_gradients, here or in the worker processes)."""
     W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
     optimizer.zero_grad()
     advantage = advantages(episodes, state["config"]["standardise"])
-    loss = add_gradients(state["games"].episode_gradients(episodes, advantage, W1, W2), W1, W2)
+    loss = state["games"].gradient(episodes, advantage, W1, W2)
     ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
         optimizer.step()
@@ -224,7 +225,7 @@ def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False,
         if stop is not None and stop():
             return None
         ids = np.flatnonzero(book.playing)
-        current = preprocess(games.frames)[ids]     # all games at once (idle ones too: it is cheaper)
+        current = preprocess([games.frames[g] for g in ids.tolist()])     # all playing games at once
         x = current - book.previous[ids]            # difference frame, values in {-1, 0, 1}
         x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
         book.previous[ids], book.first_frame[ids] = current, False
@@ -383,8 +384,9 @@ class Games:
     def play(self, W1, W2, n_episodes, **options):
         return play_episodes(self, W1, W2, n_episodes, **options)
 
-    def episode_gradients(self, episodes, advantage, W1, W2):
-        return [episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)]
+    def gradient(self, episodes, advantage, W1, W2):
+        """The batch's gradient into W1.grad, W2.grad; returns the loss."""
+        return add_gradients([episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)], W1, W2)
 
     def reset(self, ids):
         for g in ids:
@@ -431,25 +433,30 @@ class GamePool:
     when done (the frames stay with it). No step waits for another process, so both cores step emulators
     all batch long; the wall time of a batch is the slower worker's (the emulator is most of the work
     and holds the GIL: threads would not help). For the update, the main process computes the advantages
-    from all rewards, and each worker writes the gradient of each of its episodes into shared memory."""
+    from all rewards, each worker writes the gradient of each of its episodes into shared memory, and
+    then adds up its slice of all of them (so the main process does not add them alone while both cores
+    wait)."""
 
     def __init__(self, env_id, n, seed, workers):
         import mmap
         import multiprocessing
         self.env_id, self.total, self.workers = env_id, n, workers
         size = PIXELS * HIDDEN + HIDDEN
-        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (1 + BATCH_EPISODES) + 1)), np.float64)
+        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (2 + BATCH_EPISODES) + 1)), np.float64)
         self.W1, self.W2 = shared[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), shared[PIXELS * HIDDEN:size]
-        self.gradients = shared[size:-1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
+        self.gradients = shared[size:-size - 1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
+        self.summed = shared[-size - 1:-1]              # their sum, W1's then W2's
         self.stop_flag = shared[-1:]                    # set to 1: the workers abandon the batch
+        bounds = np.linspace(0, size, workers + 1).astype(int)
+        self.slices = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))    # worker w adds up slice w
         self.numbers = [np.arange(w, n, workers) for w in range(workers)]
         self.connections, self.processes = [], []
         context = multiprocessing.get_context("fork")   # the workers inherit the shared memory
         for numbers in self.numbers:
             mine, theirs = context.Pipe()
             process = context.Process(target=_game_worker, daemon=True, args=(
-                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2, self.gradients,
-                self.stop_flag))
+                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2,
+                (self.gradients, self.summed), self.stop_flag))
             process.start()
             theirs.close()                              # the worker holds the other end now
             self.connections.append(mine)
@@ -498,15 +505,18 @@ class GamePool:
             vars(film).update(replies[0][1])            # game 0 is worker 0's first game
         return sorted((e for episodes, _ in replies for e in episodes), key=lambda e: e["number"])
 
-    def episode_gradients(self, episodes, advantage, W1, W2):
-        """episode_gradient of each episode of the last batch, computed by the worker that played it (with
-        the weights it played with, still in shared memory); in episode order."""
-        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total % self.workers == w}
-                for w in range(self.workers)]
+    def gradient(self, episodes, advantage, W1, W2):
+        """Games.gradient, shared out: the worker that played an episode computes its episode_gradient (with
+        the weights it played with, still in shared memory), then each worker adds up its slice of all the
+        episodes' gradients in episode order, as add_gradients does (element by element: the same bits).
+        W1.grad and W2.grad are views of that shared sum, until the next batch; returns the loss."""
+        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total
+                 % self.workers == w} for w in range(self.workers)]
         losses = {number: loss for reply in self._gather("gradients", mine) for number, loss in reply.items()}
-        rows = [self.gradients[e["number"]] for e in episodes]
-        return [(row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:], losses[e["number"]])
-                for row, e in zip(rows, episodes)]
+        order = [e["number"] for e in episodes]
+        self._gather("sum", [(order, start, end) for start, end in self.slices])
+        W1.grad, W2.grad = self.summed[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), self.summed[PIXELS * HIDDEN:]
+        return sum(losses[number] for number in order)
 
     def game_states(self):
         states = [None] * self.total
@@ -534,7 +544,7 @@ class GamePool:
 
 def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradients, stop_flag):
     """A worker process: owns the games `numbers` and plays their episodes when asked. It exits when the
-    main process closes the pipe or dies."""
+    main process closes the pipe or dies. `gradients`: the shared rows (one per episode) and their sum."""
     for other in inherited:              # the main process's ends of the pipes: without closing them here,
         other.close()                    # this worker would never see the end of its own pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
@@ -543,6 +553,14 @@ def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradie
         _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), gradients, stop_flag)
     except (EOFError, OSError):           # the main process went away: nothing left to do
         pass
+
+
+def add_rows(rows, summed, order, start, end):
+    """summed[start:end] = the sum of rows[order][start:end], added in that order (as add_gradients adds)."""
+    part = summed[start:end]
+    np.copyto(part, rows[order[0], start:end])
+    for number in order[1:]:
+        part += rows[number, start:end]
 
 
 class _EndedMessages:
@@ -556,7 +574,7 @@ class _EndedMessages:
 
 
 def _serve(connection, games, W1, W2, gradients, stop_flag):
-    parent = os.getppid()
+    (rows, summed), parent = gradients, os.getppid()
     played = {}                                          # the last batch's episodes, by number
 
     def stop():                                          # asked by the main process, or orphaned
@@ -579,8 +597,11 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
             losses = {}
             for number, advantage in payload.items():
                 dW1, dW2, losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data)
-                gradients[number, :PIXELS * HIDDEN], gradients[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
+                rows[number, :PIXELS * HIDDEN], rows[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
             connection.send(("gradients", losses))
+        elif command == "sum":
+            add_rows(rows, summed, *payload)
+            connection.send(("summed", None))
         elif command == "state":
             connection.send(("state", games.game_states()))
         elif command == "restore":
@@ -643,12 +664,34 @@ class Episodes:
 # ----------------------------------------------------------------------------
 def new_state(args):
     W1, W2 = init_policy(np.random.default_rng(args.seed))
-    optimizer = ad.optim.RMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
+    optimizer = InPlaceRMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
     games = make_games(args.env_id, args.games, args.seed, args.workers)
     return {"W1": W1, "W2": W2, "optimizer": optimizer, "games": games,
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
             "running_reward": None, "seconds": 0.0, "session_start": time.perf_counter(),
             "history": {"score": [], "length": [], "hours": [], "running_reward": []}, "boundary": None}
+
+
+class InPlaceRMSProp(ad.optim.RMSProp):
+    """ad.optim.RMSProp's step, c <- decay c + (1 - decay) g^2;  W <- W - lr g / (sqrt(c) + eps), in place: the
+    same operations in the same order (the same bits, tested in tests/test_pong_pg.py) into two scratch
+    arrays per weight, instead of five new 10 MB arrays at every update while the workers wait."""
+
+    def __init__(self, params, **options):
+        super().__init__(params, **options)
+        self.scratch = [(np.empty_like(p.data), np.empty_like(p.data)) for p in self.params]
+
+    def _update(self, i, p, g):
+        c, (a, b) = self.cache[i], self.scratch[i]
+        np.multiply(1.0 - self.decay, g, out=a)
+        a *= g                                  # (1 - decay) g g
+        c *= self.decay
+        c += a                                  # c = decay c + (1 - decay) g^2
+        np.multiply(self.lr, g, out=a)
+        np.sqrt(c, out=b)
+        b += self.eps
+        a /= b                                  # lr g / (sqrt(c) + eps)
+        p.data -= a                             # (the engine notes this change of W, as with ad.optim's)
 
 
 def config_of(args):

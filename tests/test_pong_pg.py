@@ -321,6 +321,40 @@ def test_fused_policy_logit_equals_the_plain_model_and_its_gradient():
     np.testing.assert_allclose(p_up, 1 / (1 + np.exp(-grads[0][0])), rtol=1e-12)
 
 
+def same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+def test_in_place_rmsprop_and_the_workers_sum_give_the_same_bits():
+    """InPlaceRMSProp is ad.optim.RMSProp without temporaries, and add_rows (each worker's slice of the
+    sum) is add_gradients: the same operations in the same order, so the same bits, through a resume."""
+    runs = []
+    for optimizer in (ad.optim.RMSProp, pong_pg.InPlaceRMSProp):
+        rng = np.random.default_rng(2)
+        weights = [ad.nn.parameter(rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 1, shape), name)
+                   for shape, name in (((60, 7), "W1"), (7, "W2"))]     # steps of about 1e-3 show in each bit
+        step = optimizer(weights, lr=pong_pg.LEARNING_RATE, decay=pong_pg.RMSPROP_DECAY, eps=pong_pg.RMSPROP_EPS)
+        for t in range(6):
+            for w in weights:
+                w.grad = rng.standard_normal(w.data.shape) * 10.0 ** rng.integers(-9, 3, w.data.shape)
+            step.step()
+            if t == 2:                           # a resumed optimizer continues in place
+                step.load_state_dict({k: np.array(v) for k, v in step.state_dict().items()})
+        runs.append([w.data for w in weights] + step.cache)
+    assert all(same_bits(a, b) for a, b in zip(*runs))
+
+    rng = np.random.default_rng(3)
+    gradients = [(rng.standard_normal((6, 4)) * 10.0 ** rng.integers(-9, 3, (6, 4)), rng.standard_normal(4), float(n))
+                 for n in range(5)]
+    order = [3, 0, 4, 1, 2]
+    W1, W2 = ad.nn.parameter(np.zeros((6, 4)), "W1"), ad.nn.parameter(np.zeros(4), "W2")
+    pong_pg.add_gradients([gradients[n] for n in order], W1, W2)
+    rows, summed = np.stack([np.concatenate([g[0].ravel(), g[1]]) for g in gradients]), np.full(28, np.nan)
+    for start, end in ((0, 11), (11, 28)):
+        pong_pg.add_rows(rows, summed, order, start, end)
+    assert same_bits(summed[:24].reshape(6, 4), W1.grad) and same_bits(summed[24:], W2.grad)
+
+
 # ----------------------------------------------------------------------------
 # Bad input and lost work: damaged checkpoints, overwrites, killed processes
 # ----------------------------------------------------------------------------
