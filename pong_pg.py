@@ -467,7 +467,7 @@ class GamePool:
         return self.total
 
     def _gather(self, command, payloads=None, stop=None, progress=None):
-        """Send each worker its command; wait for every reply (checking stop() meanwhile), in worker order."""
+        """Send each worker its command; wait for every reply (checking stop() 5 times a second), in worker order."""
         from multiprocessing.connection import wait
         for w, connection in enumerate(self.connections):
             if command != "ready":
@@ -475,7 +475,7 @@ class GamePool:
         replies, ended = [None] * self.workers, [0] * self.workers
         pending = dict(zip(self.connections, range(self.workers)))
         while pending:
-            for connection in wait(list(pending), timeout=0.05):
+            for connection in wait(list(pending), timeout=None if stop is None else 0.2):
                 w = pending[connection]
                 try:
                     kind, value = connection.recv()
