@@ -58,8 +58,7 @@ FULL = {"episodes": 30000}
 # ----------------------------------------------------------------------------
 # 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
-# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` holds ten copies, in this process or
-# split over worker processes, which then run play_episodes (section 6) on their own games.
+# The game: Gymnasium's ALE Pong, ten copies at once (Part 2: make_game, `Games`, the worker processes).
 
 
 def preprocess(frames):
@@ -83,44 +82,15 @@ def init_policy(rng):
 
 
 def policy_logit_plain(x, W1, W2):
-    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,), in the engine's elementary ops."""
+    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,), in the engine's elementary ops.
+    The backward the engine derives from them is the original's policy_backward, for a batch:
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
     return ad.matmul(ad.relu(ad.matmul(x, W1)), W2)
 
 
-@ad.primitive
-def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
-    """Same as policy_logit_plain, tested equal in tests/test_pong_pg.py; one fused op, faster.
-
-    Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
-    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
-    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
-    Backward (the original's policy_backward, batched, block by block into one dW1):
-        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
-    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
-    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
-    z = h @ W2
-
-    def vjp(g):
-        dh = np.outer(g, W2) * (h > 0)
-        dW1 = np.zeros_like(W1)
-        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
-            dW1[changed] += x_changed.T @ dh[start:start + block]
-        return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
-    return z, vjp
-
-
-def hidden_units(x, W1):
-    """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
-    changed = np.flatnonzero(x.any(axis=0))
-    x_changed = x[:, changed].astype(W1.dtype)
-    return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
-
-
-def probability_up(x, W1, W2):
-    """P(UP | x) for a batch of difference frames: policy_logit's forward, in NumPy (acting records no
-    graph, and skipping the engine's bookkeeping matters at every step)."""
-    _, _, h = hidden_units(x, W1.data)
-    return ad.stable_sigmoid(h @ W2.data)
+# policy_logit: the same in one fused op, faster (tested equal in tests/test_pong_pg.py): only the pixels
+# that changed (~2% of them) contribute to x W1, so it reads only their rows of W1. probability_up,
+# acting's P(UP | x) = sigmoid(z): its forward without the engine's graph. Both in Part 2, "The fused model".
 
 
 # ----------------------------------------------------------------------------
@@ -185,26 +155,15 @@ def add_gradients(gradients, W1, W2):
     return sum(g[2] for g in gradients)
 
 
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
-    """The batch's gradient into W1.grad and W2.grad, in this process; returns the loss."""
-    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
-    return add_gradients(gradients, W1, W2)
-
-
 def update(state, episodes):
     """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi. The
-    advantages need every episode's rewards; each episode's gradient is then computed where the episode
-    was played and the gradients summed in episode order (games.gradient: accumulate_gradient's
-    episode_gradient and add_gradients, here or in the worker processes)."""
-    W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
-    optimizer.zero_grad()
+    advantages need every episode's rewards; then each episode's gradient, summed in episode order
+    (games.gradient: add_gradients of the episode_gradients, wherever the episodes were played), then
+    RMSProp: c <- decay c + (1 - decay) g^2,  W <- W - lr g / (sqrt(c) + eps)."""
+    state["optimizer"].zero_grad()
     advantage = advantages(episodes, state["config"]["standardise"])
-    loss = state["games"].gradient(episodes, advantage, W1, W2)
-    ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
-        optimizer.step()
-    for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
-        ad.runs.check_finite(f"weight {p.name}", p, f"update {state['updates'] + 1}")
+    loss = state["games"].gradient(episodes, advantage, state["W1"], state["W2"])
+    checked_step(state, loss)           # Part 2: that step (in place); a loss or weight not finite stops the run
     state["updates"] += 1
 
 
@@ -214,13 +173,10 @@ def update(state, episodes):
 def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False, progress=None):
     """Play whole episodes with the fixed policy (W1, W2) on `games`: one batched forward per step, then
     each game samples UP with probability P(UP) from its own random stream (greedy: the likelier one).
-    Game g of a batch of n games plays episodes g, g + n, g + 2n, ... below n_episodes; so which episodes
-    a game plays, and what happens in them, does not depend on the process that runs it (`games` may be
-    one worker's share). Returns the episodes in their order, dicts of x (T, 6400) int8 difference
-    frames, up (T,) bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives
-    game 0's first episode; `progress.update(done)` hears of each finished one."""
-    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, which episode is whose
-    filming = film is not None
+    Game g of a batch of n games plays episodes g, g + n, g + 2n, ... below n_episodes, so what happens
+    in an episode depends on nothing else. Returns the episodes in their order, dicts of x (T, 6400) int8
+    difference frames, up (T,) bool, rewards (T,); None if stop() became true."""
+    book = Episodes(games, n_episodes, film, progress)   # Part 2: who plays, their steps, the film, progress
     while book.playing.any():
         if stop is not None and stop():
             return None
@@ -231,21 +187,15 @@ def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False,
         book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
         up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids.tolist()]) < p_up
-        frame_0 = games.frames[0] if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
-        ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
-        if frame_0 is not None:
-            film.add(frame_0, rewards[0])           # ids is sorted: game 0 comes first
-        filming = filming and 0 not in ended
-        if progress is not None and len(ended):
-            progress.update(len(book.finished))
+        book.add(ids, x, up, rewards, dones)        # record the step; end and restart episodes
     return sorted(book.finished, key=lambda episode: episode["number"])
 
 
 def train_batch(state, stop=None):
     """Play one batch of 10 episodes, then one update. Returns the episodes (None if stopped before the
     batch was complete: then nothing changed but the games, and the boundary marks where to resume).
-    `games.play` is play_episodes: here on all the games, or in each worker process on its own."""
+    `games.play` is play_episodes, on all the games here or on each worker process's share (Part 2)."""
     episodes = state["games"].play(state["W1"], state["W2"], BATCH_EPISODES, stop=stop)
     if episodes is not None:
         update(state, episodes)
@@ -315,8 +265,47 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# The games in worker processes, the episodes' and the session's bookkeeping, exact checkpoints, Ctrl-C,
-# --play, figures, the command line (help text and flag types).
+# The fused model, the games in worker processes, the episodes' and the session's bookkeeping, exact
+# checkpoints, Ctrl-C, --play, figures, the command line (help text and flag types).
+
+
+# ----------------------------------------------------------------------------
+# The fused model: policy_logit (section 3's model in one op) and acting's forward
+# ----------------------------------------------------------------------------
+@ad.primitive
+def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
+    """Same as policy_logit_plain (section 3), tested equal in tests/test_pong_pg.py; one fused op, faster.
+
+    Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
+    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
+    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
+    Backward (the original's policy_backward, batched, block by block into one dW1):
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
+    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
+    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
+    z = h @ W2
+
+    def vjp(g):
+        dh = np.outer(g, W2) * (h > 0)
+        dW1 = np.zeros_like(W1)
+        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
+            dW1[changed] += x_changed.T @ dh[start:start + block]
+        return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
+    return z, vjp
+
+
+def hidden_units(x, W1):
+    """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
+    changed = np.flatnonzero(x.any(axis=0))
+    x_changed = x[:, changed].astype(W1.dtype)
+    return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
+
+
+def probability_up(x, W1, W2):
+    """P(UP | x) for a batch of difference frames: policy_logit's forward, in NumPy (acting records no
+    graph, and skipping the engine's bookkeeping matters at every step)."""
+    _, _, h = hidden_units(x, W1.data)
+    return ad.stable_sigmoid(h @ W2.data)
 
 
 # ----------------------------------------------------------------------------
@@ -620,15 +609,18 @@ class Episodes:
     """play_episodes' bookkeeping: which games are playing, each one's previous frame and steps so far,
     the episodes that ended. Game g (of a batch of n) plays episodes g, g + n, ... while they are below
     n_episodes, then stays idle: every episode is played whole by the one policy, exactly 10 per batch
-    however many games run at once, and each episode's number says which one it is."""
+    however many games run at once, and each episode's number says which one it is. `games` may be one
+    worker's share. `film.add(frame, reward)` receives game 0's first episode (each frame with the reward
+    of the step taken from it); `progress.update(done)` hears of each finished episode."""
 
-    def __init__(self, games, n_episodes):
+    def __init__(self, games, n_episodes, film=None, progress=None):
         n = len(games)
         self.games, self.n_episodes, self.next = games, n_episodes, np.array(games.numbers)
         self.playing, self.first_frame = np.zeros(n, bool), np.zeros(n, bool)
         self.previous, self.steps = np.zeros((n, PIXELS), np.int8), [None] * n
-        self.finished = []
+        self.finished, self.film, self.progress = [], film, progress
         self.start(np.flatnonzero(self.next < n_episodes))
+        self.frame_0 = games.frames[0] if film is not None and self.playing[0] else None   # before the step
 
     def start(self, ids):
         self.games.reset(ids)
@@ -645,6 +637,9 @@ class Episodes:
             steps["x"].append(x[j])
             steps["up"].append(action_up)
             steps["rewards"].append(reward)
+        if self.frame_0 is not None:                # ids is sorted: game 0 comes first
+            self.film.add(self.frame_0, rewards[0])
+            self.frame_0 = None if dones[0] else self.games.frames[0]
         if not dones.any():
             return ids[:0]
         ended = ids[dones]
@@ -656,6 +651,8 @@ class Episodes:
         restart = ended[self.next[ended] < self.n_episodes]
         if len(restart):
             self.start(restart)
+        if self.progress is not None:
+            self.progress.update(len(self.finished))
         return ended
 
 
@@ -670,6 +667,23 @@ def new_state(args):
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
             "running_reward": None, "seconds": 0.0, "session_start": time.perf_counter(),
             "history": {"score": [], "length": [], "hours": [], "running_reward": []}, "boundary": None}
+
+
+def checked_step(state, loss):
+    """The RMSProp step, between checks: a loss or a weight that is not finite raises Diverged (exit 3),
+    and since this happens before any checkpoint of this update, the last checkpoint keeps finite weights."""
+    when = f"update {state['updates'] + 1}"
+    ad.runs.check_finite("the loss", loss, when)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
+        state["optimizer"].step()
+    for p in (state["W1"], state["W2"]):
+        ad.runs.check_finite(f"weight {p.name}", p, when)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
+    """The batch's gradient into W1.grad and W2.grad, in this process (what the tests use); returns the loss."""
+    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
+    return add_gradients(gradients, W1, W2)
 
 
 class InPlaceRMSProp(ad.optim.RMSProp):
