@@ -366,6 +366,7 @@ class Games:
         self.envs = [make_game(env_id) for _ in self.numbers]
         for env, s in zip(self.envs, emulator_seeds):
             env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
+        self.ahead, self.boundary = set(), None     # see reset_ahead
 
     def __len__(self):
         return len(self.numbers)
@@ -378,8 +379,27 @@ class Games:
         return add_gradients([episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)], W1, W2)
 
     def reset(self, ids):
-        for g in ids:
-            self.frames[g] = self.envs[g].reset()[0]
+        """Start a new episode in the games `ids` (a game that reset_ahead has reset keeps that reset)."""
+        for g in map(int, ids):
+            if g in self.ahead:
+                self.ahead.discard(g)
+            else:
+                self.frames[g] = self.envs[g].reset()[0]
+        self.boundary = None
+
+    def reset_ahead(self, busy):
+        """A worker's idle time at the end of a batch: reset each game for its next episode now, one at a
+        time while busy() is false. Each game does what it would do anyway, in the same order (reset, then
+        the next batch's steps), so nothing changes but when; game_states() keeps answering with the
+        states from before the first of these resets: the batch boundary that checkpoints save."""
+        for g in range(len(self)):
+            if busy():
+                return False
+            if g not in self.ahead:
+                self.boundary = self.boundary or self.game_states()
+                self.frames[g] = self.envs[g].reset()[0]
+                self.ahead.add(g)
+        return True
 
     def step(self, ids, actions):
         """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
@@ -390,10 +410,13 @@ class Games:
 
     def game_states(self):
         """Per game: (emulator bytes, its env's RNG state as JSON, its sampling stream's state as JSON)."""
+        if self.boundary is not None:
+            return self.boundary
         return [(*_emulator_state(env), json.dumps(rng.bit_generator.state)) for env, rng in zip(self.envs, self.rngs)]
 
     def restore(self, states):
         """states: one game_states() entry per game; a damaged one is a ValueError."""
+        self.ahead, self.boundary = set(), None
         for env, rng, (blob, np_random_json, sampling_json) in zip(self.envs, self.rngs, states):
             _set_emulator_state(env, blob, np_random_json)
             rng.bit_generator.state = json.loads(sampling_json)
@@ -424,7 +447,8 @@ class GamePool:
     and holds the GIL: threads would not help). For the update, the main process computes the advantages
     from all rewards, each worker writes the gradient of each of its episodes into shared memory, and
     then adds up its slice of all of them (so the main process does not add them alone while both cores
-    wait)."""
+    wait). A worker that waits (for the other one, or for the RMSProp step) resets its games for the next
+    batch meanwhile (Games.reset_ahead), until the batch boundary, instead of at the next batch's start."""
 
     def __init__(self, env_id, n, seed, workers):
         import mmap
@@ -564,12 +588,14 @@ class _EndedMessages:
 
 def _serve(connection, games, W1, W2, gradients, stop_flag):
     (rows, summed), parent = gradients, os.getppid()
-    played = {}                                          # the last batch's episodes, by number
+    played, idle_resets = {}, False                      # the last batch's episodes, by number
 
     def stop():                                          # asked by the main process, or orphaned
         return stop_flag[0] != 0 or os.getppid() != parent
     connection.send(("ready", None))
     while True:
+        if idle_resets:                 # from the end of a whole batch to its boundary: reset for the next one
+            idle_resets = not games.reset_ahead(connection.poll)
         while not connection.poll(1.0):
             if os.getppid() != parent:
                 return                                   # orphaned: the main process died
@@ -579,7 +605,7 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
             film = PointFilm() if filming else None
             episodes = play_episodes(games, W1, W2, n_episodes, stop=stop, film=film, greedy=payload[1],
                                      progress=_EndedMessages(connection) if reporting else None)
-            played = {e["number"]: e for e in episodes or []}
+            played, idle_resets = {e["number"]: e for e in episodes or []}, episodes is not None
             light = [{k: v for k, v in e.items() if k != "x"} for e in episodes or []]   # the frames stay here
             connection.send(("played", None if episodes is None else (light, vars(film) if filming else None)))
         elif command == "gradients":
@@ -591,11 +617,13 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
         elif command == "sum":
             add_rows(rows, summed, *payload)
             connection.send(("summed", None))
-        elif command == "state":
+        elif command == "state":                         # the batch boundary (the main process's mark_boundary)
             connection.send(("state", games.game_states()))
+            idle_resets = False                          # the next batch follows: its start resets the rest
         elif command == "restore":
             try:
                 games.restore(payload)
+                idle_resets = False
                 connection.send(("restored", True))
             except ValueError as error:
                 connection.send(("error", str(error)))

@@ -9,7 +9,8 @@ Three loops, in one run, alternating round by round so that load from other proc
             process plays its games' whole episodes with play_episodes (vectorised preprocessing, one batched
             sparse forward per step, each game's own sampling stream), the main process computes the
             advantages, each worker the gradients of its episodes and then its slice of their sum, and the
-            main process takes one RMSProp step (in place) per 10 episodes.
+            main process takes one RMSProp step (in place) per 10 episodes. A worker with nothing to do
+            resets its games for the next batch.
   original  one game, one frame at a time, written the way the original pg-pong.py is (prepro per frame,
             np.dot(W1, x) per frame, hand-written backward per episode, RMSProp every 10 episodes).
 
@@ -191,7 +192,8 @@ MAIN_LABELS = ["waiting for the workers' episodes (GamePool.play)",
                "game states at the batch boundary (for checkpoints)"]
 WORKER_LABELS = ["emulator steps (Games.step, resets)", "preprocess (the worker's games, vectorised)",
                  "forward (sparse, batched)", "play_episodes in all", "gradients of its episodes (episode_gradient)",
-                 "its slice of the gradients' sum (add_rows)"]
+                 "its slice of the gradients' sum (add_rows)",
+                 "resets for the next batch, in idle time (reset_ahead)"]
 
 
 class Profile:
@@ -242,6 +244,7 @@ def profiled(profile):
     wrap(pong_pg, "play_episodes", WORKER_LABELS[3])
     wrap(pong_pg, "episode_gradient", WORKER_LABELS[4])
     wrap(pong_pg, "add_rows", WORKER_LABELS[5])
+    wrap(pong_pg.Games, "reset_ahead", WORKER_LABELS[6])
 
 
 def print_profile(profile, wall, workers):

@@ -294,6 +294,40 @@ def test_worker_processes_play_the_same_episodes_as_one_process(monkeypatch):
         assert a[1:] == b[1:]
 
 
+def test_games_reset_ahead_in_idle_time_play_the_same_and_keep_the_boundary(monkeypatch):
+    """A waiting worker resets its games for the next batch early (Games.reset_ahead, stopped whenever a
+    command comes): the states it reports are still the batch boundary's, and the next batch plays the
+    same episodes as games reset at its start."""
+    short_games(monkeypatch)
+    W1, W2 = pong_pg.init_policy(np.random.default_rng(0))
+    plain, early, part = (pong_pg.Games("ALE/Pong-v5", 3, 5) for _ in range(3))
+    try:
+        for games in (plain, early, part):
+            games.play(W1, W2, 3)
+        boundary = plain.game_states()
+        calls = iter([False, True])
+        assert early.reset_ahead(lambda: False) and not part.reset_ahead(lambda: next(calls))
+        assert early.ahead == {0, 1, 2} and part.ahead == {0}
+        for games in (early, part):
+            for ours, theirs in zip(games.game_states(), boundary):
+                np.testing.assert_array_equal(ours[0], theirs[0])
+                assert ours[1:] == theirs[1:]
+        batches = [games.play(W1, W2, 3) for games in (plain, early, part)]
+        for batch in batches[1:]:
+            for a, b in zip(batches[0], batch):
+                np.testing.assert_array_equal(a["x"], b["x"])
+                np.testing.assert_array_equal(a["up"], b["up"])
+                np.testing.assert_array_equal(a["rewards"], b["rewards"])
+        for games in (early, part):
+            assert not games.ahead and games.boundary is None
+            for ours, theirs in zip(games.game_states(), plain.game_states()):
+                np.testing.assert_array_equal(ours[0], theirs[0])
+                assert ours[1:] == theirs[1:]
+    finally:
+        for games in (plain, early, part):
+            games.close()
+
+
 def test_a_checkpoint_of_the_older_version_is_refused_saying_so(tmp_path):
     path, arrays = fresh_checkpoint(tmp_path)
     arrays["format"] = np.array("pong_pg checkpoint v1")
