@@ -12,22 +12,17 @@ physics into the force and into the policy network, and the RL problem becomes o
 
 The claim tested is the Flux team's (Innes, Joy and Karmali, 2019, "DP vs RL" on the Flux blog, with its code
 in FluxML/model-zoo): backprop through the simulator solves CartPole in "around 5 episodes", where RL needs
-hundreds. "Solved" here is Gymnasium's bar for CartPole-v1: a mean return ≥ 475 over deterministic episodes of
-the real environment. The RL comparison is REINFORCE with a learned baseline on the real environment, with the
-same engine, network (4-24-48-1, tanh) and optimizer; LQR on the linearised twin is the classical one.
-
-One DP training episode is one trajectory of the twin from a random start until it fails or reaches 500 steps;
-the policy is updated during it. After each training episode a stopping rule scores the policy on its own 100
-starts (stop at a mean ≥ 485; after 5 episodes, return the best policy seen if it is ≥ 475); the result is then
-measured once on 1,000 other starts (section 8). Part 2 adds random search over
-untrained networks (a control for luck) and the original's own setting, CartPole-v0 (200 steps, bar 195).
+hundreds. "Solved" is Gymnasium's bar for CartPole-v1, a mean return ≥ 475 over deterministic episodes of the
+real environment. A stopping rule asks after each training episode, on its own 100 starts, whether the policy is
+there; the policy it returns is then measured once on 1,000 starts that decided nothing (section 8). The
+comparison is REINFORCE with a learned baseline on the real environment, with the same engine, network
+(4-24-48-1, tanh) and optimizer. Part 2 adds LQR on the linearised twin (the classical comparator), random
+search over untrained networks (a control for luck) and the original's setting, CartPole-v0.
 
 Run:  python cartpole_dp.py          # 10 DP seeds, 5 RL, 5 random-search, 3+3 CartPole-v0 (about a minute)
       python cartpole_dp.py --full   # 30 seeds each (20 RL), 100 Gymnasium checks per policy, the ablations
-Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, params.npz (the first DP
-seed's policy), curves.png and balancing.gif. cartpole_dp.policy_from_file("runs/cartpole_dp/params.npz")
-turns a saved policy into a function: Gymnasium observation -> action 0 or 1.
-
+Outputs in runs/cartpole_dp/ (runs/cartpole_dp_full/ with --full): metrics.json, curves.png, balancing.gif and
+params.npz, the first DP seed's policy; policy_from_file(path) turns it into observation -> action 0 or 1.
 Results: see README.md, section cartpole_dp.py.
 """
 
@@ -78,18 +73,6 @@ MAX_STEPS = 500                   # the TimeLimit of CartPole-v1
 REWARD_THRESHOLD = 475.0          # gymnasium's registered reward_threshold
 
 
-def _dynamics(state, force):
-    """Gymnasium's equations, in Gymnasium's order of operations (so the results agree to the last bit), on a
-    batch of states (B, 4)."""
-    x, x_dot, theta, theta_dot = state[:, 0], state[:, 1], state[:, 2], state[:, 3]
-    costheta, sintheta = np.cos(theta), np.sin(theta)
-    temp = (force + POLEMASS_LENGTH * np.square(theta_dot) * sintheta) / TOTAL_MASS
-    denom = LENGTH * (4.0 / 3.0 - MASS_POLE * np.square(costheta) / TOTAL_MASS)
-    thetaacc = (GRAVITY * sintheta - costheta * temp) / denom
-    xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
-    return costheta, sintheta, temp, denom, thetaacc, xacc
-
-
 @ad.primitive
 def cartpole_step(state, force):
     """One explicit-Euler step of CartPole for a batch: state (B, 4) = [x, ẋ, θ, θ̇], force (B,) in newtons.
@@ -104,12 +87,15 @@ def cartpole_step(state, force):
     with the quotient rule for θ̈ = N/D: ∂θ̈/∂θ = (g cosθ + sinθ·temp − cosθ ∂temp/∂θ − θ̈ ∂D/∂θ) / D,
     ∂D/∂θ = 2 l m_p cosθ sinθ / M, ∂temp/∂θ = (m_p l/M) θ̇² cosθ, ∂temp/∂θ̇ = 2 (m_p l/M) θ̇ sinθ, ∂temp/∂F = 1/M,
     and ∂ẍ/∂· = ∂temp/∂· − (m_p l/M)(cosθ ∂θ̈/∂· − θ̈ sinθ [for θ only]).
-    Checked against finite differences by tests/test_cartpole_dp.py::test_fused_step_gradient_matches_finite_differences,
-    and the forward against Gymnasium by test_twin_step_equals_gymnasium_for_random_states_and_both_actions."""
+    Checked in tests/test_cartpole_dp.py against finite differences, and the forward against Gymnasium."""
     state = np.asarray(state, dtype=np.float64)
     force = np.broadcast_to(np.asarray(force, dtype=np.float64), state.shape[:1])
-    cos, sin, temp, denom, thetaacc, xacc = _dynamics(state, force)
     x, x_dot, theta, theta_dot = state.T
+    cos, sin = np.cos(theta), np.sin(theta)     # then Gymnasium's order of operations: equal to the last bit
+    temp = (force + POLEMASS_LENGTH * np.square(theta_dot) * sin) / TOTAL_MASS
+    denom = LENGTH * (4.0 / 3.0 - MASS_POLE * np.square(cos) / TOTAL_MASS)
+    thetaacc = (GRAVITY * sin - cos * temp) / denom
+    xacc = temp - POLEMASS_LENGTH * thetaacc * cos / TOTAL_MASS
     new = np.stack([x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc], axis=1)
 
     def vjp(g):
@@ -197,9 +183,8 @@ def step_cost(state, lookahead=True):
 # 5. Update: one window of truncated BPTT, then one Adam step
 # ----------------------------------------------------------------------------
 def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False, max_steps=MAX_STEPS):
-    """One training episode: a trajectory of the twin from a reset until it fails or reaches max_steps, with
-    one Adam step per window of `window` steps (each window starts from the previous one's state, detached).
-    Returns the number of steps, which is this episode's return.
+    """One training episode: the twin from a reset until it fails or reaches max_steps, one Adam step per window
+    of `window` steps (each from the previous window's state, detached); returns its length, the return.
 
     Why one step: with closed_loop=True the gradient also flows through the policy's input (the state one force
     produced sets the next force). For a good bang-bang policy that backward loop has a gain of about −10 per
@@ -228,9 +213,8 @@ def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_lo
 # ----------------------------------------------------------------------------
 def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False, lr=0.01,
            activation=ACTIVATION, out_activation=None, train_biases=False, init=None):
-    """Train a DP policy from `seed`; after every training episode ask the stopping rule (section 8).
-    Returns (network, record) with per-episode returns and stopping-set scores. The keywords after `lr` exist
-    for the original's setup and the ablations (Part 2, FLUX_SETUP and ABLATIONS)."""
+    """Train a DP policy from `seed`, asking the stopping rule (section 8) after every training episode; returns
+    (network, record). The keywords after `lr` serve the original's setup and the ablations (Part 2, ABLATIONS)."""
     rng = np.random.default_rng(seed)
     policy = ad.nn.MLP(SIZES, rng, activation=activation, out_activation=out_activation, init=init)
     params = policy.parameters() if train_biases else trainable_weights(policy)
@@ -247,7 +231,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: REINFORCE on the real environment; LQR on the linearised twin
+# 7. Baseline: REINFORCE on the real environment, same network and optimizer (LQR, random search: Part 2)
 # ----------------------------------------------------------------------------
 def reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma):
     """∇J ≈ Σ_t (G_t − V(s_t)) ∇log π(a_t|s_t), advantages normalised per episode; V is regressed on the
@@ -297,45 +281,11 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     return policy, record
 
 
-# A control for luck, random search over untrained networks: see Part 2, random_search.
-
-
-def linearised_twin():
-    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
-    VJP: the backward of output i is row i of the Jacobian."""
-    A, B = np.zeros((4, 4)), np.zeros((4, 1))
-    for i in range(4):
-        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
-        ad.sum(cartpole_step(state, force)[:, i]).backward()
-        A[i], B[i, 0] = state.grad[0], force.grad[0]
-    return A, B
-
-
-def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
-    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
-    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
-    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
-    F = 10·sign(−K s) (lqr_scorer, Part 2): knowing the model, with zero training episodes."""
-    Q = np.eye(4) if Q is None else Q
-    R = np.eye(1) if R is None else R
-    P = Q
-    for _ in range(iterations):
-        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
-        P_next = Q + A.T @ P @ (A - B @ K)
-        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
-        P = P_next
-        if converged:
-            break
-    return K
-
-
 # ----------------------------------------------------------------------------
 # 8. Measurement: three disjoint sets of starts, the stopping rule, and the reported score
 # ----------------------------------------------------------------------------
 # Gymnasium reset seeds. The twin's training starts come from each training seed's own generator instead.
-DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the stopping rule
-SEEN_SEEDS = range(3_000_000, 3_001_000)         # the previous reported set: it showed which seeds failed, and
-                                                 # so shaped the rule chosen after it; development starts now
+DEVELOPMENT_SEEDS = range(1_000_000, 1_001_000)  # shaped the method: tuning, ablations, the rule (+ SEEN_SEEDS)
 STOPPING_SEEDS = range(2_000_000, 2_000_100)     # the stopping rule's own 100 starts, after every episode
 REPORTED_SEEDS = range(4_000_000, 4_001_000)     # measured once, after training; nothing else touches them
 STOP_MARGIN = 10.0     # stop at a stopping-set mean >= bar + 10, chosen on development seeds and starts
@@ -346,36 +296,20 @@ TASKS = {"CartPole-v1": {"max_steps": 500, "bar": 475.0},    # Gymnasium's regis
 
 def evaluate_on_gym(score, seeds, env_id="CartPole-v1"):
     """Returns of the deterministic policy on gymnasium.make(env_id), one episode per reset seed;
-    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0."""
+    score(obs) is the network's output, action = 1 (push right) if it is ≥ 0. The rule and the reported score
+    use its fast path, evaluate_on_twin (Part 2: all episodes at once on the twin, tested equal)."""
     result = ad.runs.play_episodes(env_id, lambda obs: (score(obs) >= 0.0).astype(int), seeds)
     return result["returns"]
-
-
-def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
-    """The same evaluation on the twin, all episodes at once: from Gymnasium's own start states, with float32
-    observations, it replays Gymnasium's episodes exactly (tested, and checked in every run), ~20x faster."""
-    state = np.array(initial_states, dtype=np.float64)
-    alive = np.ones(len(state), dtype=bool)
-    returns = np.zeros(len(state))
-    for _ in range(max_steps):
-        force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
-        state = cartpole_step(state, force).data
-        returns += alive                      # +1 every step, the failing one included
-        alive &= ~terminated(state)
-        if not alive.any():
-            break
-    return returns
 
 
 class StoppingRule:
     """Asked after every training episode: is the deterministic policy at the bar on the stopping starts?
 
-    Screened on the twin; when the twin's mean is ≥ bar + margin, confirmed on Gymnasium itself (if
-    confirm_on_gym). Stopping at the first pass picks a lucky moment, so the stopping-set mean flatters the policy;
-    the margin buys the reported set its bar. A policy can also pass by luck at one episode and fall back at the
-    next (training goes on during each episode), so at the budget the rule returns the best policy seen if that
-    one is at the bar, rather than training on. (What the plain rule, margin 0, would have done is recorded
-    beside it: see Part 2, note_plain_rule.)"""
+    Screened on the twin, confirmed on Gymnasium itself (if confirm_on_gym). Stopping at the first pass picks a
+    lucky moment, so the stopping-set mean flatters the policy: the margin buys the reported set its bar. And a
+    policy can pass by luck at one episode and fall back at the next (training goes on during each episode),
+    so at the budget the rule returns the best policy seen if it is at the bar, rather than training on.
+    Bookkeeping in Part 2: at_budget, confirm_on_gym, BestSeen, note_plain_rule (what margin 0 would do)."""
 
     def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
                  reported=None, budget=BUDGET):
@@ -388,35 +322,21 @@ class StoppingRule:
         if self(scorer(network), record):
             record["episodes_to_bar"] = record["returned_episode"] = episode
             return True
-        if self.budget and episode <= self.budget:
-            best.offer(record["stop_mean"][-1], episode, network)
-        if episode != self.budget or best.mean < self.bar:
-            return False
-        best.restore(network)               # the budget is spent: the best policy seen (BestSeen, Part 2)
-        self.confirm(scorer(network), record)
-        record["episodes_to_bar"], record["returned_episode"], record["at_budget"] = episode, best.episode, True
-        return True
-
-    def confirm(self, score, record, twin=None):
-        twin = evaluate_on_twin(score, self.states, self.max_steps) if twin is None else twin
-        gym = evaluate_on_gym(score, self.seeds, self.env_id)
-        record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
-        record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
-        return gym
+        return bool(self.budget) and at_budget(self, network, episode, record, best)
 
     def __call__(self, score, record):
         twin = evaluate_on_twin(score, self.states, self.max_steps)
         record["stop_mean"].append(float(twin.mean()))
         note_plain_rule(record, twin.mean() >= self.bar, score, self.reported)
-        if twin.mean() < self.bar + self.margin or not self.confirm_on_gym:
-            return bool(twin.mean() >= self.bar + self.margin)
-        return bool(self.confirm(score, record, twin).mean() >= self.bar + self.margin)
+        passed = twin.mean() >= self.bar + self.margin
+        if passed and self.confirm_on_gym:
+            passed = confirm_on_gym(self, score, record, twin).mean() >= self.bar + self.margin
+        return bool(passed)
 
 
 class ReportedScore:
-    """The reported score of a finished policy: the 1,000 reported starts on the twin (an exact replay of
-    Gymnasium), and the first `gym_check` of them also on Gymnasium itself, which must agree episode for
-    episode. Returns the per-start returns too, for paired comparisons between methods."""
+    """A finished policy's score on the 1,000 reported starts, on the twin (an exact replay; the first
+    `gym_check` also on Gymnasium itself, which must agree), per start too, for paired comparisons."""
 
     def __init__(self, env_id="CartPole-v1", seeds=REPORTED_SEEDS, gym_check=20):
         self.env_id, self.seeds, self.gym_check = env_id, seeds, gym_check
@@ -451,16 +371,12 @@ def main(argv=None):
         seed, rule, args.dp_max_episodes, window=args.window, lr=args.lr))
     metrics["dp"] = summarise(dp_records)
     metrics["saved_policy"] = save_and_reload(out, dp_policies[0], dp_records[0], args.seed, reported)
-    rl_records, rs_records = [], []
+    rl_records = []
     if args.rl_seeds:
         _, rl_records = train_seeds("RL", args.rl_seeds, args.seed, reported,
                                     lambda seed: run_rl(seed, rule, args.rl_max_episodes))
         metrics["rl"] = summarise(rl_records)
-    if args.rs_seeds:
-        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
-                                    lambda seed: random_search(seed, rule, args.rs_draws))
-        metrics["random_search"] = summarise(rs_records)
-    metrics["lqr"] = lqr_baseline(rule, reported)
+    rs_records = other_comparators(metrics, args, rule, reported)     # random search and LQR: Part 2
     metrics["paired_vs_dp"] = paired_comparisons(dp_records, rl_records, rs_records, metrics["lqr"])
     if args.v0_seeds:
         metrics["original_setting"] = original_setting(args)
@@ -470,9 +386,7 @@ def main(argv=None):
     metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
     save_figures(out, dp_records, rl_records, dp_policies[0], rule.bar + rule.margin)
     ad.runs.write_metrics(out, metrics, args, started)
-    print_report(metrics)
-    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
-          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
+    print_report(metrics, out, started)
     return metrics
 
 
@@ -535,6 +449,13 @@ def play(args, started):
                           name="play.json")
 
 
+# ----------------------------------------------------------------------------
+# Records, the stopping rule's bookkeeping, several seeds in a row, the original's setting
+# ----------------------------------------------------------------------------
+SEEN_SEEDS = range(3_000_000, 3_001_000)   # a former reported set: it shaped the stopping rule, so it counts
+                                           # as development now, listed in metrics.json beside the others
+
+
 def describe_sets(args):
     def span(seeds):
         return f"Gymnasium reset seeds {seeds[0]:,}..{seeds[-1]:,} ({len(seeds):,} starts)"
@@ -575,6 +496,28 @@ class BestSeen:
             p.data = w.copy()
 
 
+def at_budget(rule, network, episode, record, best):
+    """StoppingRule's budget: keep the best policy of the first rule.budget episodes; at episode rule.budget,
+    if its stopping-set mean is ≥ bar, put it back into `network`, confirm it on Gymnasium, and stop."""
+    if episode <= rule.budget:
+        best.offer(record["stop_mean"][-1], episode, network)
+    if episode != rule.budget or best.mean < rule.bar:
+        return False
+    best.restore(network)
+    confirm_on_gym(rule, scorer(network), record)
+    record["episodes_to_bar"], record["returned_episode"], record["at_budget"] = episode, best.episode, True
+    return True
+
+
+def confirm_on_gym(rule, score, record, twin=None):
+    """The stopping starts played on Gymnasium itself: its mean and min, and whether the twin agreed."""
+    twin = evaluate_on_twin(score, rule.states, rule.max_steps) if twin is None else twin
+    gym = evaluate_on_gym(score, rule.seeds, rule.env_id)
+    record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
+    record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
+    return gym
+
+
 def check_weights(network, when):
     """A diverged run stops here, named (exit 3), before anything is saved: an earlier params.npz is kept."""
     for name, p in network.named_parameters().items():
@@ -600,6 +543,64 @@ def train_seeds(method, n_seeds, first_seed, reported, train):
     return networks, records
 
 
+def original_setting(args):
+    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
+    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
+    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
+    at 200 steps there too."""
+    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
+    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported, budget=None)
+    result = {}
+    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
+        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
+                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
+        result[name] = summarise(records, bar=rule.bar)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Two more comparators: LQR on the linearised twin (the classical one), random search (a control for luck)
+# ----------------------------------------------------------------------------
+def other_comparators(metrics, args, rule, reported):
+    """Random search (if --rs-seeds) and LQR, each scored like DP; returns random search's records."""
+    rs_records = []
+    if args.rs_seeds:
+        _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
+                                    lambda seed: random_search(seed, rule, args.rs_draws))
+        metrics["random_search"] = summarise(rs_records)
+    metrics["lqr"] = lqr_baseline(rule, reported)
+    return rs_records
+
+
+def linearised_twin():
+    """A = ∂s'/∂s (4, 4) and B = ∂s'/∂F (4, 1) of the twin at the upright rest state, read off the twin's own
+    VJP: the backward of output i is row i of the Jacobian."""
+    A, B = np.zeros((4, 4)), np.zeros((4, 1))
+    for i in range(4):
+        state, force = ad.Tensor(np.zeros((1, 4)), requires_grad=True), ad.Tensor(np.zeros(1), requires_grad=True)
+        ad.sum(cartpole_step(state, force)[:, i]).backward()
+        A[i], B[i, 0] = state.grad[0], force.grad[0]
+    return A, B
+
+
+def lqr_gain(A, B, Q=None, R=None, iterations=100_000):
+    """The discrete-time LQR gain K (u = −K s minimises Σ sᵀQs + uᵀRu on s' = As + Bu), from the Riccati
+    recursion K = (R + BᵀPB)⁻¹ BᵀPA, P ← Q + Aᵀ P (A − BK), iterated to its fixed point. Q = I and R = 1
+    were chosen before any measurement. CartPole only pushes ±10 N, so the policy is the bang-bang
+    F = 10·sign(−K s) (lqr_scorer): knowing the model, with zero training episodes."""
+    Q = np.eye(4) if Q is None else Q
+    R = np.eye(1) if R is None else R
+    P = Q
+    for _ in range(iterations):
+        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P_next = Q + A.T @ P @ (A - B @ K)
+        converged = np.allclose(P_next, P, rtol=1e-12, atol=0.0)
+        P = P_next
+        if converged:
+            break
+    return K
+
+
 def lqr_scorer(K):
     """obs (B, 4) -> −K s, whose sign is the push (the same interface as a network's output)."""
     return lambda obs: -(np.asarray(obs, dtype=np.float64) @ K.T)[..., 0]
@@ -620,24 +621,6 @@ def lqr_baseline(rule, reported):
     return record
 
 
-def original_setting(args):
-    """The original's own setting: CartPole-v0 (200 steps, bar 195) and its rule (stop at the first mean ≥ 195
-    over 100 test episodes, no margin), for the Flux setup (as in its code: ReLU, trained biases, Glorot init,
-    tanh output, 8-step closed-loop windows, Adam 0.03) and for this script's choices. Training episodes end
-    at 200 steps there too."""
-    reported = ReportedScore("CartPole-v0", gym_check=args.gym_check)
-    rule = StoppingRule("CartPole-v0", margin=0.0, reported=reported, budget=None)
-    result = {}
-    for name, options in (("Flux setup", FLUX_SETUP), ("this script", {})):
-        _, records = train_seeds(f"CartPole-v0, {name}:", args.v0_seeds, args.seed, reported,
-                                 lambda seed: run_dp(seed, rule, args.v0_max_episodes, **options))
-        result[name] = summarise(records, bar=rule.bar)
-    return result
-
-
-# ----------------------------------------------------------------------------
-# A control for luck: random search over untrained networks (a secondary baseline)
-# ----------------------------------------------------------------------------
 def random_search(seed, rule, draws):
     """What DP adds over luck: draw up to `draws` untrained networks from DP's own prior (tanh, biases 0) and
     keep the first that passes the stopping rule (at the budget, the best draw so far if it is at the bar). No
@@ -655,7 +638,7 @@ def random_search(seed, rule, draws):
 
 
 # ----------------------------------------------------------------------------
-# Acting without a graph, the RL episode sampler, Gymnasium's start states
+# Acting without a graph, the RL episode sampler, the twin's fast evaluation, Gymnasium's start states
 # ----------------------------------------------------------------------------
 def forward_numpy(weights, obs):
     """The tanh network in plain NumPy, for acting (no graph): weights is the list [W1, b1, W2, b2, W3, b3],
@@ -702,6 +685,23 @@ def sample_rl_episode(env, weights, obs, rng):
         rewards.append(reward)
         done = term or trunc
     return np.array(observations, dtype=np.float64), np.array(actions, dtype=np.float64), np.array(rewards)
+
+
+def evaluate_on_twin(score, initial_states, max_steps=MAX_STEPS):
+    """Same as evaluate_on_gym, but on the twin, all episodes at once (the fast path): from Gymnasium's own
+    start states, with float32 observations, it replays Gymnasium's episodes exactly (tested equal in
+    tests/test_cartpole_dp.py, and checked in every run: twin_equals_gym)."""
+    state = np.array(initial_states, dtype=np.float64)
+    alive = np.ones(len(state), dtype=bool)
+    returns = np.zeros(len(state))
+    for _ in range(max_steps):
+        force = np.where(score(as_observation(state)) >= 0.0, FORCE_MAG, -FORCE_MAG)
+        state = cartpole_step(state, force).data
+        returns += alive                      # +1 every step, the failing one included
+        alive &= ~terminated(state)
+        if not alive.any():
+            break
+    return returns
 
 
 def gym_initial_states(seeds, env_id="CartPole-v1"):
@@ -811,7 +811,7 @@ def without_returns(records):
     return [{k: v for k, v in r.items() if k != "reported_returns"} for r in records]
 
 
-def print_report(metrics):
+def print_report(metrics, out, started):
     rows = []
     named = [("DP", metrics["dp"]), ("RL", metrics.get("rl")), ("random search", metrics.get("random_search"))]
     for name, s in named:
@@ -836,6 +836,8 @@ def print_report(metrics):
     print(f"saved policy (seed {sp['seed']}, {sp['training_episodes']} episodes) via policy_from_file on Gymnasium: "
           f"mean {sp['gym_mean']:.1f}, min {sp['gym_min']:.0f} over {sp['gym_episodes']} reported starts "
           f"(same returns as the trained policy: {sp['same_returns_as_trained']})")
+    print(f"wrote {out}/metrics.json, params.npz, curves.png, balancing.gif "
+          f"({ad.runs.format_seconds(time.perf_counter() - started)})")
 
 
 def report_row(name, s, within=None):
@@ -877,6 +879,8 @@ def plot_curves(path, dp_records, rl_records, stop_level):
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     ad.runs.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=110)
+
+
 def record_gym_episode(score, seed):
     """Observations of one real Gymnasium episode under the deterministic policy."""
     observations = []

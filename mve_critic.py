@@ -8,16 +8,15 @@ learned critic, and differentiate the whole thing (the policy noise eps is repar
 H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
 multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
 heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
-gradients?", ICML 2022). A differentiable simulator also has a knob on smoothness: the contact force
-k max(d, 0) becomes k rho softplus(d / rho), the hard force averaged over logistic noise on the gap. Smoothing
-tames the variance at the price of model bias. A critic can also learn the value *gradient* directly from the
-Bellman gradient equation (DHP / VGL(lambda), Werbos; Fairbank), since accurate values need not have accurate
-gradients:
+gradients?", ICML 2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho) (the hard force
+averaged over logistic noise on the gap), tames the variance at the price of model bias. And since accurate
+values need not have accurate gradients, a critic can learn the value *gradient* directly from the Bellman
+gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
 
     grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
-The toy (after Suh et al.'s pusher-and-box): 1-D pusher p and box b, penalty contact k = 1000, dt 0.02,
-T = 128 steps, gamma 0.99, reward -(b - 1)^2 - 0.01 (u/u_max)^2. Evaluation is always on the hard system.
+The toy, after Suh et al.'s pusher and box: 1-D pusher p and box b, penalty contact k = 1000, T = 128 steps,
+reward -(b - 1)^2 - 0.01 (u/u_max)^2; every evaluation is on the hard system.
 
 Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
 with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
@@ -100,6 +99,7 @@ FULL = {                          # what --full changes
 #   x = (p, v, b, w);  d = p - b (penetration);  lam = k s_rho(d)
 #   s_rho(d) = rho log(1 + e^{d/rho}) = E_{n ~ Logistic(0, rho)} max(d + n, 0);   s_0(d) = max(d, 0)
 #   v' = v + dt (u - lam - c_p v) / m_p;   w' = w + dt (lam - c_b w) / m_b;   p' = p + dt v';   b' = b + dt w'
+#   step_numpy, act_numpy, rollout_numpy (Part 2): the same step, action and rollout without a graph
 # ----------------------------------------------------------------------------
 def soft_penetration(d, rho):
     """s_rho(d) and its slope s_rho'(d) = sigmoid(d/rho) = P(contact under the noise).
@@ -148,12 +148,6 @@ def contact_step(x, a, rho, stiffness=STIFFNESS):
         ga = (g_v * DT * U_MAX / MASS_PUSHER - 2.0 * ACTION_COST * squashed * g[:, 4]) * (1.0 - squashed ** 2)
         return gx, ga, None
     return out, vjp
-
-
-def step_numpy(x, a, rho, stiffness=STIFFNESS):
-    """The same step without a graph: (next state, reward)."""
-    out = contact_step.forward(x, a, rho, stiffness=stiffness)[0]
-    return out[:, :4], out[:, 4]
 
 
 def initial_states(rng, n):
@@ -213,31 +207,11 @@ def policy_mean(policy, o, frozen=False):
     return linear_policy(policy.data if frozen else policy, o)
 
 
-def act_numpy(policy, x, eps=None):
-    """Pre-squash action mu(o) + sigma eps for states x (..., 4), no graph; eps None: deterministic."""
-    with ad.no_grad():
-        mu = policy_mean(policy, Tensor(observe(x)), frozen=True).data
-    return mu if eps is None else mu + SIGMA * eps
-
-
-def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
-    """Roll out len(eps) steps without a graph. Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
-    steps = len(eps)
-    states = np.empty((steps + 1,) + x0.shape)
-    actions, rewards = np.empty(eps.shape), np.empty(eps.shape)
-    states[0] = x0
-    for t in range(steps):
-        actions[t] = act_numpy(policy, states[t], eps[t])
-        states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
-    return states, actions, rewards
-
-
 class Critic:
     def __init__(self, kind, rng, rho_conditioned=False, lam=LAMBDA):
         self.kind, self.rho_conditioned, self.lam = kind, rho_conditioned, lam
-        self.scalar = kind == "Q"
-        n_in = 4 + (kind == "Q") + 1 + rho_conditioned
-        self.net = ad.nn.MLP((n_in, 64, 64, 1 if self.scalar else 4), rng, activation="tanh")
+        n_in = 4 + (kind == "Q") + 1 + rho_conditioned     # o, u (Q only), tau, rho / RHO_MAX (if conditioned)
+        self.net = ad.nn.MLP((n_in, 64, 64, 1 if kind == "Q" else 4), rng, activation="tanh")
         self.params = policy_parameters(self.net)
         self.target = [p.data.copy() for p in self.params]
         self.scale = None           # running RMS of the targets, per output: the net predicts target / scale
@@ -260,14 +234,14 @@ class Critic:
         """Q: (...,) values, G: (..., 4) gradients, as a Tensor (the target net's parameters are constants)."""
         params = self.target if target else self.params
         out = ad.mlp(features, *params, activation="tanh") * (self.scale if self.scale is not None else 1.0)
-        return ad.reshape(out, out.shape[:-1]) if self.scalar else out
+        return ad.reshape(out, out.shape[:-1]) if self.kind == "Q" else out
 
     def values(self, x, t, rho, u=None, target=True):
         """NumPy evaluation, zero where t >= T."""
         with ad.no_grad():
             out = self(self.features(x, t, rho, u), target=target).data
         alive = np.asarray(t) < T
-        return out * (alive if self.scalar else np.asarray(alive)[..., None])
+        return out * (alive if self.kind == "Q" else np.asarray(alive)[..., None])
 
 
 def bootstrap_value(critic, policy, x, t, rho, eps_boot):
@@ -312,24 +286,22 @@ def mve_objective(policy, x0, eps, t0, rho, horizon, critic=None, rng=None, stif
     if W % horizon:
         raise ValueError(f"horizon {horizon} must divide the window {W}")
     states, actions, rewards = np.empty((W + 1, N, 4)), np.empty((W, N)), np.empty((W, N))
-    eps_boot = rng.normal(size=(W // horizon, N)) if critic is not None and critic.kind == "Q" else None
+    segments = W // horizon          # only a Q critic's bootstrap draws noise eps' (one per segment)
+    eps_boot = rng.normal(size=(segments, N)) if critic is not None and critic.kind == "Q" else [None] * segments
     x = Tensor(x0)
     states[0] = x0
     objective = Tensor(np.zeros(N))
-    for t in range(W):
-        if t > 0 and t % horizon == 0:
-            value = bootstrap_value(critic, policy, x, t0 + t, rho, None if eps_boot is None else eps_boot[t // horizon - 1])
-            if value is not None:
-                objective = objective + GAMMA ** t * value
-            x = ad.stop_gradient(x)
-        a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
-        out = contact_step(x, a, rho, stiffness=stiffness)
-        objective = objective + GAMMA ** t * out[:, 4]
-        x = out[:, :4]
-        states[t + 1], actions[t], rewards[t] = x.data, a.data, out.data[:, 4]
-    value = bootstrap_value(critic, policy, x, t0 + W, rho, None if eps_boot is None else eps_boot[-1])
-    if value is not None:
-        objective = objective + GAMMA ** W * value
+    for j in range(segments):        # each segment: H steps, V_hat at its end, then a stop-gradient
+        for t in range(j * horizon, (j + 1) * horizon):
+            a = policy_mean(policy, observe(x)) + SIGMA * eps[t]
+            out = contact_step(x, a, rho, stiffness=stiffness)
+            objective = objective + GAMMA ** t * out[:, 4]
+            x = out[:, :4]
+            states[t + 1], actions[t], rewards[t] = x.data, a.data, out.data[:, 4]
+        value = bootstrap_value(critic, policy, x, t0 + (j + 1) * horizon, rho, eps_boot[j])
+        if value is not None:
+            objective = objective + GAMMA ** ((j + 1) * horizon) * value
+        x = ad.stop_gradient(x)
     return objective, Rollout(x0, eps, t0, rho, states, actions, rewards)
 
 
@@ -436,8 +408,7 @@ def schedule(method, i, iterations):
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose: measure the actor's gradient error where the anneal switches H (see Part 2, SwitchOfH)."""
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
     rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
@@ -458,7 +429,7 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
             env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
-        if switch.happens(i, iterations):  # the remedies for, and diagnostics at, a switch of H: see Part 2
+        if switch.happens(i, iterations):  # a switch of H: remedies, --diagnose (Part 2, SwitchOfH)
             started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
         eps = rng.normal(size=(window, N_ENVS))
         objective, rollout = mve_objective(policy, x, eps, t, env_rho, horizon, critic, rng)
@@ -482,10 +453,7 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
 # ----------------------------------------------------------------------------
 METHODS = {
     "H0_ddpg": dict(label="H=0 (DDPG-like), Q", horizon=0, rho=0.0, critic="Q"),
-    "H4": dict(label="H=4, Q", horizon=4, rho=0.0, critic="Q"),
-    "H8": dict(label="H=8, Q", horizon=8, rho=0.0, critic="Q"),
-    "H16": dict(label="H=16, Q", horizon=16, rho=0.0, critic="Q"),
-    "H32": dict(label="H=32, Q", horizon=32, rho=0.0, critic="Q"),
+    **{f"H{h}": dict(label=f"H={h}, Q", horizon=h, rho=0.0, critic="Q") for h in (4, 8, 16, 32)},
     "BPTT": dict(label="BPTT (H=T)", horizon=T, rho=0.0, critic=None),
     "BPTT_rho0.01": dict(label="BPTT on rho=0.01", horizon=T, rho=0.01, critic=None),
     "H8_rho0.01": dict(label="H=8 on rho=0.01, Q", horizon=8, rho=0.01, critic="Q"),
@@ -570,9 +538,7 @@ def main(argv=None):
         raise
     save_learned(out, learned, args.seed)
     path = ad.runs.write_metrics(out, metrics, args, started)
-    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
-          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
-    print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
+    print_wall_times(walls, started, path, out)
     return metrics
 
 
@@ -657,6 +623,12 @@ def timed(walls, name, function, *args):
     return result
 
 
+def print_wall_times(walls, started, path, out):
+    print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
+          + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
+    print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
+
+
 def report_exp1(exp1, out, wall):
     print_exp1(exp1)
     plot_bias_variance(exp1, out, "mve_critic_bias_variance.png")
@@ -683,6 +655,35 @@ def report_exp3(exp3, cfg, out, wall):
     return {"fidelity": exp3["fidelity"], "bias_Q_vs_G_terminal": exp3["bias_Q_vs_G_terminal"],
             "summary": exp3["summary"], "comparisons": exp3["comparisons"],
             "runs": strip_runs(exp3["runs"]), "wall_seconds": wall}
+
+
+# ----------------------------------------------------------------------------
+# Without a graph: the step, the action and the rollout (evaluation, critic targets, policy evaluation)
+# ----------------------------------------------------------------------------
+def step_numpy(x, a, rho, stiffness=STIFFNESS):
+    """contact_step without a graph: (next state, reward)."""
+    out = contact_step.forward(x, a, rho, stiffness=stiffness)[0]
+    return out[:, :4], out[:, 4]
+
+
+def act_numpy(policy, x, eps=None):
+    """Pre-squash action mu(o) + sigma eps for states x (..., 4), no graph; eps None: deterministic."""
+    with ad.no_grad():
+        mu = policy_mean(policy, Tensor(observe(x)), frozen=True).data
+    return mu if eps is None else mu + SIGMA * eps
+
+
+def rollout_numpy(policy, x0, eps, rho, stiffness=STIFFNESS):
+    """mve_objective's rollout of len(eps) steps, without a graph (tested equal in tests/test_mve_critic.py).
+    Returns states (W+1, N, 4), actions (W, N), rewards (W, N)."""
+    steps = len(eps)
+    states = np.empty((steps + 1,) + x0.shape)
+    actions, rewards = np.empty(eps.shape), np.empty(eps.shape)
+    states[0] = x0
+    for t in range(steps):
+        actions[t] = act_numpy(policy, states[t], eps[t])
+        states[t + 1], rewards[t] = step_numpy(states[t], actions[t], rho, stiffness)
+    return states, actions, rewards
 
 
 # ----------------------------------------------------------------------------

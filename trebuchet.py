@@ -49,11 +49,9 @@ HELP = dict(steps="training steps of the aimer",
             model="virtualtrebuchet (the machine as documented) or trebuchet_jl (as Trebuchet.jl runs it)",
             compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
             figures="write the figures and the GIF")
-# Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws
-# the learning curve's targets, "labels" and "integrator" the shots of Part 2's side experiments. "tuning" is
-# where steps, aiming within reach, lr, Adam's β2 and Huber δ were chosen (the studies in README.md);
-# "test", a disjoint stream of the same distribution, shaped nothing and gives every reported figure (the
-# network's shape: see `make_aimer`).
+# Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws the
+# learning curve's targets, "labels" and "integrator" Part 2's side experiments. Settings are chosen on "tuning";
+# "test", a disjoint stream of the same distribution, shapes nothing and gives every reported figure.
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -81,47 +79,35 @@ AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
 ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
 DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * PROJECTILE_MASS)  # 1/m
 
-# Integration: fixed steps, each phase on its own grid starting at the event that
-# began it (as DifferentialEquations.jl restarts after a callback):
+# Integration: fixed steps, each phase on its own grid starting at the event that began it (as
+# DifferentialEquations.jl restarts after a callback):
 #   ground: classical Runge-Kutta (RK4), 1/60 s: the swing starts slowly;
-#   hang:   RK4, 1/240 s: the hinged counterweight "whips" as its rod lines up with
-#           the short arm (accelerations of hundreds of rad/s² for a few
-#           hundredths of a second); at 1/120 s the distance is off by up to 21 cm;
+#   hang:   RK4, 1/240 s: the hinged counterweight "whips" as its rod lines up with the short arm
+#           (hundreds of rad/s² for a few hundredths of a second);
 #   flight: Heun (RK2), 1/60 s: a smooth point mass.
-# Trebuchet.jl's explicit Euler at 1/60 s creates energy during the whip; every run measures both
-# against a converged solution (Part 2, `integrator_accuracy`).
+# Every run measures these steps, and Trebuchet.jl's explicit Euler at 1/60 s, against converged ones (Part 2,
+# `integrator_accuracy`).
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# The model (--model virtualtrebuchet, the default): the machine as virtualtrebuchet.com documents it (the
-# arm's inertia a uniform beam's, the counterweight's 1 lb ft²), integrated as above, every event
-# interpolated. `ground_phase` and `refine_release` are filled in below; the machine as Trebuchet.jl runs it
-# (--model trebuchet_jl, where the blog's numbers come from) is in Part 2.
-MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION,
-             refine_release=None)
-MODELS = dict(virtualtrebuchet=MODEL)   # MODEL: what every function uses unless given another (`select_model`)
+# MODEL, used unless a function is given another: the machine as virtualtrebuchet.com documents it, integrated as
+# above. Part 2 adds the machine as Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from).
+MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION)
 
 
 # -------------------- Forward-mode derivatives with complex numbers --------
+# A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic: (x + x'ε)(y + y'ε) =
+# xy + (x'y + xy')ε, the product rule. NumPy has no dual type, but complex128 will do: put the derivative in the
+# imaginary part scaled by ε = 1e-200 i. Every ε² term, ~1e-400, then underflows to exactly zero, so complex
+# arithmetic *is* dual arithmetic: the real part is the value, bit for bit, and imag/1e-200 the exact derivative
+# (the "complex step" of Squire & Trapp, 1998, with a step so small it is not an approximation). The simulator is
+# therefore plain NumPy code with two rules: tests look at the real part (`.real <= 0`), and sin, cos, sqrt and
+# arcsin apply their derivative explicitly (NumPy's complex versions are correct but slow).
 #
-# A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic:
-# (x + x'ε)(y + y'ε) = xy + (x'y + xy')ε, the product rule. NumPy has no dual
-# type, but complex128 will do: put the derivative in the imaginary part scaled
-# by ε = 1e-200 i. Then every ε² term, ~1e-400, underflows to exactly zero, so
-# complex arithmetic *is* dual arithmetic: the real part is the value, bit for
-# bit, and imag/1e-200 the exact derivative (the "complex step" of Squire &
-# Trapp, 1998, with a step so small it is not an approximation). The simulator
-# below is therefore plain NumPy code; only four rules are needed: tests look at
-# the real part (`.real <= 0`), and sin, cos, sqrt and arcsin apply their
-# derivative explicitly (NumPy's complex versions are correct but slow).
-#
-# Each shot has three inputs, so a batch of B shots runs as one complex copy per
-# input that needs a derivative, copy j nudged along input j (the swing needs
-# only the counterweight's copy, see `simulate`): one pass gives the values and
-# the whole Jacobian, nothing is stored, and each operation is one NumPy call.
-# For a simulator with a few inputs and one output, that beats a reverse sweep
-# over stored states, which would need a hand-written VJP of every step.
-# (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
+# A batch of B shots runs as one complex copy per input that needs a derivative, copy j nudged along input j: one
+# pass gives the values and the whole Jacobian, nothing is stored, and each operation is one NumPy call. For a
+# simulator with a few inputs and one output, that beats a reverse sweep over stored states, which would need a
+# hand-written VJP of every step. (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
 EPS = 1e-200
 
 
@@ -135,14 +121,6 @@ def cos(z):
     out = -np.sin(z.real) * z
     out.real = np.cos(z.real)
     return out
-
-
-def sin_cos(z):
-    """sin z and cos z together: two transcendental calls instead of four."""
-    s, c = np.sin(z.real), np.cos(z.real)
-    sin_z, cos_z = c * z, -s * z
-    sin_z.real, cos_z.real = s, c
-    return sin_z, cos_z
 
 
 def sqrt(z):
@@ -159,19 +137,15 @@ def asin(z):
 
 
 # -------------------- Equations of motion ----------------------------------
-#
-# Coordinates: the pivot is the origin, x points at the target, y up. Three
-# absolute angles, measured from +x:
+# Coordinates: the pivot is the origin, x points at the target, y up. Three absolute angles, measured from +x:
 #   α  the long arm (pivot -> sling attachment),  tip  T = b(cos α, sin α)
-#   β  the counterweight's rod (hinge -> centre), hinge H = -c(cos α, sin α),
-#      counterweight W = H + d(cos β, sin β)
+#   β  the counterweight's rod (hinge -> centre), hinge H = -c(cos α, sin α), counterweight W = H + d(cos β, sin β)
 #   γ  the sling (tip -> projectile),             projectile P = T + e(cos γ, sin γ)
-# At rest the tip lies on the ground behind the pivot (α0 = π + asin(a/b)), the
-# counterweight hangs straight down (β0 = -π/2) and the sling lies on the ground
-# pointing forward (γ0 = 0), the projectile at its end.
+# At rest the tip lies on the ground behind the pivot (α0 = π + asin(a/b)), the counterweight hangs straight down
+# (β0 = -π/2) and the sling lies on the ground pointing forward (γ0 = 0), the projectile at its end.
 #
-# Lagrangian L = T - V with the counterweight's inertia about its centre I_w, the
-# arm's about the pivot I_a = I_arm + m_a r_g² (parallel axes, r_g = (b-c)/2):
+# Lagrangian L = T - V with the counterweight's inertia about its centre I_w, the arm's about the pivot
+# I_a = I_arm + m_a r_g² (parallel axes, r_g = (b-c)/2):
 #   T = ½ I_a α̇² + ½ I_w β̇² + ½ m_w |Ẇ|² + ½ m_p |Ṗ|²
 #     |Ẇ|² = c²α̇² + d²β̇² - 2cd α̇β̇ cos(α-β),   |Ṗ|² = b²α̇² + e²γ̇² + 2be α̇γ̇ cos(α-γ)
 #   V = g [(m_a r_g - m_w c + m_p b) sin α + m_w d sin β + m_p e sin γ]
@@ -185,20 +159,16 @@ def asin(z):
 # (the velocity terms are the centrifugal pulls of each body on the others).
 # M is an "arrow" matrix (M23 = 0), so it is solved by eliminating β̈ and γ̈.
 #
-# Ground phase (2 degrees of freedom): the projectile slides on the frictionless
-# ground, y_P = -a, so sin γ = -(a + b sin α)/e and γ̇ = -b cos α α̇ / (e cos γ).
-# The ground pushes up with a normal force N, a generalised force N Jᵀ with
-# J = ∂y_P/∂q = (b cos α, 0, e cos γ); N is whatever keeps ÿ_P = 0:
-#   q̈ = M⁻¹(r + N Jᵀ),  J q̈ = κ = b sin α α̇² + e sin γ γ̇²
-#   =>  N = (κ - J M⁻¹ r) / (J M⁻¹ Jᵀ).
-# The projectile lifts off when N reaches zero (the sling's pull carries its
-# weight). Hang phase: all three angles are free, N = 0. Release: when the
-# projectile's velocity points along the release angle. Flight: a point mass with
-# quadratic drag against the air, which moves with the wind w:
+# Ground phase (2 degrees of freedom): the projectile slides on the frictionless ground, y_P = -a, so
+# sin γ = -(a + b sin α)/e and γ̇ = -b cos α α̇ / (e cos γ). The ground pushes up with a normal force N, a
+# generalised force N Jᵀ with J = ∂y_P/∂q = (b cos α, 0, e cos γ); N is whatever keeps ÿ_P = 0:
+#   q̈ = M⁻¹(r + N Jᵀ),  J q̈ = κ = b sin α α̇² + e sin γ γ̇²   =>   N = (κ - J M⁻¹ r) / (J M⁻¹ Jᵀ).
+# The projectile lifts off when N reaches zero (the sling's pull carries its weight). Hang phase: all three angles
+# are free, N = 0. Release: when the projectile's velocity points along the release angle. Flight: a point mass
+# with quadratic drag against the air, which moves with the wind w:
 #   ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|,  k = ρ C_d π z² / (2 m_p).
 def shot_constants(weight, model=None):
-    """Everything in M and r that depends on the counterweight m_w (all of it
-    linear in m_w), computed once per shot."""
+    """Everything in M and r that depends on the counterweight m_w (all of it linear in m_w), once per shot."""
     model = model or MODEL
     a, b, c, d = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM
     mp, ma = PROJECTILE_MASS, ARM_MASS
@@ -215,7 +185,8 @@ G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 
 def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
-    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse."""
+    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse. (`sin_cos`, in
+    Part 2, is (sin z, cos z) above, the same values from two transcendental calls instead of four.)"""
     (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.array([alpha - beta, alpha - gamma, alpha,
                                                                             beta, gamma]))
     m12 = -shot["k12"] * c_ab
@@ -229,9 +200,8 @@ def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, 
 
 
 def _solve_arrow(m12, m13, shot, r1, r2, r3):
-    """Solve M x = r for the arrow-shaped M: rows 2 and 3 give
-    x2 = (r2 - M12 x1)/M22 and x3 = (r3 - M13 x1)/M33; put into row 1,
-    x1 = (r1 - M12 r2/M22 - M13 r3/M33) / (M11 - M12²/M22 - M13²/M33)."""
+    """Solve M x = r for the arrow-shaped M: rows 2 and 3 give x2 = (r2 - M12 x1)/M22 and x3 = (r3 - M13 x1)/M33;
+    put into row 1, x1 = (r1 - M12 r2/M22 - M13 r3/M33) / (M11 - M12²/M22 - M13²/M33)."""
     p12, p13 = m12 / shot["m22"], m13 / M33
     x1 = (r1 - p12 * r2 - p13 * r3) / (shot["m11"] - p12 * m12 - p13 * m13)
     return x1, (r2 - m12 * x1) / shot["m22"], (r3 - m13 * x1) / M33
@@ -321,13 +291,11 @@ STEPPERS = dict(rk4=rk4_step, heun=heun_step)     # and explicit Euler, the orig
 def integrate(state, rates, event, dt, max_seconds, running, method, extra=None, event_extra=None, record=None):
     """Step every running shot until its `event` function crosses zero.
 
-    Each shot stops at its own step: the event time inside that step is found by
-    linear interpolation of the event function, s = h_n / (h_n - h_{n+1}), and the
-    state there is x_n + s (x_{n+1} - x_n). s is a smooth function of the inputs
-    (and so carries derivatives), so the state at the event, and everything after
-    it, moves smoothly with the inputs instead of in jumps of one time step.
-    Returns the state at the event, its time, the shots that never got there,
-    and the bracketing states (x_n, x_{n+1}) of every shot's last step."""
+    Each shot stops at its own step: the event time inside that step is found by linear interpolation of the
+    event function, s = h_n / (h_n - h_{n+1}), and the state there is x_n + s (x_{n+1} - x_n). s is a smooth
+    function of the inputs (and so carries derivatives), so the state at the event, and everything after it,
+    moves smoothly with the inputs instead of in jumps of one time step. Returns the state at the event, its
+    time, the shots that never got there, and the bracketing states (x_n, x_{n+1}) of every shot's last step."""
     step = STEPPERS[method]
     running = running.copy()
     k1, aux = rates(state, extra)
@@ -372,9 +340,6 @@ def ground_phase(ground, shot, integration, tracks, model):
     return np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot]), t_lift, failed
 
 
-MODEL["ground_phase"] = ground_phase
-
-
 def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
     Returns the hang state at the release, the event times, the shots that got there, and the
@@ -382,7 +347,7 @@ def swing(shot, release_angle, integration, tracks, model):
     batch = release_angle.shape[0]
     alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
     ground = np.zeros((4, batch), np.result_type(shot["m11"])) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    hang, t_lift, failed = model["ground_phase"](ground, shot, integration, tracks, model)
+    hang, t_lift, failed = model.get("ground_phase", ground_phase)(ground, shot, integration, tracks, model)
     ok = ~failed
     # 2. hang: three free angles until the velocity points along the release angle
     hang, t_release, failed, bracket = integrate(
@@ -392,44 +357,34 @@ def swing(shot, release_angle, integration, tracks, model):
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
-    """The release again, for every complex copy: the same bracketing states (their real parts, except in
-    the counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its
-    own copy, so the release event moves with the angle in that copy alone. (copies=[None]: one real copy.)"""
+    """The release again, for every complex copy: the same bracketing states (real parts, except in the
+    counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its own copy,
+    so the release event, at s = h0 / (h0 - h1) inside the step as in `integrate` (a model may refine s), moves
+    with the angle in that copy alone. (copies=[None]: one real copy.)"""
     def per_copy(x, nudged):
         if nudged is None:
             return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1)
         return np.concatenate([x + (EPS * 1j if i == nudged else 0.0) for i in copies], axis=-1)
     before, after = per_copy(bracket[0], None), per_copy(bracket[1], None)
     angles = per_copy(release_angle, 1)
-    s = release_fraction(before, after, angles, model)
-    hang = np.where(np.tile(ok, len(copies)), before + s * (after - before), before)
-    return hang, per_copy(wind, 0)
-
-
-def release_fraction(before, after, angles, model):
-    """Where in its last step each shot releases: s in [0, 1] with the event at before + s (after - before),
-    the event function interpolated linearly, s = h0 / (h0 - h1), as in `integrate` (a model may refine it)."""
     direction = (cos(angles), sin(angles))
     h0, h1 = release_condition(before, direction), release_condition(after, direction)
     s = h0 / (h0 - h1)
-    return s if model["refine_release"] is None else model["refine_release"](before, after, direction, s)
+    if model.get("refine_release") is not None:
+        s = model["refine_release"](before, after, direction, s)
+    hang = np.where(np.tile(ok, len(copies)), before + s * (after - before), before)
+    return hang, per_copy(wind, 0)
 
 
 def simulate(wind, release_angle, weight, wrt=(False, False, False), integration=None, record=False, model=None):
     """Throw a batch of shots and differentiate the distances.
 
-    wind (m/s), release_angle (rad), weight (kg): 1-D float arrays of one length
-    B. wrt flags the inputs to differentiate with respect to. Returns a dict with
-    the distance (B,) (nan for a shot that failed), `jacobian` {input index:
-    ∂distance/∂input (B,)}, the event times, and, if `record`, each phase's
-    trajectory (real parts, for pictures; meant for small batches).
-
-    The swing (phases 1 and 2) depends on the counterweight alone, so it runs
-    once, as complex numbers only if ∂/∂weight is wanted. The release angle only
-    decides where the swing stops, so its derivative enters at the release
-    event; the wind only acts in flight. From the release on, the batch runs as
-    one complex copy per flagged input. `model` (default: MODEL) is one of MODELS,
-    `integration` (default: the model's) the steppers and step sizes."""
+    wind (m/s), release_angle (rad), weight (kg): 1-D float arrays of length B; `wrt` flags the inputs to
+    differentiate with respect to. Returns the distance (B,) (nan for a failed shot), `jacobian` {input index:
+    ∂distance/∂input (B,)}, the event times and, if `record`, each phase's trajectory (for pictures).
+    The swing depends on the counterweight alone, so it runs once, as complex numbers only if ∂/∂weight is
+    wanted; the release angle only decides where the swing stops, so its derivative enters at the release event;
+    the wind only acts in flight. `model` defaults to MODEL, `integration` to the model's steps."""
     model = model or MODEL
     integration = integration or model["integration"]
     batch = wind.shape[0]
@@ -437,7 +392,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     tracks = dict(ground=[], hang=[], flight=[]) if record else dict(ground=None, hang=None, flight=None)
     shot = shot_constants(weight + EPS * 1j if wrt[2] else weight, model)
     hang, t_lift, t_release, ok, bracket = swing(shot, release_angle, integration, tracks, model)
-    if copies or model["refine_release"] is not None:
+    if copies or model.get("refine_release") is not None:
         hang, wind = release_per_copy(bracket, release_angle, wind, ok, copies or [None], model)
     # 3. flight: a point mass with drag until it is back on the ground
     n_copies = max(len(copies), 1)
@@ -455,8 +410,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
 
 # -------------------- The whole throw as one autodiff op -------------------
 def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=None, model=None):
-    """Distances of a batch of shots (any broadcastable shapes, flattened) and
-    {input index: ∂distance/∂input} for the inputs flagged in `wrt`."""
+    """Distances of a batch of shots (broadcastable shapes, flattened), {input index: ∂distance/∂input} for `wrt`."""
     inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
                                                                                           counterweight)]
     check_finite(inputs)        # Part 2: a nan or inf input is an error, not a failed shot
@@ -466,29 +420,18 @@ def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, T
 
 
 @ad.primitive
-def throw(wind, release_angle, counterweight, integration=None, needs_grad=(True, True, True)):
-    """Distance (m) of a batch of shots as one op. The forward already has
-    ∂distance/∂input for every shot, so the VJP only scales them by g."""
+def shoot(wind, release_angle, counterweight, integration=None, needs_grad=(True, True, True)):
+    """Distance (m) from the pivot to where the projectile lands, as one op: wind (m/s, positive towards the
+    target), release angle (rad, the direction of the projectile's velocity above the horizontal), counterweight
+    (kg), any mix of numbers, arrays and Tensors that broadcast together. The forward already has ∂distance/∂input
+    for every shot, so the VJP only scales them by g. A shot that never lifts off, releases or lands (a
+    counterweight far too light) gives nan."""
     shape = np.broadcast_shapes(np.shape(wind), np.shape(release_angle), np.shape(counterweight))
     distance, jacobian = distance_and_jacobian(wind, release_angle, counterweight, needs_grad, integration)
 
     def vjp(g):
         return tuple(g * jacobian[i].reshape(shape) if i in jacobian else None for i in range(3))
     return distance.reshape(shape), vjp
-
-
-def shoot(wind_mps, release_angle, counterweight_kg, integration=None):
-    """Distance in metres from the pivot to where the projectile lands.
-
-    wind_mps          wind speed, positive towards the target (m/s)
-    release_angle     direction of the projectile's velocity at release, above
-                      the horizontal (radians)
-    counterweight_kg  counterweight mass (kg)
-    Any mix of numbers, arrays and Tensors that broadcast together; returns a
-    Tensor of the broadcast shape, differentiable with respect to every input
-    Tensor that requires grad. A shot that never lifts off, releases or lands
-    (a counterweight far too light) gives nan."""
-    return throw(wind_mps, release_angle, counterweight_kg, integration=integration)
 
 
 # ----------------------------------------------------------------------------
@@ -500,10 +443,8 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and
-    counterweight ranges. Three hidden layers of 48: an earlier version found that they reach in 500 steps
-    what two of 32 or 64 do not in 600, on a set that was not recorded; on "tuning", three of 64 at the lesson
-    run's settings did worse (the study in README.md)."""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and counterweight
+    ranges. (How three hidden layers of 48 were chosen: README.md.)"""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -548,7 +489,7 @@ def aimer_loss(net, target, wind, reach_curve=None, huber_delta=1.0):
 # ----------------------------------------------------------------------------
 def update(optimizer, batch_loss, lr):
     """batch_loss() runs the forward pass (aimer, then simulator) and returns (loss, misses); then
-    backward (through the throw op's Jacobian into the network) and one Adam step at rate `lr`."""
+    backward (through the shoot op's Jacobian into the network) and one Adam step at rate `lr`."""
     optimizer.lr = lr
     loss, miss = batch_loss()
     optimizer.zero_grad()
@@ -583,17 +524,14 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
 # 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
-    """Find a release angle and counterweight that land each shot at `target`
-    metres in `wind` m/s, by Newton's method on the simulator alone.
+    """Find a release angle and counterweight that land each shot at `target` metres in `wind` m/s, by Newton's
+    method on the simulator alone.
 
-    One equation, distance(u) = target, in two unknowns u = (angle, weight),
-    each scaled to [0, 1] over its range: the Newton step with the smallest
-    norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
-    linear, so convergence is quadratic), clipped to the ranges. Each iteration
-    is one simulator call that gives the distances and both derivatives; shots
-    stop once within `tolerance`. Works on arrays (a batch of independent aims).
-    Returns dict(angle, weight, distance, evaluations, history) where history
-    lists the distances after each evaluation."""
+    One equation, distance(u) = target, in two unknowns u = (angle, weight), each scaled to [0, 1] over its range:
+    the Newton step with the smallest norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
+    linear, so convergence is quadratic), clipped to the ranges. Each iteration is one simulator call that gives
+    the distances and both derivatives; shots stop once within `tolerance`. Works on a batch of independent aims.
+    Returns dict(angle, weight, distance, evaluations, history: the distances after each evaluation)."""
     target, wind = np.broadcast_arrays(np.asarray(target, float).reshape(-1), np.asarray(wind, float).reshape(-1))
     low, high = np.array([ANGLE_RANGE[0], WEIGHT_RANGE[0]]), np.array([ANGLE_RANGE[1], WEIGHT_RANGE[1]])
     u = np.tile((np.array([angle, weight]) - low) / (high - low), (target.size, 1))
@@ -627,20 +565,15 @@ def aimed_distances(net, target, wind):
 
 
 def miss_statistics(net, target, wind, reach_curve):
-    """Absolute misses of the aimer's shots, over all pairs and over the pairs
-    within reach. For a target out of reach, `excess` is the miss beyond the
-    unavoidable one (its distance to the nearest reachable point)."""
+    """Absolute misses of the aimer's shots, over the pairs within reach (the headline) and over all pairs.
+    A target out of reach has an unavoidable miss, its distance to the nearest reachable point."""
     distance, _, _ = aimed_distances(net, target, wind)
     miss = np.abs(distance - target)
     shortest, longest = reach_curve(wind)
     unavoidable = np.maximum(np.maximum(target - longest, shortest - target), 0.0)
     reachable = unavoidable == 0.0
     return dict(reachable=_summary(miss[reachable], target[reachable]), all=_summary(miss, target),
-                out_of_reach_fraction=float(np.mean(~reachable)),
-                too_far_fraction=float(np.mean(target > longest)),
-                too_close_fraction=float(np.mean(target < shortest)),
-                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
-                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
+                **out_of_reach(miss, target, shortest, longest, unavoidable))   # Part 2: how many, and how far
 
 
 # ----------------------------------------------------------------------------
@@ -680,8 +613,18 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# The trebuchet_jl model, flag types, printed reports, the blog's call, the reach curve, the integrator
-# check, the supervised side experiment, saving, figures and the GIF.
+# The simulator's fast path, the trebuchet_jl model, flag types, printed reports, the blog's call, the reach
+# curve, the integrator check, the supervised side experiment, saving, figures and the GIF.
+
+
+def sin_cos(z):
+    """Section 2's (sin z, cos z), the same values, with two transcendental calls instead of four (tested equal
+    in tests/test_trebuchet.py)."""
+    s, c = np.sin(z.real), np.cos(z.real)
+    sin_z, cos_z = c * z, -s * z
+    sin_z.real, cos_z.real = s, c
+    return sin_z, cos_z
+
 
 # The second model of the machine (--model trebuchet_jl): the same machine as FluxML's Trebuchet.jl
 # runs it, which is what the blog's numbers come from. Its stage functions unpack the two inertias in
@@ -774,9 +717,11 @@ def release_on_interpolant(before, after, direction, s):
     return s
 
 
-MODELS["trebuchet_jl"] = dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
-                              ground_phase=ground_as_trebuchet_jl, integration=REFERENCE_INTEGRATION,
-                              lift_off="step_start", refine_release=release_on_interpolant)
+# --model: section 2's MODEL, or the machine as Trebuchet.jl runs it (`select_model` makes one the run's MODEL).
+MODELS = dict(virtualtrebuchet=MODEL,
+              trebuchet_jl=dict(name="trebuchet_jl", arm_inertia=WEIGHT_INERTIA, weight_inertia=ARM_INERTIA,
+                                ground_phase=ground_as_trebuchet_jl, integration=REFERENCE_INTEGRATION,
+                                lift_off="step_start", refine_release=release_on_interpolant))
 
 
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
@@ -1099,6 +1044,17 @@ def report_reachability(result):
         print(f"   counterweight up to {cap.replace('_', ' ')}: {100 * r['reachable_fraction']:.1f}% of the held-out "
               f"targets within reach (longest throw in calm air {r['longest_calm_m']:.1f} m)")
     return result
+
+
+def out_of_reach(miss, target, shortest, longest, unavoidable):
+    """`miss_statistics` on the targets no setting can hit: how many, too far or too close, the mean unavoidable
+    miss among them, and the mean miss beyond the unavoidable one over all targets."""
+    reachable = unavoidable == 0.0
+    return dict(out_of_reach_fraction=float(np.mean(~reachable)),
+                too_far_fraction=float(np.mean(target > longest)),
+                too_close_fraction=float(np.mean(target < shortest)),
+                mean_excess_miss_m=float(np.mean(miss - unavoidable)),
+                unreachable_mean_shortfall_m=float(np.mean(unavoidable[~reachable])) if np.any(~reachable) else 0.0)
 
 
 def _summary(m, t):

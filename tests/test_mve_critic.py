@@ -108,6 +108,19 @@ def test_windowed_objective_at_H_T_without_critic_is_bptt(rho):
         np.testing.assert_allclose(g, p.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_the_rollout_without_a_graph_is_the_graph_rollout():
+    """Part 2's rollout_numpy (evaluation, critic targets) steps exactly as mve_objective's graph does."""
+    rng = np.random.default_rng(5)
+    policy = mve.make_mlp_policy(rng)
+    x0, eps = mve.initial_states(rng, 8), rng.normal(size=(mve.WINDOW, 8))
+    for rho in (0.0, 0.01):
+        graph = mve.mve_objective(policy, x0, eps, 0, rho, mve.WINDOW, critic=None, rng=rng)[1]
+        states, actions, rewards = mve.rollout_numpy(policy, x0, eps, rho)
+        np.testing.assert_allclose(states, graph.states, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(actions, graph.actions, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(rewards, graph.rewards, rtol=1e-12, atol=1e-12)
+
+
 def test_per_sample_gradient_rows_are_each_episodes_gradient():
     rng = np.random.default_rng(4)
     critic = mve.Critic("Q", rng)

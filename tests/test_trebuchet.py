@@ -253,3 +253,12 @@ def test_select_model_switches_every_simulator_call():
     default = T.shoot(-2.0, math.radians(45.0), 200 * T.POUND).data
     assert through_op == pytest.approx(reference[0], rel=1e-12)
     assert abs(through_op - default) > 1.0          # the two models differ by metres at 45°
+
+
+def test_the_fast_sin_cos_equals_the_plain_sin_and_cos():
+    """Part 2's sin_cos is section 2's sin and cos with two transcendental calls instead of four."""
+    rng = np.random.default_rng(0)
+    z = rng.uniform(-7.0, 7.0, 200) + 1j * T.EPS * rng.normal(size=200)
+    s, c = T.sin_cos(z)
+    np.testing.assert_array_equal(s, T.sin(z))
+    np.testing.assert_array_equal(c, T.cos(z))
