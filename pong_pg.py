@@ -132,10 +132,12 @@ def policy_loss(x, up, advantage, W1, W2):
 # ----------------------------------------------------------------------------
 # 5. Update: the gradient summed over the batch, then one RMSProp step
 # ----------------------------------------------------------------------------
-def episode_gradient(episode, advantage, W1, W2, chunk=4096):
+def episode_gradient(episode, advantage, W1, W2, chunk=4096, into=None):
     """The gradient of one episode's loss with respect to (W1, W2), and the loss; `chunk` frames at a
-    time to bound memory (the engine adds up .grad of leaves across backward calls)."""
-    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves, no .grad
+    time to bound memory (the engine adds up .grad of leaves across backward calls; with `into`, two
+    arrays of zeros, it adds them up there: a worker's rows of shared memory)."""
+    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves
+    W1.grad, W2.grad = into if into is not None else (None, None)
     total = 0.0
     for start in range(0, len(advantage), chunk):
         rows = slice(start, start + chunk)
@@ -611,8 +613,10 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
         elif command == "gradients":
             losses = {}
             for number, advantage in payload.items():
-                dW1, dW2, losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data)
-                rows[number, :PIXELS * HIDDEN], rows[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
+                row = rows[number]
+                row.fill(0.0)                            # 0 + g is g: the same bits as a copy of g
+                into = (row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:])
+                losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data, into=into)[2]
             connection.send(("gradients", losses))
         elif command == "sum":
             add_rows(rows, summed, *payload)
