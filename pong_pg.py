@@ -369,6 +369,7 @@ class Games:
         for env, s in zip(self.envs, emulator_seeds):
             env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
         self.ahead, self.boundary = set(), None     # see reset_ahead
+        self.spare = []                             # arrays for episodes' frames, free to reuse (a worker's)
 
     def __len__(self):
         return len(self.numbers)
@@ -564,6 +565,7 @@ def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradie
         other.close()                    # this worker would never see the end of its own pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
+    _keep_freed_memory()
     try:
         _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), gradients, stop_flag)
     except (EOFError, OSError):           # the main process went away: nothing left to do
@@ -576,6 +578,20 @@ def add_rows(rows, summed, order, start, end):
     np.copyto(part, rows[order[0], start:end])
     for number in order[1:]:
         part += rows[number, start:end]
+
+
+def _keep_freed_memory():
+    """Ask glibc's malloc to keep the memory of freed large arrays for the next ones, instead of returning
+    it to the system and mapping fresh pages (each then zeroed by the kernel when first touched, ~3 us per
+    4 KB page on this machine): an episode's gradient allocates some 30 MB of temporaries. No effect
+    elsewhere than glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)                       # M_MMAP_THRESHOLD: up to 1 GB from the heap
+        libc.mallopt(-1, 1 << 31)                       # M_TRIM_THRESHOLD: keep up to 2 GB freed
+    except (OSError, AttributeError):
+        pass
 
 
 class _EndedMessages:
@@ -603,6 +619,8 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
                 return                                   # orphaned: the main process died
         command, payload = connection.recv()
         if command == "play":
+            games.spare += [e["x"].base for e in played.values()]   # last batch's frames: done with, reused
+            played = {}
             n_episodes, filming, reporting = payload[0], payload[2], payload[3]
             film = PointFilm() if filming else None
             episodes = play_episodes(games, W1, W2, n_episodes, stop=stop, film=film, greedy=payload[1],
@@ -645,6 +663,8 @@ class Episodes:
     worker's share. `film.add(frame, reward)` receives game 0's first episode (each frame with the reward
     of the step taken from it); `progress.update(done)` hears of each finished episode."""
 
+    room = 4096             # steps of frames an episode's array holds at first (it grows if need be)
+
     def __init__(self, games, n_episodes, film=None, progress=None):
         n = len(games)
         self.games, self.n_episodes, self.next = games, n_episodes, np.array(games.numbers)
@@ -657,8 +677,9 @@ class Episodes:
     def start(self, ids):
         self.games.reset(ids)
         self.playing[ids], self.first_frame[ids] = True, True
-        for g in ids:
-            self.steps[g] = {"number": int(self.next[g]), "x": [], "up": [], "rewards": []}
+        for g in ids:       # the frames go straight into one array per episode (a spare one, if the games have)
+            frames = self.games.spare.pop() if self.games.spare else np.empty((self.room, PIXELS), np.int8)
+            self.steps[g] = {"number": int(self.next[g]), "x": frames, "up": [], "rewards": []}
         self.next[ids] += self.games.total
 
     def add(self, ids, x, up, rewards, dones):
@@ -666,7 +687,11 @@ class Episodes:
         one if it has one. Returns the games whose episode ended."""
         for j, (g, action_up, reward) in enumerate(zip(ids.tolist(), up.tolist(), rewards.tolist())):
             steps = self.steps[g]
-            steps["x"].append(x[j])
+            t = len(steps["up"])
+            if t == len(steps["x"]):                # a long episode: twice the room
+                frames, steps["x"] = steps["x"], np.empty((2 * t, PIXELS), np.int8)
+                steps["x"][:t] = frames
+            steps["x"][t] = x[j]
             steps["up"].append(action_up)
             steps["rewards"].append(reward)
         if self.frame_0 is not None:                # ids is sorted: game 0 comes first
@@ -677,7 +702,8 @@ class Episodes:
         ended = ids[dones]
         for g in ended:
             steps = self.steps[g]
-            self.finished.append({"number": steps.pop("number"), **{k: np.array(v) for k, v in steps.items()}})
+            self.finished.append({"number": steps["number"], "x": steps["x"][:len(steps["up"])],
+                                  "up": np.array(steps["up"]), "rewards": np.array(steps["rewards"])})
             self.steps[g] = None
         self.playing[ended] = False
         restart = ended[self.next[ended] < self.n_episodes]

@@ -328,6 +328,29 @@ def test_games_reset_ahead_in_idle_time_play_the_same_and_keep_the_boundary(monk
             games.close()
 
 
+def test_the_frames_recorded_in_growing_and_reused_arrays_are_the_frames_played(monkeypatch):
+    """Episodes writes each step's difference frames straight into one array per episode, which grows when
+    full and which a worker reuses for a later episode: the frames recorded are the same whatever the
+    starting room and whatever a reused array held before."""
+    short_games(monkeypatch)
+    W1, W2 = pong_pg.init_policy(np.random.default_rng(1))
+    runs = []
+    for room, spare in ((4096, 0), (7, 0), (7, 4)):
+        monkeypatch.setattr(pong_pg.Episodes, "room", room)
+        games = pong_pg.Games("ALE/Pong-v5", 2, 4)
+        games.spare = [np.full((5, pong_pg.PIXELS), 9, np.int8) for _ in range(spare)]   # stale contents
+        try:
+            runs.append(games.play(W1, W2, 4))
+        finally:
+            games.close()
+    assert len(runs[0][0]["x"]) > 200                # so the arrays of 7 (or 5) steps grew 5 times or more
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert a["number"] == b["number"] and a["x"].shape == b["x"].shape and a["x"].flags.c_contiguous
+            np.testing.assert_array_equal(a["x"], b["x"])
+            np.testing.assert_array_equal(a["up"], b["up"])
+
+
 def test_a_checkpoint_of_the_older_version_is_refused_saying_so(tmp_path):
     path, arrays = fresh_checkpoint(tmp_path)
     arrays["format"] = np.array("pong_pg checkpoint v1")
