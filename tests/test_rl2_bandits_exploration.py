@@ -10,8 +10,8 @@ the same luck, by BAR. Agents that do not explore miss it:
 - Greedy itself (margin 0), and Greedy with random tie-breaks (+0.33, it tries an untried arm more often);
 - RL² trained with the per-pull cut of the returns (one public reimplementation's GAE, no bootstrap from one
   pull to the next: A_t = r_t − V_t), which can only learn to maximise the next reward.
-Measured margins (RL² − Greedy on these tasks, SE ≈ 0.06), training seeds 0, 1, 2, 3: +0.68, +0.56, +0.72,
-+0.71; with the per-pull cut −0.05, +0.02, −0.40, −0.22. The test trains seed 0.
+Measured margins (RL² − Greedy on these tasks, SE ≈ 0.06), training seeds 0-5: +0.68, +0.56, +0.72, +0.71,
++0.61, +0.75; with the per-pull cut (seeds 0-4) −0.05, +0.02, −0.40, −0.22, −0.10. The test trains seed 0.
 """
 
 import numpy as np
