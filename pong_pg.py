@@ -58,8 +58,7 @@ FULL = {"episodes": 30000}
 # ----------------------------------------------------------------------------
 # 2. Environment: the real ALE game; preprocessing for all games at once
 # ----------------------------------------------------------------------------
-# The game: Gymnasium's ALE Pong (make_game); Part 2's `Games` holds ten copies, in this process or
-# split over worker processes, which then run play_episodes (section 6) on their own games.
+# The game: Gymnasium's ALE Pong, ten copies at once (Part 2: make_game, `Games`, the worker processes).
 
 
 def preprocess(frames):
@@ -83,44 +82,15 @@ def init_policy(rng):
 
 
 def policy_logit_plain(x, W1, W2):
-    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,), in the engine's elementary ops."""
+    """z = relu(x W1) W2 for rows x of difference frames, (N, D) -> (N,), in the engine's elementary ops.
+    The backward the engine derives from them is the original's policy_backward, for a batch:
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
     return ad.matmul(ad.relu(ad.matmul(x, W1)), W2)
 
 
-@ad.primitive
-def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
-    """Same as policy_logit_plain, tested equal in tests/test_pong_pg.py; one fused op, faster.
-
-    Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
-    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
-    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
-    Backward (the original's policy_backward, batched, block by block into one dW1):
-        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
-    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
-    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
-    z = h @ W2
-
-    def vjp(g):
-        dh = np.outer(g, W2) * (h > 0)
-        dW1 = np.zeros_like(W1)
-        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
-            dW1[changed] += x_changed.T @ dh[start:start + block]
-        return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
-    return z, vjp
-
-
-def hidden_units(x, W1):
-    """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
-    changed = np.flatnonzero(x.any(axis=0))
-    x_changed = x[:, changed].astype(W1.dtype)
-    return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
-
-
-def probability_up(x, W1, W2):
-    """P(UP | x) for a batch of difference frames: policy_logit's forward, in NumPy (acting records no
-    graph, and skipping the engine's bookkeeping matters at every step)."""
-    _, _, h = hidden_units(x, W1.data)
-    return ad.stable_sigmoid(h @ W2.data)
+# policy_logit: the same in one fused op, faster (tested equal in tests/test_pong_pg.py): only the pixels
+# that changed (~2% of them) contribute to x W1, so it reads only their rows of W1. probability_up,
+# acting's P(UP | x) = sigmoid(z): its forward without the engine's graph. Both in Part 2, "The fused model".
 
 
 # ----------------------------------------------------------------------------
@@ -129,14 +99,14 @@ def probability_up(x, W1, W2):
 def discounted_returns(rewards, gamma=GAMMA):
     """R_t = r_t + gamma R_{t+1}, restarted at every point scored: in Pong a point ends a rally, and
     the actions of one rally do not cause the next."""
-    returns = np.zeros(len(rewards))
-    running = 0.0
+    rewards = np.asarray(rewards, float).tolist()         # Python floats: a faster loop, the same sums
+    returns, running = [0.0] * len(rewards), 0.0
     for t in reversed(range(len(rewards))):
         if rewards[t] != 0:
             running = 0.0
         running = running * gamma + rewards[t]
         returns[t] = running
-    return returns
+    return np.array(returns)
 
 
 def advantages(episodes, standardise="batch"):
@@ -162,10 +132,12 @@ def policy_loss(x, up, advantage, W1, W2):
 # ----------------------------------------------------------------------------
 # 5. Update: the gradient summed over the batch, then one RMSProp step
 # ----------------------------------------------------------------------------
-def episode_gradient(episode, advantage, W1, W2, chunk=4096):
+def episode_gradient(episode, advantage, W1, W2, chunk=4096, into=None):
     """The gradient of one episode's loss with respect to (W1, W2), and the loss; `chunk` frames at a
-    time to bound memory (the engine adds up .grad of leaves across backward calls)."""
-    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves, no .grad
+    time to bound memory (the engine adds up .grad of leaves across backward calls; with `into`, two
+    arrays of zeros, it adds them up there: a worker's rows of shared memory)."""
+    W1, W2 = ad.Tensor(W1, requires_grad=True), ad.Tensor(W2, requires_grad=True)   # fresh leaves
+    W1.grad, W2.grad = into if into is not None else (None, None)
     total = 0.0
     for start in range(0, len(advantage), chunk):
         rows = slice(start, start + chunk)
@@ -185,25 +157,15 @@ def add_gradients(gradients, W1, W2):
     return sum(g[2] for g in gradients)
 
 
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
-    """The batch's gradient into W1.grad and W2.grad, in this process; returns the loss."""
-    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
-    return add_gradients(gradients, W1, W2)
-
-
 def update(state, episodes):
     """One step: RMSProp descent on -sum A log pi, which is the original's ascent on sum A log pi. The
-    advantages need every episode's rewards; each episode's gradient is then computed where the episode
-    was played (Games.episode_gradients: episode_gradient above, here or in the worker processes)."""
-    W1, W2, optimizer = state["W1"], state["W2"], state["optimizer"]
-    optimizer.zero_grad()
+    advantages need every episode's rewards; then each episode's gradient, summed in episode order
+    (games.gradient: add_gradients of the episode_gradients, wherever the episodes were played), then
+    RMSProp: c <- decay c + (1 - decay) g^2,  W <- W - lr g / (sqrt(c) + eps)."""
+    state["optimizer"].zero_grad()
     advantage = advantages(episodes, state["config"]["standardise"])
-    loss = add_gradients(state["games"].episode_gradients(episodes, advantage, W1, W2), W1, W2)
-    ad.runs.check_finite("the loss", loss, f"update {state['updates'] + 1}")
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
-        optimizer.step()
-    for p in (W1, W2):      # a run that diverged stops here; the last checkpoint keeps finite weights
-        ad.runs.check_finite(f"weight {p.name}", p, f"update {state['updates'] + 1}")
+    loss = state["games"].gradient(episodes, advantage, state["W1"], state["W2"])
+    checked_step(state, loss)           # Part 2: that step (in place); a loss or weight not finite stops the run
     state["updates"] += 1
 
 
@@ -213,38 +175,29 @@ def update(state, episodes):
 def play_episodes(games, W1, W2, n_episodes, stop=None, film=None, greedy=False, progress=None):
     """Play whole episodes with the fixed policy (W1, W2) on `games`: one batched forward per step, then
     each game samples UP with probability P(UP) from its own random stream (greedy: the likelier one).
-    Game g of a batch of n games plays episodes g, g + n, g + 2n, ... below n_episodes; so which episodes
-    a game plays, and what happens in them, does not depend on the process that runs it (`games` may be
-    one worker's share). Returns the episodes in their order, dicts of x (T, 6400) int8 difference
-    frames, up (T,) bool, rewards (T,); None if stop() became true. `film.add(frame, reward)` receives
-    game 0's first episode; `progress.update(done)` hears of each finished one."""
-    book = Episodes(games, n_episodes)      # Part 2: who plays, their steps, which episode is whose
-    filming = film is not None
+    Game g of a batch of n games plays episodes g, g + n, g + 2n, ... below n_episodes, so what happens
+    in an episode depends on nothing else. Returns the episodes in their order, dicts of x (T, 6400) int8
+    difference frames, up (T,) bool, rewards (T,); None if stop() became true."""
+    book = Episodes(games, n_episodes, film, progress)   # Part 2: who plays, their steps, the film, progress
     while book.playing.any():
         if stop is not None and stop():
             return None
         ids = np.flatnonzero(book.playing)
-        current = preprocess(games.frames)[ids]     # all games at once (idle ones too: it is cheaper)
+        current = preprocess([games.frames[g] for g in ids.tolist()])     # all playing games at once
         x = current - book.previous[ids]            # difference frame, values in {-1, 0, 1}
         x[book.first_frame[ids]] = 0                # the original's first input: no previous frame, zeros
         book.previous[ids], book.first_frame[ids] = current, False
         p_up = probability_up(x, W1, W2)
         up = p_up > 0.5 if greedy else np.array([games.rngs[g].random() for g in ids.tolist()]) < p_up
-        frame_0 = games.frames[0] if filming and book.playing[0] else None
         rewards, dones = games.step(ids, np.where(up, UP, DOWN))
-        ended = book.add(ids, x, up, rewards, dones)    # record the step; end and restart episodes
-        if frame_0 is not None:
-            film.add(frame_0, rewards[0])           # ids is sorted: game 0 comes first
-        filming = filming and 0 not in ended
-        if progress is not None and len(ended):
-            progress.update(len(book.finished))
+        book.add(ids, x, up, rewards, dones)        # record the step; end and restart episodes
     return sorted(book.finished, key=lambda episode: episode["number"])
 
 
 def train_batch(state, stop=None):
     """Play one batch of 10 episodes, then one update. Returns the episodes (None if stopped before the
     batch was complete: then nothing changed but the games, and the boundary marks where to resume).
-    `games.play` is play_episodes: here on all the games, or in each worker process on its own."""
+    `games.play` is play_episodes, on all the games here or on each worker process's share (Part 2)."""
     episodes = state["games"].play(state["W1"], state["W2"], BATCH_EPISODES, stop=stop)
     if episodes is not None:
         update(state, episodes)
@@ -314,8 +267,47 @@ def main(argv=None):
 
 
 # ============================== Part 2: running the experiment ==============================
-# The games in worker processes, the episodes' and the session's bookkeeping, exact checkpoints, Ctrl-C,
-# --play, figures, the command line (help text and flag types).
+# The fused model, the games in worker processes, the episodes' and the session's bookkeeping, exact
+# checkpoints, Ctrl-C, --play, figures, the command line (help text and flag types).
+
+
+# ----------------------------------------------------------------------------
+# The fused model: policy_logit (section 3's model in one op) and acting's forward
+# ----------------------------------------------------------------------------
+@ad.primitive
+def policy_logit(x, W1, W2, needs_grad=(True, True, True), block=256):
+    """Same as policy_logit_plain (section 3), tested equal in tests/test_pong_pg.py; one fused op, faster.
+
+    Forward: only the pixels that changed (non-zero in some row of x) contribute to x W1, so gather those
+    columns of x and rows of W1, `block` rows of x at a time. Ten games' difference frames have ~150 of
+    6400 pixels set: acting reads ~2% of W1, exactly; 256 frames of one game change ~440 pixels, 1024 ~690.
+    Backward (the original's policy_backward, batched, block by block into one dW1):
+        dW2 = h^T g,   dh = g W2^T (zeroed where h <= 0),   dW1 = x^T dh."""
+    blocks = [hidden_units(x[start:start + block], W1) for start in range(0, len(x), block)]
+    h = np.concatenate([hidden for _, _, hidden in blocks]) if blocks else np.zeros((0, len(W2)))
+    z = h @ W2
+
+    def vjp(g):
+        dh = np.outer(g, W2) * (h > 0)
+        dW1 = np.zeros_like(W1)
+        for start, (changed, x_changed, _) in zip(range(0, len(x), block), blocks):
+            dW1[changed] += x_changed.T @ dh[start:start + block]
+        return (dh @ W1.T if needs_grad[0] else None), dW1, h.T @ g
+    return z, vjp
+
+
+def hidden_units(x, W1):
+    """h = relu(x W1) from the pixels that changed (their indices and columns of x are returned too)."""
+    changed = np.flatnonzero(x.any(axis=0))
+    x_changed = x[:, changed].astype(W1.dtype)
+    return changed, x_changed, np.maximum(x_changed @ W1[changed], 0.0)
+
+
+def probability_up(x, W1, W2):
+    """P(UP | x) for a batch of difference frames: policy_logit's forward, in NumPy (acting records no
+    graph, and skipping the engine's bookkeeping matters at every step)."""
+    _, _, h = hidden_units(x, W1.data)
+    return ad.stable_sigmoid(h @ W2.data)
 
 
 # ----------------------------------------------------------------------------
@@ -376,6 +368,8 @@ class Games:
         self.envs = [make_game(env_id) for _ in self.numbers]
         for env, s in zip(self.envs, emulator_seeds):
             env.reset(seed=int(s))                  # seeds the emulator once; later resets continue its RNG
+        self.ahead, self.boundary = set(), None     # see reset_ahead
+        self.spare = []                             # arrays for episodes' frames, free to reuse (a worker's)
 
     def __len__(self):
         return len(self.numbers)
@@ -383,12 +377,32 @@ class Games:
     def play(self, W1, W2, n_episodes, **options):
         return play_episodes(self, W1, W2, n_episodes, **options)
 
-    def episode_gradients(self, episodes, advantage, W1, W2):
-        return [episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)]
+    def gradient(self, episodes, advantage, W1, W2):
+        """The batch's gradient into W1.grad, W2.grad; returns the loss."""
+        return add_gradients([episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)], W1, W2)
 
     def reset(self, ids):
-        for g in ids:
-            self.frames[g] = self.envs[g].reset()[0]
+        """Start a new episode in the games `ids` (a game that reset_ahead has reset keeps that reset)."""
+        for g in map(int, ids):
+            if g in self.ahead:
+                self.ahead.discard(g)
+            else:
+                self.frames[g] = self.envs[g].reset()[0]
+        self.boundary = None
+
+    def reset_ahead(self, busy):
+        """A worker's idle time at the end of a batch: reset each game for its next episode now, one at a
+        time while busy() is false. Each game does what it would do anyway, in the same order (reset, then
+        the next batch's steps), so nothing changes but when; game_states() keeps answering with the
+        states from before the first of these resets: the batch boundary that checkpoints save."""
+        for g in range(len(self)):
+            if busy():
+                return False
+            if g not in self.ahead:
+                self.boundary = self.boundary or self.game_states()
+                self.frames[g] = self.envs[g].reset()[0]
+                self.ahead.add(g)
+        return True
 
     def step(self, ids, actions):
         """Step the games `ids` with `actions`; returns rewards and done flags (arrays)."""
@@ -399,10 +413,13 @@ class Games:
 
     def game_states(self):
         """Per game: (emulator bytes, its env's RNG state as JSON, its sampling stream's state as JSON)."""
+        if self.boundary is not None:
+            return self.boundary
         return [(*_emulator_state(env), json.dumps(rng.bit_generator.state)) for env, rng in zip(self.envs, self.rngs)]
 
     def restore(self, states):
         """states: one game_states() entry per game; a damaged one is a ValueError."""
+        self.ahead, self.boundary = set(), None
         for env, rng, (blob, np_random_json, sampling_json) in zip(self.envs, self.rngs, states):
             _set_emulator_state(env, blob, np_random_json)
             rng.bit_generator.state = json.loads(sampling_json)
@@ -431,25 +448,31 @@ class GamePool:
     when done (the frames stay with it). No step waits for another process, so both cores step emulators
     all batch long; the wall time of a batch is the slower worker's (the emulator is most of the work
     and holds the GIL: threads would not help). For the update, the main process computes the advantages
-    from all rewards, and each worker writes the gradient of each of its episodes into shared memory."""
+    from all rewards, each worker writes the gradient of each of its episodes into shared memory, and
+    then adds up its slice of all of them (so the main process does not add them alone while both cores
+    wait). A worker that waits (for the other one, or for the RMSProp step) resets its games for the next
+    batch meanwhile (Games.reset_ahead), until the batch boundary, instead of at the next batch's start."""
 
     def __init__(self, env_id, n, seed, workers):
         import mmap
         import multiprocessing
         self.env_id, self.total, self.workers = env_id, n, workers
         size = PIXELS * HIDDEN + HIDDEN
-        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (1 + BATCH_EPISODES) + 1)), np.float64)
+        shared = np.frombuffer(mmap.mmap(-1, 8 * (size * (2 + BATCH_EPISODES) + 1)), np.float64)
         self.W1, self.W2 = shared[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), shared[PIXELS * HIDDEN:size]
-        self.gradients = shared[size:-1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
+        self.gradients = shared[size:-size - 1].reshape(BATCH_EPISODES, size)   # one row per episode of a batch
+        self.summed = shared[-size - 1:-1]              # their sum, W1's then W2's
         self.stop_flag = shared[-1:]                    # set to 1: the workers abandon the batch
+        bounds = np.linspace(0, size, workers + 1).astype(int)
+        self.slices = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))    # worker w adds up slice w
         self.numbers = [np.arange(w, n, workers) for w in range(workers)]
         self.connections, self.processes = [], []
         context = multiprocessing.get_context("fork")   # the workers inherit the shared memory
         for numbers in self.numbers:
             mine, theirs = context.Pipe()
             process = context.Process(target=_game_worker, daemon=True, args=(
-                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2, self.gradients,
-                self.stop_flag))
+                theirs, self.connections + [mine], env_id, n, seed, numbers, self.W1, self.W2,
+                (self.gradients, self.summed), self.stop_flag))
             process.start()
             theirs.close()                              # the worker holds the other end now
             self.connections.append(mine)
@@ -460,7 +483,7 @@ class GamePool:
         return self.total
 
     def _gather(self, command, payloads=None, stop=None, progress=None):
-        """Send each worker its command; wait for every reply (checking stop() meanwhile), in worker order."""
+        """Send each worker its command; wait for every reply (checking stop() 5 times a second), in worker order."""
         from multiprocessing.connection import wait
         for w, connection in enumerate(self.connections):
             if command != "ready":
@@ -468,7 +491,7 @@ class GamePool:
         replies, ended = [None] * self.workers, [0] * self.workers
         pending = dict(zip(self.connections, range(self.workers)))
         while pending:
-            for connection in wait(list(pending), timeout=0.05):
+            for connection in wait(list(pending), timeout=None if stop is None else 0.2):
                 w = pending[connection]
                 try:
                     kind, value = connection.recv()
@@ -498,15 +521,18 @@ class GamePool:
             vars(film).update(replies[0][1])            # game 0 is worker 0's first game
         return sorted((e for episodes, _ in replies for e in episodes), key=lambda e: e["number"])
 
-    def episode_gradients(self, episodes, advantage, W1, W2):
-        """episode_gradient of each episode of the last batch, computed by the worker that played it (with
-        the weights it played with, still in shared memory); in episode order."""
-        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total % self.workers == w}
-                for w in range(self.workers)]
+    def gradient(self, episodes, advantage, W1, W2):
+        """Games.gradient, shared out: the worker that played an episode computes its episode_gradient (with
+        the weights it played with, still in shared memory), then each worker adds up its slice of all the
+        episodes' gradients in episode order, as add_gradients does (element by element: the same bits).
+        W1.grad and W2.grad are views of that shared sum, until the next batch; returns the loss."""
+        mine = [{e["number"]: a for e, a in zip(episodes, advantage) if e["number"] % self.total
+                 % self.workers == w} for w in range(self.workers)]
         losses = {number: loss for reply in self._gather("gradients", mine) for number, loss in reply.items()}
-        rows = [self.gradients[e["number"]] for e in episodes]
-        return [(row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:], losses[e["number"]])
-                for row, e in zip(rows, episodes)]
+        order = [e["number"] for e in episodes]
+        self._gather("sum", [(order, start, end) for start, end in self.slices])
+        W1.grad, W2.grad = self.summed[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), self.summed[PIXELS * HIDDEN:]
+        return sum(losses[number] for number in order)
 
     def game_states(self):
         states = [None] * self.total
@@ -534,14 +560,37 @@ class GamePool:
 
 def _game_worker(connection, inherited, env_id, n, seed, numbers, W1, W2, gradients, stop_flag):
     """A worker process: owns the games `numbers` and plays their episodes when asked. It exits when the
-    main process closes the pipe or dies."""
+    main process closes the pipe or dies. `gradients`: the shared rows (one per episode) and their sum."""
     for other in inherited:              # the main process's ends of the pipes: without closing them here,
         other.close()                    # this worker would never see the end of its own pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C and SIGTERM are for the main process,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)       # which saves; this worker then exits with it
+    _keep_freed_memory()
     try:
         _serve(connection, Games(env_id, n, seed, numbers), ad.Tensor(W1), ad.Tensor(W2), gradients, stop_flag)
     except (EOFError, OSError):           # the main process went away: nothing left to do
+        pass
+
+
+def add_rows(rows, summed, order, start, end):
+    """summed[start:end] = the sum of rows[order][start:end], added in that order (as add_gradients adds)."""
+    part = summed[start:end]
+    np.copyto(part, rows[order[0], start:end])
+    for number in order[1:]:
+        part += rows[number, start:end]
+
+
+def _keep_freed_memory():
+    """Ask glibc's malloc to keep the memory of freed large arrays for the next ones, instead of returning
+    it to the system and mapping fresh pages (each then zeroed by the kernel when first touched, ~3 us per
+    4 KB page on this machine): an episode's gradient allocates some 30 MB of temporaries. No effect
+    elsewhere than glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)                       # M_MMAP_THRESHOLD: up to 1 GB from the heap
+        libc.mallopt(-1, 1 << 31)                       # M_TRIM_THRESHOLD: keep up to 2 GB freed
+    except (OSError, AttributeError):
         pass
 
 
@@ -556,36 +605,47 @@ class _EndedMessages:
 
 
 def _serve(connection, games, W1, W2, gradients, stop_flag):
-    parent = os.getppid()
-    played = {}                                          # the last batch's episodes, by number
+    (rows, summed), parent = gradients, os.getppid()
+    played, idle_resets = {}, False                      # the last batch's episodes, by number
 
     def stop():                                          # asked by the main process, or orphaned
         return stop_flag[0] != 0 or os.getppid() != parent
     connection.send(("ready", None))
     while True:
+        if idle_resets:                 # from the end of a whole batch to its boundary: reset for the next one
+            idle_resets = not games.reset_ahead(connection.poll)
         while not connection.poll(1.0):
             if os.getppid() != parent:
                 return                                   # orphaned: the main process died
         command, payload = connection.recv()
         if command == "play":
+            games.spare += [e["x"].base for e in played.values()]   # last batch's frames: done with, reused
+            played = {}
             n_episodes, filming, reporting = payload[0], payload[2], payload[3]
             film = PointFilm() if filming else None
             episodes = play_episodes(games, W1, W2, n_episodes, stop=stop, film=film, greedy=payload[1],
                                      progress=_EndedMessages(connection) if reporting else None)
-            played = {e["number"]: e for e in episodes or []}
+            played, idle_resets = {e["number"]: e for e in episodes or []}, episodes is not None
             light = [{k: v for k, v in e.items() if k != "x"} for e in episodes or []]   # the frames stay here
             connection.send(("played", None if episodes is None else (light, vars(film) if filming else None)))
         elif command == "gradients":
             losses = {}
             for number, advantage in payload.items():
-                dW1, dW2, losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data)
-                gradients[number, :PIXELS * HIDDEN], gradients[number, PIXELS * HIDDEN:] = dW1.ravel(), dW2
+                row = rows[number]
+                row.fill(0.0)                            # 0 + g is g: the same bits as a copy of g
+                into = (row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:])
+                losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data, into=into)[2]
             connection.send(("gradients", losses))
-        elif command == "state":
+        elif command == "sum":
+            add_rows(rows, summed, *payload)
+            connection.send(("summed", None))
+        elif command == "state":                         # the batch boundary (the main process's mark_boundary)
             connection.send(("state", games.game_states()))
+            idle_resets = False                          # the next batch follows: its start resets the rest
         elif command == "restore":
             try:
                 games.restore(payload)
+                idle_resets = False
                 connection.send(("restored", True))
             except ValueError as error:
                 connection.send(("error", str(error)))
@@ -599,21 +659,27 @@ class Episodes:
     """play_episodes' bookkeeping: which games are playing, each one's previous frame and steps so far,
     the episodes that ended. Game g (of a batch of n) plays episodes g, g + n, ... while they are below
     n_episodes, then stays idle: every episode is played whole by the one policy, exactly 10 per batch
-    however many games run at once, and each episode's number says which one it is."""
+    however many games run at once, and each episode's number says which one it is. `games` may be one
+    worker's share. `film.add(frame, reward)` receives game 0's first episode (each frame with the reward
+    of the step taken from it); `progress.update(done)` hears of each finished episode."""
 
-    def __init__(self, games, n_episodes):
+    room = 4096             # steps of frames an episode's array holds at first (it grows if need be)
+
+    def __init__(self, games, n_episodes, film=None, progress=None):
         n = len(games)
         self.games, self.n_episodes, self.next = games, n_episodes, np.array(games.numbers)
         self.playing, self.first_frame = np.zeros(n, bool), np.zeros(n, bool)
         self.previous, self.steps = np.zeros((n, PIXELS), np.int8), [None] * n
-        self.finished = []
+        self.finished, self.film, self.progress = [], film, progress
         self.start(np.flatnonzero(self.next < n_episodes))
+        self.frame_0 = games.frames[0] if film is not None and self.playing[0] else None   # before the step
 
     def start(self, ids):
         self.games.reset(ids)
         self.playing[ids], self.first_frame[ids] = True, True
-        for g in ids:
-            self.steps[g] = {"number": int(self.next[g]), "x": [], "up": [], "rewards": []}
+        for g in ids:       # the frames go straight into one array per episode (a spare one, if the games have)
+            frames = self.games.spare.pop() if self.games.spare else np.empty((self.room, PIXELS), np.int8)
+            self.steps[g] = {"number": int(self.next[g]), "x": frames, "up": [], "rewards": []}
         self.next[ids] += self.games.total
 
     def add(self, ids, x, up, rewards, dones):
@@ -621,20 +687,30 @@ class Episodes:
         one if it has one. Returns the games whose episode ended."""
         for j, (g, action_up, reward) in enumerate(zip(ids.tolist(), up.tolist(), rewards.tolist())):
             steps = self.steps[g]
-            steps["x"].append(x[j])
+            t = len(steps["up"])
+            if t == len(steps["x"]):                # a long episode: twice the room
+                frames, steps["x"] = steps["x"], np.empty((2 * t, PIXELS), np.int8)
+                steps["x"][:t] = frames
+            steps["x"][t] = x[j]
             steps["up"].append(action_up)
             steps["rewards"].append(reward)
+        if self.frame_0 is not None:                # ids is sorted: game 0 comes first
+            self.film.add(self.frame_0, rewards[0])
+            self.frame_0 = None if dones[0] else self.games.frames[0]
         if not dones.any():
             return ids[:0]
         ended = ids[dones]
         for g in ended:
             steps = self.steps[g]
-            self.finished.append({"number": steps.pop("number"), **{k: np.array(v) for k, v in steps.items()}})
+            self.finished.append({"number": steps["number"], "x": steps["x"][:len(steps["up"])],
+                                  "up": np.array(steps["up"]), "rewards": np.array(steps["rewards"])})
             self.steps[g] = None
         self.playing[ended] = False
         restart = ended[self.next[ended] < self.n_episodes]
         if len(restart):
             self.start(restart)
+        if self.progress is not None:
+            self.progress.update(len(self.finished))
         return ended
 
 
@@ -643,12 +719,51 @@ class Episodes:
 # ----------------------------------------------------------------------------
 def new_state(args):
     W1, W2 = init_policy(np.random.default_rng(args.seed))
-    optimizer = ad.optim.RMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
+    optimizer = InPlaceRMSProp([W1, W2], lr=LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS)
     games = make_games(args.env_id, args.games, args.seed, args.workers)
     return {"W1": W1, "W2": W2, "optimizer": optimizer, "games": games,
             "config": config_of(args), "episode": 0, "updates": 0, "env_steps": 0,
             "running_reward": None, "seconds": 0.0, "session_start": time.perf_counter(),
             "history": {"score": [], "length": [], "hours": [], "running_reward": []}, "boundary": None}
+
+
+def checked_step(state, loss):
+    """The RMSProp step, between checks: a loss or a weight that is not finite raises Diverged (exit 3),
+    and since this happens before any checkpoint of this update, the last checkpoint keeps finite weights."""
+    when = f"update {state['updates'] + 1}"
+    ad.runs.check_finite("the loss", loss, when)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):    # check_finite names a blow-up
+        state["optimizer"].step()
+    for p in (state["W1"], state["W2"]):
+        ad.runs.check_finite(f"weight {p.name}", p, when)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
+    """The batch's gradient into W1.grad and W2.grad, in this process (what the tests use); returns the loss."""
+    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
+    return add_gradients(gradients, W1, W2)
+
+
+class InPlaceRMSProp(ad.optim.RMSProp):
+    """ad.optim.RMSProp's step, c <- decay c + (1 - decay) g^2;  W <- W - lr g / (sqrt(c) + eps), in place: the
+    same operations in the same order (the same bits, tested in tests/test_pong_pg.py) into two scratch
+    arrays per weight, instead of five new 10 MB arrays at every update while the workers wait."""
+
+    def __init__(self, params, **options):
+        super().__init__(params, **options)
+        self.scratch = [(np.empty_like(p.data), np.empty_like(p.data)) for p in self.params]
+
+    def _update(self, i, p, g):
+        c, (a, b) = self.cache[i], self.scratch[i]
+        np.multiply(1.0 - self.decay, g, out=a)
+        a *= g                                  # (1 - decay) g g
+        c *= self.decay
+        c += a                                  # c = decay c + (1 - decay) g^2
+        np.multiply(self.lr, g, out=a)
+        np.sqrt(c, out=b)
+        b += self.eps
+        a /= b                                  # lr g / (sqrt(c) + eps)
+        p.data -= a                             # (the engine notes this change of W, as with ad.optim's)
 
 
 def config_of(args):

@@ -18,13 +18,11 @@ the most probable of m samples, UCB1, ε-greedy, greedy), all with a Beta(1, 1) 
 authors tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-optimal value can
 be computed (dynamic programming over posterior counts, n = 10), every method is measured against it.
 
-Run:  python rl2_bandits.py                        n=10, k=5: train one agent, evaluate everything
-      python rl2_bandits.py --cells n10_k10,n100_k5   the named cells of Table 1 (see --help)
-      python rl2_bandits.py --full                 all nine cells, 3 training seeds (1 at n=500): hours, so
-                                                   run it in parts, e.g. --full --cells n10_k5,n10_k10,n10_k50
+Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evaluate everything
+      python rl2_bandits.py --cells n100_k5   any cells of Table 1; --full: all nine, 3 training seeds (1 at
+                                              n=500), hours, so run it in parts with --cells
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
-Outputs in runs/rl2_bandits/ (runs/rl2_bandits_full/ with --full): metrics.json, params.npz, figures.
-Results: see README.md#rl2_banditspy.
+Outputs (runs/rl2_bandits/, or _full/ with --full): metrics.json, params.npz, figures. Results: see README.md.
 """
 
 import math
@@ -65,7 +63,7 @@ LESSON = dict(               # PPO for n = 10: the lesson's agent
     value_coef=0.5,          # critic's loss weight (separate networks + Adam: it only sets where clipping bites)
     entropy_coef=0.01,       # entropy bonus
     discount=1.0,            # the trial's total reward is the objective: no discount within a trial
-    lam=0.3,                 # GAE λ, the authors' value (at n=10, 0.9 scored 6.36 vs 6.52 in 150 iterations)
+    lam=0.3,                 # GAE λ, the authors' value
     max_grad_norm=0.5,       # gradient clipping, per network
     center_per_pull=True,    # subtract the batch's mean advantage at each pull index (see train_rl2)
     critic_sees="history",   # what else the critic reads: "time", "time+means" (Part 2, critic_features)
@@ -94,7 +92,7 @@ def pull(means, arms, uniforms_t):
 # ----------------------------------------------------------------------------
 def make_agent(n_arms, hidden, rng, dtype=np.float64, critic_sees="history"):
     """Separate GRUs for policy and value, so the critic's large regression gradients never disturb the
-    policy's memory. Training uses float32 (2.4x faster on these small matrices); tests float64."""
+    policy's memory. Training uses float32 (faster on these small matrices), the tests float64."""
     agent = {
         "policy_gru": ad.nn.GRUCell(n_arms + 2, hidden, rng),
         # small initial logits: the untrained policy is uniform over arms
@@ -149,9 +147,9 @@ def state_values(agent, inputs):
 
 
 def rollout(agent, means, uniforms, rng, greedy_actions=False):
-    """Play one trial of n pulls in every task of the batch with the current policy (no graph). The hidden
-    state carries over from pull to pull: it is the only place the agent can remember what it has learnt
-    about the task. Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
+    """One trial of n pulls in every task of the batch with the current policy (no graph). The hidden state,
+    carried from pull to pull, is the agent's only memory of the task.
+    Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
     n, B = uniforms.shape
     k = means.shape[1]
     dtype = agent["policy_gru"].Wx.dtype
@@ -211,11 +209,7 @@ def ppo_loss(agent, inputs, value_inputs, arms_onehot, old_log_probs, advantages
     value_error = state_values(agent, value_inputs) - returns / value_scale
     value_loss = 0.5 * ad.mean(value_error * value_error)
     loss = policy_loss + config["value_coef"] * value_loss - config["entropy_coef"] * entropy
-    # diagnostics: KL(π_old ‖ π) estimated as E[(ρ − 1) − log ρ], and how often the clip was active
-    rho = ratio.data
-    return loss, dict(policy_loss=policy_loss.item(), value_loss=value_loss.item(), entropy=entropy.item(),
-                      approx_kl=float(np.mean((rho - 1.0) - np.log(rho))),
-                      clip_fraction=float(np.mean(np.abs(rho - 1.0) > eps)))
+    return loss, ppo_diagnostics(policy_loss, value_loss, entropy, ratio.data, eps)     # KL, clip fraction: Part 2
 
 
 # ----------------------------------------------------------------------------
@@ -239,10 +233,7 @@ def ppo_update(agent, optimizer, batch, n_pulls, config, rng):
             loss.backward()
             grad_norm = ad.optim.clip_grad_norm(policy_params, config["max_grad_norm"])
             ad.optim.clip_grad_norm(value_params, config["max_grad_norm"])
-            with np.errstate(over="ignore", invalid="ignore"):     # a diverging step is named just below
-                optimizer.step()
-            for p in policy_params + value_params:
-                ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+            checked_step(optimizer, policy_params + value_params, epoch)   # a diverging step is one line: Part 2
     return stats, grad_norm
 
 
@@ -255,12 +246,9 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
     rng = np.random.default_rng(seed)
     agent = make_agent(n_arms, config["hidden"], rng, dtype=np.float32, critic_sees=config["critic_sees"])
     if start_from is not None:
-        for name, p in agent_parameters(start_from).items():
-            if agent_parameters(agent)[name].shape == p.shape:
-                agent_parameters(agent)[name].data = p.data.astype(np.float32)
+        copy_weights(start_from, agent)          # every weight whose shape matches (Part 2)
     optimizer = ad.optim.Adam(list(agent_parameters(agent).values()), lr=config["lr"], eps=1e-5)
-    history = {key: [] for key in ("reward", "entropy", "value_loss", "grad_norm", "approx_kl", "clip_fraction",
-                                   "elapsed")}
+    history = {key: [] for key in HISTORY}     # per iteration: Part 2, log_iteration
     progress = ad.runs.Progress(config["iterations"], label)
     for it in range(config["iterations"]):
         optimizer.lr = config["lr"] * (1.0 - it / config["iterations"])   # linear decay: a settled policy at the end
@@ -280,18 +268,13 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
         batch = (inputs, value_inputs, np.eye(n_arms, dtype=dtype)[arms],
                  *(a.astype(dtype) for a in (old_log_probs, advantages, returns)))
         stats, grad_norm = ppo_update(agent, optimizer, batch, n_pulls, config, rng)
-        for key, value in dict(stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm,
-                               elapsed=progress.elapsed()).items():
-            if key in history:
-                history[key].append(value)
-        progress.update(it + 1, reward=history["reward"][-1], entropy=stats["entropy"], kl=stats["approx_kl"],
-                        value_loss=stats["value_loss"])
+        log_iteration(history, progress, it, stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm)
     return agent, history
 
 
 # ----------------------------------------------------------------------------
 # 7. Baseline: the Gittins index (beside Greedy and Random), on Beta(1 + successes, 1 + failures) posteriors
-#    per arm, picking arms for the whole batch at once
+#    per arm; Table 1's other columns (ε-greedy, UCB1, Thompson sampling, the authors' OTS): Part 2
 # ----------------------------------------------------------------------------
 def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
@@ -310,9 +293,8 @@ def play(choose, means, uniforms, rng):
 
 
 def first_argmax(scores):
-    """argmax over arms; ties go to the lowest-numbered arm (plain np.argmax). This matters only for Greedy
-    (and UCB1 at c = 0): a tried arm at posterior mean 0.5 then beats an untried one, so it explores less.
-    This reproduces the paper's Greedy column (74.9 vs 74.8 at n=100, k=5); random ties score 75.7."""
+    """argmax over arms; ties go to the lowest-numbered arm, as in the paper's Greedy column: a tried arm at
+    posterior mean 0.5 then beats an untried one, so Greedy (and UCB1 at c = 0) explores less."""
     return np.argmax(scores, axis=1)
 
 
@@ -325,11 +307,6 @@ def greedy(s, f, t, rng):
     return first_argmax((1.0 + s) / (2.0 + s + f))
 
 
-# Table 1's other columns, each a few lines on the same counts (Part 2): ε-greedy (greedy, or a random arm with
-# probability ε), UCB1 (posterior mean + an exploration bonus), Thompson sampling (pull the largest of one draw
-# from each arm's posterior) and the authors' OTS (act on the most probable of m draws).
-
-
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
     """Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, by backward induction (the authors'
     method). Returns index[s, f] for s + f < max_pulls.
@@ -338,9 +315,8 @@ def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
         V(s, f; λ) = max(λ/(1 − γ),  μ (1 + γ V(s+1, f)) + (1 − μ) γ V(s, f+1)),
     and the index of (s, f) is the λ at which both branches are equal. One backward sweep over the triangle
     s + f ≤ N does every state at once for a whole grid of λ; the crossing is found by linear interpolation
-    between grid points. At depth N the arm learns nothing more: V = max(λ, μ)/(1 − γ). N = the authors'
-    1,000, or less when γ^N is negligible. The finite horizon is handled as the authors did: γ is tuned.
-    """
+    between grid points. At depth N (the authors' 1,000, or less when γ^N is negligible) the arm learns
+    nothing more: V = max(λ, μ)/(1 − γ). The finite horizon is handled as the authors did: γ is tuned."""
     horizon = int(math.ceil(math.log(1e-12) / math.log(discount)))
     depth = max(max_pulls, min(truncation, max_pulls + horizon))
     lam = 1.0 - np.linspace(1.0, 0.0, grid_size + 1)[:, None] ** 2   # (G, 1) safe-arm rewards, dense near 1
@@ -373,24 +349,9 @@ def gittins(table):
 # (seed, n, k[, training seed]); the baselines' parameters are tuned on TUNE tasks (the authors tuned on the
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
-BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")
-
-
-def make_baseline(name, value, n_pulls):
-    return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
-            "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
-            "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
-
-
-EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 (8 s) at n = 20
-
-
-def exact_optimum(n_pulls, n_arms):
-    """The Bayes-optimal expected total reward, the ceiling for every method (None where n is too large):
-        V(counts) = max_a  μ_a (1 + V(counts after a success on a)) + (1 − μ_a) V(counts after a failure on a),
-    μ_a = (1 + s_a)/(2 + s_a + f_a), V = 0 after n pulls: dynamic programming over every reachable set of
-    posterior counts (Part 2, bayes_optimal_value)."""
-    return bayes_optimal_value(n_pulls, n_arms) if n_pulls <= EXACT_MAX_PULLS else None
+BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")   # by name: Part 2, make_baseline
+# The exact optimum, every method's ceiling (n <= 12), by dynamic programming over the posterior counts (Part 2,
+# exact_optimum): V(counts) = max_a μ_a (1 + V(a succeeds)) + (1 − μ_a) V(a fails), μ_a = (1 + s_a)/(2 + s_a + f_a)
 
 
 def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
@@ -415,21 +376,10 @@ def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
     return results, tuned, means
 
 
-def across_agents(per_task):
-    """Mean ± SE of a per-task figure (e.g. RL² − Gittins on each task) over several trained agents: each
-    agent's mean over the tasks, then the mean and SE across agents (training seeds), which holds both the
-    training and the task noise. With one agent, the SE over its tasks."""
-    means = [float(np.mean(x)) for x in per_task]
-    if len(means) == 1:
-        mean, se = ad.runs.mean_and_se(per_task[0])
-        return dict(mean=mean, se=se, se_over="tasks", per_seed=means)
-    mean, se = ad.runs.mean_and_se(means)
-    return dict(mean=mean, se=se, se_over=f"{len(means)} training seeds", per_seed=means)
-
-
 def headline(results, exact):
     """RL² against the others on the same tasks: paired differences with Gittins and Greedy, the gap to the
-    exact optimum, and the normalised score (RL² − Random)/(Gittins − Random), 1 = as good as Gittins."""
+    exact optimum, and the normalised score (RL² − Random)/(Gittins − Random), 1 = as good as Gittins.
+    With several agents, each agent's mean over the tasks, then mean ± SE across them (Part 2, across_agents)."""
     ours = [r["totals"] for r in results["RL2"]]
     random_mean, gittins_mean = results["Random"]["totals"].mean(), results["Gittins"]["totals"].mean()
     figures = {
@@ -449,29 +399,22 @@ def main(argv=None):
     started = time.perf_counter()
     args = parse_arguments(argv)
     out = ad.runs.prepare_out(args.out)
-    report, named, per_cell, trained = {}, {}, {}, {}
+    report, per_cell, trained = {}, {}, {}
     for n, k in args.cell_list:
         cell_started = time.perf_counter()
-        if args.params:
-            runs, agents = None, load_agents(args.params, n, k)
-            print(f"n={n}, k={k}: loaded {len(agents)} agent(s) from {args.params}")
-        else:
-            runs = [train_cell(n, k, i, args, trained) for i in range(seeds_for(n, args))]
-            agents = [run["agent"] for run in runs]
+        runs, agents = cell_agents(n, k, args, trained)        # trained (with any curriculum), or --params
         tune_tasks, eval_tasks = tasks_for(n, args)
         print(f"n={n}, k={k}: tuning the baselines on {tune_tasks:,} tasks, evaluating all on {eval_tasks:,} others")
         results, tuned, means = evaluate_cell(agents, n, k, args.seed, eval_tasks, tune_tasks)
         exact = exact_optimum(n, k)
         rows = cell_rows(results, tuned, n, k, exact)
         print_cell_table(rows, n, k, eval_tasks, tune_tasks, exact, runs)
-        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs)
+        per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs, agents=agents)
         report[f"n{n}_k{k}"] = cell_report(rows, results, runs, exact, (tune_tasks, eval_tasks),
                                            time.perf_counter() - cell_started)
-        for i, agent in enumerate(agents):
-            named.update(agent_file_entries(agent, n, k, i))
     if len(args.cell_list) > 1:
         print_summary(per_cell, args.cell_list)
-    write_outputs(out, per_cell, named, report, args, started)
+    write_outputs(out, per_cell, report, args, started)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -532,6 +475,43 @@ def critic_size(n_arms, sees):
 
 
 # ----------------------------------------------------------------------------
+# Sections 4-6's bookkeeping: PPO's diagnostics, a checked step, the curriculum's weights, the history
+# ----------------------------------------------------------------------------
+def ppo_diagnostics(policy_loss, value_loss, entropy, rho, eps):
+    """The minibatch's losses, KL(π_old ‖ π) estimated as E[(ρ − 1) − log ρ], and how often the clip bit."""
+    return dict(policy_loss=policy_loss.item(), value_loss=value_loss.item(), entropy=entropy.item(),
+                approx_kl=float(np.mean((rho - 1.0) - np.log(rho))),
+                clip_fraction=float(np.mean(np.abs(rho - 1.0) > eps)))
+
+
+def checked_step(optimizer, params, epoch):
+    """optimizer.step(), then Diverged (one line) if any weight is not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        optimizer.step()
+    for p in params:
+        ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+
+
+def copy_weights(source, agent):
+    """Start `agent` from `source`'s weights (a curriculum): every weight of the same name and shape."""
+    for name, p in agent_parameters(source).items():
+        if agent_parameters(agent)[name].shape == p.shape:
+            agent_parameters(agent)[name].data = p.data.astype(np.float32)
+
+
+HISTORY = ("reward", "entropy", "value_loss", "grad_norm", "approx_kl", "clip_fraction", "elapsed")
+
+
+def log_iteration(history, progress, it, stats, **more):
+    """Append one PPO iteration's figures to `history` (HISTORY's keys) and show the progress line."""
+    for key, value in dict(stats, **more, elapsed=progress.elapsed()).items():
+        if key in history:
+            history[key].append(value)
+    progress.update(it + 1, reward=history["reward"][-1], entropy=stats["entropy"], kl=stats["approx_kl"],
+                    value_loss=stats["value_loss"])
+
+
+# ----------------------------------------------------------------------------
 # Section 7's other classical algorithms, Table 1's other columns: ε-greedy, UCB1, Thompson sampling, OTS
 # ----------------------------------------------------------------------------
 def eps_greedy(epsilon):
@@ -581,8 +561,27 @@ def thompson_most_probable(m):
 
 
 # ----------------------------------------------------------------------------
-# Tuning the baselines, and the exact optimum's dynamic program (section 8 calls both)
+# Section 8's helpers: the baselines by name, their tuning, the SE across agents, the exact optimum's
+# dynamic program
 # ----------------------------------------------------------------------------
+def make_baseline(name, value, n_pulls):
+    return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
+            "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
+            "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
+
+
+def across_agents(per_task):
+    """Mean ± SE of a per-task figure (e.g. RL² − Gittins on each task) over several trained agents: each
+    agent's mean over the tasks, then the mean and SE across agents (training seeds), which holds both the
+    training and the task noise. With one agent, the SE over its tasks."""
+    means = [float(np.mean(x)) for x in per_task]
+    if len(means) == 1:
+        mean, se = ad.runs.mean_and_se(per_task[0])
+        return dict(mean=mean, se=se, se_over="tasks", per_seed=means)
+    mean, se = ad.runs.mean_and_se(means)
+    return dict(mean=mean, se=se, se_over=f"{len(means)} training seeds", per_seed=means)
+
+
 TUNING_GRIDS = {           # the authors' grids
     "Gittins": ("discount", (0.9, 0.99, 0.999, 0.9999)),
     "OTS": ("samples", tuple(range(1, 21))),
@@ -607,6 +606,14 @@ def tune_baselines(n_pulls, n_arms, seed, n_tasks):
         tuned[name] = max(grid, key=curve.get)
         tuned[name + " curve"] = {str(v): float(c) for v, c in curve.items()}
     return tuned
+
+
+EXACT_MAX_PULLS = 12       # the exact optimum's states: 4,435 at n = 10, 348,000 at n = 20
+
+
+def exact_optimum(n_pulls, n_arms):
+    """The Bayes-optimal expected total reward, or None where n is too large for the dynamic program."""
+    return bayes_optimal_value(n_pulls, n_arms) if n_pulls <= EXACT_MAX_PULLS else None
 
 
 def bayes_optimal_value(n_pulls, n_arms):
@@ -725,6 +732,16 @@ TASKS_PER_N = {10: 1.0, 100: 0.2, 500: 0.1}   # fraction of --eval-tasks/--tune-
 def tasks_for(n, args):
     """(tuning tasks, evaluation tasks) for trials of n pulls."""
     return tuple(max(2, int(round(TASKS_PER_N[n] * count))) for count in (args.tune_tasks, args.eval_tasks))
+
+
+def cell_agents(n, k, args, trained):
+    """(training runs or None, agents) for cell (n, k): trained here, or loaded from --params."""
+    if args.params:
+        agents = load_agents(args.params, n, k)
+        print(f"n={n}, k={k}: loaded {len(agents)} agent(s) from {args.params}")
+        return None, agents
+    runs = [train_cell(n, k, i, args, trained) for i in range(seeds_for(n, args))]
+    return runs, [run["agent"] for run in runs]
 
 
 def train_cell(n, k, index, args, trained):
@@ -866,8 +883,12 @@ def print_summary(per_cell, cells):
         print("  " + method.ljust(24) + "".join(text.rjust(23) for text in cells_text))
 
 
-def write_outputs(out, per_cell, named, report, args, started):
+def write_outputs(out, per_cell, report, args, started):
     if not args.params:
+        named = {}
+        for (n, k), cell in per_cell.items():
+            for i, agent in enumerate(cell["agents"]):
+                named.update(agent_file_entries(agent, n, k, i))
         ad.nn.save_parameters(os.path.join(out, "params.npz"), named)
         plot_training(per_cell, os.path.join(out, "rl2_bandits_training.png"))
     plot_regret(per_cell, os.path.join(out, "rl2_bandits_regret.png"))

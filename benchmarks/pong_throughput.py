@@ -8,8 +8,9 @@ Three loops, in one run, alternating round by round so that load from other proc
   ours      pong_pg.train_batch, then the batch boundary's game states (what a checkpoint saves): each worker
             process plays its games' whole episodes with play_episodes (vectorised preprocessing, one batched
             sparse forward per step, each game's own sampling stream), the main process computes the
-            advantages, each worker the gradients of its episodes, the main process adds them and takes one
-            RMSProp step per 10 episodes.
+            advantages, each worker the gradients of its episodes and then its slice of their sum, and the
+            main process takes one RMSProp step (in place) per 10 episodes. A worker with nothing to do
+            resets its games for the next batch.
   original  one game, one frame at a time, written the way the original pg-pong.py is (prepro per frame,
             np.dot(W1, x) per frame, hand-written backward per episode, RMSProp every 10 episodes).
 
@@ -22,6 +23,8 @@ kernel shares the cores between sessions (autogroup), so neither the ceiling's p
 cores. The parallel part (both workers busy at once) shows only on a quiet machine.
 
     python benchmarks/pong_throughput.py [--rounds 2] [--workers 2] [--json PATH]
+
+It writes its figures, with the command, commit and versions, to docs/results/pong_pg_throughput.json (--json).
 
 (BLAS is single-threaded because autodiff is imported before NumPy; no environment variable is needed.)
 """
@@ -92,6 +95,8 @@ def cpu_seconds(pids):
 # ----------------------------------------------------------------------------
 # The original's loop (pg-pong.py), ported to Python 3 / Gymnasium, logic unchanged
 # ----------------------------------------------------------------------------
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
+                       "pong_pg_throughput.json")
 H, D = 200, 80 * 80
 batch_size, learning_rate, gamma, decay_rate = 10, 1e-4, 0.99, 0.99
 
@@ -181,10 +186,14 @@ def original_loop(env, model, caches, rng, n_episodes):
 # Where our loop's wall time goes, in the main process and in each worker
 # ----------------------------------------------------------------------------
 MAIN_LABELS = ["waiting for the workers' episodes (GamePool.play)",
-               "update: advantages, the workers' gradients, their sum, RMSProp",
+               "advantages (returns of all episodes, standardised)",
+               "waiting for the workers' gradients and their sum",
+               "RMSProp step (in place)",
                "game states at the batch boundary (for checkpoints)"]
 WORKER_LABELS = ["emulator steps (Games.step, resets)", "preprocess (the worker's games, vectorised)",
-                 "forward (sparse, batched)", "play_episodes in all", "gradients of its episodes (episode_gradient)"]
+                 "forward (sparse, batched)", "play_episodes in all", "gradients of its episodes (episode_gradient)",
+                 "its slice of the gradients' sum (add_rows)",
+                 "resets for the next batch, in idle time (reset_ahead)"]
 
 
 class Profile:
@@ -224,14 +233,18 @@ def profiled(profile):
         setattr(owner, name, timed)
 
     wrap(pong_pg.GamePool, "play", MAIN_LABELS[0])
-    wrap(pong_pg, "update", MAIN_LABELS[1])
-    wrap(pong_pg, "mark_boundary", MAIN_LABELS[2])
+    wrap(pong_pg, "advantages", MAIN_LABELS[1])
+    wrap(pong_pg.GamePool, "gradient", MAIN_LABELS[2])
+    wrap(pong_pg.InPlaceRMSProp, "step", MAIN_LABELS[3])
+    wrap(pong_pg, "mark_boundary", MAIN_LABELS[4])
     wrap(pong_pg.Games, "step", WORKER_LABELS[0])
     wrap(pong_pg.Games, "reset", WORKER_LABELS[0])
     wrap(pong_pg, "preprocess", WORKER_LABELS[1])
     wrap(pong_pg, "probability_up", WORKER_LABELS[2])
     wrap(pong_pg, "play_episodes", WORKER_LABELS[3])
     wrap(pong_pg, "episode_gradient", WORKER_LABELS[4])
+    wrap(pong_pg, "add_rows", WORKER_LABELS[5])
+    wrap(pong_pg.Games, "reset_ahead", WORKER_LABELS[6])
 
 
 def print_profile(profile, wall, workers):
@@ -240,14 +253,16 @@ def print_profile(profile, wall, workers):
     for label in MAIN_LABELS:
         print(f"    {label:<58} {profile.get(0, label):6.1f} s  {100 * profile.get(0, label) / wall:4.0f}%")
     rest = wall - sum(profile.get(0, label) for label in MAIN_LABELS)
-    print(f"    {'the rest (bookkeeping)':<58} {rest:6.1f} s  {100 * rest / wall:4.0f}%")
+    print(f"    {'the rest (checks in the update, bookkeeping)':<58} {rest:6.1f} s  {100 * rest / wall:4.0f}%")
     fractions = {"main": {label: profile.get(0, label) / wall for label in MAIN_LABELS}}
     for w in range(1, workers + 1):
         playing = profile.get(w, WORKER_LABELS[3])
         parts = {label: profile.get(w, label) for label in WORKER_LABELS[:3]}
         parts["sampling and bookkeeping in play_episodes (Python)"] = playing - sum(parts.values())
-        parts[WORKER_LABELS[4]] = profile.get(w, WORKER_LABELS[4])
-        parts["idle (waiting for the other worker and the main process)"] = wall - playing - parts[WORKER_LABELS[4]]
+        for label in WORKER_LABELS[4:]:
+            parts[label] = profile.get(w, label)
+        parts["idle (waiting for the other worker and the main process)"] = wall - playing - sum(
+            profile.get(w, label) for label in WORKER_LABELS[4:])
         print(f"  worker {w}:")
         for label, seconds in parts.items():
             print(f"    {label:<58} {seconds:6.1f} s  {100 * seconds / wall:4.0f}%")
@@ -263,7 +278,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="processes running the games (ours and the ceiling)")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="seconds of random play per round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="also write the figures there (with the command and versions)")
+    parser.add_argument("--json", metavar="PATH", default=RESULTS,
+                        help="where to write the figures, with the command and versions (default: %(default)s)")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -326,6 +342,7 @@ def main(argv=None):
                    "seconds": {k: v[1] for k, v in totals.items()}, "load_average_1min": load,
                    "profile_fraction": fractions}
         ad.runs.write_json(args.json, {"metrics": metrics, "args": vars(args), "provenance": ad.runs.provenance()})
+        print(f"\nwrote {args.json}")
     return rate
 
 

@@ -294,6 +294,63 @@ def test_worker_processes_play_the_same_episodes_as_one_process(monkeypatch):
         assert a[1:] == b[1:]
 
 
+def test_games_reset_ahead_in_idle_time_play_the_same_and_keep_the_boundary(monkeypatch):
+    """A waiting worker resets its games for the next batch early (Games.reset_ahead, stopped whenever a
+    command comes): the states it reports are still the batch boundary's, and the next batch plays the
+    same episodes as games reset at its start."""
+    short_games(monkeypatch)
+    W1, W2 = pong_pg.init_policy(np.random.default_rng(0))
+    plain, early, part = (pong_pg.Games("ALE/Pong-v5", 3, 5) for _ in range(3))
+    try:
+        for games in (plain, early, part):
+            games.play(W1, W2, 3)
+        boundary = plain.game_states()
+        calls = iter([False, True])
+        assert early.reset_ahead(lambda: False) and not part.reset_ahead(lambda: next(calls))
+        assert early.ahead == {0, 1, 2} and part.ahead == {0}
+        for games in (early, part):
+            for ours, theirs in zip(games.game_states(), boundary):
+                np.testing.assert_array_equal(ours[0], theirs[0])
+                assert ours[1:] == theirs[1:]
+        batches = [games.play(W1, W2, 3) for games in (plain, early, part)]
+        for batch in batches[1:]:
+            for a, b in zip(batches[0], batch):
+                np.testing.assert_array_equal(a["x"], b["x"])
+                np.testing.assert_array_equal(a["up"], b["up"])
+                np.testing.assert_array_equal(a["rewards"], b["rewards"])
+        for games in (early, part):
+            assert not games.ahead and games.boundary is None
+            for ours, theirs in zip(games.game_states(), plain.game_states()):
+                np.testing.assert_array_equal(ours[0], theirs[0])
+                assert ours[1:] == theirs[1:]
+    finally:
+        for games in (plain, early, part):
+            games.close()
+
+
+def test_the_frames_recorded_in_growing_and_reused_arrays_are_the_frames_played(monkeypatch):
+    """Episodes writes each step's difference frames straight into one array per episode, which grows when
+    full and which a worker reuses for a later episode: the frames recorded are the same whatever the
+    starting room and whatever a reused array held before."""
+    short_games(monkeypatch)
+    W1, W2 = pong_pg.init_policy(np.random.default_rng(1))
+    runs = []
+    for room, spare in ((4096, 0), (7, 0), (7, 4)):
+        monkeypatch.setattr(pong_pg.Episodes, "room", room)
+        games = pong_pg.Games("ALE/Pong-v5", 2, 4)
+        games.spare = [np.full((5, pong_pg.PIXELS), 9, np.int8) for _ in range(spare)]   # stale contents
+        try:
+            runs.append(games.play(W1, W2, 4))
+        finally:
+            games.close()
+    assert len(runs[0][0]["x"]) > 200                # so the arrays of 7 (or 5) steps grew 5 times or more
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert a["number"] == b["number"] and a["x"].shape == b["x"].shape and a["x"].flags.c_contiguous
+            np.testing.assert_array_equal(a["x"], b["x"])
+            np.testing.assert_array_equal(a["up"], b["up"])
+
+
 def test_a_checkpoint_of_the_older_version_is_refused_saying_so(tmp_path):
     path, arrays = fresh_checkpoint(tmp_path)
     arrays["format"] = np.array("pong_pg checkpoint v1")
@@ -319,6 +376,40 @@ def test_fused_policy_logit_equals_the_plain_model_and_its_gradient():
         np.testing.assert_allclose(fused, plain, rtol=1e-10, atol=1e-12)
     p_up = pong_pg.probability_up(x, W1, W2)                     # acting: the same forward, without the engine
     np.testing.assert_allclose(p_up, 1 / (1 + np.exp(-grads[0][0])), rtol=1e-12)
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+def test_in_place_rmsprop_and_the_workers_sum_give_the_same_bits():
+    """InPlaceRMSProp is ad.optim.RMSProp without temporaries, and add_rows (each worker's slice of the
+    sum) is add_gradients: the same operations in the same order, so the same bits, through a resume."""
+    runs = []
+    for optimizer in (ad.optim.RMSProp, pong_pg.InPlaceRMSProp):
+        rng = np.random.default_rng(2)
+        weights = [ad.nn.parameter(rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 1, shape), name)
+                   for shape, name in (((60, 7), "W1"), (7, "W2"))]     # steps of about 1e-3 show in each bit
+        step = optimizer(weights, lr=pong_pg.LEARNING_RATE, decay=pong_pg.RMSPROP_DECAY, eps=pong_pg.RMSPROP_EPS)
+        for t in range(6):
+            for w in weights:
+                w.grad = rng.standard_normal(w.data.shape) * 10.0 ** rng.integers(-9, 3, w.data.shape)
+            step.step()
+            if t == 2:                           # a resumed optimizer continues in place
+                step.load_state_dict({k: np.array(v) for k, v in step.state_dict().items()})
+        runs.append([w.data for w in weights] + step.cache)
+    assert all(same_bits(a, b) for a, b in zip(*runs))
+
+    rng = np.random.default_rng(3)
+    gradients = [(rng.standard_normal((6, 4)) * 10.0 ** rng.integers(-9, 3, (6, 4)), rng.standard_normal(4), float(n))
+                 for n in range(5)]
+    order = [3, 0, 4, 1, 2]
+    W1, W2 = ad.nn.parameter(np.zeros((6, 4)), "W1"), ad.nn.parameter(np.zeros(4), "W2")
+    pong_pg.add_gradients([gradients[n] for n in order], W1, W2)
+    rows, summed = np.stack([np.concatenate([g[0].ravel(), g[1]]) for g in gradients]), np.full(28, np.nan)
+    for start, end in ((0, 11), (11, 28)):
+        pong_pg.add_rows(rows, summed, order, start, end)
+    assert same_bits(summed[:24].reshape(6, 4), W1.grad) and same_bits(summed[24:], W2.grad)
 
 
 # ----------------------------------------------------------------------------
