@@ -379,7 +379,7 @@ class Games:
 
     def gradient(self, episodes, advantage, W1, W2):
         """The batch's gradient into W1.grad, W2.grad; returns the loss."""
-        return add_gradients([episode_gradient(e, a, W1.data, W2.data) for e, a in zip(episodes, advantage)], W1, W2)
+        return batch_gradient(episodes, advantage, W1, W2)
 
     def reset(self, ids):
         """Start a new episode in the games `ids` (a game that reset_ahead has reset keeps that reset)."""
@@ -394,7 +394,8 @@ class Games:
         """A worker's idle time at the end of a batch: reset each game for its next episode now, one at a
         time while busy() is false. Each game does what it would do anyway, in the same order (reset, then
         the next batch's steps), so nothing changes but when; game_states() keeps answering with the
-        states from before the first of these resets: the batch boundary that checkpoints save."""
+        states from before the first of these resets: the batch boundary that checkpoints save. (It resets every
+        game: right because every game starts an episode in the next batch, games <= BATCH_EPISODES.)"""
         for g in range(len(self)):
             if busy():
                 return False
@@ -632,7 +633,7 @@ def _serve(connection, games, W1, W2, gradients, stop_flag):
             losses = {}
             for number, advantage in payload.items():
                 row = rows[number]
-                row.fill(0.0)                            # 0 + g is g: the same bits as a copy of g
+                row.fill(0.0)                            # 0 + g: g's values (a -0.0 becomes +0.0)
                 into = (row[:PIXELS * HIDDEN].reshape(PIXELS, HIDDEN), row[PIXELS * HIDDEN:])
                 losses[number] = episode_gradient(played[number], advantage, W1.data, W2.data, into=into)[2]
             connection.send(("gradients", losses))
@@ -738,10 +739,15 @@ def checked_step(state, loss):
         ad.runs.check_finite(f"weight {p.name}", p, when)
 
 
-def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
-    """The batch's gradient into W1.grad and W2.grad, in this process (what the tests use); returns the loss."""
-    gradients = [episode_gradient(e, a, W1, W2, chunk) for e, a in zip(episodes, advantages(episodes, standardise))]
+def batch_gradient(episodes, advantage, W1, W2, chunk=4096):
+    """The batch's gradient into W1.grad, W2.grad, in this process, episode by episode; returns the loss."""
+    gradients = [episode_gradient(e, a, W1.data, W2.data, chunk) for e, a in zip(episodes, advantage)]
     return add_gradients(gradients, W1, W2)
+
+
+def accumulate_gradient(episodes, W1, W2, standardise="batch", chunk=4096):
+    """batch_gradient with the advantages computed here from the episodes' rewards (what the tests use)."""
+    return batch_gradient(episodes, advantages(episodes, standardise), W1, W2, chunk)
 
 
 class InPlaceRMSProp(ad.optim.RMSProp):
@@ -764,6 +770,10 @@ class InPlaceRMSProp(ad.optim.RMSProp):
         b += self.eps
         a /= b                                  # lr g / (sqrt(c) + eps)
         p.data -= a                             # (the engine notes this change of W, as with ad.optim's)
+
+    def state_dict(self):
+        """Copies: the cache arrays change in place at every step, and a saved state must not change with them."""
+        return {k: np.array(v) for k, v in super().state_dict().items()}
 
 
 def config_of(args):

@@ -24,7 +24,8 @@ cores. The parallel part (both workers busy at once) shows only on a quiet machi
 
     python benchmarks/pong_throughput.py [--rounds 2] [--workers 2] [--json PATH]
 
-It writes its figures, with the command, commit and versions, to docs/results/pong_pg_throughput.json (--json).
+It writes its figures, with the command, commit and versions, to runs/pong_pg_throughput.json (--json PATH);
+the README quotes docs/results/pong_pg_throughput.json, a copy of one such file.
 
 (BLAS is single-threaded because autodiff is imported before NumPy; no environment variable is needed.)
 """
@@ -41,6 +42,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pong_pg  # noqa: E402
+
+# where the figures go unless --json says otherwise: the git-ignored runs/ folder, so a run never replaces
+# the committed docs/results/pong_pg_throughput.json that the README quotes (copy it there when it should)
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "pong_pg_throughput.json")
 
 
 # ----------------------------------------------------------------------------
@@ -95,8 +100,6 @@ def cpu_seconds(pids):
 # ----------------------------------------------------------------------------
 # The original's loop (pg-pong.py), ported to Python 3 / Gymnasium, logic unchanged
 # ----------------------------------------------------------------------------
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
-                       "pong_pg_throughput.json")
 H, D = 200, 80 * 80
 batch_size, learning_rate, gamma, decay_rate = 10, 1e-4, 0.99, 0.99
 
@@ -281,6 +284,8 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", default=RESULTS,
                         help="where to write the figures, with the command and versions (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # before the work, not after
 
     rng = np.random.default_rng(args.seed)
     model = {"W1": rng.standard_normal((H, D)) / np.sqrt(D), "W2": rng.standard_normal(H) / np.sqrt(H)}
