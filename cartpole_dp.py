@@ -309,7 +309,7 @@ class StoppingRule:
     lucky moment, so the stopping-set mean flatters the policy: the margin buys the reported set its bar. And a
     policy can pass by luck at one episode and fall back at the next (training goes on during each episode),
     so at the budget the rule returns the best policy seen if it is at the bar, rather than training on.
-    Bookkeeping in Part 2: at_budget, confirm_on_gym, BestSeen, note_plain_rule (what margin 0 would do)."""
+    Bookkeeping in Part 2: at_budget, returns_on_gym, BestSeen, note_plain_rule (what margin 0 would do)."""
 
     def __init__(self, env_id="CartPole-v1", seeds=STOPPING_SEEDS, margin=STOP_MARGIN, confirm_on_gym=True,
                  reported=None, budget=BUDGET):
@@ -330,7 +330,7 @@ class StoppingRule:
         note_plain_rule(record, twin.mean() >= self.bar, score, self.reported)
         passed = twin.mean() >= self.bar + self.margin
         if passed and self.confirm_on_gym:
-            passed = confirm_on_gym(self, score, record, twin).mean() >= self.bar + self.margin
+            passed = returns_on_gym(self, score, record, twin).mean() >= self.bar + self.margin
         return bool(passed)
 
 
@@ -504,12 +504,12 @@ def at_budget(rule, network, episode, record, best):
     if episode != rule.budget or best.mean < rule.bar:
         return False
     best.restore(network)
-    confirm_on_gym(rule, scorer(network), record)
+    returns_on_gym(rule, scorer(network), record)
     record["episodes_to_bar"], record["returned_episode"], record["at_budget"] = episode, best.episode, True
     return True
 
 
-def confirm_on_gym(rule, score, record, twin=None):
+def returns_on_gym(rule, score, record, twin=None):
     """The stopping starts played on Gymnasium itself: its mean and min, and whether the twin agreed."""
     twin = evaluate_on_twin(score, rule.states, rule.max_steps) if twin is None else twin
     gym = evaluate_on_gym(score, rule.seeds, rule.env_id)
@@ -562,7 +562,8 @@ def original_setting(args):
 # Two more comparators: LQR on the linearised twin (the classical one), random search (a control for luck)
 # ----------------------------------------------------------------------------
 def other_comparators(metrics, args, rule, reported):
-    """Random search (if --rs-seeds) and LQR, each scored like DP; returns random search's records."""
+    """Random search (if --rs-seeds) and LQR, each scored like DP, into metrics["random_search"] and
+    metrics["lqr"]; returns random search's records."""
     rs_records = []
     if args.rs_seeds:
         _, rs_records = train_seeds("random search", args.rs_seeds, args.seed, reported,
