@@ -408,7 +408,8 @@ def schedule(method, i, iterations):
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
+    diagnose: also measure the gradient error at each switch of H (Part 2, SwitchOfH)."""
     rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
