@@ -113,8 +113,8 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
         per_episode = ad.stack(costs).sum(axis=0)
         total = per_episode.sum()
         if tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
-            tail = critic(critic_features(pb.observation(end), pb.EPISODE_STEPS - t - steps))
-            total = total + VALUE_SCALE * tail.sum()
+            value = critic(critic_features(pb.observation(end), pb.EPISODE_STEPS - t - steps))
+            total = total + VALUE_SCALE * value.sum()
         loss = ad.runs.check_finite("phase 2 loss", total / (batch * steps), f"step {done:,}")
         optimizer.zero_grad()
         loss.backward()
