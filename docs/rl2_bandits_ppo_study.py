@@ -4,7 +4,8 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
     python docs/rl2_bandits_ppo_study.py ARM --full --cells n100_k10 --training-seeds 1 --out runs/rl2_ppo_ARM
 
 ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched). With --training-seeds 1 the arm's seed 0 is
-paired, task by task, with seed 0 of the committed cell (docs/results/rl2_bandits_full_n100_k10.json).
+evaluated on the same tasks as seed 0 of the committed cell (docs/results/rl2_bandits_full_n100_k10.json): compare
+their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins (paired)".
 """
 
 import os
