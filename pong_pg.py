@@ -492,6 +492,8 @@ class GamePool:
         replies, ended = [None] * self.workers, [0] * self.workers
         pending = dict(zip(self.connections, range(self.workers)))
         while pending:
+            if stop is not None and stop():             # also before the first wait: a short batch may end in it
+                self.stop_flag[0] = 1.0
             for connection in wait(list(pending), timeout=None if stop is None else 0.2):
                 w = pending[connection]
                 try:
@@ -506,8 +508,6 @@ class GamePool:
                     continue
                 replies[w] = value
                 del pending[connection]
-            if stop is not None and stop():
-                self.stop_flag[0] = 1.0
         self.stop_flag[0] = 0.0
         return replies
 
