@@ -9,18 +9,16 @@ total reward of a whole trial of n pulls in one task. Its hidden state, carried 
     agent     h_t = GRU(x_t, h_{t-1}),  π(a | history) = softmax(W h_t + b),  V(history) from a second GRU;
               x_t = (one-hot of the previous arm, the previous reward, a first-pull flag)
     PPO       L = −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] + c_v E[(V − R)²]/2 − c_H E[H(π)],  ρ = π/π_old
-    GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial (γ = 1): a pull that
-              teaches the agent something is credited with the reward that knowledge earns later
+    GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial, not each pull (γ = 1)
 
 The claim it tests (the paper's Table 1): on unseen tasks the trained agent scores about as well as the
-Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS: TS keeping
-the most probable of m samples, UCB1, ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the
-authors tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-optimal value can
-be computed (dynamic programming over posterior counts, n = 10), every method is measured against it.
+Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS, UCB1,
+ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the authors tuned them, but on tasks disjoint
+from the reported ones. Where the exact Bayes-optimal value can be computed (dynamic programming over
+posterior counts, n = 10), every method is measured against it.
 
 Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evaluate everything
-      python rl2_bandits.py --cells n100_k5   any cells of Table 1; --full: all nine, 3 training seeds (1 at
-                                              n=500), hours, so run it in parts with --cells
+      python rl2_bandits.py --cells n100_k5   Table 1's cells; --full: all nine, 3 seeds, hours: run it in parts
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
 Outputs (runs/rl2_bandits/, or _full/ with --full): metrics.json, params.npz, figures. Results: see README.md.
 """
@@ -43,14 +41,7 @@ SETTINGS = {
     "tune_tasks": 2_000,      # other tasks on which the baselines' parameters are chosen, at n = 10
 }
 FULL = {"cells": "all", "training_seeds": 3, "eval_tasks": 100_000, "tune_tasks": 10_000}
-HELP = {
-    "cells": "comma-separated cells nN_kK of Table 1 (n in 10, 100, 500; k in 5, 10, 50), or 'all'",
-    "training_seeds": "agents trained per cell with n <= 100, reported as mean ± SE across them",
-    "n500_seeds": "agents trained per cell with n = 500",
-    "eval_tasks": "unseen tasks on which every method is evaluated, per cell with n = 10 (n = 100: a fifth, "
-                  "n = 500: a tenth)",
-    "tune_tasks": "tasks (disjoint from those) on which the baselines are tuned, per n = 10 cell (scaled alike)",
-}
+# what each setting means (its --help text): Part 2, HELP
 
 LESSON = dict(               # PPO for n = 10: the lesson's agent
     hidden=64,               # GRU units per network; the paper's 256 make the recurrence 16x more costly
@@ -106,11 +97,6 @@ def make_agent(n_arms, hidden, rng, dtype=np.float64, critic_sees="history"):
     return agent
 
 
-def agent_parameters(agent):
-    """{"policy_gru.Wx": Tensor, ...}: the agent's weights by name."""
-    return {f"{part}.{name}": p for part, module in agent.items() for name, p in module.named_parameters().items()}
-
-
 def first_inputs(batch, n_arms):
     """The input at the first pull: no previous arm or reward, flag = 1."""
     x = np.zeros((batch, n_arms + 2))
@@ -127,7 +113,7 @@ def next_inputs(arms, rewards, n_arms):
 
 
 def policy_step(agent, x, h):
-    """One pull of the policy: h' = GRU(x, h), logits = h' W + b: one step of the fused GRU sequence of training."""
+    """One pull of the policy: h' = GRU(x, h), logits = h' W + b (one step of training's fused GRU sequence)."""
     h = agent["policy_gru"](x, h)
     return h, agent["policy_head"](h)
 
@@ -251,16 +237,15 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
     history = {key: [] for key in HISTORY}     # per iteration: Part 2, log_iteration
     progress = ad.runs.Progress(config["iterations"], label)
     for it in range(config["iterations"]):
-        optimizer.lr = config["lr"] * (1.0 - it / config["iterations"])   # linear decay: a settled policy at the end
+        optimizer.lr = config["lr"] * (1.0 - it / config["iterations"])   # linear decay: settled at the end
         means, uniforms = sample_tasks(rng, config["trials"], n_arms, n_pulls)
         inputs, arms, rewards, old_log_probs = rollout(agent, means, uniforms, rng)
         with ad.no_grad():
             value_inputs = critic_features(inputs, means, config["critic_sees"])   # by default, `inputs`
             values = state_values(agent, value_inputs).data * n_pulls
         advantages, returns = gae(rewards, values, config["discount"], config["lam"])
-        # centred per pull index: a critic error that depends only on t (it must count the pulls left) would
-        # otherwise reinforce whatever the policy does at that t; a baseline that depends on t alone leaves the
-        # gradient unbiased. Then scaled over the batch, so the step size does not depend on n.
+        # centred per pull index (a baseline in t alone: unbiased), so a critic error that depends only on t (it
+        # must count the pulls left) cannot reinforce what the policy does at t; scaled so the step ignores n
         if config["center_per_pull"]:
             advantages = advantages - advantages.mean(axis=1, keepdims=True)
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -273,8 +258,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: the Gittins index (beside Greedy and Random), on Beta(1 + successes, 1 + failures) posteriors
-#    per arm; Table 1's other columns (ε-greedy, UCB1, Thompson sampling, the authors' OTS): Part 2
+# 7. Baseline: the Gittins index, Greedy and Random on Beta(1 + s, 1 + f) posteriors; Table 1's others: Part 2
 # ----------------------------------------------------------------------------
 def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
@@ -308,15 +292,13 @@ def greedy(s, f, t, rng):
 
 
 def gittins_table(discount, max_pulls, grid_size=256, truncation=1000):
-    """Gittins indices of a Bernoulli arm with a Beta(1, 1) prior, by backward induction (the authors'
-    method). Returns index[s, f] for s + f < max_pulls.
-
-    Calibration: compare the arm with a safe arm paying λ per pull forever. With μ = (1 + s)/(2 + s + f),
+    """Gittins indices index[s, f], s + f < max_pulls, of a Bernoulli arm with a Beta(1, 1) prior, by backward
+    induction (the authors' method). Calibration: a safe arm pays λ per pull forever; with μ = (1 + s)/(2 + s + f),
         V(s, f; λ) = max(λ/(1 − γ),  μ (1 + γ V(s+1, f)) + (1 − μ) γ V(s, f+1)),
     and the index of (s, f) is the λ at which both branches are equal. One backward sweep over the triangle
-    s + f ≤ N does every state at once for a whole grid of λ; the crossing is found by linear interpolation
-    between grid points. At depth N (the authors' 1,000, or less when γ^N is negligible) the arm learns
-    nothing more: V = max(λ, μ)/(1 − γ). The finite horizon is handled as the authors did: γ is tuned."""
+    s + f ≤ N does every state for a whole grid of λ at once; the crossing is interpolated linearly between
+    grid points. At depth N (the authors' 1,000, or less when γ^N is negligible) the arm learns nothing more:
+    V = max(λ, μ)/(1 − γ). The finite horizon is handled as the authors did: γ is tuned."""
     horizon = int(math.ceil(math.log(1e-12) / math.log(discount)))
     depth = max(max_pulls, min(truncation, max_pulls + horizon))
     lam = 1.0 - np.linspace(1.0, 0.0, grid_size + 1)[:, None] ** 2   # (G, 1) safe-arm rewards, dense near 1
@@ -356,20 +338,15 @@ BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")  
 
 def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
     """Every baseline (tuned on TUNE tasks) and every trained agent on the same EVAL tasks with the same luck.
-    Returns {method: {"totals", "arms", "rewards", "regret_per_pull"}}, with "RL2" a list (one per agent),
-    the tuning record and the tasks' means."""
+    Returns {method: trial record (Part 2, trial_record)}, with "RL2" a list (one per agent), the tuning
+    record and the tasks' means."""
     tuned = tune_baselines(n_pulls, n_arms, seed, tune_tasks)     # the authors' grids on TUNE tasks: Part 2
     means, uniforms = sample_tasks(np.random.default_rng([seed, n_pulls, n_arms, EVAL_STREAM]), eval_tasks, n_arms,
                                    n_pulls)
-
-    def record(arms, rewards):
-        pulled = np.take_along_axis(means, arms.T, axis=1).T                  # (n, B): the pulled arms' means
-        return dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards,
-                    regret_per_pull=(means.max(axis=1) - pulled).mean(axis=1))   # expected, without the coin
-
-    results = {name: record(*play(make_baseline(name, tuned.get(name), n_pulls), means, uniforms,
-                                  np.random.default_rng(seed))) for name in BASELINES}
-    results["RL2"] = [record(*rollout(agent, means, uniforms, np.random.default_rng([seed, i, EVAL_STREAM]))[1:3])
+    results = {name: trial_record(means, *play(make_baseline(name, tuned.get(name), n_pulls), means, uniforms,
+                                               np.random.default_rng(seed))) for name in BASELINES}
+    results["RL2"] = [trial_record(means, *rollout(agent, means, uniforms,
+                                                   np.random.default_rng([seed, i, EVAL_STREAM]))[1:3])
                       for i, agent in enumerate(agents)]
     results["RL2 (argmax)"] = [rollout(agent, means, uniforms, None, greedy_actions=True)[2].sum(axis=0)
                                for agent in agents]
@@ -475,7 +452,7 @@ def critic_size(n_arms, sees):
 
 
 # ----------------------------------------------------------------------------
-# Sections 4-6's bookkeeping: PPO's diagnostics, a checked step, the curriculum's weights, the history
+# Sections 3-6's bookkeeping: PPO's diagnostics, a checked step, weights by name, the curriculum, the history
 # ----------------------------------------------------------------------------
 def ppo_diagnostics(policy_loss, value_loss, entropy, rho, eps):
     """The minibatch's losses, KL(π_old ‖ π) estimated as E[(ρ − 1) − log ρ], and how often the clip bit."""
@@ -490,6 +467,11 @@ def checked_step(optimizer, params, epoch):
         optimizer.step()
     for p in params:
         ad.runs.check_finite("a weight of the agent", p, f"epoch {epoch} (lr {optimizer.lr:.3g})")
+
+
+def agent_parameters(agent):
+    """{"policy_gru.Wx": Tensor, ...}: the agent's weights by name."""
+    return {f"{part}.{name}": p for part, module in agent.items() for name, p in module.named_parameters().items()}
 
 
 def copy_weights(source, agent):
@@ -561,13 +543,21 @@ def thompson_most_probable(m):
 
 
 # ----------------------------------------------------------------------------
-# Section 8's helpers: the baselines by name, their tuning, the SE across agents, the exact optimum's
-# dynamic program
+# Section 8's helpers: the baselines by name and their tuning, a method's trial record, the SE across
+# agents, the exact optimum's dynamic program
 # ----------------------------------------------------------------------------
 def make_baseline(name, value, n_pulls):
     return {"Random": lambda _: random_policy, "TS": lambda _: thompson, "Greedy": lambda _: greedy,
             "Gittins": lambda g: gittins(gittins_table(g, n_pulls)), "OTS": thompson_most_probable,
             "UCB1": ucb1, "eps-greedy": eps_greedy}[name](value)
+
+
+def trial_record(means, arms, rewards):
+    """One method's trials on the tasks `means`: {"totals" (B,), "arms" and "rewards" (n, B), "regret_per_pull"
+    (n,)}, the expected regret of each pull (best mean − the pulled arm's mean, without the coin's luck)."""
+    pulled = np.take_along_axis(means, arms.T, axis=1).T                  # (n, B): the pulled arms' means
+    return dict(totals=rewards.sum(axis=0), arms=arms, rewards=rewards,
+                regret_per_pull=(means.max(axis=1) - pulled).mean(axis=1))
 
 
 def across_agents(per_task):
@@ -652,6 +642,16 @@ def bayes_optimal_value(n_pulls, n_arms):
 # ----------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------
+HELP = {
+    "cells": "comma-separated cells nN_kK of Table 1 (n in 10, 100, 500; k in 5, 10, 50), or 'all'",
+    "training_seeds": "agents trained per cell with n <= 100, reported as mean ± SE across them",
+    "n500_seeds": "agents trained per cell with n = 500",
+    "eval_tasks": "unseen tasks on which every method is evaluated, per cell with n = 10 (n = 100: a fifth, "
+                  "n = 500: a tenth)",
+    "tune_tasks": "tasks (disjoint from those) on which the baselines are tuned, per n = 10 cell (scaled alike)",
+}
+
+
 def add_agent_arguments(parser):
     """Flags that are not settings: one cell by --n/--k, PPO overrides, and --params."""
     parser.add_argument("--n", type=ad.runs.positive_int, help="pulls per trial: one cell, with --k "
