@@ -112,15 +112,9 @@ def next_inputs(arms, rewards, n_arms):
     return x
 
 
-def policy_step(agent, x, h):
-    """One pull of the policy: h' = GRU(x, h), logits = h' W + b (one step of training's fused GRU sequence)."""
-    h = agent["policy_gru"](x, h)
-    return h, agent["policy_head"](h)
-
-
 def policy_log_probs(agent, inputs):
     """log π(· | history) at every pull of every trial, (n, B, k), by one fused GRU over the whole trial
-    (BPTT through all n pulls). Same as policy_step pull by pull, tested equal in tests/test_rl2_bandits.py."""
+    (BPTT through all n pulls). Same as rollout's pull-by-pull steps, tested equal in tests/test_rl2_bandits.py."""
     h0 = np.zeros((inputs.shape[1], agent["policy_gru"].n_hidden), dtype=inputs.dtype)
     return ad.log_softmax(agent["policy_head"](agent["policy_gru"].sequence(inputs, h0)), axis=-1)
 
@@ -133,9 +127,8 @@ def state_values(agent, inputs):
 
 
 def rollout(agent, means, uniforms, rng, greedy_actions=False):
-    """One trial of n pulls in every task of the batch with the current policy (no graph). The hidden state,
-    carried from pull to pull, is the agent's only memory of the task.
-    Returns inputs (n, B, k+2), arms (n, B), rewards (n, B), log π(arm) (n, B)."""
+    """One trial of n pulls in every task with the current policy (no graph); the hidden state, carried from
+    pull to pull, is its only memory of the task. Returns inputs (n, B, k+2), arms, rewards, log π(arm) (n, B)."""
     n, B = uniforms.shape
     k = means.shape[1]
     dtype = agent["policy_gru"].Wx.dtype
@@ -145,8 +138,8 @@ def rollout(agent, means, uniforms, rng, greedy_actions=False):
     with ad.no_grad():
         for t in range(n):
             inputs[t] = x
-            h, logits = policy_step(agent, x, h)
-            h, logits = h.data, logits.data.astype(np.float64)
+            h = agent["policy_gru"](x, h).data                              # h' = GRU(x, h): one pull
+            logits = agent["policy_head"](h).data.astype(np.float64)        # h' W + b
             log_pi = logits - logits.max(axis=1, keepdims=True)
             log_pi -= np.log(np.exp(log_pi).sum(axis=1, keepdims=True))
             if greedy_actions:
@@ -264,8 +257,7 @@ def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
     Returns arms (n, B) and rewards (n, B)."""
     n, B = uniforms.shape
-    successes = np.zeros(means.shape, dtype=np.int64)
-    failures = np.zeros(means.shape, dtype=np.int64)
+    successes, failures = np.zeros((2,) + means.shape, dtype=np.int64)    # per task and arm
     rows = np.arange(B)
     arms, rewards = np.empty((n, B), dtype=np.int64), np.empty((n, B))
     for t in range(n):
@@ -332,8 +324,8 @@ def gittins(table):
 # very tasks they reported, which flatters the tuned methods); every figure is measured on EVAL tasks.
 TUNE_STREAM, EVAL_STREAM = 20_000, 10_000
 BASELINES = ("Random", "Gittins", "TS", "OTS", "UCB1", "eps-greedy", "Greedy")   # by name: Part 2, make_baseline
-# The exact optimum, every method's ceiling (n <= 12), by dynamic programming over the posterior counts (Part 2,
-# exact_optimum): V(counts) = max_a μ_a (1 + V(a succeeds)) + (1 − μ_a) V(a fails), μ_a = (1 + s_a)/(2 + s_a + f_a)
+# The exact optimum (n <= 12), every method's ceiling, by dynamic programming over posterior counts (Part 2):
+#     V(counts) = max_a μ_a (1 + V(a succeeds)) + (1 − μ_a) V(a fails),   μ_a = (1 + s_a)/(2 + s_a + f_a)
 
 
 def evaluate_cell(agents, n_pulls, n_arms, seed, eval_tasks, tune_tasks):
@@ -359,11 +351,9 @@ def headline(results, exact):
     With several agents, each agent's mean over the tasks, then mean ± SE across them (Part 2, across_agents)."""
     ours = [r["totals"] for r in results["RL2"]]
     random_mean, gittins_mean = results["Random"]["totals"].mean(), results["Gittins"]["totals"].mean()
-    figures = {
-        "RL2 - Gittins (paired)": across_agents([x - results["Gittins"]["totals"] for x in ours]),
-        "RL2 - Greedy (paired)": across_agents([x - results["Greedy"]["totals"] for x in ours]),
-        "normalised score": across_agents([(x - random_mean) / (gittins_mean - random_mean) for x in ours]),
-    }
+    figures = {f"RL2 - {name} (paired)": across_agents([x - results[name]["totals"] for x in ours])
+               for name in ("Gittins", "Greedy")}
+    figures["normalised score"] = across_agents([(x - random_mean) / (gittins_mean - random_mean) for x in ours])
     if exact is not None:
         figures["RL2 - optimum"] = across_agents([x - exact for x in ours])
     return figures
@@ -389,8 +379,7 @@ def main(argv=None):
         per_cell[(n, k)] = dict(results=results, means=means, rows=rows, runs=runs, agents=agents)
         report[f"n{n}_k{k}"] = cell_report(rows, results, runs, exact, (tune_tasks, eval_tasks),
                                            time.perf_counter() - cell_started)
-    if len(args.cell_list) > 1:
-        print_summary(per_cell, args.cell_list)
+    print_summary(per_cell, args.cell_list)                     # with more than one cell
     write_outputs(out, per_cell, report, args, started)
 
 
@@ -871,6 +860,8 @@ def cell_report(rows, results, runs, exact, tasks, seconds):
 
 
 def print_summary(per_cell, cells):
+    if len(cells) < 2:
+        return
     print("\nSummary: ours ± SE (paper)")
     print("  " + "method".ljust(24) + "".join(f"n={n}, k={k}".rjust(23) for n, k in cells))
     names = METHODS + ("RL2 - Gittins (paired)", "normalised score", "RL2 - optimum")
