@@ -12,10 +12,10 @@ total reward of a whole trial of n pulls in one task. Its hidden state, carried 
     GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial, not each pull (γ = 1)
 
 The claim it tests (the paper's Table 1): on unseen tasks the trained agent scores about as well as the
-Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS, UCB1,
-ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the authors tuned them, but on tasks disjoint
-from the reported ones. Where the exact Bayes-optimal value can be computed (dynamic programming over
-posterior counts, n = 10), every method is measured against it.
+Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS: TS keeping the
+most probable of m samples, UCB1, ε-greedy, greedy), all with a Beta(1, 1) prior and tuned as the authors
+tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-optimal value can be computed
+(dynamic programming over posterior counts, n = 10), every method is measured against it.
 
 Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evaluate everything
       python rl2_bandits.py --cells n100_k5   Table 1's cells; --full: all nine, 3 seeds, hours: run it in parts
@@ -238,7 +238,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
             values = state_values(agent, value_inputs).data * n_pulls
         advantages, returns = gae(rewards, values, config["discount"], config["lam"])
         # centred per pull index (a baseline in t alone: unbiased), so a critic error that depends only on t (it
-        # must count the pulls left) cannot reinforce what the policy does at t; scaled so the step ignores n
+        # must count the pulls left) cannot reinforce what the policy does at t; scaled, so no step depends on n
         if config["center_per_pull"]:
             advantages = advantages - advantages.mean(axis=1, keepdims=True)
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -251,7 +251,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
 
 
 # ----------------------------------------------------------------------------
-# 7. Baseline: the Gittins index, Greedy and Random on Beta(1 + s, 1 + f) posteriors; Table 1's others: Part 2
+# 7. Baseline: Gittins index, Greedy and Random on Beta(1 + s, 1 + f) posteriors; Table 1's other columns: Part 2
 # ----------------------------------------------------------------------------
 def play(choose, means, uniforms, rng):
     """Run a counting policy choose(successes, failures, t, rng) -> arms over a trial in every task.
@@ -860,6 +860,7 @@ def cell_report(rows, results, runs, exact, tasks, seconds):
 
 
 def print_summary(per_cell, cells):
+    """The cells side by side, when there are two or more."""
     if len(cells) < 2:
         return
     print("\nSummary: ours ± SE (paper)")
