@@ -1,34 +1,29 @@
 """Model value expansion through stiff contact: horizon H, smoothing rho, and value-gradient critics, measured.
 
-With a differentiable model you choose how far to trust it: unroll the model H steps and bootstrap with a
-learned critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
+With a differentiable model you choose how far to trust it: unroll the model H steps, bootstrap with a learned
+critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
 
     J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],    u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
 
-H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
-multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
-heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
-gradients?", ICML 2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho) (the hard force
-averaged over logistic noise on the gap), tames the variance at the price of model bias. And since accurate
-values need not have accurate gradients, a critic can learn the value *gradient* directly from the Bellman
-gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
+H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but each contact step
+multiplies the gradient by a Jacobian of size ~ dt k = 20, so its variance explodes, and heavy tails make a
+finite sample look biased too (Suh et al., "Do differentiable simulators give better policy gradients?", ICML
+2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho), tames the variance at the price of
+model bias. Accurate values need not have accurate gradients, so a critic can learn the value *gradient* from
+the Bellman gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
 
     grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
 The toy, after Suh et al.'s pusher and box: 1-D pusher p and box b, penalty contact k = 1000, T = 128 steps,
-reward -(b - 1)^2 - 0.01 (u/u_max)^2; every evaluation is on the hard system.
+reward -(b - 1)^2 - 0.01 (u/u_max)^2, every evaluation on the hard system. Claims tested (which held: README.md):
+(1) the gradient's bias falls and its variance rises with H, and smoothing cuts BPTT's variance;
+(2) annealing H and rho together (long and smooth early, short and hard late) beats the best fixed setting;
+(3) a TD(lambda) value critic can have accurate values but inaccurate gradients; a VGL(lambda) critic learns them.
 
-Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
-with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
-hard late) beats the best fixed setting; (3) a TD(lambda) value critic can have accurate values but inaccurate
-gradients, which a VGL(lambda) gradient critic learns directly.
-
-Run:
+Run (results: README.md#mve_criticpy):
     python mve_critic.py                # the lesson run: small versions of all three experiments
     python mve_critic.py --full         # the full experiments (see README.md for the times)
     python mve_critic.py --exp 2 --seeds 3     # one experiment, with more seeds
-
-Results: see README.md#mve_criticpy.
 """
 
 import argparse
