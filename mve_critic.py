@@ -38,7 +38,7 @@ import numpy as np
 from autodiff import Tensor
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the physics, the training constants and the run's sizes (read these first)
+# 1. Settings: the physics, the training constants and the run's sizes (their --help text: Part 2, HELP)
 # ----------------------------------------------------------------------------
 DT = 0.02                         # seconds per step, semi-implicit Euler
 MASS_PUSHER, MASS_BOX = 1.0, 1.0
@@ -86,7 +86,6 @@ FULL = {                          # what --full changes
     "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
     "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
-# what each setting means (its --help text): see Part 2, HELP
 
 
 # ----------------------------------------------------------------------------
@@ -263,8 +262,7 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 #       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
 #   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
-# What a window leaves for the critics: where and when it started (x0, t0), its noise eps (W, N) and rho, then
-# the states (W+1, N, 4), pre-squash actions and rewards (W, N).
+# What a window leaves for the critics: x0, t0, noise eps (W, N), rho; states (W+1, N, 4), actions a, rewards r
 Rollout = collections.namedtuple("Rollout", "x0 eps t0 rho states actions rewards")
 
 
@@ -403,15 +401,13 @@ def schedule(method, i, iterations):
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose: also measure the gradient error at each switch of H (Part 2, SwitchOfH)."""
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
     rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
     anneal = method["rho"] == "anneal"
-    critic = None
-    if method["critic"]:
-        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+    critic = (Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+              if method["critic"] else None)
     optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
     window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
     iterations = max(1, env_steps // (N_ENVS * window))
@@ -457,16 +453,14 @@ METHODS = {
     "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
     "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
 }
-# the controls that take the schedules apart, and the remedies for a switch of H: see Part 2, METHODS.update
-# Exp 3's arms (training with the gradient critic G): see Part 2, EXP3_METHODS
+# Part 2 adds the controls and the remedies for a switch of H (METHODS.update), and Exp 3's G arms (EXP3_METHODS)
 
 
 # ----------------------------------------------------------------------------
 # 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
 #              common random numbers (the same x_0 and eps at theta +- delta): Part 2, finite_difference_gradient
-#   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
-#              (N, 5) node: one backward, and row n of its .grad is episode n's gradient
+#   estimates  per-sample gradients g_n of the windowed objective (W = T): per_sample_gradients
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
 #   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
 # ----------------------------------------------------------------------------
@@ -482,8 +476,9 @@ def evaluate(policy, episodes=128):
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
-    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode
-    (a report of how often the gap closed, so how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
+    """(episodes, 5) per-sample gradients of the windowed MVE objective: theta tiled into an (N, 5) node, one
+    backward, and row n of its .grad is episode n's gradient. Also the mean number of contact onsets per episode
+    (how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
     grads, onsets = [], []
     for start in range(0, episodes, chunk):
         n = min(chunk, episodes - start)
@@ -532,9 +527,7 @@ def main(argv=None):
     except ad.runs.Diverged:             # keep what finished before the run diverged
         ad.runs.write_metrics(out, metrics, args, started, name="metrics_diverged.json")
         raise
-    save_learned(out, learned, args.seed)
-    path = ad.runs.write_metrics(out, metrics, args, started)
-    print_wall_times(walls, started, path, out)
+    write_outputs(out, metrics, learned, walls, args, started)
     return metrics
 
 
@@ -619,7 +612,10 @@ def timed(walls, name, function, *args):
     return result
 
 
-def print_wall_times(walls, started, path, out):
+def write_outputs(out, metrics, learned, walls, args, started):
+    """params.npz (every trained policy and critic), metrics.json, and the closing lines."""
+    save_learned(out, learned, args.seed)
+    path = ad.runs.write_metrics(out, metrics, args, started)
     print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
           + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
     print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
