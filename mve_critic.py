@@ -164,13 +164,12 @@ def observe(x):
 
 
 # ----------------------------------------------------------------------------
-# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
+# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and two critics (MLPs 64-64, target copies)
 #   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5) (section 8)
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
 #   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
 #   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
 #   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
-#   Both critics are MLPs 64-64 with a target copy and a running output scale.
 # ----------------------------------------------------------------------------
 @ad.primitive
 def linear_policy(theta, o):
@@ -465,8 +464,7 @@ METHODS = {
 #   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
 # ----------------------------------------------------------------------------
 def evaluate(policy, episodes=128):
-    """Deterministic policy on the HARD system from fixed initial states:
-    (mean undiscounted return, mean |b_T - b*|)."""
+    """Deterministic policy, HARD system, fixed initial states: (mean undiscounted return, mean |b_T - b*|)."""
     x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
     total = np.zeros(episodes)
     for _ in range(T):
