@@ -239,8 +239,7 @@ class Critic:
 
 def bootstrap_value(critic, policy, x, t, rho, eps_boot):
     """V_hat(x) at time t as a Tensor that carries d/dx (never d/dtheta: the policy inside is frozen).
-    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps')).
-    G: sg(G_target(x)) . x, whose gradient is G."""
+    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps'));   G: sg(G_target(x)) . x, whose gradient is G."""
     if critic is None or t >= T:
         return None
     if critic.kind == "G":
@@ -253,9 +252,8 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 # 4. Loss: the windowed MVE actor objective and the critics' targets
 #   actor, H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}), the rollout continuing from
 #            stopgrad(x_{jH}) after each boundary (V_hat sees the non-stopped state). If V_hat = V^pi its
-#            gradient is unbiased for every H: all of the bias comes from the critic.
+#            gradient is unbiased for every H: all of the bias comes from the critic. H = W = T, no critic: BPTT.
 #   actor, H = 0:  sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
-#   actor, H = W = T and no critic: plain BPTT.
 #   Q critic, TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}]
 #   G critic, VGL(lambda), the Bellman gradient equation with eps fixed (A_t = f_x + f_u pi_x, closed loop):
 #       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
