@@ -1,34 +1,29 @@
 """Model value expansion through stiff contact: horizon H, smoothing rho, and value-gradient critics, measured.
 
-With a differentiable model you choose how far to trust it: unroll the model H steps and bootstrap with a
-learned critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
+With a differentiable model you choose how far to trust it: unroll the model H steps, bootstrap with a learned
+critic, and differentiate the whole thing (the policy noise eps is reparameterised, so it is fixed):
 
     J_H(theta) = E[ sum_{t<H} gamma^t r_t + gamma^H V_hat(x_H) ],    u_t = u_max tanh(mu_theta(o_t) + sigma eps_t)
 
-H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but every contact step
-multiplies the gradient by a Jacobian of size ~ dt k = 20, so through stiff contact its variance explodes, and
-heavy tails make a finite sample look biased too (Suh et al., "Do differentiable simulators give better policy
-gradients?", ICML 2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho) (the hard force
-averaged over logistic noise on the gap), tames the variance at the price of model bias. And since accurate
-values need not have accurate gradients, a critic can learn the value *gradient* directly from the Bellman
-gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
+H = 0 is DDPG / SVG(0): low variance, biased by the critic. H = T is BPTT: unbiased, but each contact step
+multiplies the gradient by a Jacobian of size ~ dt k = 20, so its variance explodes, and heavy tails make a
+finite sample look biased too (Suh et al., "Do differentiable simulators give better policy gradients?", ICML
+2022). Smoothing the contact force, k max(d, 0) -> k rho softplus(d / rho), tames the variance at the price of
+model bias. Accurate values need not have accurate gradients, so a critic can learn the value *gradient* from
+the Bellman gradient equation (DHP / VGL(lambda); Werbos, Fairbank):
 
     grad V(x) = r_x + pi_x^T r_u + gamma (f_x + f_u pi_x)^T grad V(x')
 
 The toy, after Suh et al.'s pusher and box: 1-D pusher p and box b, penalty contact k = 1000, T = 128 steps,
-reward -(b - 1)^2 - 0.01 (u/u_max)^2; every evaluation is on the hard system.
+reward -(b - 1)^2 - 0.01 (u/u_max)^2, every evaluation on the hard system. Claims tested (which held: README.md):
+(1) the gradient's bias falls and its variance rises with H, and smoothing cuts BPTT's variance;
+(2) annealing H and rho together (long and smooth early, short and hard late) beats the best fixed setting;
+(3) a TD(lambda) value critic can have accurate values but inaccurate gradients; a VGL(lambda) critic learns them.
 
-Claims tested (what held and what did not: README.md): (1) the gradient's bias falls and its variance rises
-with H, and smoothing cuts BPTT's variance; (2) annealing H and rho together (long and smooth early, short and
-hard late) beats the best fixed setting; (3) a TD(lambda) value critic can have accurate values but inaccurate
-gradients, which a VGL(lambda) gradient critic learns directly.
-
-Run:
+Run (results: README.md#mve_criticpy):
     python mve_critic.py                # the lesson run: small versions of all three experiments
     python mve_critic.py --full         # the full experiments (see README.md for the times)
     python mve_critic.py --exp 2 --seeds 3     # one experiment, with more seeds
-
-Results: see README.md#mve_criticpy.
 """
 
 import argparse
@@ -43,7 +38,7 @@ import numpy as np
 from autodiff import Tensor
 
 # ----------------------------------------------------------------------------
-# 1. Settings: the physics, the training constants and the run's sizes (read these first)
+# 1. Settings: the physics, the training constants and the run's sizes (their --help text: Part 2, HELP)
 # ----------------------------------------------------------------------------
 DT = 0.02                         # seconds per step, semi-implicit Euler
 MASS_PUSHER, MASS_BOX = 1.0, 1.0
@@ -91,7 +86,6 @@ FULL = {                          # what --full changes
     "fidelity_iterations": 150, "held_out": 256, "reference_rollouts": 256,
     "exp3_arms": ("Q_H4", "G_H4_lam0.95", "G_H4_lam0", "Q_H16", "G_H16_lam0.95", "G_H16_lam0"),
 }
-# what each setting means (its --help text): see Part 2, HELP
 
 
 # ----------------------------------------------------------------------------
@@ -170,13 +164,12 @@ def observe(x):
 
 
 # ----------------------------------------------------------------------------
-# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and the two critics
+# 3. Model: the policy u = u_max tanh(mu_theta(o) + sigma eps) and two critics (MLPs 64-64, target copies)
 #   linear (Exp 1): mu = theta[:4] . o + theta[4], theta either (5,) or one row per episode (N, 5) (section 8)
 #   MLP (Exp 2, 3): 4-32-32-1, tanh, output bias 0.5 (start by pushing).
 #   value critic      Q(o, u/u_max, tau [, rho/rho_max]) -> 1,     V_hat(x) = Q(x, pi(x) + sigma eps')
 #   gradient critic   G(o, tau [, rho/rho_max]) -> 4  ~  grad_x V(x)
 #   tau = (T - t) / T: the value of a finite episode depends on the time left; at tau = 0 both are 0.
-#   Both critics are MLPs 64-64 with a target copy and a running output scale.
 # ----------------------------------------------------------------------------
 @ad.primitive
 def linear_policy(theta, o):
@@ -246,8 +239,7 @@ class Critic:
 
 def bootstrap_value(critic, policy, x, t, rho, eps_boot):
     """V_hat(x) at time t as a Tensor that carries d/dx (never d/dtheta: the policy inside is frozen).
-    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps')).
-    G: sg(G_target(x)) . x, whose gradient is G."""
+    Q: Q_target(x, u_max tanh(mu_{sg theta}(o) + sigma eps'));   G: sg(G_target(x)) . x, whose gradient is G."""
     if critic is None or t >= T:
         return None
     if critic.kind == "G":
@@ -260,16 +252,14 @@ def bootstrap_value(critic, policy, x, t, rho, eps_boot):
 # 4. Loss: the windowed MVE actor objective and the critics' targets
 #   actor, H >= 1:  sum_{t<W} gamma^t r_t + sum_{j=1}^{W/H} gamma^{jH} V_hat(x_{jH}), the rollout continuing from
 #            stopgrad(x_{jH}) after each boundary (V_hat sees the non-stopped state). If V_hat = V^pi its
-#            gradient is unbiased for every H: all of the bias comes from the critic.
+#            gradient is unbiased for every H: all of the bias comes from the critic. H = W = T, no critic: BPTT.
 #   actor, H = 0:  sum_t gamma^t Q(sg x_t, mu_theta(sg o_t) + sigma eps_t)       (DDPG / SVG(0), online critic)
-#   actor, H = W = T and no critic: plain BPTT.
 #   Q critic, TD(lambda):  y_t = r_t + gamma [(1 - lam) Q_target(x_{t+1}, u_{t+1}) + lam y_{t+1}]
 #   G critic, VGL(lambda), the Bellman gradient equation with eps fixed (A_t = f_x + f_u pi_x, closed loop):
 #       g_t = grad^cl r_t + gamma A_t^T [(1 - lam) G_target(x_{t+1}) + lam g_{t+1}],   g_W = G_target(x_W)
 #   lam = 0 is DHP; lam = 1 is the pathwise Monte Carlo gradient. Both critics regress on their targets (MSE).
 # ----------------------------------------------------------------------------
-# What a window leaves for the critics: where and when it started (x0, t0), its noise eps (W, N) and rho, then
-# the states (W+1, N, 4), pre-squash actions and rewards (W, N).
+# What a window leaves for the critics: x0, t0, noise eps (W, N), rho; states (W+1, N, 4), actions a, rewards r
 Rollout = collections.namedtuple("Rollout", "x0 eps t0 rho states actions rewards")
 
 
@@ -408,15 +398,13 @@ def schedule(method, i, iterations):
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
-    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system).
-    diagnose: also measure the gradient error at each switch of H (Part 2, SwitchOfH)."""
+    """Train an MLP policy with one method; returns its learning curves (evaluated on the hard system)."""
     rng = np.random.default_rng(seed)
     policy = make_mlp_policy(rng)
     params = policy_parameters(policy)
     anneal = method["rho"] == "anneal"
-    critic = None
-    if method["critic"]:
-        critic = Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+    critic = (Critic(method["critic"], rng, rho_conditioned=anneal, lam=method.get("critic_lambda", LAMBDA))
+              if method["critic"] else None)
     optimizer = ad.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
     window = T if method["horizon"] == T else WINDOW          # BPTT differentiates whole episodes
     iterations = max(1, env_steps // (N_ENVS * window))
@@ -462,22 +450,19 @@ METHODS = {
     "anneal_both": dict(label="anneal H 32->4 and rho 0.01->0, Q", horizon="anneal", rho="anneal", critic="Q"),
     "anneal_H": dict(label="anneal H 32->4 only (rho=0), Q", horizon="anneal", rho=0.0, critic="Q"),
 }
-# the controls that take the schedules apart, and the remedies for a switch of H: see Part 2, METHODS.update
-# Exp 3's arms (training with the gradient critic G): see Part 2, EXP3_METHODS
+# Part 2 adds the controls and the remedies for a switch of H (METHODS.update), and Exp 3's G arms (EXP3_METHODS)
 
 
 # ----------------------------------------------------------------------------
 # 8. Measurement: evaluation on the hard system, the true gradient, and the estimator's bias and variance
 #   truth      grad J of the HARD objective J = E sum_{t<T} gamma^t r_t, central differences with
 #              common random numbers (the same x_0 and eps at theta +- delta): Part 2, finite_difference_gradient
-#   estimates  per-sample gradients g_n of the windowed objective (W = T), linear policy tiled into an
-#              (N, 5) node: one backward, and row n of its .grad is episode n's gradient
+#   estimates  per-sample gradients g_n of the windowed objective (W = T): per_sample_gradients
 #   bias  beta = |mean g - grad J|^2 / |grad J|^2     variance  nu = tr Cov(g) / |grad J|^2
 #   mse64 = mean over batches of 64 episodes of |batch mean - grad J|^2 / |grad J|^2 (= bias + nu / 64)
 # ----------------------------------------------------------------------------
 def evaluate(policy, episodes=128):
-    """Deterministic policy on the HARD system from fixed initial states:
-    (mean undiscounted return, mean |b_T - b*|)."""
+    """Deterministic policy, HARD system, fixed initial states: (mean undiscounted return, mean |b_T - b*|)."""
     x = initial_states(np.random.default_rng(EVAL_SEED), episodes)
     total = np.zeros(episodes)
     for _ in range(T):
@@ -487,8 +472,9 @@ def evaluate(policy, episodes=128):
 
 
 def per_sample_gradients(theta, horizon, rho, critic, episodes, rng, stiffness=STIFFNESS, chunk=1024):
-    """(episodes, 5) per-sample gradients of the windowed MVE objective, and mean contact onsets per episode
-    (a report of how often the gap closed, so how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
+    """(episodes, 5) per-sample gradients of the windowed MVE objective: theta tiled into an (N, 5) node, one
+    backward, and row n of its .grad is episode n's gradient. Also the mean number of contact onsets per episode
+    (how many stiff Jacobians the gradient crossed: Part 2, contact_onsets)."""
     grads, onsets = [], []
     for start in range(0, episodes, chunk):
         n = min(chunk, episodes - start)
@@ -537,9 +523,7 @@ def main(argv=None):
     except ad.runs.Diverged:             # keep what finished before the run diverged
         ad.runs.write_metrics(out, metrics, args, started, name="metrics_diverged.json")
         raise
-    save_learned(out, learned, args.seed)
-    path = ad.runs.write_metrics(out, metrics, args, started)
-    print_wall_times(walls, started, path, out)
+    write_outputs(out, metrics, learned, walls, args, started)
     return metrics
 
 
@@ -624,7 +608,10 @@ def timed(walls, name, function, *args):
     return result
 
 
-def print_wall_times(walls, started, path, out):
+def write_outputs(out, metrics, learned, walls, args, started):
+    """params.npz (every trained policy and critic), metrics.json, and the closing lines."""
+    save_learned(out, learned, args.seed)
+    path = ad.runs.write_metrics(out, metrics, args, started)
     print("\nwall times: " + ", ".join(f"{k} {ad.runs.format_seconds(v)}" for k, v in walls.items())
           + f"  (total {ad.runs.format_seconds(time.perf_counter() - started)}; 2 shared cores)")
     print(f"metrics: {path}; learned policies and critics: {os.path.join(out, 'params.npz')}; figures in {out}")
