@@ -391,10 +391,12 @@ def fit_critic(critic, policy, rollout, rng, stiffness=STIFFNESS):
 # ----------------------------------------------------------------------------
 def schedule(method, i, iterations):
     """(H_i, rho_i). Anneal: over the first 70% of iterations, s = i / (0.7 I), rho = 0.01 (1 - s)^2 and
-    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0)."""
+    H = 2^round(5 - 3 s): 32 -> 4 while the smoothing goes to zero; then (4, 0). (A control arm may stop the
+    smoothing at rho_end > 0: rho = rho_end + (0.01 - rho_end)(1 - s)^2.)"""
     s = min(1.0, i / (0.7 * iterations))
     horizon = 2 ** int(round(5 - 3 * s)) if method["horizon"] == "anneal" else method["horizon"]
-    return horizon, (RHO_MAX * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
+    end = method.get("rho_end", 0.0)
+    return horizon, (end + (RHO_MAX - end) * (1.0 - s) ** 2 if method["rho"] == "anneal" else method["rho"])
 
 
 def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
@@ -417,7 +419,7 @@ def train(method, seed, env_steps, eval_points=25, lr=ACTOR_LR, diagnose=False):
         horizon, rho = schedule(method, i, iterations)
         if t == 0:              # synchronised resets every T steps; annealing draws each env's rho in [0, rho_i]
             x = initial_states(rng, N_ENVS)
-            env_rho = rho * rng.uniform(size=N_ENVS) if anneal else rho
+            env_rho = rho * rng.uniform(size=N_ENVS) if anneal and method.get("rho_spread", True) else rho
         if switch.happens(i, iterations):  # a switch of H: remedies, --diagnose (Part 2, SwitchOfH)
             started, optimizer = switch(i, horizon, env_rho, optimizer, rng, started)
         eps = rng.normal(size=(window, N_ENVS))
@@ -932,6 +934,12 @@ def exp1_claims(result):
 METHODS.update({    # after the arms of section 7, in this order
     "anneal_rho_H32": dict(label="anneal rho only, H=32, Q", horizon=32, rho="anneal", critic="Q"),
     "anneal_rho_BPTT": dict(label="anneal rho only, BPTT", horizon=T, rho="anneal", critic=None),
+    # the full horizon kept and only the smoothing annealed, with every environment at rho_i (no critic needs
+    # the spread over [0, rho_i]): to 0, and stopped at 0.003, where Exp 1's error at theta_good is lowest
+    "anneal_rho_BPTT_all": dict(label="anneal rho 0.01->0 in every env, BPTT", horizon=T, rho="anneal",
+                                rho_spread=False, critic=None),
+    "anneal_rho_BPTT_to0.003": dict(label="anneal rho 0.01->0.003 in every env, BPTT", horizon=T, rho="anneal",
+                                    rho_end=0.003, rho_spread=False, critic=None),
     "anneal_both_G": dict(label="anneal H and rho, G critic VGL(0.95)", horizon="anneal", rho="anneal", critic="G"),
     # remedies for a switch of H
     "anneal_H_prefit": dict(label="anneal H only, critic refitted at each switch", horizon="anneal", rho=0.0,
