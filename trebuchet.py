@@ -65,12 +65,14 @@ GRAVITY = 9.80665
 AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
 ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
 DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * PROJECTILE_MASS)  # 1/m
+K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ), M33 and r3's g m_p e: the parts of M and r (below)
+M33 = PROJECTILE_MASS * SLING ** 2            # that the counterweight does not change
+G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 # Integration: fixed steps, each phase on its own grid from the event that began it (as DifferentialEquations.jl
-# restarts after a callback). Ground: classical Runge-Kutta (RK4), 1/60 s, the swing starts slowly; hang: RK4,
-# 1/240 s, the hinged counterweight "whips" as its rod lines up with the short arm (hundreds of rad/s² for a few
-# hundredths of a second); flight: Heun (RK2), 1/60 s, a smooth point mass. Every run measures these, and
-# Trebuchet.jl's explicit Euler at 1/60 s, against converged steps (Part 2, `integrator_accuracy`).
+# restarts after a callback): classical Runge-Kutta (RK4) at 1/60 s on the ground, where the swing starts slowly,
+# RK4 at 1/240 s in the hang, where the hinged counterweight "whips" (hundreds of rad/s² for a few hundredths of a
+# second), Heun (RK2) at 1/60 s in flight. Part 2's `integrator_accuracy` checks them every run.
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
@@ -85,13 +87,12 @@ MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WE
 # imaginary part scaled by ε = 1e-200 i, every ε² term, ~1e-400, underflows to exactly zero, so complex arithmetic
 # *is* dual arithmetic: the real part is the value, bit for bit, and imag/1e-200 the exact derivative (the
 # "complex step" of Squire & Trapp, 1998, with a step so small it is not an approximation). The simulator is thus
-# plain NumPy code with two rules: tests look at the real part (`.real <= 0`), and sin, cos, sqrt and arcsin
-# apply their derivative explicitly (NumPy's complex versions are correct but slow).
+# plain NumPy with two rules: tests look at the real part (`.real <= 0`), and sin, cos, sqrt and arcsin apply
+# their derivative explicitly, f(x + x'ε) = f(x) + f'(x) x'ε (NumPy's complex versions are right but slow).
 #
 # A batch of B shots runs as one complex copy per input that needs a derivative, copy j nudged along input j: one
-# pass gives the values and the whole Jacobian, stores nothing, and makes one NumPy call per operation. With a few
-# inputs and one output, that beats a reverse sweep over stored states, which would need a hand-written VJP of
-# every step. (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
+# pass gives the values and the whole Jacobian, storing nothing; with few inputs and one output, that beats a
+# reverse sweep over stored states (a hand-written VJP of every step). Trebuchet.jl does the same (ForwardDiff).
 EPS = 1e-200
 
 
@@ -140,8 +141,7 @@ def asin(z):
 #   r = ( m_w cd sin(α-β) β̇² - m_p be sin(α-γ) γ̇² - g (m_a r_g - m_w c + m_p b) cos α,
 #        -m_w cd sin(α-β) α̇² - g m_w d cos β,
 #         m_p be sin(α-γ) α̇² - g m_p e cos γ )
-# The velocity terms are the centrifugal pulls of the bodies on each other. M is an "arrow" matrix (M23 = 0),
-# so it is solved by eliminating β̈ and γ̈.
+# The velocity terms are centrifugal pulls; M is an "arrow" matrix (M23 = 0), solved by eliminating β̈ and γ̈.
 #
 # Ground phase (2 degrees of freedom): the projectile slides on the frictionless ground, y_P = -a, so
 # sin γ = -(a + b sin α)/e and γ̇ = -b cos α α̇ / (e cos γ). The ground pushes up with a normal force N, a
@@ -150,14 +150,8 @@ def asin(z):
 # The projectile lifts off when N reaches zero (the sling's pull carries its weight). Hang phase: all three angles
 # are free, N = 0. Release: when the projectile's velocity points along the release angle. Flight: the docstring's
 # point mass with quadratic drag, k = ρ C_d π z² / (2 m_p), against the air, which moves with the wind w.
-K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ); these three do not depend on m_w
-M33 = PROJECTILE_MASS * SLING ** 2
-G3 = GRAVITY * PROJECTILE_MASS * SLING
-
-
-def shot_constants(weight, model=None):
+def shot_constants(weight, model):
     """Everything in M and r that depends on the counterweight m_w (all of it linear in m_w), once per shot."""
-    model = model or MODEL
     a, b, c, d = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM
     mp, ma = PROJECTILE_MASS, ARM_MASS
     return dict(m11=model["arm_inertia"] + ma * ARM_CG ** 2 + mp * b ** 2 + c ** 2 * weight,
@@ -171,8 +165,7 @@ def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, 
     """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ) for the callers (`sin_cos`: Part 2)."""
     (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.array([alpha - beta, alpha - gamma, alpha,
                                                                             beta, gamma]))
-    m12 = -shot["k12"] * c_ab
-    m13 = K13 * c_ag
+    m12, m13 = -shot["k12"] * c_ab, K13 * c_ag
     pull_ab, pull_ag = shot["k12"] * s_ab, K13 * s_ag
     alpha_dot2 = alpha_dot * alpha_dot
     r1 = pull_ab * beta_dot * beta_dot - pull_ag * gamma_dot * gamma_dot - shot["g1"] * c_a
@@ -234,8 +227,7 @@ def projectile_motion(state, position=True, trig=None):
 
 
 def release_condition(state, direction, trig=None):
-    """sin(direction of the projectile's velocity - release angle r), `direction` = (cos r, sin r): positive
-    while the velocity still points above (behind) the release direction."""
+    """sin(velocity direction - release angle r), `direction` = (cos r, sin r): positive while above r."""
     vx, vy = projectile_motion(state, position=False, trig=trig)
     return (vy * direction[0] - vx * direction[1]) / sqrt(vx * vx + vy * vy)
 
@@ -310,10 +302,9 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
 def ground_phase(ground, shot, integration, tracks, model):
     """Phase 1 from the rest state `ground` (α, β, α̇, β̇): the arm swings, the projectile slides until the
     sling lifts it. Returns the hang state (α, β, γ, α̇, β̇, γ̇) at lift-off, its time, the failed shots."""
-    everyone = np.ones(ground.shape[1], dtype=bool)
-    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
-                                          integration["dt_ground"], MAX_SECONDS["ground"], everyone,
-                                          integration["method"], shot, None, tracks["ground"])
+    ground, t_lift, failed, _ = integrate(
+        _start(tracks, "ground", ground), ground_rates, lift_off, integration["dt_ground"], MAX_SECONDS["ground"],
+        np.ones(ground.shape[1], dtype=bool), integration["method"], shot, None, tracks["ground"])
     alpha, beta, alpha_dot, beta_dot = ground
     gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
     return np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot]), t_lift, failed
@@ -322,16 +313,14 @@ def ground_phase(ground, shot, integration, tracks, model):
 def swing(shot, release_angle, integration, tracks, model):
     """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang). Returns the hang
     state at the release, the event times, the shots that got there, and the release step's bracketing states."""
-    batch = release_angle.shape[0]
-    alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
-    ground = np.zeros((4, batch), np.result_type(shot["m11"])) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    hang, t_lift, failed = model.get("ground_phase", ground_phase)(ground, shot, integration, tracks, model)
-    ok = ~failed
+    rest = np.array([[math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)], [-math.pi / 2], [0.0], [0.0]])
+    ground = np.zeros((4, release_angle.shape[0]), np.result_type(shot["m11"])) + rest
+    hang, t_lift, no_lift = model.get("ground_phase", ground_phase)(ground, shot, integration, tracks, model)
     # 2. hang: three free angles until the velocity points along the release angle
-    hang, t_release, failed, bracket = integrate(
-        _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
-    return hang, t_lift, t_release, ok & ~failed, bracket
+    hang, t_release, no_release, bracket = integrate(
+        _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"],
+        ~no_lift, integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
+    return hang, t_lift, t_release, ~no_lift & ~no_release, bracket
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
@@ -386,8 +375,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
 # -------------------- The whole throw as one autodiff op -------------------
 def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=None, model=None):
     """Distances of a batch of shots (broadcastable shapes, flattened), {input index: ∂distance/∂input} for `wrt`."""
-    inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
-                                                                                          counterweight)]
+    inputs = [np.asarray(x, float).reshape(-1) for x in np.broadcast_arrays(wind, release_angle, counterweight)]
     check_finite(inputs)        # Part 2: a nan or inf input is an error, not a failed shot
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration, model=model)
@@ -417,8 +405,7 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and counterweight
-    ranges. (How three hidden layers of 48 were chosen: README.md.)"""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the angle and weight ranges."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -496,8 +483,7 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
 # 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
-    """Release angles and counterweights that land each shot of a batch at `target` metres in `wind` m/s, by
-    Newton's method on the simulator alone.
+    """Newton's method on the simulator: angles and counterweights that land shots at `target` m in `wind` m/s.
 
     One equation, distance(u) = target, in two unknowns u = (angle, weight), each scaled to [0, 1] over its range:
     the Newton step with the smallest norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
@@ -570,18 +556,11 @@ def main(argv=None):
         return evaluate_saved(saved, args, metrics, held_out, reach_curve, out, started)
 
     monitor = monitor_on(sample_shots(streams["monitor"], 256), reach_curve)
-    net, curve, (train_seconds, train_cpu_seconds) = train_aimer(args, streams, monitor, reach_curve, out)
+    net, curve, seconds = train_aimer(args, streams, monitor, reach_curve, out)
     print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs of the '{args.eval_stream}' stream")
     stats = miss_statistics(net, *held_out, reach_curve)
-    metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
-                   batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
-    if args.compare_supervised:
-        metrics["supervised"] = compare_with_supervised(args, streams, held_out, reach_curve, net, train_cpu_seconds)
-    if args.figures:
-        print("6. Figures")
-        metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
-    ad.runs.write_metrics(out, metrics, args, started)
-    report_results(metrics, train_seconds, time.perf_counter() - started, out)
+    # Part 2: the supervised side experiment (--compare_supervised), figures, metrics.json, the printed table
+    report(args, streams, metrics, (net, curve, seconds, stats), held_out, reach_curve, out, started)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -700,7 +679,7 @@ HELP = dict(steps="training steps of the aimer",
             batch="shots per training step",
             lr="Adam's initial learning rate (cosine schedule to 0)",
             adam_beta2="Adam's decay of its running mean of squared gradients",
-            hidden="units in each of the aimer's three hidden layers",
+            hidden="units in each of the aimer's three hidden layers (how 3 x 48 was chosen: README.md)",
             aim_within_reach="train on the nearest reachable distance for targets out of reach",
             huber_delta="misses (m) up to which the loss is quadratic, linear beyond",
             eval_pairs="held-out (target, wind) pairs for the final measurement",
@@ -1092,6 +1071,22 @@ def monitor_on(shots, reach_curve):
 def save_aimer(path, net, hidden):
     ad.nn.save_parameters(path, net.named_parameters(), angle_range=np.array(ANGLE_RANGE),
                           weight_range=np.array(WEIGHT_RANGE), hidden=np.array(hidden), layers=np.array(3))
+
+
+def report(args, streams, metrics, trained, held_out, reach_curve, out, started):
+    """The end of a training run: the aimer's figures into `metrics`, the supervised side experiment if asked
+    for, the figures, metrics.json and the printed table. `trained`: (aimer, curve, (wall, CPU) seconds, its
+    held-out miss statistics)."""
+    net, curve, (train_seconds, train_cpu_seconds), stats = trained
+    metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
+                   batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
+    if args.compare_supervised:
+        metrics["supervised"] = compare_with_supervised(args, streams, held_out, reach_curve, net, train_cpu_seconds)
+    if args.figures:
+        print("6. Figures")
+        metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
+    ad.runs.write_metrics(out, metrics, args, started)
+    report_results(metrics, train_seconds, time.perf_counter() - started, out)
 
 
 def report_results(metrics, train_seconds, total_seconds, out):
