@@ -185,11 +185,7 @@ def step_cost(state, lookahead=True):
 def train_dp_episode(policy, optimizer, rng, window=1, lookahead=True, closed_loop=False, max_steps=MAX_STEPS):
     """One training episode: the twin from a reset until it fails or reaches max_steps, one Adam step per window
     of `window` steps (each from the previous window's state, detached); returns its length, the return.
-
-    Why one step: with closed_loop=True the gradient also flows through the policy's input (the state one force
-    produced sets the next force). For a good bang-bang policy that backward loop has a gain of about −10 per
-    step, so a longer window's gradient is dominated by its first force, with a sign set by the window's
-    length (`closed_loop_force_gradients` measures it). One step also gives the most updates per episode."""
+    Why a window of one step, and the policy's input detached: Part 2, `closed_loop_force_gradients`."""
     state, steps, done = reset_states(rng), 0, False
     while not done:
         s, costs = ad.Tensor(state), []
@@ -222,9 +218,7 @@ def run_dp(seed, rule, max_episodes, window=1, lookahead=True, closed_loop=False
     record, best = new_record(seed), BestSeen()
     for episode in range(1, max_episodes + 1):
         steps = train_dp_episode(policy, optimizer, rng, window, lookahead, closed_loop, rule.max_steps)
-        record["train_return"].append(steps)
-        record["steps"] += steps
-        check_weights(policy, f"DP seed {seed}, training episode {episode}")
+        note_episode(record, steps, policy, f"DP seed {seed}, training episode {episode}")   # Part 2
         if rule.stop(policy, episode, record, best):
             break
     return policy, record
@@ -249,12 +243,10 @@ def reinforce_update(policy, value, policy_opt, value_opt, observations, actions
     log_prob = -ad.softplus(-(2.0 * actions - 1.0) * logits)   # log σ(±logit)
     policy_loss = -ad.mean(log_prob * advantage)
     value_loss = ad.mean((values - returns) ** 2)
-    policy_opt.zero_grad()
-    value_opt.zero_grad()
-    policy_loss.backward()
-    value_loss.backward()
-    policy_opt.step()
-    value_opt.step()
+    for optimizer, loss in ((policy_opt, policy_loss), (value_opt, value_loss)):     # two separate networks
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_biases=False):
@@ -271,10 +263,8 @@ def run_rl(seed, rule, max_episodes, lr=0.01, value_lr=0.01, gamma=0.99, train_b
     for episode in range(1, max_episodes + 1):
         observations, actions, rewards = sample_rl_episode(env, weights_of(policy), obs, rng)
         obs, _ = env.reset()
-        record["train_return"].append(len(rewards))
-        record["steps"] += len(rewards)
         reinforce_update(policy, value, policy_opt, value_opt, observations, actions, rewards, gamma)
-        check_weights(policy, f"RL seed {seed}, training episode {episode}")
+        note_episode(record, len(rewards), policy, f"RL seed {seed}, training episode {episode}")
         if rule.stop(policy, episode, record, best):
             break
     env.close()
@@ -382,11 +372,7 @@ def main(argv=None):
         metrics["original_setting"] = original_setting(args)
     if args.ablations:
         long_run_extras(metrics, args, dp_policies[0])
-
-    metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
-    save_figures(out, dp_records, rl_records, dp_policies[0], rule.bar + rule.margin)
-    ad.runs.write_metrics(out, metrics, args, started)
-    print_report(metrics, out, started)
+    report(metrics, args, out, started, rule, dp_policies[0], dp_records, rl_records, rs_records)   # Part 2
     return metrics
 
 
@@ -516,6 +502,13 @@ def returns_on_gym(rule, score, record, twin=None):
     record["gym_stop_mean"], record["gym_stop_min"] = float(gym.mean()), float(gym.min())
     record["twin_equals_gym"] = bool(np.array_equal(twin, gym))
     return gym
+
+
+def note_episode(record, steps, network, when):
+    """A training episode into `record`: its return (its length) and steps; then the weights checked finite."""
+    record["train_return"].append(steps)
+    record["steps"] += steps
+    check_weights(network, when)
 
 
 def check_weights(network, when):
@@ -812,6 +805,14 @@ def without_returns(records):
     return [{k: v for k, v in r.items() if k != "reported_returns"} for r in records]
 
 
+def report(metrics, args, out, started, rule, policy, dp_records, rl_records, rs_records):
+    """The end of the run: every seed's record into `metrics`, the figures, metrics.json and the printed table."""
+    metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
+    save_figures(out, dp_records, rl_records, policy, rule.bar + rule.margin)
+    ad.runs.write_metrics(out, metrics, args, started)
+    print_report(metrics, out, started)
+
+
 def print_report(metrics, out, started):
     rows = []
     named = [("DP", metrics["dp"]), ("RL", metrics.get("rl")), ("random search", metrics.get("random_search"))]
@@ -934,8 +935,12 @@ ABLATIONS = {   # name -> keyword arguments of run_dp
 
 def closed_loop_force_gradients(policy, state, steps=6):
     """dL/dF_k for the forces of one window with the gradient flowing through the policy's input, L = the cost
-    after the window. For a trained bang-bang policy these alternate in sign and grow going back: the reason
-    longer closed-loop windows fail (train_dp_episode)."""
+    after the window: why `train_dp_episode` trains on windows of one step, its input detached.
+
+    With closed_loop=True the gradient also flows through the policy's input (the state one force produced sets
+    the next force). For a good bang-bang policy that backward loop has a gain of about −10 per step, so these
+    alternate in sign and grow going back: a longer window's gradient is dominated by its first force, with a
+    sign set by the window's length. One step also gives the most updates per episode."""
     s, forces = ad.Tensor(np.atleast_2d(state)), []
     for _ in range(steps):
         forces.append(dp_force(policy, s))

@@ -1,9 +1,8 @@
 """A differentiable trebuchet, aimed by gradients and by a network trained through the simulator.
 
-The idea (after "Differentiable programming vs reinforcement learning", FluxML 2019): take an ordinary
-simulator written with no learning in mind, get exact derivatives of its output with respect to its inputs,
-and use them first to aim one shot (Newton's method, a handful of simulator calls) and then to train a
-network that aims any shot, end to end through the simulator.
+The idea (after "Differentiable programming vs reinforcement learning", FluxML 2019): get exact derivatives
+of an ordinary simulator, written with no learning in mind, and use them first to aim one shot (Newton's
+method, a handful of simulator calls), then to train a network that aims any shot, end to end through it.
 
 The simulator is the counterweight trebuchet with a sling of virtualtrebuchet.com / FluxML's Trebuchet.jl,
 converted to SI. The arm swings while the projectile slides on the ground, the projectile swings in the
@@ -12,12 +11,12 @@ sling until its velocity points along the release angle, then it flies with quad
     M(q) q̈ = r(q, q̇)            (Lagrange's equations of the arm, counterweight and sling)
     ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|      (flight, w the wind)
 
-The whole throw is one autodiff op whose derivatives come from forward mode (dual numbers carried as complex
-numbers), and every event (lift-off, release, landing) is interpolated inside its step, so the distance is a
-smooth function of (wind, release angle, counterweight). The aimer (target, wind) -> (angle, counterweight)
-is trained on  loss = Huber(shoot(wind, aimer(target, wind)) - target),  its gradient flowing through the
-simulator. The claim tested: a network trained this way aims within centimetres on held-out targets in
-about a minute (the blog: 0.16 m), and the gradient it uses is the blog's gradient(shoot)(-2, 45°, 200 lb).
+The whole throw is one autodiff op, differentiated in forward mode (dual numbers carried as complex numbers),
+with every event (lift-off, release, landing) interpolated inside its step, so the distance is a smooth
+function of (wind, release angle, counterweight). The aimer (target, wind) -> (angle, counterweight) is
+trained on  loss = Huber(shoot(wind, aimer(target, wind)) - target)  through the simulator. The claim tested:
+it aims within centimetres on held-out targets after about a minute of training (the blog: 0.16 m), and the
+gradient it uses is the blog's gradient(shoot)(-2, 45°, 200 lb).
 
 Run:  python trebuchet.py                 the lesson run, about a minute (outputs in runs/trebuchet/)
       python trebuchet.py --full          the long run
@@ -37,21 +36,9 @@ import numpy as np
 SETTINGS = dict(steps=800, batch=128, lr=4e-2, adam_beta2=0.99, hidden=48, aim_within_reach=True, huber_delta=1.0,
                 eval_pairs=1000, eval_stream="test", model="virtualtrebuchet", compare_supervised=False, figures=True)
 FULL = dict(steps=2000, batch=256, lr=2e-2, adam_beta2=0.999, hidden=64)   # the long run keeps its own (untuned) rate
-HELP = dict(steps="training steps of the aimer",
-            batch="shots per training step",
-            lr="Adam's initial learning rate (cosine schedule to 0)",
-            adam_beta2="Adam's decay of its running mean of squared gradients",
-            hidden="units in each of the aimer's three hidden layers",
-            aim_within_reach="train on the nearest reachable distance for targets out of reach",
-            huber_delta="misses (m) up to which the loss is quadratic, linear beyond",
-            eval_pairs="held-out (target, wind) pairs for the final measurement",
-            eval_stream="random stream of the final measurement: 'tuning' to choose settings, 'test' to report",
-            model="virtualtrebuchet (the machine as documented) or trebuchet_jl (as Trebuchet.jl runs it)",
-            compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
-            figures="write the figures and the GIF")
-# Random streams (ad.runs.random_streams, one per name): "init" and "train" make the aimer, "monitor" draws the
-# learning curve's targets, "labels" and "integrator" Part 2's side experiments. Settings are chosen on "tuning";
-# "test", a disjoint stream of the same distribution, shapes nothing and gives every reported figure.
+# What each setting means (its --help text) and its type and range: Part 2, HELP and TYPES.
+# Random streams, one per name ("labels" and "integrator" feed Part 2). Settings are chosen on "tuning"; "test",
+# a disjoint stream of the same distribution, shapes nothing and gives every reported figure.
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -78,36 +65,34 @@ GRAVITY = 9.80665
 AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
 ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
 DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * PROJECTILE_MASS)  # 1/m
+K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ), M33 and r3's g m_p e: the parts of M and r (below)
+M33 = PROJECTILE_MASS * SLING ** 2            # that the counterweight does not change
+G3 = GRAVITY * PROJECTILE_MASS * SLING
 
-# Integration: fixed steps, each phase on its own grid starting at the event that began it (as
-# DifferentialEquations.jl restarts after a callback):
-#   ground: classical Runge-Kutta (RK4), 1/60 s: the swing starts slowly;
-#   hang:   RK4, 1/240 s: the hinged counterweight "whips" as its rod lines up with the short arm
-#           (hundreds of rad/s² for a few hundredths of a second);
-#   flight: Heun (RK2), 1/60 s: a smooth point mass.
-# Every run measures these steps, and Trebuchet.jl's explicit Euler at 1/60 s, against converged ones (Part 2,
-# `integrator_accuracy`).
+# Integration: fixed steps, each phase on its own grid from the event that began it (as DifferentialEquations.jl
+# restarts after a callback): classical Runge-Kutta (RK4) at 1/60 s on the ground, where the swing starts slowly,
+# RK4 at 1/240 s in the hang, where the hinged counterweight "whips" (hundreds of rad/s² for a few hundredths of a
+# second), Heun (RK2) at 1/60 s in flight. Part 2's `integrator_accuracy` checks them every run.
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# MODEL, used unless a function is given another: the machine as virtualtrebuchet.com documents it, integrated as
-# above. Part 2 adds the machine as Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from).
+# MODEL, the default of every function: the machine as virtualtrebuchet.com documents it, integrated as above.
+# Part 2 adds the machine as Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from).
 MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION)
 
 
 # -------------------- Forward-mode derivatives with complex numbers --------
-# A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic: (x + x'ε)(y + y'ε) =
-# xy + (x'y + xy')ε, the product rule. NumPy has no dual type, but complex128 will do: put the derivative in the
-# imaginary part scaled by ε = 1e-200 i. Every ε² term, ~1e-400, then underflows to exactly zero, so complex
-# arithmetic *is* dual arithmetic: the real part is the value, bit for bit, and imag/1e-200 the exact derivative
-# (the "complex step" of Squire & Trapp, 1998, with a step so small it is not an approximation). The simulator is
-# therefore plain NumPy code with two rules: tests look at the real part (`.real <= 0`), and sin, cos, sqrt and
-# arcsin apply their derivative explicitly (NumPy's complex versions are correct but slow).
+# A dual number x + x'ε with ε² = 0 carries a derivative through any arithmetic: (x + x'ε)(y + y'ε) = xy +
+# (x'y + xy')ε, the product rule. NumPy has no dual type, but complex128 will do: with the derivative in the
+# imaginary part scaled by ε = 1e-200 i, every ε² term, ~1e-400, underflows to exactly zero, so complex arithmetic
+# *is* dual arithmetic: the real part is the value, bit for bit, and imag/1e-200 the exact derivative (the
+# "complex step" of Squire & Trapp, 1998, with a step so small it is not an approximation). The simulator is thus
+# plain NumPy with two rules: tests look at the real part (`.real <= 0`), and sin, cos, sqrt and arcsin apply
+# their derivative explicitly, f(x + x'ε) = f(x) + f'(x) x'ε (NumPy's complex versions are right but slow).
 #
 # A batch of B shots runs as one complex copy per input that needs a derivative, copy j nudged along input j: one
-# pass gives the values and the whole Jacobian, nothing is stored, and each operation is one NumPy call. For a
-# simulator with a few inputs and one output, that beats a reverse sweep over stored states, which would need a
-# hand-written VJP of every step. (Trebuchet.jl is differentiated the same way, with ForwardDiff's dual numbers.)
+# pass gives the values and the whole Jacobian, storing nothing; with few inputs and one output, that beats a
+# reverse sweep over stored states (a hand-written VJP of every step). Trebuchet.jl does the same (ForwardDiff).
 EPS = 1e-200
 
 
@@ -156,20 +141,17 @@ def asin(z):
 #   r = ( m_w cd sin(α-β) β̇² - m_p be sin(α-γ) γ̇² - g (m_a r_g - m_w c + m_p b) cos α,
 #        -m_w cd sin(α-β) α̇² - g m_w d cos β,
 #         m_p be sin(α-γ) α̇² - g m_p e cos γ )
-# (the velocity terms are the centrifugal pulls of each body on the others).
-# M is an "arrow" matrix (M23 = 0), so it is solved by eliminating β̈ and γ̈.
+# The velocity terms are centrifugal pulls; M is an "arrow" matrix (M23 = 0), solved by eliminating β̈ and γ̈.
 #
 # Ground phase (2 degrees of freedom): the projectile slides on the frictionless ground, y_P = -a, so
 # sin γ = -(a + b sin α)/e and γ̇ = -b cos α α̇ / (e cos γ). The ground pushes up with a normal force N, a
 # generalised force N Jᵀ with J = ∂y_P/∂q = (b cos α, 0, e cos γ); N is whatever keeps ÿ_P = 0:
 #   q̈ = M⁻¹(r + N Jᵀ),  J q̈ = κ = b sin α α̇² + e sin γ γ̇²   =>   N = (κ - J M⁻¹ r) / (J M⁻¹ Jᵀ).
 # The projectile lifts off when N reaches zero (the sling's pull carries its weight). Hang phase: all three angles
-# are free, N = 0. Release: when the projectile's velocity points along the release angle. Flight: a point mass
-# with quadratic drag against the air, which moves with the wind w:
-#   ẍ = -k (ẋ - w) |v_rel|,  ÿ = -g - k ẏ |v_rel|,  k = ρ C_d π z² / (2 m_p).
-def shot_constants(weight, model=None):
+# are free, N = 0. Release: when the projectile's velocity points along the release angle. Flight: the docstring's
+# point mass with quadratic drag, k = ρ C_d π z² / (2 m_p), against the air, which moves with the wind w.
+def shot_constants(weight, model):
     """Everything in M and r that depends on the counterweight m_w (all of it linear in m_w), once per shot."""
-    model = model or MODEL
     a, b, c, d = PIVOT_HEIGHT, LONG_ARM, SHORT_ARM, WEIGHT_ARM
     mp, ma = PROJECTILE_MASS, ARM_MASS
     return dict(m11=model["arm_inertia"] + ma * ARM_CG ** 2 + mp * b ** 2 + c ** 2 * weight,
@@ -179,18 +161,11 @@ def shot_constants(weight, model=None):
                 g2=GRAVITY * d * weight)
 
 
-K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ)
-M33 = PROJECTILE_MASS * SLING ** 2
-G3 = GRAVITY * PROJECTILE_MASS * SLING
-
-
 def _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot, shot):
-    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ), which the callers reuse. (`sin_cos`, in
-    Part 2, is (sin z, cos z) above, the same values from two transcendental calls instead of four.)"""
+    """M12, M13 and r at a state, and (sin α, sin γ, cos α, cos γ) for the callers (`sin_cos`: Part 2)."""
     (s_ab, s_ag, s_a, _, s_g), (c_ab, c_ag, c_a, c_b, c_g) = sin_cos(np.array([alpha - beta, alpha - gamma, alpha,
                                                                             beta, gamma]))
-    m12 = -shot["k12"] * c_ab
-    m13 = K13 * c_ag
+    m12, m13 = -shot["k12"] * c_ab, K13 * c_ag
     pull_ab, pull_ag = shot["k12"] * s_ab, K13 * s_ag
     alpha_dot2 = alpha_dot * alpha_dot
     r1 = pull_ab * beta_dot * beta_dot - pull_ag * gamma_dot * gamma_dot - shot["g1"] * c_a
@@ -224,8 +199,7 @@ def sling_on_ground(alpha, alpha_dot):
 
 
 def ground_rates(state, shot):
-    """d/dt (α, β, α̇, β̇) while the projectile slides on the ground, and the
-    normal force N (newtons) that keeps it there: lift-off when N = 0."""
+    """d/dt (α, β, α̇, β̇) with the projectile on the ground, and the normal force N (newtons), 0 at lift-off."""
     alpha, beta, alpha_dot, beta_dot = state
     gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
     m12, m13, r1, r2, r3, (s_a, s_g, c_a, c_g) = _mass_matrix_and_forces(alpha, beta, gamma, alpha_dot, beta_dot,
@@ -253,8 +227,7 @@ def projectile_motion(state, position=True, trig=None):
 
 
 def release_condition(state, direction, trig=None):
-    """sin(direction of the projectile's velocity - release angle r), `direction` = (cos r, sin r): positive
-    while the velocity still points above (behind) the release direction."""
+    """sin(velocity direction - release angle r), `direction` = (cos r, sin r): positive while above r."""
     vx, vy = projectile_motion(state, position=False, trig=trig)
     return (vy * direction[0] - vx * direction[1]) / sqrt(vx * vx + vy * vy)
 
@@ -291,11 +264,11 @@ STEPPERS = dict(rk4=rk4_step, heun=heun_step)     # and explicit Euler, the orig
 def integrate(state, rates, event, dt, max_seconds, running, method, extra=None, event_extra=None, record=None):
     """Step every running shot until its `event` function crosses zero.
 
-    Each shot stops at its own step: the event time inside that step is found by linear interpolation of the
-    event function, s = h_n / (h_n - h_{n+1}), and the state there is x_n + s (x_{n+1} - x_n). s is a smooth
-    function of the inputs (and so carries derivatives), so the state at the event, and everything after it,
-    moves smoothly with the inputs instead of in jumps of one time step. Returns the state at the event, its
-    time, the shots that never got there, and the bracketing states (x_n, x_{n+1}) of every shot's last step."""
+    Each shot stops at its own step: the event time inside that step is found by linear interpolation of the event
+    function, s = h_n / (h_n - h_{n+1}), and the state there is x_n + s (x_{n+1} - x_n). s is a smooth function of
+    the inputs (it carries derivatives), so the state at the event, and all after it, moves smoothly with the
+    inputs, not in jumps of one time step. Returns the state at the event, its time, the shots that never got
+    there, and the bracketing states (x_n, x_{n+1}) of every shot's last step."""
     step = STEPPERS[method]
     running = running.copy()
     k1, aux = rates(state, extra)
@@ -317,11 +290,9 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
             elapsed = np.where(crossed, elapsed + s * dt, elapsed)
         if carry_on.all():      # no shot has stopped yet: nothing to select
             state, k1, h, elapsed = new, k1_new, h_new, elapsed + dt
-        else:
-            state = np.where(carry_on, new, state)
-            k1 = np.where(carry_on, k1_new, k1)
-            h = np.where(carry_on, h_new, h)
-            elapsed = np.where(carry_on, elapsed + dt, elapsed)
+        else:                   # the stopped shots keep their values at the event
+            state, k1, h, elapsed = (np.where(carry_on, a, b) for a, b in
+                                     ((new, state), (k1_new, k1), (h_new, h), (elapsed + dt, elapsed)))
         running = carry_on
         if record is not None:
             record.append(state.real.copy())
@@ -331,36 +302,31 @@ def integrate(state, rates, event, dt, max_seconds, running, method, extra=None,
 def ground_phase(ground, shot, integration, tracks, model):
     """Phase 1 from the rest state `ground` (α, β, α̇, β̇): the arm swings, the projectile slides until the
     sling lifts it. Returns the hang state (α, β, γ, α̇, β̇, γ̇) at lift-off, its time, the failed shots."""
-    everyone = np.ones(ground.shape[1], dtype=bool)
-    ground, t_lift, failed, _ = integrate(_start(tracks, "ground", ground), ground_rates, lift_off,
-                                          integration["dt_ground"], MAX_SECONDS["ground"], everyone,
-                                          integration["method"], shot, None, tracks["ground"])
+    ground, t_lift, failed, _ = integrate(
+        _start(tracks, "ground", ground), ground_rates, lift_off, integration["dt_ground"], MAX_SECONDS["ground"],
+        np.ones(ground.shape[1], dtype=bool), integration["method"], shot, None, tracks["ground"])
     alpha, beta, alpha_dot, beta_dot = ground
     gamma, gamma_dot = sling_on_ground(alpha, alpha_dot)
     return np.stack([alpha, beta, gamma, alpha_dot, beta_dot, gamma_dot]), t_lift, failed
 
 
 def swing(shot, release_angle, integration, tracks, model):
-    """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang).
-    Returns the hang state at the release, the event times, the shots that got there, and the
-    bracketing states of the release step (for the copies that carry other derivatives)."""
-    batch = release_angle.shape[0]
-    alpha0 = math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)
-    ground = np.zeros((4, batch), np.result_type(shot["m11"])) + np.array([[alpha0], [-math.pi / 2], [0.0], [0.0]])
-    hang, t_lift, failed = model.get("ground_phase", ground_phase)(ground, shot, integration, tracks, model)
-    ok = ~failed
+    """Phases 1 and 2 for a batch: from rest to lift-off (ground), then to the release (hang). Returns the hang
+    state at the release, the event times, the shots that got there, and the release step's bracketing states."""
+    rest = np.array([[math.pi + math.asin(PIVOT_HEIGHT / LONG_ARM)], [-math.pi / 2], [0.0], [0.0]])
+    ground = np.zeros((4, release_angle.shape[0]), np.result_type(shot["m11"])) + rest
+    hang, t_lift, no_lift = model.get("ground_phase", ground_phase)(ground, shot, integration, tracks, model)
     # 2. hang: three free angles until the velocity points along the release angle
-    hang, t_release, failed, bracket = integrate(
-        _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"], ok,
-        integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
-    return hang, t_lift, t_release, ok & ~failed, bracket
+    hang, t_release, no_release, bracket = integrate(
+        _start(tracks, "hang", hang), hang_rates, release_condition, integration["dt_hang"], MAX_SECONDS["hang"],
+        ~no_lift, integration["method"], shot, (cos(release_angle), sin(release_angle)), tracks["hang"])
+    return hang, t_lift, t_release, ~no_lift & ~no_release, bracket
 
 
 def release_per_copy(bracket, release_angle, wind, ok, copies, model):
-    """The release again, for every complex copy: the same bracketing states (real parts, except in the
-    counterweight's copy, which carries ∂/∂weight from the swing) and the release angle nudged in its own copy,
-    so the release event, at s = h0 / (h0 - h1) inside the step as in `integrate` (a model may refine s), moves
-    with the angle in that copy alone. (copies=[None]: one real copy.)"""
+    """The release again, for every complex copy: the same bracketing states (real parts, except in the weight's
+    copy, which carries ∂/∂weight from the swing) and the release angle nudged in its own copy, so the release at
+    s = h0 / (h0 - h1) as in `integrate` (a model may refine s) moves with the angle in that copy alone."""
     def per_copy(x, nudged):
         if nudged is None:
             return np.concatenate([x if i == 2 else x.real + 0j for i in copies], axis=-1)
@@ -381,10 +347,9 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
 
     wind (m/s), release_angle (rad), weight (kg): 1-D float arrays of length B; `wrt` flags the inputs to
     differentiate with respect to. Returns the distance (B,) (nan for a failed shot), `jacobian` {input index:
-    ∂distance/∂input (B,)}, the event times and, if `record`, each phase's trajectory (for pictures).
-    The swing depends on the counterweight alone, so it runs once, as complex numbers only if ∂/∂weight is
-    wanted; the release angle only decides where the swing stops, so its derivative enters at the release event;
-    the wind only acts in flight. `model` defaults to MODEL, `integration` to the model's steps."""
+    ∂distance/∂input (B,)}, the event times and, if `record`, each phase's trajectory (for pictures). The swing
+    depends on the counterweight alone, so it runs once, complex only if ∂/∂weight is wanted; the release angle
+    only decides where the swing stops, so its derivative enters at the release; the wind only acts in flight."""
     model = model or MODEL
     integration = integration or model["integration"]
     batch = wind.shape[0]
@@ -397,10 +362,9 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
     # 3. flight: a point mass with drag until it is back on the ground
     n_copies = max(len(copies), 1)
     flight = _start(tracks, "flight", np.stack(projectile_motion(hang)))
-    flight, t_flight, failed, _ = integrate(flight, flight_rates, landing, integration["dt_flight"],
-                                            MAX_SECONDS["flight"], np.tile(ok, n_copies),
-                                            integration.get("flight_method", integration["method"]), wind, None,
-                                            tracks["flight"])
+    flight, t_flight, failed, _ = integrate(
+        flight, flight_rates, landing, integration["dt_flight"], MAX_SECONDS["flight"], np.tile(ok, n_copies),
+        integration.get("flight_method", integration["method"]), wind, None, tracks["flight"])
     ok &= ~failed[:batch]
     distance = np.where(np.tile(ok, n_copies), flight[0], np.nan)
     jacobian = {i: distance[j * batch:(j + 1) * batch].imag / EPS for j, i in enumerate(copies)}
@@ -411,8 +375,7 @@ def simulate(wind, release_angle, weight, wrt=(False, False, False), integration
 # -------------------- The whole throw as one autodiff op -------------------
 def distance_and_jacobian(wind, release_angle, counterweight, wrt=(True, True, True), integration=None, model=None):
     """Distances of a batch of shots (broadcastable shapes, flattened), {input index: ∂distance/∂input} for `wrt`."""
-    inputs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in np.broadcast_arrays(wind, release_angle,
-                                                                                          counterweight)]
+    inputs = [np.asarray(x, float).reshape(-1) for x in np.broadcast_arrays(wind, release_angle, counterweight)]
     check_finite(inputs)        # Part 2: a nan or inf input is an error, not a failed shot
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         result = simulate(*inputs, wrt=tuple(bool(w) for w in wrt), integration=integration, model=model)
@@ -424,8 +387,7 @@ def shoot(wind, release_angle, counterweight, integration=None, needs_grad=(True
     """Distance (m) from the pivot to where the projectile lands, as one op: wind (m/s, positive towards the
     target), release angle (rad, the direction of the projectile's velocity above the horizontal), counterweight
     (kg), any mix of numbers, arrays and Tensors that broadcast together. The forward already has ∂distance/∂input
-    for every shot, so the VJP only scales them by g. A shot that never lifts off, releases or lands (a
-    counterweight far too light) gives nan."""
+    for every shot, so the VJP only scales them by g. A shot that never lifts off, releases or lands gives nan."""
     shape = np.broadcast_shapes(np.shape(wind), np.shape(release_angle), np.shape(counterweight))
     distance, jacobian = distance_and_jacobian(wind, release_angle, counterweight, needs_grad, integration)
 
@@ -443,8 +405,7 @@ def sample_shots(rng, n):
 
 
 def make_aimer(rng, hidden=48, layers=3):
-    """(target, wind), normalised -> two numbers that `settings` squashes into the valid angle and counterweight
-    ranges. (How three hidden layers of 48 were chosen: README.md.)"""
+    """(target, wind), normalised -> two numbers that `settings` squashes into the angle and weight ranges."""
     net = ad.nn.MLP((2,) + (hidden,) * layers + (2,), rng, activation="tanh")
     net.layers[-1][0].data *= 0.1      # start near the middle of both ranges
     return net
@@ -470,16 +431,14 @@ def settings(net, target, wind):
 def aimer_loss(net, target, wind, reach_curve=None, huber_delta=1.0):
     """L = mean Huber(shoot(wind, aimer(target, wind)) - target'): ½ miss² up to δ, δ (|miss| - δ/2) beyond.
 
-    target' is the target, or with `reach_curve` the nearest distance the machine can reach in that
-    wind: a target out of reach then asks for the longest (or shortest) throw, a miss of zero is
-    possible for every shot, and no gradient is spent pulling at the impossible. Linear beyond δ so
-    that early, large misses do not drown the gradient of every other shot.
-    Returns the loss (a Tensor) and the misses from the real targets (m)."""
+    target' is the target, or with `reach_curve` the nearest distance the machine can reach in that wind: a target
+    out of reach then asks for the longest (or shortest) throw, a miss of zero is possible for every shot, and no
+    gradient is spent pulling at the impossible. Linear beyond δ so that early, large misses do not drown the
+    gradient of every other shot. Returns the loss (a Tensor) and the misses from the real targets (m)."""
     aim_at = target if reach_curve is None else np.clip(target, *reach_curve(wind))
     angle, weight = settings(net, target, wind)
     distance = shoot(wind, angle, weight)
-    miss = distance - aim_at
-    size = ad.abs(miss)
+    size = ad.abs(distance - aim_at)     # |miss|
     small = ad.minimum(size, huber_delta)
     return ad.mean(0.5 * small * small + huber_delta * (size - small)), distance.data - target
 
@@ -524,14 +483,13 @@ def train(net, rng, steps, batch, lr, monitor=None, monitor_every=50, log_every=
 # 7. Baseline: Newton's method on the simulator
 # ----------------------------------------------------------------------------
 def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max_evaluations=20):
-    """Find a release angle and counterweight that land each shot at `target` metres in `wind` m/s, by Newton's
-    method on the simulator alone.
+    """Newton's method on the simulator: angles and counterweights that land shots at `target` m in `wind` m/s.
 
     One equation, distance(u) = target, in two unknowns u = (angle, weight), each scaled to [0, 1] over its range:
     the Newton step with the smallest norm is δ = -(distance - target) ∇d / |∇d|² (exact if the distance were
-    linear, so convergence is quadratic), clipped to the ranges. Each iteration is one simulator call that gives
-    the distances and both derivatives; shots stop once within `tolerance`. Works on a batch of independent aims.
-    Returns dict(angle, weight, distance, evaluations, history: the distances after each evaluation)."""
+    linear, so convergence is quadratic), clipped to the ranges. Each iteration is one simulator call giving the
+    distances and both derivatives; a shot stops within `tolerance`. Returns dict(angle, weight, distance,
+    evaluations, history: the distances after each evaluation)."""
     target, wind = np.broadcast_arrays(np.asarray(target, float).reshape(-1), np.asarray(wind, float).reshape(-1))
     low, high = np.array([ANGLE_RANGE[0], WEIGHT_RANGE[0]]), np.array([ANGLE_RANGE[1], WEIGHT_RANGE[1]])
     u = np.tile((np.array([angle, weight]) - low) / (high - low), (target.size, 1))
@@ -556,7 +514,6 @@ def aim(target, wind, angle=math.radians(40.0), weight=97.5, tolerance=0.01, max
 # ----------------------------------------------------------------------------
 # 8. Measurement: misses on held-out targets, against what the machine can reach
 # ----------------------------------------------------------------------------
-# What the machine can reach in each wind (the shortest and longest throw): Part 2, `reach` and `ReachCurve`.
 def aimed_distances(net, target, wind):
     with ad.no_grad():
         angle, weight = settings(net, target, wind)
@@ -566,7 +523,8 @@ def aimed_distances(net, target, wind):
 
 def miss_statistics(net, target, wind, reach_curve):
     """Absolute misses of the aimer's shots, over the pairs within reach (the headline) and over all pairs.
-    A target out of reach has an unavoidable miss, its distance to the nearest reachable point."""
+    A target out of reach (`reach_curve`, Part 2's `ReachCurve`: the shortest and longest throw in each wind) has
+    an unavoidable miss, its distance to the nearest reachable point."""
     distance, _, _ = aimed_distances(net, target, wind)
     miss = np.abs(distance - target)
     shortest, longest = reach_curve(wind)
@@ -598,18 +556,11 @@ def main(argv=None):
         return evaluate_saved(saved, args, metrics, held_out, reach_curve, out, started)
 
     monitor = monitor_on(sample_shots(streams["monitor"], 256), reach_curve)
-    net, curve, (train_seconds, train_cpu_seconds) = train_aimer(args, streams, monitor, reach_curve, out)
+    net, curve, seconds = train_aimer(args, streams, monitor, reach_curve, out)
     print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs of the '{args.eval_stream}' stream")
     stats = miss_statistics(net, *held_out, reach_curve)
-    metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
-                   batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
-    if args.compare_supervised:
-        metrics["supervised"] = compare_with_supervised(args, streams, held_out, reach_curve, net, train_cpu_seconds)
-    if args.figures:
-        print("6. Figures")
-        metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
-    ad.runs.write_metrics(out, metrics, args, started)
-    report_results(metrics, train_seconds, time.perf_counter() - started, out)
+    # Part 2: the supervised side experiment (--compare_supervised), figures, metrics.json, the printed table
+    report(args, streams, metrics, (net, curve, seconds, stats), held_out, reach_curve, out, started)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -724,6 +675,18 @@ MODELS = dict(virtualtrebuchet=MODEL,
                                 lift_off="step_start", refine_release=release_on_interpolant))
 
 
+HELP = dict(steps="training steps of the aimer",
+            batch="shots per training step",
+            lr="Adam's initial learning rate (cosine schedule to 0)",
+            adam_beta2="Adam's decay of its running mean of squared gradients",
+            hidden="units in each of the aimer's three hidden layers (how 3 x 48 was chosen: README.md)",
+            aim_within_reach="train on the nearest reachable distance for targets out of reach",
+            huber_delta="misses (m) up to which the loss is quadratic, linear beyond",
+            eval_pairs="held-out (target, wind) pairs for the final measurement",
+            eval_stream="random stream of the final measurement: 'tuning' to choose settings, 'test' to report",
+            model="virtualtrebuchet (the machine as documented) or trebuchet_jl (as Trebuchet.jl runs it)",
+            compare_supervised="also train an aimer by regression on Newton's aims, same simulator budget",
+            figures="write the figures and the GIF")
 TYPES = dict(steps=ad.runs.whole(1, 10**6), batch=ad.runs.whole(1, 10**4),
              lr=ad.runs.number(maximum=1e3, exclusive_minimum=0.0),
              adam_beta2=ad.runs.number(minimum=0.0, maximum=0.999999), hidden=ad.runs.whole(1, 1024),
@@ -1108,6 +1071,22 @@ def monitor_on(shots, reach_curve):
 def save_aimer(path, net, hidden):
     ad.nn.save_parameters(path, net.named_parameters(), angle_range=np.array(ANGLE_RANGE),
                           weight_range=np.array(WEIGHT_RANGE), hidden=np.array(hidden), layers=np.array(3))
+
+
+def report(args, streams, metrics, trained, held_out, reach_curve, out, started):
+    """The end of a training run: the aimer's figures into `metrics`, the supervised side experiment if asked
+    for, the figures, metrics.json and the printed table. `trained`: (aimer, curve, (wall, CPU) seconds, its
+    held-out miss statistics)."""
+    net, curve, (train_seconds, train_cpu_seconds), stats = trained
+    metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
+                   batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
+    if args.compare_supervised:
+        metrics["supervised"] = compare_with_supervised(args, streams, held_out, reach_curve, net, train_cpu_seconds)
+    if args.figures:
+        print("6. Figures")
+        metrics["gif_frames"] = save_figures(out, net, curve, reach_curve)
+    ad.runs.write_metrics(out, metrics, args, started)
+    report_results(metrics, train_seconds, time.perf_counter() - started, out)
 
 
 def report_results(metrics, train_seconds, total_seconds, out):
