@@ -9,7 +9,8 @@ total reward of a whole trial of n pulls in one task. Its hidden state, carried 
     agent     h_t = GRU(x_t, h_{t-1}),  π(a | history) = softmax(W h_t + b),  V(history) from a second GRU;
               x_t = (one-hot of the previous arm, the previous reward, a first-pull flag)
     PPO       L = −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] + c_v E[(V − R)²]/2 − c_H E[H(π)],  ρ = π/π_old
-    GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial, not each pull (γ = 1)
+    GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial (γ = 1): a pull that
+              teaches the agent something is credited with the reward that knowledge earns later
 
 The claim it tests (the paper's Table 1): on unseen tasks the trained agent scores about as well as the
 Gittins index and the other classical algorithms (Random, Thompson sampling, the authors' OTS: TS keeping the
@@ -18,7 +19,8 @@ tuned them, but on tasks disjoint from the reported ones. Where the exact Bayes-
 (dynamic programming over posterior counts, n = 10), every method is measured against it.
 
 Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evaluate everything
-      python rl2_bandits.py --cells n100_k5   Table 1's cells; --full: all nine, 3 seeds, hours: run it in parts
+      python rl2_bandits.py --cells n100_k5   Table 1's cells; --full: all nine, 3 seeds (1 at n=500), hours:
+                                              run it in parts with --cells
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
 Outputs (runs/rl2_bandits/, or _full/ with --full): metrics.json, params.npz, figures. Results: see README.md.
 """

@@ -37,8 +37,9 @@ SETTINGS = dict(steps=800, batch=128, lr=4e-2, adam_beta2=0.99, hidden=48, aim_w
                 eval_pairs=1000, eval_stream="test", model="virtualtrebuchet", compare_supervised=False, figures=True)
 FULL = dict(steps=2000, batch=256, lr=2e-2, adam_beta2=0.999, hidden=64)   # the long run keeps its own (untuned) rate
 # What each setting means (its --help text) and its type and range: Part 2, HELP and TYPES.
-# Random streams, one per name ("labels" and "integrator" feed Part 2). Settings are chosen on "tuning"; "test",
-# a disjoint stream of the same distribution, shapes nothing and gives every reported figure.
+# Random streams, one per name: "init" and "train" make the aimer, "monitor" draws the learning curve's targets,
+# "labels" and "integrator" feed Part 2. Settings are chosen on "tuning"; "test", a disjoint stream of the same
+# distribution, shapes nothing and gives every reported figure.
 STREAMS = ("init", "train", "monitor", "labels", "integrator", "tuning", "test")
 TARGET_RANGE = (20.0, 100.0)                           # m, uniform (the blog's distribution)
 WIND_STD = 5.0                                         # m/s, normal with mean 0 (the blog's)
@@ -65,8 +66,9 @@ GRAVITY = 9.80665
 AIR_DENSITY, DRAG_COEFFICIENT = 1.0, 1.0
 ARM_CG = (LONG_ARM - SHORT_ARM) / 2  # pivot to the arm's centre of mass, on the long side
 DRAG = AIR_DENSITY * DRAG_COEFFICIENT * math.pi * PROJECTILE_RADIUS ** 2 / (2 * PROJECTILE_MASS)  # 1/m
-K13 = PROJECTILE_MASS * LONG_ARM * SLING      # M13 / cos(α-γ), M33 and r3's g m_p e: the parts of M and r (below)
-M33 = PROJECTILE_MASS * SLING ** 2            # that the counterweight does not change
+# the parts of M and r (below) that the counterweight does not change: M13 / cos(α-γ), M33 and r3's g m_p e
+K13 = PROJECTILE_MASS * LONG_ARM * SLING
+M33 = PROJECTILE_MASS * SLING ** 2
 G3 = GRAVITY * PROJECTILE_MASS * SLING
 
 # Integration: fixed steps, each phase on its own grid from the event that began it (as DifferentialEquations.jl
@@ -76,7 +78,8 @@ G3 = GRAVITY * PROJECTILE_MASS * SLING
 INTEGRATION = dict(method="rk4", dt_ground=1 / 60, dt_hang=1 / 240, flight_method="heun", dt_flight=1 / 60)
 MAX_SECONDS = dict(ground=1.5, hang=1.5, flight=15.0)   # a shot still going after this is a failure (nan)
 
-# MODEL, the default of every function: the machine as virtualtrebuchet.com documents it, integrated as above.
+# MODEL, the default of simulate (and of what calls it): the machine as virtualtrebuchet.com documents it,
+# integrated as above.
 # Part 2 adds the machine as Trebuchet.jl runs it (--model trebuchet_jl, where the blog's numbers come from).
 MODEL = dict(name="virtualtrebuchet", arm_inertia=ARM_INERTIA, weight_inertia=WEIGHT_INERTIA, integration=INTEGRATION)
 

@@ -364,6 +364,19 @@ def _jsonable(value):
     return value
 
 
+def cpu_description():
+    """The CPU's model name and whether it has AVX-512 (OpenBLAS picks its kernels by it): another CPU may round
+    float products differently in the last bit, and a long training run amplifies that."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    return f"{model}, {'with' if ' avx512f' in info else 'without'} AVX-512"
+
+
 def provenance(args=None):
     """What is needed to reproduce a figure: the command, the commit, the library versions, the machine."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,7 +393,7 @@ def provenance(args=None):
             versions[module] = getattr(sys.modules[module], "__version__", None)
     command = getattr(args, "command", None) if args is not None and not isinstance(args, dict) else None
     return {"command": command or " ".join(["python", *sys.argv]), "commit": commit, "uncommitted_changes": dirty,
-            "versions": versions, "cores": os.cpu_count(),
+            "versions": versions, "cores": os.cpu_count(), "cpu": cpu_description(),
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

@@ -18,7 +18,7 @@ SNAPSHOTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "snapshots"
 REL_TOL = 1e-7   # not bit-exactness: a reordered sum in a refactor may move the last digits; results may not
 
 
-def differences(recorded, measured, ignore, where="metrics", loose=None):
+def differences(recorded, measured, ignore, where="metrics", loose=None, rel_tol=REL_TOL):
     """Every place where `measured` differs from `recorded` (keys in `ignore` skipped at any depth). `loose`
     maps a key to the relative tolerance of every number under it (float32 training: see the snapshot's
     "loose_why")."""
@@ -30,15 +30,16 @@ def differences(recorded, measured, ignore, where="metrics", loose=None):
         if set(recorded) - set(ignore) != set(measured) - set(ignore):
             found.append(f"{where}: keys {sorted(set(recorded) ^ set(measured))} added or removed")
         for key in set(recorded) & set(measured) - set(ignore):
-            found += differences(recorded[key], measured[key], ignore, f"{where}.{key}",
-                                 {**loose, "": loose[key]} if key in loose else loose)
+            found += differences(recorded[key], measured[key], ignore, f"{where}.{key}", loose,
+                                 loose.get(key, rel_tol))
         return found
     if isinstance(recorded, list):
         if not isinstance(measured, list) or len(recorded) != len(measured):
             return [f"{where}: expected a list of {len(recorded)}"]
-        return [d for i, (r, m) in enumerate(zip(recorded, measured)) for d in differences(r, m, ignore, f"{where}[{i}]", loose)]
+        return [d for i, (r, m) in enumerate(zip(recorded, measured))
+                for d in differences(r, m, ignore, f"{where}[{i}]", loose, rel_tol)]
     if isinstance(recorded, float) and isinstance(measured, (int, float)) and not isinstance(measured, bool):
-        same = math.isclose(recorded, measured, rel_tol=loose.get("", REL_TOL), abs_tol=1e-12)
+        same = math.isclose(recorded, measured, rel_tol=rel_tol, abs_tol=1e-12)
         return [] if same else [f"{where}: recorded {recorded!r}, now {measured!r}"]
     return [] if recorded == measured else [f"{where}: recorded {recorded!r}, now {measured!r}"]
 
