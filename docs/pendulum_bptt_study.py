@@ -88,13 +88,37 @@ def state_features(states, steps_left):
     return np.concatenate([obs, np.full((len(states), 1), steps_left / pb.EPISODE_STEPS)], axis=1)
 
 
+# The exact tail: instead of a learned critic, the optimum's own cost-to-go −V_t from the value iteration (the
+# table the optimal controller acts on). No learned critic can be better than this, so it bounds what a value
+# tail can do: if BPTT with it still takes the extra swing, the cut is not what stops the gradient.
+@ad.primitive(name="optimum_cost_to_go")
+def optimum_cost_to_go(state, values=None, grid=GRID):
+    """−V_t(state) for a (B, 2) state, bilinear between the grid points (values: V_t, one row of
+    pendulum_bptt.value_iteration). Backward: the interpolant's slope in its cell,
+        d/dθ = n_θ/(2π) · [(1 − f_θ̇)(V10 − V00) + f_θ̇ (V11 − V01)],
+        d/dθ̇ = (n_θ̇ − 1)/16 · [(1 − f_θ)(V01 − V00) + f_θ (V11 − V10)],   (the sign flipped for the cost)."""
+    index, weight = pb.grid_neighbours(state, *grid)
+    v = values[index].astype(np.float64)                      # (4, B): V00, V01, V10, V11
+    x = (pb.angle_normalize(state[:, 0]) + np.pi) * (grid[0] / (2 * np.pi))
+    y = (state[:, 1] + pb.MAX_SPEED) * ((grid[1] - 1) / (2 * pb.MAX_SPEED))
+    fx, fy = x - np.floor(x), y - np.clip(np.floor(y), 0, grid[1] - 2)
+
+    def vjp(g):
+        d_theta = ((1 - fy) * (v[2] - v[0]) + fy * (v[3] - v[1])) * (grid[0] / (2 * np.pi))
+        d_speed = ((1 - fx) * (v[1] - v[0]) + fx * (v[3] - v[2])) * ((grid[1] - 1) / (2 * pb.MAX_SPEED))
+        return (-np.stack([d_theta, d_speed], axis=1) * g[:, None],)
+    return -(weight * v).sum(axis=0), vjp
+
+
 def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, critic_lr=1e-3, critic_batch=256,
                      critic_steps=16, memory=16, max_grad_norm=100.0, label="value tail", tail=True,
-                     first_window=None):
+                     first_window=None, exact_tail=False):
     """pendulum_bptt.train_bptt (same start stream, schedule and clipping) with the critic's tail on each
     window that ends before the episode does (after `warmup` steps, while the critic learns first).
     tail=False: no tail; first_window: the first window of each episode has this many steps ("staggered":
-    a number drawn uniformly from 1 to `window` for each batch of episodes, so the cuts fall anywhere)."""
+    a number drawn uniformly from 1 to `window` for each batch of episodes, so the cuts fall anywhere).
+    exact_tail: the optimum's cost-to-go (optimum_cost_to_go) as the tail from the first step on, no critic."""
+    values = pb.value_iteration(*GRID) if exact_tail else None
     rng, critic_rng = np.random.default_rng((seed, 2)), np.random.default_rng((seed, 5))
     critic = ad.nn.MLP((4, 64, 64, 1), critic_rng, activation="tanh", out_activation=None)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
@@ -112,7 +136,9 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
             costs.append(cost)
         per_episode = ad.stack(costs).sum(axis=0)
         total = per_episode.sum()
-        if tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
+        if exact_tail and t + steps < pb.EPISODE_STEPS:
+            total = total + optimum_cost_to_go(end, values=values[t + steps]).sum()
+        elif tail and not exact_tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
             value = critic(critic_features(pb.observation(end), pb.EPISODE_STEPS - t - steps))
             total = total + VALUE_SCALE * value.sum()
         loss = ad.runs.check_finite("phase 2 loss", total / (batch * steps), f"step {done:,}")
@@ -123,7 +149,7 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
         starts.append((state, t))
         window_costs.append(per_episode.data)
         state, t, done = end.data, t + steps, done + batch * steps
-        if t >= pb.EPISODE_STEPS and not tail:
+        if t >= pb.EPISODE_STEPS and (exact_tail or not tail):
             state, t, starts, window_costs = pb.reset_states(rng, batch), 0, [], []
         elif t >= pb.EPISODE_STEPS:
             to_go = np.cumsum(np.array(window_costs)[::-1], axis=0)[::-1]     # cost from window k's start on
@@ -188,6 +214,15 @@ ARMS = {
     "phase 2 starts near the bottom": dict(DEFAULT, phase_2_swaps={"reset_states": lambda seed: bottom_heavy_starts(0.5)},
                                            note="phase 2: half of the training starts have |θ| > 2.6 (hanging "
                                                 "down), where most of the gap is"),
+    # The arms below ran on a second machine (an AMD EPYC), where the same seeds train to different policies:
+    # the training is chaotic and NumPy's sin, cos and tanh may round differently on another CPU's vector units.
+    # Each is paired with the default re-run there ("baseline"), not with the first machine's default.
+    "default re-run on a second CPU": dict(DEFAULT, note="pendulum_bptt.py's settings, trained again on the second "
+                                                         "machine: the baseline of the arms after it"),
+    "phase 2 with the optimum's cost-to-go at each cut": dict(
+        DEFAULT, variant=dict(exact_tail=True), baseline="default re-run on a second CPU",
+        note="phase 2 adds, at each window's cut, the optimum's own cost from there to the episode's end "
+             "(−V_t of the value iteration, bilinear, differentiated through): a perfect value tail"),
 }
 
 
@@ -269,11 +304,14 @@ def arm_summary(name, optimum):
            "their_share_of_the_gap_per_seed": [round(float(np.sum((g := optimum - r)[g > 10]) / g.sum()), 3)
                                                for r in returns],
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
-    if name != "default":
-        default = arm_summary("default", optimum)
+    baseline = ARMS[name].get("baseline", "default")
+    if name not in ("default", "default re-run on a second CPU"):
+        default = arm_summary(baseline, optimum)
         if default and default["seeds"] == out["seeds"]:
-            base = np.array([r["returns"] for r in map(read_seed("default"), out["seeds"])]).mean(axis=0)
+            base = np.array([r["returns"] for r in map(read_seed(baseline), out["seeds"])]).mean(axis=0)
             out["return_gain_over_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
+            if baseline != "default":
+                out["paired_with"] = baseline
     return out
 
 
@@ -365,6 +403,162 @@ def greedy_torque(values, state, t):
     return pb.GREEDY_TORQUES[q.reshape(len(state), -1).argmax(axis=1)]
 
 
+def recorded_episodes(policy, seeds):
+    """Gymnasium episodes from `seeds` in lockstep, recording what the policy saw and did at every step:
+    (returns (B,), θ wrapped (B, 201), θ̇ before each step (B, 200), torques (B, 200))."""
+    observations, torques = [], []
+
+    def recording(obs):
+        observations.append(np.array(obs))
+        torques.append(np.asarray(policy(obs), dtype=np.float64).reshape(-1))
+        return torques[-1]
+    returns, angles = pb.run_gymnasium(recording, seeds=seeds)
+    return returns, angles, np.array([o[:, 2] for o in observations]).T, np.array(torques).T
+
+
+def swing_features(angles, speeds, torques, push=1.0, excursion=0.5, upright=0.3):
+    """Per episode, what its swing-up looks like from the start on:
+    first_push_step, first_push_sign: the first step whose torque reaches |u| >= `push`, and its sign;
+    first_side: sign of sin θ at the first step the pendulum is `excursion` rad or more from hanging straight
+        down (which way it swings first; θ measured counter-clockwise from upright);
+    first_upright: the first step with |θ| < `upright`; upright_for_good: the first after which it stays;
+    swings_before_upright: how often θ̇ changed sign before first_upright (each change is one turn of a pump);
+    first_turn_step, energy_at_first_turn: where the first swing turns back (first_turn), and the energy there;
+    first_reversal_step: the first step after the first push whose torque has the other sign;
+    peak_energy_steps_0_49: the highest energy in the first 50 steps (the first window of phase 2);
+    weak_steps_0_4: steps 0-4 with |u| < `push`; torque_signs: the sign of the torque at steps 0-9."""
+    n = len(angles)
+    strong = np.abs(torques) >= push
+    push_step = np.where(strong.any(axis=1), np.argmax(strong, axis=1), -1)
+    push_sign = np.where(push_step >= 0, np.sign(torques[np.arange(n), np.maximum(push_step, 0)]), 0)
+    away = np.pi - np.abs(angles) >= excursion
+    side_step = np.argmax(away, axis=1)
+    side = np.where(away.any(axis=1), np.sign(np.sin(angles[np.arange(n), side_step])), 0)
+    near_top = np.abs(angles) < upright
+    first_up = np.where(near_top.any(axis=1), np.argmax(near_top, axis=1), angles.shape[1])
+    turns = np.array([int(np.sum(np.diff(np.sign(speeds[i, :first_up[i]])) != 0)) for i in range(n)])
+    against = (np.sign(torques) == -push_sign[:, None]) & (np.arange(torques.shape[1]) > push_step[:, None])
+    reversal = np.where(against.any(axis=1), np.argmax(against, axis=1), -1)
+    # the pendulum's energy E = θ̇²/2 + 15 cos θ (15 upright at rest, −15 hanging at rest); dE/dt = 3 u θ̇, so
+    # only the torque changes it, and a swing that peaks below E = 15 cannot reach the top
+    energy = speeds ** 2 / 2 + pb.GRAVITY_TERM * np.cos(angles[:, :-1])
+    turn = first_turn(angles, speeds)
+    return {"first_push_step": push_step, "first_push_sign": push_sign, "first_side": side,
+            "first_turn_step": turn, "energy_at_first_turn": energy[np.arange(n), turn],
+            "first_reversal_step": reversal, "peak_energy_steps_0_49": energy[:, :50].max(axis=1),
+            "weak_steps_0_4": np.sum(np.abs(torques[:, :5]) < push, axis=1),
+            "first_side_step": np.where(away.any(axis=1), side_step, -1), "first_upright": first_up,
+            "upright_for_good": upright_for_good(angles), "swings_before_upright": turns,
+            "torque_signs": np.sign(torques[:, :10]).astype(int)}
+
+
+def first_turn(angles, speeds, excursion=0.5):
+    """The step at which the first swing turns back: the first step, after the pendulum is `excursion` rad from
+    hanging down, whose speed has the other sign."""
+    turns = []
+    for theta, speed in zip(angles, speeds):
+        away = np.flatnonzero(np.pi - np.abs(theta[:-1]) >= excursion)[0]
+        turns.append(away + np.argmax(np.sign(speed[away:]) != np.sign(speed[away])))
+    return np.array(turns)
+
+
+def costs_with_prefix(policy, starts, prefix, prefix_steps):
+    """Per-step costs (B, 200) on the twin when each episode plays `prefix` (B, 200) torques for its first
+    `prefix_steps` (B,) steps and the policy from then on (float32 observations, as Gymnasium gives them)."""
+    state, costs = starts.copy(), np.zeros((len(starts), pb.EPISODE_STEPS))
+    for t in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1).astype(np.float32)
+        torque = np.where(t < prefix_steps, prefix[:, t], policy(obs.astype(np.float64)))
+        state, costs[:, t] = pb.step_numpy(state, torque)
+    return costs
+
+
+def first_swing_swap(policy, starts, optimum_played, gap, cut=50):
+    """What the optimum's first swing is worth to the policy, and how much of it a first window of `cut` steps
+    sees: the optimum's torques up to its first turn (and one step past it), then the policy, against the
+    policy throughout, on the twin, from the same starts."""
+    _, angles, speeds, torques = optimum_played
+    prefix_steps = first_turn(angles, speeds) + 1
+    own = costs_with_prefix(policy, starts, torques, np.zeros(len(starts), dtype=int))
+    swapped = costs_with_prefix(policy, starts, torques, prefix_steps)
+    big = gap > 10
+    report = {"prefix_steps_mean": round(float(prefix_steps[big].mean()), 2)}
+    for name, steps in (("first_window", slice(0, cut)), ("after_the_cut", slice(cut, None)),
+                        ("whole_episode", slice(None))):
+        saved = own[:, steps].sum(axis=1) - swapped[:, steps].sum(axis=1)
+        report[name] = {"cost_saved_mean": round(float(saved[big].mean()), 2),
+                        "starts_where_it_saves": int(np.sum(saved[big] > 0)), "starts": int(big.sum())}
+    return report
+
+
+def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
+    """The near-bottom starts (|θ| in `band`) of the development set: the policy's swing-up against the optimum's,
+    start by start (first push, first swing's side, first upright, turns of the pump, torque signs in steps 0-9)."""
+    values = pb.value_iteration(*GRID)
+    starts = ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)
+    inside = (np.abs(starts[:, 0]) >= band[0]) & (np.abs(starts[:, 0]) < band[1])
+    seeds = DEVELOPMENT_SEEDS[inside]
+    net, kind = pb.load_policy(seed_path(name, seed) + ".npz")
+    played = {"policy": recorded_episodes(lambda obs: pb.act(net, obs, kind), seeds),
+              "optimum": recorded_episodes(pb.optimal_controller(values, *GRID), seeds)}
+    features = {who: swing_features(*p[1:]) for who, p in played.items()}
+    gap = played["optimum"][0] - played["policy"][0]
+    f, o = features["policy"], features["optimum"]
+    same_side = f["first_side"] == o["first_side"]
+    rows = [{"reset_seed": int(s), "theta": round(float(starts[s, 0]), 4), "speed": round(float(starts[s, 1]), 4),
+             "gap": round(float(gap[i]), 2),
+             **{f"{who}_{key}": (features[who][key][i].tolist() if key == "torque_signs" else
+                                 round(float(features[who][key][i]), 2) if key.startswith(("peak", "energy")) else
+                                 int(features[who][key][i])) for who in features for key in features[who]}}
+            for i, s in enumerate(seeds)]
+    big = gap > 10
+
+    def mean(values, where=slice(None)):
+        values = np.asarray(values, dtype=float)[where]
+        return round(float(values.mean()), 2) if values.size else None
+
+    def compare(where):
+        return {"starts": int(np.sum(np.ones(len(gap), bool)[where])), "mean_gap": mean(gap, where),
+                "first_side_same_as_optimum": int(np.sum(same_side[where])),
+                "first_push_step_policy": mean(f["first_push_step"], where),
+                "first_push_step_optimum": mean(o["first_push_step"], where),
+                "first_side_step_policy": mean(f["first_side_step"], where),
+                "first_side_step_optimum": mean(o["first_side_step"], where),
+                "first_upright_policy": mean(f["first_upright"], where),
+                "first_upright_optimum": mean(o["first_upright"], where),
+                "upright_for_good_policy": mean(f["upright_for_good"], where),
+                "upright_for_good_optimum": mean(o["upright_for_good"], where),
+                "turns_before_upright_policy": mean(f["swings_before_upright"], where),
+                "turns_before_upright_optimum": mean(o["swings_before_upright"], where),
+                "first_reversal_step_policy": mean(f["first_reversal_step"], where),
+                "first_reversal_step_optimum": mean(o["first_reversal_step"], where),
+                "first_reversal_earlier_than_optimum": int(np.sum((f["first_reversal_step"] < o["first_reversal_step"])[where])),
+                "first_turn_step_policy": mean(f["first_turn_step"], where),
+                "first_turn_step_optimum": mean(o["first_turn_step"], where),
+                "first_turn_earlier_than_optimum": int(np.sum((f["first_turn_step"] < o["first_turn_step"])[where])),
+                "energy_at_first_turn_policy": mean(f["energy_at_first_turn"], where),
+                "energy_at_first_turn_optimum": mean(o["energy_at_first_turn"], where),
+                "peak_energy_steps_0_49_policy": mean(f["peak_energy_steps_0_49"], where),
+                "peak_energy_steps_0_49_optimum": mean(o["peak_energy_steps_0_49"], where),
+                "peak_energy_steps_0_49_below_14_policy": int(np.sum((f["peak_energy_steps_0_49"] < 14)[where])),
+                "peak_energy_steps_0_49_below_14_optimum": int(np.sum((o["peak_energy_steps_0_49"] < 14)[where])),
+                "weak_torque_steps_0_4_policy": mean(f["weak_steps_0_4"], where),
+                "weak_torque_steps_0_4_optimum": mean(o["weak_steps_0_4"], where),
+                "torque_sign_agreement_steps_0_9": mean(f["torque_signs"] == o["torque_signs"], where),
+                "mean_abs_torque_steps_0_9_policy": mean(np.abs(played["policy"][3][:, :10]).mean(axis=1), where),
+                "mean_abs_torque_steps_0_9_optimum": mean(np.abs(played["optimum"][3][:, :10]).mean(axis=1), where)}
+    report = {"policy": f"{name}, seed {seed}", "band_abs_theta": list(band),
+              "all": compare(slice(None)), "gap_more_than_10": compare(big), "gap_at_most_10": compare(~big),
+              "gap_more_than_10_first_side_differs": compare(big & ~same_side),
+              "gap_more_than_10_first_side_same": compare(big & same_side),
+              "optimum_first_swing_then_policy_gap_more_than_10": first_swing_swap(
+                  lambda obs: pb.act(net, obs, kind), starts[inside], played["optimum"], gap),
+              "per_start": rows}
+    print(json.dumps({k: v for k, v in report.items() if k != "per_start"}, indent=1))
+    ad.runs.write_json(os.path.join(OUT, f"near_bottom_{name.replace(' ', '_')}_seed_{seed}.json"), report)
+    return report
+
+
 def script_sha1():
     import hashlib
     with open(os.path.join(ROOT, "pendulum_bptt.py"), "rb") as f:
@@ -408,12 +602,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", choices=TRAINING_SEEDS, default=TRAINING_SEEDS,
                         help="train only these seeds of the arm (a long arm in parts)")
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--near-bottom", metavar="ARM", choices=list(ARMS), default=None,
+                        help="the near-bottom starts' swing-ups: this arm's policy (--seeds' first) against the optimum")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     if args.arm:
         run_arm(args.arm, args.seeds)
     if args.diagnose:
         diagnose()
+    if args.near_bottom:
+        near_bottom(args.near_bottom, args.seeds[0])
     if args.summarise:
         summarise()
 
