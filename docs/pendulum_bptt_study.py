@@ -219,10 +219,19 @@ ARMS = {
     # Each is paired with the default re-run there ("baseline"), not with the first machine's default.
     "default re-run on a second CPU": dict(DEFAULT, note="pendulum_bptt.py's settings, trained again on the second "
                                                          "machine: the baseline of the arms after it"),
+    "phase 2 eight times as long, re-run on a second CPU": dict(
+        with_phase_2(sim_steps=32_000_000), baseline="default re-run on a second CPU",
+        note="phase 2: 32,000,000 steps, trained again on the second machine (for the near-bottom measurement)"),
     "phase 2 with the optimum's cost-to-go at each cut": dict(
         DEFAULT, variant=dict(exact_tail=True), baseline="default re-run on a second CPU",
         note="phase 2 adds, at each window's cut, the optimum's own cost from there to the episode's end "
              "(−V_t of the value iteration, bilinear, differentiated through): a perfect value tail"),
+    "three phase 1 restarts, the best on training starts kept": dict(
+        with_phase_2(sim_steps=pb.SETTINGS["long_sim_steps"] - 2 * pb.SETTINGS["sim_steps"]), restarts=3,
+        baseline="default re-run on a second CPU",
+        note="phase 1 three times from different initialisations (the default's first), the one with the lowest "
+             "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
+             "(3,360,000 steps), so the budget is the default's"),
 }
 
 
@@ -239,8 +248,40 @@ def optimum_returns():
     return np.load(path)
 
 
+def twin_episode_cost(net, starts):
+    """Mean summed cost of whole 200-step episodes on the twin from `starts` (B, 2): the training objective
+    without its cuts, which is minus Gymnasium's return."""
+    state, total = starts.copy(), np.zeros(len(starts))
+    for _ in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1)
+        state, cost = pb.step_numpy(state, pb.act(net, obs))
+        total += cost
+    return float(total.mean())
+
+
+def train_with_restarts(seed, arm):
+    """Phase 1 from `restarts` initialisations (the default's own first), the one whose whole episodes cost
+    least on the twin from 1,000 training starts (a stream of their own, never a development start) kept,
+    then phase 2 from it as in train_two_phases. Returns the net, with the choice in net.study_info."""
+    starts = pb.reset_states(np.random.default_rng((seed, 6)), 1000)
+    candidates = []
+    for k in range(arm["restarts"]):
+        net, _, info = pb.train_bptt(seed if k == 0 else (seed, 10 + k), hidden=arm["hidden"],
+                                     label=f"seed {seed} phase 1, restart {k}", **arm["phase_1"])
+        candidates.append((twin_episode_cost(net, starts), k, net, info))
+    costs = [round(c[0], 3) for c in candidates]
+    _, chosen, net, info = min(candidates, key=lambda c: c[0])
+    print(f"seed {seed}: phase 1 restarts' twin costs on training starts {costs}, restart {chosen} kept", flush=True)
+    net = pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
+                        **arm["phase_2"])[0]
+    net.study_info = {"phase_1_restart_twin_costs": costs, "restart_kept": chosen}
+    return net
+
+
 def train_arm(arm, seed):
     """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
+    if "restarts" in arm:
+        return train_with_restarts(seed, arm)
     if "then" in arm:
         net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
         return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
@@ -279,7 +320,8 @@ def run_arm(name, seeds=TRAINING_SEEDS):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pb.save_policy(path + ".npz", net, "odd", seed=seed)
         gap = ad.runs.paired_difference(optimum, returns)
-        ad.runs.write_json(path + ".json", {"seed": seed, "returns": returns.tolist(), "gap_to_optimum": gap,
+        ad.runs.write_json(path + ".json", {"seed": seed, **getattr(net, "study_info", {}),
+                                            "returns": returns.tolist(), "gap_to_optimum": gap,
                                             "train_seconds": round(time.perf_counter() - t0, 1),
                                             "cpu_seconds": round(time.process_time() - cpu0, 1)})
         print(f"{name}, seed {seed}: {returns.mean():.2f}, gap to the optimum {gap['mean']:.2f} ± {gap['se']:.2f} "
@@ -307,7 +349,7 @@ def arm_summary(name, optimum):
     baseline = ARMS[name].get("baseline", "default")
     if name not in ("default", "default re-run on a second CPU"):
         default = arm_summary(baseline, optimum)
-        if default and default["seeds"] == out["seeds"]:
+        if default and set(out["seeds"]) <= set(default["seeds"]):     # paired on the seeds both have
             base = np.array([r["returns"] for r in map(read_seed(baseline), out["seeds"])]).mean(axis=0)
             out["return_gain_over_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
             if baseline != "default":
@@ -583,6 +625,16 @@ def summarise():
     if kept:
         results["arms_kept_from_an_earlier_summary"] = kept
         results["earlier_summary_provenance"] = earlier.get("earlier_summary_provenance", earlier.get("provenance"))
+    near = {}
+    for name in ARMS:
+        for seed in TRAINING_SEEDS:
+            path = os.path.join(OUT, f"near_bottom_{name.replace(' ', '_')}_seed_{seed}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    near[f"{name}, seed {seed}"] = {k: v for k, v in json.load(f).items() if k != "per_start"}
+    near = near or earlier.get("near_bottom_starts", {})
+    if near:
+        results["near_bottom_starts"] = near
     if os.path.exists(os.path.join(OUT, "diagnosis.json")):
         with open(os.path.join(OUT, "diagnosis.json")) as f:
             results["diagnosis_default_seed_0"] = json.load(f)
