@@ -69,6 +69,57 @@ def bottom_heavy_starts(fraction, seed=None):
     return reset_states
 
 
+# An input that breaks the tie: a constant c = 1 fed to f beside the observation, flipped by the mirror
+# (mirror(o, c) = (mirror o, −c)), so that u = 2 tanh(f(o, 1) − f(mirror o, −1) + ε) stays odd only while f
+# ignores c. f's weights from c start at zero (phase 2 starts from the odd policy phase 1 learned), and BPTT
+# may break the tie where that pays (at rest hanging straight down the odd policy's torque is 2 tanh ε = 0.02).
+def tie_breaking_input():
+    plain_make_policy = pb.make_policy
+
+    def make_policy(rng, hidden=64):
+        net = plain_make_policy(rng, hidden)            # the same draws as the odd policy's
+        W, b = net.layers[0]
+        net.layers[0] = (ad.nn.parameter(np.vstack([W.data, np.zeros((1, W.shape[1]))])), b)
+        net.sizes = (4,) + net.sizes[1:]
+        return net
+
+    def policy_torque(net, obs, kind="odd"):
+        batch = obs.shape[0]
+        c = ad.Tensor(np.concatenate([np.ones((batch, 1)), -np.ones((batch, 1))]))
+        z = net(ad.concatenate([pb.mirror_pair(obs), c], axis=1))
+        return pb.MAX_TORQUE * ad.tanh(z[:batch] - z[batch:] + pb.TIE_BREAK)
+    return {"make_policy": make_policy, "policy_torque": policy_torque}
+
+
+class swapped:
+    """with swapped(arm): pendulum_bptt's functions replaced by the arm's "policy_swaps" (training and measuring)."""
+
+    def __init__(self, arm):
+        self.swaps = arm.get("policy_swaps", lambda: {})()
+
+    def __enter__(self):
+        self.originals = {name: getattr(pb, name) for name in self.swaps}
+        for name, replacement in self.swaps.items():
+            setattr(pb, name, replacement)
+
+    def __exit__(self, *error):
+        for name, original in self.originals.items():
+            setattr(pb, name, original)
+
+
+def load_arm_policy(name, seed):
+    """The saved net of one seed of an arm (one with "policy_swaps" rebuilt by its own make_policy)."""
+    path = seed_path(name, seed) + ".npz"
+    if "policy_swaps" not in ARMS[name]:
+        return pb.load_policy(path)[0]
+    arrays = ad.nn.load_arrays(path)
+    with swapped(ARMS[name]):
+        net = pb.make_policy(0, arrays["W1"].shape[1])
+    for key, p in net.named_parameters().items():
+        p.data = arrays[key].astype(np.float64)
+    return net
+
+
 # A learned value tail on each truncated window: the window's loss adds the critic's estimate of the cost
 # still to come (to the episode's end) from the state where the window is cut, so the gradient of a torque
 # early in a window also sees, through the critic, what its effect on the end state costs later. The
@@ -226,6 +277,15 @@ ARMS = {
         DEFAULT, variant=dict(exact_tail=True), baseline="default re-run on a second CPU",
         note="phase 2 adds, at each window's cut, the optimum's own cost from there to the episode's end "
              "(−V_t of the value iteration, bilinear, differentiated through): a perfect value tail"),
+    "an input that breaks the tie": dict(
+        DEFAULT, policy_swaps=tie_breaking_input, baseline="default re-run on a second CPU",
+        note="phase 2: f gets a fourth input, 1 for the observation and −1 for its mirror image, its weights "
+             "starting at zero, so that BPTT can make the policy other than odd (at rest hanging down, the odd "
+             "policy's torque is 2 tanh 0.01)"),
+    "phase 2 eight times as long, with the optimum's cost-to-go at each cut": dict(
+        with_phase_2(sim_steps=32_000_000), variant=dict(exact_tail=True),
+        baseline="phase 2 eight times as long, re-run on a second CPU",
+        note="phase 2: 32,000,000 steps, with the optimum's own cost-to-go added at each window's cut"),
     "three phase 1 restarts, the best on training starts kept": dict(
         with_phase_2(sim_steps=pb.SETTINGS["long_sim_steps"] - 2 * pb.SETTINGS["sim_steps"]), restarts=3,
         baseline="default re-run on a second CPU",
@@ -282,6 +342,17 @@ def train_arm(arm, seed):
     """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
     if "restarts" in arm:
         return train_with_restarts(seed, arm)
+    if "policy_swaps" in arm:
+        # phase 1 with the odd policy (a policy free to be other than odd learns first to push one way, section
+        # 3 of pendulum_bptt.py), then the swapped policy's net, the same function at first, for phase 2
+        net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **arm["phase_1"])
+        with swapped(arm):
+            extended = pb.make_policy(0, arm["hidden"])
+            for (W, b), (W_odd, b_odd) in zip(extended.layers, net.layers):
+                W.data[:W_odd.shape[0]], b.data[:] = W_odd.data, b_odd.data
+                W.data[W_odd.shape[0]:] = 0.0
+            return pb.train_bptt((seed, 2), net=extended, steps_before=info["sim_steps"],
+                                 label=f"seed {seed} phase 2", **arm["phase_2"])[0]
     if "then" in arm:
         net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
         return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
@@ -316,7 +387,8 @@ def run_arm(name, seeds=TRAINING_SEEDS):
             continue
         t0, cpu0 = time.perf_counter(), time.process_time()
         net = train_arm(arm, seed)
-        returns = development_returns(lambda obs: pb.act(net, obs))
+        with swapped(arm):
+            returns = development_returns(lambda obs: pb.act(net, obs))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pb.save_policy(path + ".npz", net, "odd", seed=seed)
         gap = ad.runs.paired_difference(optimum, returns)
@@ -347,7 +419,7 @@ def arm_summary(name, optimum):
                                                for r in returns],
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
     baseline = ARMS[name].get("baseline", "default")
-    if name not in ("default", "default re-run on a second CPU"):
+    if name not in ("default", "default re-run on a second CPU") and baseline != name:
         default = arm_summary(baseline, optimum)
         if default and set(out["seeds"]) <= set(default["seeds"]):     # paired on the seeds both have
             base = np.array([r["returns"] for r in map(read_seed(baseline), out["seeds"])]).mean(axis=0)
@@ -533,6 +605,10 @@ def first_swing_swap(policy, starts, optimum_played, gap, cut=50):
     return report
 
 
+def optimum_gap(played):
+    return played["optimum"][0] - played["policy"][0]
+
+
 def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
     """The near-bottom starts (|θ| in `band`) of the development set: the policy's swing-up against the optimum's,
     start by start (first push, first swing's side, first upright, turns of the pump, torque signs in steps 0-9)."""
@@ -540,11 +616,13 @@ def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
     starts = ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)
     inside = (np.abs(starts[:, 0]) >= band[0]) & (np.abs(starts[:, 0]) < band[1])
     seeds = DEVELOPMENT_SEEDS[inside]
-    net, kind = pb.load_policy(seed_path(name, seed) + ".npz")
-    played = {"policy": recorded_episodes(lambda obs: pb.act(net, obs, kind), seeds),
-              "optimum": recorded_episodes(pb.optimal_controller(values, *GRID), seeds)}
+    net, kind = load_arm_policy(name, seed), "odd"
+    with swapped(ARMS[name]):
+        played = {"policy": recorded_episodes(lambda obs: pb.act(net, obs, kind), seeds),
+                  "optimum": recorded_episodes(pb.optimal_controller(values, *GRID), seeds)}
+        swap = first_swing_swap(lambda obs: pb.act(net, obs, kind), starts[inside], played["optimum"], optimum_gap(played))
     features = {who: swing_features(*p[1:]) for who, p in played.items()}
-    gap = played["optimum"][0] - played["policy"][0]
+    gap = optimum_gap(played)
     f, o = features["policy"], features["optimum"]
     same_side = f["first_side"] == o["first_side"]
     rows = [{"reset_seed": int(s), "theta": round(float(starts[s, 0]), 4), "speed": round(float(starts[s, 1]), 4),
@@ -593,8 +671,7 @@ def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
               "all": compare(slice(None)), "gap_more_than_10": compare(big), "gap_at_most_10": compare(~big),
               "gap_more_than_10_first_side_differs": compare(big & ~same_side),
               "gap_more_than_10_first_side_same": compare(big & same_side),
-              "optimum_first_swing_then_policy_gap_more_than_10": first_swing_swap(
-                  lambda obs: pb.act(net, obs, kind), starts[inside], played["optimum"], gap),
+              "optimum_first_swing_then_policy_gap_more_than_10": swap,
               "per_start": rows}
     print(json.dumps({k: v for k, v in report.items() if k != "per_start"}, indent=1))
     ad.runs.write_json(os.path.join(OUT, f"near_bottom_{name.replace(' ', '_')}_seed_{seed}.json"), report)
