@@ -7,12 +7,15 @@ each paired with the value-iteration controller's return on the same start (301 
     python docs/pendulum_bptt_study.py --arm default     # one arm: BPTT seeds 0-2 (about 2 CPU-min for the
                                                          # default's cost; "phase 2 eight times as long": 11)
     python docs/pendulum_bptt_study.py --diagnose        # where the default's gap sits (per start, per step)
+    python docs/pendulum_bptt_study.py --near-bottom ARM --seeds 0   # its near-bottom starts' swing-ups against
+                                                         # the optimum's (first push, side, turn, energy, splice)
     python docs/pendulum_bptt_study.py --summarise       # every finished arm -> docs/results/pendulum_bptt_study.json
 
 Arms are kept in runs/pendulum_bptt_study/ as they finish (rerunning an arm reuses what is there).
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -417,6 +420,11 @@ def arm_summary(name, optimum):
            "starts_more_than_10_below_per_seed": [int(np.sum(optimum - r > 10)) for r in returns],
            "their_share_of_the_gap_per_seed": [round(float(np.sum((g := optimum - r)[g > 10]) / g.sum()), 3)
                                                for r in returns],
+           # each band of start angles' part of the gap (the band's summed gap / 1000: the parts add up to the gap)
+           "gap_from_start_angles_per_seed": {f"|θ| in [{lo}, {hi})": [round(float(np.sum((optimum - r)[inside])) / len(r), 3)
+                                                                     for r in returns]
+                                              for lo, hi in ANGLE_BANDS
+                                              for inside in [(start_angles() >= lo) & (start_angles() < hi)]},
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
     baseline = ARMS[name].get("baseline", "default")
     if name not in ("default", "default re-run on a second CPU") and baseline != name:
@@ -427,6 +435,15 @@ def arm_summary(name, optimum):
             if baseline != "default":
                 out["paired_with"] = baseline
     return out
+
+
+ANGLE_BANDS = ((0, 1), (1, 2), (2, 2.6), (2.6, 3.0), (3.0, 3.2))
+
+
+@functools.lru_cache(maxsize=1)
+def start_angles():
+    """|θ| of the development starts (wrapped), the diagnosis's grouping."""
+    return np.abs(pb.angle_normalize(ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)[:, 0]))
 
 
 def read_seed(name):
@@ -702,6 +719,7 @@ def summarise():
     if kept:
         results["arms_kept_from_an_earlier_summary"] = kept
         results["earlier_summary_provenance"] = earlier.get("earlier_summary_provenance", earlier.get("provenance"))
+        results["previous_summary_provenance"] = earlier.get("provenance")   # the arms it found were summarised here
     near = {}
     for name in ARMS:
         for seed in TRAINING_SEEDS:
@@ -721,7 +739,8 @@ def summarise():
     for name, s in arms.items():
         g = s["gap_seed_averaged"]
         gain = s.get("return_gain_over_default")
-        extra = f", return gain over the default {gain['mean']:+.2f} ± {gain['se']:.2f} (paired)" if gain else ""
+        extra = (f", return gain over {s.get('paired_with', 'the default')} {gain['mean']:+.2f} ± {gain['se']:.2f} "
+                 f"(paired)") if gain else ""
         print(f"{name}: gap per seed {s['gap_per_seed']}, seed-averaged {g['mean']:.2f} ± {g['se']:.2f}{extra}")
 
 
