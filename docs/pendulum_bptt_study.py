@@ -426,6 +426,9 @@ def arm_summary(name, optimum):
                                               for lo, hi in ANGLE_BANDS
                                               for inside in [(start_angles() >= lo) & (start_angles() < hi)]},
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
+    for key in ("restart_kept", "phase_1_restart_twin_costs"):          # train_with_restarts' choice
+        if all(key in r for r in rows):
+            out[f"{key}_per_seed"] = [r[key] for r in rows]
     baseline = ARMS[name].get("baseline", "default")
     if name not in ("default", "default re-run on a second CPU") and baseline != name:
         default = arm_summary(baseline, optimum)
