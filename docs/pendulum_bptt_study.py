@@ -704,6 +704,17 @@ def script_sha1():
         return hashlib.sha1(f.read()).hexdigest()
 
 
+def earlier_arm(earlier, name):
+    """An arm kept from the results file already there, with the commit of the summary that found it (an arm the
+    earlier file itself kept was found by the summary its earlier_summary_provenance names)."""
+    arm = earlier["arms"][name]
+    if "summarised_at_commit" not in arm:
+        origin = (earlier.get("earlier_summary_provenance") if name in earlier.get("arms_kept_from_an_earlier_summary", [])
+                  else earlier.get("provenance")) or {}
+        arm = dict(arm, summarised_at_commit=origin.get("commit"))
+    return arm
+
+
 def summarise():
     """Every arm kept in runs/pendulum_bptt_study/; an arm (or the diagnosis) found only in the results file
     already there, summarised by an earlier run in another folder, is kept from it and named as such."""
@@ -712,17 +723,18 @@ def summarise():
     if os.path.exists(RESULTS):
         with open(RESULTS) as f:
             earlier = json.load(f)
-    found = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
+    provenance = ad.runs.provenance()
+    found = {name: dict(s, summarised_at_commit=provenance["commit"])
+             for name in ARMS if (s := arm_summary(name, optimum))}
     kept = [name for name in earlier.get("arms", {}) if name not in found]
-    arms = {name: found.get(name) or earlier["arms"][name] for name in ARMS if name in found or name in kept}
+    arms = {name: found.get(name) or earlier_arm(earlier, name) for name in ARMS if name in found or name in kept}
     results = {"development_starts": "Gymnasium reset seeds 0-999", "training_seeds": list(TRAINING_SEEDS),
                "optimum": {"grid": list(GRID), "mean_return": float(optimum.mean())}, "arms": arms,
                "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), --diagnose, then --summarise",
-               "pendulum_bptt_py_sha1": script_sha1(), "provenance": ad.runs.provenance()}
+               "pendulum_bptt_py_sha1": script_sha1(), "provenance": provenance}
     if kept:
         results["arms_kept_from_an_earlier_summary"] = kept
         results["earlier_summary_provenance"] = earlier.get("earlier_summary_provenance", earlier.get("provenance"))
-        results["previous_summary_provenance"] = earlier.get("provenance")   # the arms it found were summarised here
     near = {}
     for name in ARMS:
         for seed in TRAINING_SEEDS:
