@@ -559,6 +559,8 @@ def swing_features(angles, speeds, torques, push=1.0, excursion=0.5, upright=0.3
     swings_before_upright: how often θ̇ changed sign before first_upright (each change is one turn of a pump);
     first_turn_step, energy_at_first_turn: where the first swing turns back (first_turn), and the energy there;
     first_reversal_step: the first step after the first push whose torque has the other sign;
+    first_swing_push_end_step: the first step, from the first excursion on, whose torque opposes the swing's speed
+        there, and mean_abs_torque_4_steps_before_push_end (whether the push eases off before it ends);
     peak_energy_steps_0_49: the highest energy in the first 50 steps (the first window of phase 2);
     weak_steps_0_4: steps 0-4 with |u| < `push`; torque_signs: the sign of the torque at steps 0-9."""
     n = len(angles)
@@ -577,7 +579,14 @@ def swing_features(angles, speeds, torques, push=1.0, excursion=0.5, upright=0.3
     # only the torque changes it, and a swing that peaks below E = 15 cannot reach the top
     energy = speeds ** 2 / 2 + pb.GRAVITY_TERM * np.cos(angles[:, :-1])
     turn = first_turn(angles, speeds)
-    return {"first_push_step": push_step, "first_push_sign": push_sign, "first_side": side,
+    # the end of the first swing's push: the first step, from the excursion on, whose torque opposes the speed
+    # the swing had then (a pump holds ±2 with the motion until the swing turns)
+    opposes = (np.sign(torques) == -np.sign(speeds[np.arange(n), side_step])[:, None]) & \
+        (np.arange(torques.shape[1]) >= side_step[:, None])
+    push_end = np.argmax(opposes, axis=1)
+    before_end = [np.abs(torques[i, max(push_end[i] - 4, 0):push_end[i]]).mean() if push_end[i] else 0.0 for i in range(n)]
+    return {"first_swing_push_end_step": push_end, "mean_abs_torque_4_steps_before_push_end": np.array(before_end),
+            "first_push_step": push_step, "first_push_sign": push_sign, "first_side": side,
             "first_turn_step": turn, "energy_at_first_turn": energy[np.arange(n), turn],
             "first_reversal_step": reversal, "peak_energy_steps_0_49": energy[:, :50].max(axis=1),
             "weak_steps_0_4": np.sum(np.abs(torques[:, :5]) < push, axis=1),
@@ -648,7 +657,7 @@ def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
     rows = [{"reset_seed": int(s), "theta": round(float(starts[s, 0]), 4), "speed": round(float(starts[s, 1]), 4),
              "gap": round(float(gap[i]), 2),
              **{f"{who}_{key}": (features[who][key][i].tolist() if key == "torque_signs" else
-                                 round(float(features[who][key][i]), 2) if key.startswith(("peak", "energy")) else
+                                 round(float(features[who][key][i]), 2) if key.startswith(("peak", "energy", "mean")) else
                                  int(features[who][key][i])) for who in features for key in features[who]}}
             for i, s in enumerate(seeds)]
     big = gap > 10
@@ -673,6 +682,12 @@ def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
                 "first_reversal_step_policy": mean(f["first_reversal_step"], where),
                 "first_reversal_step_optimum": mean(o["first_reversal_step"], where),
                 "first_reversal_earlier_than_optimum": int(np.sum((f["first_reversal_step"] < o["first_reversal_step"])[where])),
+                "first_swing_push_end_step_policy": mean(f["first_swing_push_end_step"], where),
+                "first_swing_push_end_step_optimum": mean(o["first_swing_push_end_step"], where),
+                "first_swing_push_ends_earlier_than_optimum": int(np.sum((f["first_swing_push_end_step"] <
+                                                                          o["first_swing_push_end_step"])[where])),
+                "mean_abs_torque_4_steps_before_push_end_policy": mean(f["mean_abs_torque_4_steps_before_push_end"], where),
+                "mean_abs_torque_4_steps_before_push_end_optimum": mean(o["mean_abs_torque_4_steps_before_push_end"], where),
                 "first_turn_step_policy": mean(f["first_turn_step"], where),
                 "first_turn_step_optimum": mean(o["first_turn_step"], where),
                 "first_turn_earlier_than_optimum": int(np.sum((f["first_turn_step"] < o["first_turn_step"])[where])),
