@@ -7,12 +7,15 @@ each paired with the value-iteration controller's return on the same start (301 
     python docs/pendulum_bptt_study.py --arm default     # one arm: BPTT seeds 0-2 (about 2 CPU-min for the
                                                          # default's cost; "phase 2 eight times as long": 11)
     python docs/pendulum_bptt_study.py --diagnose        # where the default's gap sits (per start, per step)
+    python docs/pendulum_bptt_study.py --near-bottom ARM --seeds 0   # its near-bottom starts' swing-ups against
+                                                         # the optimum's (first push, side, turn, energy, splice)
     python docs/pendulum_bptt_study.py --summarise       # every finished arm -> docs/results/pendulum_bptt_study.json
 
 Arms are kept in runs/pendulum_bptt_study/ as they finish (rerunning an arm reuses what is there).
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -69,6 +72,57 @@ def bottom_heavy_starts(fraction, seed=None):
     return reset_states
 
 
+# An input that breaks the tie: a constant c = 1 fed to f beside the observation, flipped by the mirror
+# (mirror(o, c) = (mirror o, −c)), so that u = 2 tanh(f(o, 1) − f(mirror o, −1) + ε) stays odd only while f
+# ignores c. f's weights from c start at zero (phase 2 starts from the odd policy phase 1 learned), and BPTT
+# may break the tie where that pays (at rest hanging straight down the odd policy's torque is 2 tanh ε = 0.02).
+def tie_breaking_input():
+    plain_make_policy = pb.make_policy
+
+    def make_policy(rng, hidden=64):
+        net = plain_make_policy(rng, hidden)            # the same draws as the odd policy's
+        W, b = net.layers[0]
+        net.layers[0] = (ad.nn.parameter(np.vstack([W.data, np.zeros((1, W.shape[1]))])), b)
+        net.sizes = (4,) + net.sizes[1:]
+        return net
+
+    def policy_torque(net, obs, kind="odd"):
+        batch = obs.shape[0]
+        c = ad.Tensor(np.concatenate([np.ones((batch, 1)), -np.ones((batch, 1))]))
+        z = net(ad.concatenate([pb.mirror_pair(obs), c], axis=1))
+        return pb.MAX_TORQUE * ad.tanh(z[:batch] - z[batch:] + pb.TIE_BREAK)
+    return {"make_policy": make_policy, "policy_torque": policy_torque}
+
+
+class swapped:
+    """with swapped(arm): pendulum_bptt's functions replaced by the arm's "policy_swaps" (training and measuring)."""
+
+    def __init__(self, arm):
+        self.swaps = arm.get("policy_swaps", lambda: {})()
+
+    def __enter__(self):
+        self.originals = {name: getattr(pb, name) for name in self.swaps}
+        for name, replacement in self.swaps.items():
+            setattr(pb, name, replacement)
+
+    def __exit__(self, *error):
+        for name, original in self.originals.items():
+            setattr(pb, name, original)
+
+
+def load_arm_policy(name, seed):
+    """The saved net of one seed of an arm (one with "policy_swaps" rebuilt by its own make_policy)."""
+    path = seed_path(name, seed) + ".npz"
+    if "policy_swaps" not in ARMS[name]:
+        return pb.load_policy(path)[0]
+    arrays = ad.nn.load_arrays(path)
+    with swapped(ARMS[name]):
+        net = pb.make_policy(0, arrays["W1"].shape[1])
+    for key, p in net.named_parameters().items():
+        p.data = arrays[key].astype(np.float64)
+    return net
+
+
 # A learned value tail on each truncated window: the window's loss adds the critic's estimate of the cost
 # still to come (to the episode's end) from the state where the window is cut, so the gradient of a torque
 # early in a window also sees, through the critic, what its effect on the end state costs later. The
@@ -88,13 +142,37 @@ def state_features(states, steps_left):
     return np.concatenate([obs, np.full((len(states), 1), steps_left / pb.EPISODE_STEPS)], axis=1)
 
 
+# The exact tail: instead of a learned critic, the optimum's own cost-to-go −V_t from the value iteration (the
+# table the optimal controller acts on). No learned critic can be better than this, so it bounds what a value
+# tail can do: if BPTT with it still takes the extra swing, the cut is not what stops the gradient.
+@ad.primitive(name="optimum_cost_to_go")
+def optimum_cost_to_go(state, values=None, grid=GRID):
+    """−V_t(state) for a (B, 2) state, bilinear between the grid points (values: V_t, one row of
+    pendulum_bptt.value_iteration). Backward: the interpolant's slope in its cell,
+        d/dθ = n_θ/(2π) · [(1 − f_θ̇)(V10 − V00) + f_θ̇ (V11 − V01)],
+        d/dθ̇ = (n_θ̇ − 1)/16 · [(1 − f_θ)(V01 − V00) + f_θ (V11 − V10)],   (the sign flipped for the cost)."""
+    index, weight = pb.grid_neighbours(state, *grid)
+    v = values[index].astype(np.float64)                      # (4, B): V00, V01, V10, V11
+    x = (pb.angle_normalize(state[:, 0]) + np.pi) * (grid[0] / (2 * np.pi))
+    y = (state[:, 1] + pb.MAX_SPEED) * ((grid[1] - 1) / (2 * pb.MAX_SPEED))
+    fx, fy = x - np.floor(x), y - np.clip(np.floor(y), 0, grid[1] - 2)
+
+    def vjp(g):
+        d_theta = ((1 - fy) * (v[2] - v[0]) + fy * (v[3] - v[1])) * (grid[0] / (2 * np.pi))
+        d_speed = ((1 - fx) * (v[1] - v[0]) + fx * (v[3] - v[2])) * ((grid[1] - 1) / (2 * pb.MAX_SPEED))
+        return (-np.stack([d_theta, d_speed], axis=1) * g[:, None],)
+    return -(weight * v).sum(axis=0), vjp
+
+
 def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, critic_lr=1e-3, critic_batch=256,
                      critic_steps=16, memory=16, max_grad_norm=100.0, label="value tail", tail=True,
-                     first_window=None):
+                     first_window=None, exact_tail=False):
     """pendulum_bptt.train_bptt (same start stream, schedule and clipping) with the critic's tail on each
     window that ends before the episode does (after `warmup` steps, while the critic learns first).
     tail=False: no tail; first_window: the first window of each episode has this many steps ("staggered":
-    a number drawn uniformly from 1 to `window` for each batch of episodes, so the cuts fall anywhere)."""
+    a number drawn uniformly from 1 to `window` for each batch of episodes, so the cuts fall anywhere).
+    exact_tail: the optimum's cost-to-go (optimum_cost_to_go) as the tail from the first step on, no critic."""
+    values = pb.value_iteration(*GRID) if exact_tail else None
     rng, critic_rng = np.random.default_rng((seed, 2)), np.random.default_rng((seed, 5))
     critic = ad.nn.MLP((4, 64, 64, 1), critic_rng, activation="tanh", out_activation=None)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
@@ -112,7 +190,9 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
             costs.append(cost)
         per_episode = ad.stack(costs).sum(axis=0)
         total = per_episode.sum()
-        if tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
+        if exact_tail and t + steps < pb.EPISODE_STEPS:
+            total = total + optimum_cost_to_go(end, values=values[t + steps]).sum()
+        elif tail and not exact_tail and t + steps < pb.EPISODE_STEPS and done >= warmup:
             value = critic(critic_features(pb.observation(end), pb.EPISODE_STEPS - t - steps))
             total = total + VALUE_SCALE * value.sum()
         loss = ad.runs.check_finite("phase 2 loss", total / (batch * steps), f"step {done:,}")
@@ -123,7 +203,7 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
         starts.append((state, t))
         window_costs.append(per_episode.data)
         state, t, done = end.data, t + steps, done + batch * steps
-        if t >= pb.EPISODE_STEPS and not tail:
+        if t >= pb.EPISODE_STEPS and (exact_tail or not tail):
             state, t, starts, window_costs = pb.reset_states(rng, batch), 0, [], []
         elif t >= pb.EPISODE_STEPS:
             to_go = np.cumsum(np.array(window_costs)[::-1], axis=0)[::-1]     # cost from window k's start on
@@ -188,6 +268,33 @@ ARMS = {
     "phase 2 starts near the bottom": dict(DEFAULT, phase_2_swaps={"reset_states": lambda seed: bottom_heavy_starts(0.5)},
                                            note="phase 2: half of the training starts have |θ| > 2.6 (hanging "
                                                 "down), where most of the gap is"),
+    # The arms below ran on a second machine (an AMD EPYC), where the same seeds train to different policies:
+    # the training is chaotic and NumPy's sin, cos and tanh may round differently on another CPU's vector units.
+    # Each is paired with the default re-run there ("baseline"), not with the first machine's default.
+    "default re-run on a second CPU": dict(DEFAULT, note="pendulum_bptt.py's settings, trained again on the second "
+                                                         "machine: the baseline of the arms after it"),
+    "phase 2 eight times as long, re-run on a second CPU": dict(
+        with_phase_2(sim_steps=32_000_000), baseline="default re-run on a second CPU",
+        note="phase 2: 32,000,000 steps, trained again on the second machine (for the near-bottom measurement)"),
+    "phase 2 with the optimum's cost-to-go at each cut": dict(
+        DEFAULT, variant=dict(exact_tail=True), baseline="default re-run on a second CPU",
+        note="phase 2 adds, at each window's cut, the optimum's own cost from there to the episode's end "
+             "(−V_t of the value iteration, bilinear, differentiated through): a perfect value tail"),
+    "an input that breaks the tie": dict(
+        DEFAULT, policy_swaps=tie_breaking_input, baseline="default re-run on a second CPU",
+        note="phase 2: f gets a fourth input, 1 for the observation and −1 for its mirror image, its weights "
+             "starting at zero, so that BPTT can make the policy other than odd (at rest hanging down, the odd "
+             "policy's torque is 2 tanh 0.01)"),
+    "phase 2 eight times as long, with the optimum's cost-to-go at each cut": dict(
+        with_phase_2(sim_steps=32_000_000), variant=dict(exact_tail=True),
+        baseline="phase 2 eight times as long, re-run on a second CPU",
+        note="phase 2: 32,000,000 steps, with the optimum's own cost-to-go added at each window's cut"),
+    "three phase 1 restarts, the best on training starts kept": dict(
+        with_phase_2(sim_steps=pb.SETTINGS["long_sim_steps"] - 2 * pb.SETTINGS["sim_steps"]), restarts=3,
+        baseline="default re-run on a second CPU",
+        note="phase 1 three times from different initialisations (the default's first), the one with the lowest "
+             "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
+             "(3,360,000 steps), so the budget is the default's"),
 }
 
 
@@ -204,8 +311,51 @@ def optimum_returns():
     return np.load(path)
 
 
+def twin_episode_cost(net, starts):
+    """Mean summed cost of whole 200-step episodes on the twin from `starts` (B, 2): the training objective
+    without its cuts, which is minus Gymnasium's return."""
+    state, total = starts.copy(), np.zeros(len(starts))
+    for _ in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1)
+        state, cost = pb.step_numpy(state, pb.act(net, obs))
+        total += cost
+    return float(total.mean())
+
+
+def train_with_restarts(seed, arm):
+    """Phase 1 from `restarts` initialisations (the default's own first), the one whose whole episodes cost
+    least on the twin from 1,000 training starts (a stream of their own, never a development start) kept,
+    then phase 2 from it as in train_two_phases. Returns the net, with the choice in net.study_info."""
+    starts = pb.reset_states(np.random.default_rng((seed, 6)), 1000)
+    candidates = []
+    for k in range(arm["restarts"]):
+        net, _, info = pb.train_bptt(seed if k == 0 else (seed, 10 + k), hidden=arm["hidden"],
+                                     label=f"seed {seed} phase 1, restart {k}", **arm["phase_1"])
+        candidates.append((twin_episode_cost(net, starts), k, net, info))
+    costs = [round(c[0], 3) for c in candidates]
+    _, chosen, net, info = min(candidates, key=lambda c: c[0])
+    print(f"seed {seed}: phase 1 restarts' twin costs on training starts {costs}, restart {chosen} kept", flush=True)
+    net = pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
+                        **arm["phase_2"])[0]
+    net.study_info = {"phase_1_restart_twin_costs": costs, "restart_kept": chosen}
+    return net
+
+
 def train_arm(arm, seed):
     """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
+    if "restarts" in arm:
+        return train_with_restarts(seed, arm)
+    if "policy_swaps" in arm:
+        # phase 1 with the odd policy (a policy free to be other than odd learns first to push one way, section
+        # 3 of pendulum_bptt.py), then the swapped policy's net, the same function at first, for phase 2
+        net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **arm["phase_1"])
+        with swapped(arm):
+            extended = pb.make_policy(0, arm["hidden"])
+            for (W, b), (W_odd, b_odd) in zip(extended.layers, net.layers):
+                W.data[:W_odd.shape[0]], b.data[:] = W_odd.data, b_odd.data
+                W.data[W_odd.shape[0]:] = 0.0
+            return pb.train_bptt((seed, 2), net=extended, steps_before=info["sim_steps"],
+                                 label=f"seed {seed} phase 2", **arm["phase_2"])[0]
     if "then" in arm:
         net, _ = pb.load_policy(seed_path("default", seed) + ".npz")
         return pb.train_bptt((seed, 3), net=net, label=f"seed {seed} phase 3", **arm["then"])[0]
@@ -240,11 +390,13 @@ def run_arm(name, seeds=TRAINING_SEEDS):
             continue
         t0, cpu0 = time.perf_counter(), time.process_time()
         net = train_arm(arm, seed)
-        returns = development_returns(lambda obs: pb.act(net, obs))
+        with swapped(arm):
+            returns = development_returns(lambda obs: pb.act(net, obs))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pb.save_policy(path + ".npz", net, "odd", seed=seed)
         gap = ad.runs.paired_difference(optimum, returns)
-        ad.runs.write_json(path + ".json", {"seed": seed, "returns": returns.tolist(), "gap_to_optimum": gap,
+        ad.runs.write_json(path + ".json", {"seed": seed, **getattr(net, "study_info", {}),
+                                            "returns": returns.tolist(), "gap_to_optimum": gap,
                                             "train_seconds": round(time.perf_counter() - t0, 1),
                                             "cpu_seconds": round(time.process_time() - cpu0, 1)})
         print(f"{name}, seed {seed}: {returns.mean():.2f}, gap to the optimum {gap['mean']:.2f} ± {gap['se']:.2f} "
@@ -268,13 +420,33 @@ def arm_summary(name, optimum):
            "starts_more_than_10_below_per_seed": [int(np.sum(optimum - r > 10)) for r in returns],
            "their_share_of_the_gap_per_seed": [round(float(np.sum((g := optimum - r)[g > 10]) / g.sum()), 3)
                                                for r in returns],
+           # each band of start angles' part of the gap (the band's summed gap / 1000: the parts add up to the gap)
+           "gap_from_start_angles_per_seed": {f"|θ| in [{lo}, {hi})": [round(float(np.sum((optimum - r)[inside])) / len(r), 3)
+                                                                     for r in returns]
+                                              for lo, hi in ANGLE_BANDS
+                                              for inside in [(start_angles() >= lo) & (start_angles() < hi)]},
            "cpu_seconds_per_seed": [r["cpu_seconds"] for r in rows]}
-    if name != "default":
-        default = arm_summary("default", optimum)
-        if default and default["seeds"] == out["seeds"]:
-            base = np.array([r["returns"] for r in map(read_seed("default"), out["seeds"])]).mean(axis=0)
+    for key in ("restart_kept", "phase_1_restart_twin_costs"):          # train_with_restarts' choice
+        if all(key in r for r in rows):
+            out[f"{key}_per_seed"] = [r[key] for r in rows]
+    baseline = ARMS[name].get("baseline", "default")
+    if name not in ("default", "default re-run on a second CPU") and baseline != name:
+        default = arm_summary(baseline, optimum)
+        if default and set(out["seeds"]) <= set(default["seeds"]):     # paired on the seeds both have
+            base = np.array([r["returns"] for r in map(read_seed(baseline), out["seeds"])]).mean(axis=0)
             out["return_gain_over_default"] = ad.runs.paired_difference(returns.mean(axis=0), base)
+            if baseline != "default":
+                out["paired_with"] = baseline
     return out
+
+
+ANGLE_BANDS = ((0, 1), (1, 2), (2, 2.6), (2.6, 3.0), (3.0, 3.2))
+
+
+@functools.lru_cache(maxsize=1)
+def start_angles():
+    """|θ| of the development starts (wrapped), the diagnosis's grouping."""
+    return np.abs(pb.angle_normalize(ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)[:, 0]))
 
 
 def read_seed(name):
@@ -365,10 +537,197 @@ def greedy_torque(values, state, t):
     return pb.GREEDY_TORQUES[q.reshape(len(state), -1).argmax(axis=1)]
 
 
+def recorded_episodes(policy, seeds):
+    """Gymnasium episodes from `seeds` in lockstep, recording what the policy saw and did at every step:
+    (returns (B,), θ wrapped (B, 201), θ̇ before each step (B, 200), torques (B, 200))."""
+    observations, torques = [], []
+
+    def recording(obs):
+        observations.append(np.array(obs))
+        torques.append(np.asarray(policy(obs), dtype=np.float64).reshape(-1))
+        return torques[-1]
+    returns, angles = pb.run_gymnasium(recording, seeds=seeds)
+    return returns, angles, np.array([o[:, 2] for o in observations]).T, np.array(torques).T
+
+
+def swing_features(angles, speeds, torques, push=1.0, excursion=0.5, upright=0.3):
+    """Per episode, what its swing-up looks like from the start on:
+    first_push_step, first_push_sign: the first step whose torque reaches |u| >= `push`, and its sign;
+    first_side: sign of sin θ at the first step the pendulum is `excursion` rad or more from hanging straight
+        down (which way it swings first; θ measured counter-clockwise from upright);
+    first_upright: the first step with |θ| < `upright`; upright_for_good: the first after which it stays;
+    swings_before_upright: how often θ̇ changed sign before first_upright (each change is one turn of a pump);
+    first_turn_step, energy_at_first_turn: where the first swing turns back (first_turn), and the energy there;
+    first_reversal_step: the first step after the first push whose torque has the other sign;
+    first_swing_push_end_step: the first step, from the first excursion on, whose torque opposes the swing's speed
+        there, and mean_abs_torque_4_steps_before_push_end (whether the push eases off before it ends);
+    peak_energy_steps_0_49: the highest energy in the first 50 steps (the first window of phase 2);
+    weak_steps_0_4: steps 0-4 with |u| < `push`; torque_signs: the sign of the torque at steps 0-9."""
+    n = len(angles)
+    strong = np.abs(torques) >= push
+    push_step = np.where(strong.any(axis=1), np.argmax(strong, axis=1), -1)
+    push_sign = np.where(push_step >= 0, np.sign(torques[np.arange(n), np.maximum(push_step, 0)]), 0)
+    away = np.pi - np.abs(angles) >= excursion
+    side_step = np.argmax(away, axis=1)
+    side = np.where(away.any(axis=1), np.sign(np.sin(angles[np.arange(n), side_step])), 0)
+    near_top = np.abs(angles) < upright
+    first_up = np.where(near_top.any(axis=1), np.argmax(near_top, axis=1), angles.shape[1])
+    turns = np.array([int(np.sum(np.diff(np.sign(speeds[i, :first_up[i]])) != 0)) for i in range(n)])
+    against = (np.sign(torques) == -push_sign[:, None]) & (np.arange(torques.shape[1]) > push_step[:, None])
+    reversal = np.where(against.any(axis=1), np.argmax(against, axis=1), -1)
+    # the pendulum's energy E = θ̇²/2 + 15 cos θ (15 upright at rest, −15 hanging at rest); dE/dt = 3 u θ̇, so
+    # only the torque changes it, and a swing that peaks below E = 15 cannot reach the top
+    energy = speeds ** 2 / 2 + pb.GRAVITY_TERM * np.cos(angles[:, :-1])
+    turn = first_turn(angles, speeds)
+    # the end of the first swing's push: the first step, from the excursion on, whose torque opposes the speed
+    # the swing had then (a pump holds ±2 with the motion until the swing turns)
+    opposes = (np.sign(torques) == -np.sign(speeds[np.arange(n), side_step])[:, None]) & \
+        (np.arange(torques.shape[1]) >= side_step[:, None])
+    push_end = np.argmax(opposes, axis=1)
+    before_end = [np.abs(torques[i, max(push_end[i] - 4, 0):push_end[i]]).mean() if push_end[i] else 0.0 for i in range(n)]
+    return {"first_swing_push_end_step": push_end, "mean_abs_torque_4_steps_before_push_end": np.array(before_end),
+            "first_push_step": push_step, "first_push_sign": push_sign, "first_side": side,
+            "first_turn_step": turn, "energy_at_first_turn": energy[np.arange(n), turn],
+            "first_reversal_step": reversal, "peak_energy_steps_0_49": energy[:, :50].max(axis=1),
+            "weak_steps_0_4": np.sum(np.abs(torques[:, :5]) < push, axis=1),
+            "first_side_step": np.where(away.any(axis=1), side_step, -1), "first_upright": first_up,
+            "upright_for_good": upright_for_good(angles), "swings_before_upright": turns,
+            "torque_signs": np.sign(torques[:, :10]).astype(int)}
+
+
+def first_turn(angles, speeds, excursion=0.5):
+    """The step at which the first swing turns back: the first step, after the pendulum is `excursion` rad from
+    hanging down, whose speed has the other sign."""
+    turns = []
+    for theta, speed in zip(angles, speeds):
+        away = np.flatnonzero(np.pi - np.abs(theta[:-1]) >= excursion)[0]
+        turns.append(away + np.argmax(np.sign(speed[away:]) != np.sign(speed[away])))
+    return np.array(turns)
+
+
+def costs_with_prefix(policy, starts, prefix, prefix_steps):
+    """Per-step costs (B, 200) on the twin when each episode plays `prefix` (B, 200) torques for its first
+    `prefix_steps` (B,) steps and the policy from then on (float32 observations, as Gymnasium gives them)."""
+    state, costs = starts.copy(), np.zeros((len(starts), pb.EPISODE_STEPS))
+    for t in range(pb.EPISODE_STEPS):
+        obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1).astype(np.float32)
+        torque = np.where(t < prefix_steps, prefix[:, t], policy(obs.astype(np.float64)))
+        state, costs[:, t] = pb.step_numpy(state, torque)
+    return costs
+
+
+def first_swing_swap(policy, starts, optimum_played, gap, cut=50):
+    """What the optimum's first swing is worth to the policy, and how much of it a first window of `cut` steps
+    sees: the optimum's torques up to its first turn (and one step past it), then the policy, against the
+    policy throughout, on the twin, from the same starts."""
+    _, angles, speeds, torques = optimum_played
+    prefix_steps = first_turn(angles, speeds) + 1
+    own = costs_with_prefix(policy, starts, torques, np.zeros(len(starts), dtype=int))
+    swapped = costs_with_prefix(policy, starts, torques, prefix_steps)
+    big = gap > 10
+    report = {"prefix_steps_mean": round(float(prefix_steps[big].mean()), 2)}
+    for name, steps in (("first_window", slice(0, cut)), ("after_the_cut", slice(cut, None)),
+                        ("whole_episode", slice(None))):
+        saved = own[:, steps].sum(axis=1) - swapped[:, steps].sum(axis=1)
+        report[name] = {"cost_saved_mean": round(float(saved[big].mean()), 2),
+                        "starts_where_it_saves": int(np.sum(saved[big] > 0)), "starts": int(big.sum())}
+    return report
+
+
+def optimum_gap(played):
+    return played["optimum"][0] - played["policy"][0]
+
+
+def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
+    """The near-bottom starts (|θ| in `band`) of the development set: the policy's swing-up against the optimum's,
+    start by start (first push, first swing's side, first upright, turns of the pump, torque signs in steps 0-9)."""
+    values = pb.value_iteration(*GRID)
+    starts = ad.runs.reset_states("Pendulum-v1", DEVELOPMENT_SEEDS)
+    inside = (np.abs(starts[:, 0]) >= band[0]) & (np.abs(starts[:, 0]) < band[1])
+    seeds = DEVELOPMENT_SEEDS[inside]
+    net, kind = load_arm_policy(name, seed), "odd"
+    with swapped(ARMS[name]):
+        played = {"policy": recorded_episodes(lambda obs: pb.act(net, obs, kind), seeds),
+                  "optimum": recorded_episodes(pb.optimal_controller(values, *GRID), seeds)}
+        swap = first_swing_swap(lambda obs: pb.act(net, obs, kind), starts[inside], played["optimum"], optimum_gap(played))
+    features = {who: swing_features(*p[1:]) for who, p in played.items()}
+    gap = optimum_gap(played)
+    f, o = features["policy"], features["optimum"]
+    same_side = f["first_side"] == o["first_side"]
+    rows = [{"reset_seed": int(s), "theta": round(float(starts[s, 0]), 4), "speed": round(float(starts[s, 1]), 4),
+             "gap": round(float(gap[i]), 2),
+             **{f"{who}_{key}": (features[who][key][i].tolist() if key == "torque_signs" else
+                                 round(float(features[who][key][i]), 2) if key.startswith(("peak", "energy", "mean")) else
+                                 int(features[who][key][i])) for who in features for key in features[who]}}
+            for i, s in enumerate(seeds)]
+    big = gap > 10
+
+    def mean(values, where=slice(None)):
+        values = np.asarray(values, dtype=float)[where]
+        return round(float(values.mean()), 2) if values.size else None
+
+    def compare(where):
+        return {"starts": int(np.sum(np.ones(len(gap), bool)[where])), "mean_gap": mean(gap, where),
+                "first_side_same_as_optimum": int(np.sum(same_side[where])),
+                "first_push_step_policy": mean(f["first_push_step"], where),
+                "first_push_step_optimum": mean(o["first_push_step"], where),
+                "first_side_step_policy": mean(f["first_side_step"], where),
+                "first_side_step_optimum": mean(o["first_side_step"], where),
+                "first_upright_policy": mean(f["first_upright"], where),
+                "first_upright_optimum": mean(o["first_upright"], where),
+                "upright_for_good_policy": mean(f["upright_for_good"], where),
+                "upright_for_good_optimum": mean(o["upright_for_good"], where),
+                "turns_before_upright_policy": mean(f["swings_before_upright"], where),
+                "turns_before_upright_optimum": mean(o["swings_before_upright"], where),
+                "first_reversal_step_policy": mean(f["first_reversal_step"], where),
+                "first_reversal_step_optimum": mean(o["first_reversal_step"], where),
+                "first_reversal_earlier_than_optimum": int(np.sum((f["first_reversal_step"] < o["first_reversal_step"])[where])),
+                "first_swing_push_end_step_policy": mean(f["first_swing_push_end_step"], where),
+                "first_swing_push_end_step_optimum": mean(o["first_swing_push_end_step"], where),
+                "first_swing_push_ends_earlier_than_optimum": int(np.sum((f["first_swing_push_end_step"] <
+                                                                          o["first_swing_push_end_step"])[where])),
+                "mean_abs_torque_4_steps_before_push_end_policy": mean(f["mean_abs_torque_4_steps_before_push_end"], where),
+                "mean_abs_torque_4_steps_before_push_end_optimum": mean(o["mean_abs_torque_4_steps_before_push_end"], where),
+                "first_turn_step_policy": mean(f["first_turn_step"], where),
+                "first_turn_step_optimum": mean(o["first_turn_step"], where),
+                "first_turn_earlier_than_optimum": int(np.sum((f["first_turn_step"] < o["first_turn_step"])[where])),
+                "energy_at_first_turn_policy": mean(f["energy_at_first_turn"], where),
+                "energy_at_first_turn_optimum": mean(o["energy_at_first_turn"], where),
+                "peak_energy_steps_0_49_policy": mean(f["peak_energy_steps_0_49"], where),
+                "peak_energy_steps_0_49_optimum": mean(o["peak_energy_steps_0_49"], where),
+                "peak_energy_steps_0_49_below_14_policy": int(np.sum((f["peak_energy_steps_0_49"] < 14)[where])),
+                "peak_energy_steps_0_49_below_14_optimum": int(np.sum((o["peak_energy_steps_0_49"] < 14)[where])),
+                "weak_torque_steps_0_4_policy": mean(f["weak_steps_0_4"], where),
+                "weak_torque_steps_0_4_optimum": mean(o["weak_steps_0_4"], where),
+                "torque_sign_agreement_steps_0_9": mean(f["torque_signs"] == o["torque_signs"], where),
+                "mean_abs_torque_steps_0_9_policy": mean(np.abs(played["policy"][3][:, :10]).mean(axis=1), where),
+                "mean_abs_torque_steps_0_9_optimum": mean(np.abs(played["optimum"][3][:, :10]).mean(axis=1), where)}
+    report = {"policy": f"{name}, seed {seed}", "band_abs_theta": list(band),
+              "all": compare(slice(None)), "gap_more_than_10": compare(big), "gap_at_most_10": compare(~big),
+              "gap_more_than_10_first_side_differs": compare(big & ~same_side),
+              "gap_more_than_10_first_side_same": compare(big & same_side),
+              "optimum_first_swing_then_policy_gap_more_than_10": swap,
+              "per_start": rows}
+    print(json.dumps({k: v for k, v in report.items() if k != "per_start"}, indent=1))
+    ad.runs.write_json(os.path.join(OUT, f"near_bottom_{name.replace(' ', '_')}_seed_{seed}.json"), report)
+    return report
+
+
 def script_sha1():
     import hashlib
     with open(os.path.join(ROOT, "pendulum_bptt.py"), "rb") as f:
         return hashlib.sha1(f.read()).hexdigest()
+
+
+def earlier_arm(earlier, name):
+    """An arm kept from the results file already there, with the commit of the summary that found it (an arm the
+    earlier file itself kept was found by the summary its earlier_summary_provenance names)."""
+    arm = earlier["arms"][name]
+    if "summarised_at_commit" not in arm:
+        origin = (earlier.get("earlier_summary_provenance") if name in earlier.get("arms_kept_from_an_earlier_summary", [])
+                  else earlier.get("provenance")) or {}
+        arm = dict(arm, summarised_at_commit=origin.get("commit"))
+    return arm
 
 
 def summarise():
@@ -379,16 +738,28 @@ def summarise():
     if os.path.exists(RESULTS):
         with open(RESULTS) as f:
             earlier = json.load(f)
-    found = {name: s for name in ARMS if (s := arm_summary(name, optimum))}
+    provenance = ad.runs.provenance()
+    found = {name: dict(s, summarised_at_commit=provenance["commit"])
+             for name in ARMS if (s := arm_summary(name, optimum))}
     kept = [name for name in earlier.get("arms", {}) if name not in found]
-    arms = {name: found.get(name) or earlier["arms"][name] for name in ARMS if name in found or name in kept}
+    arms = {name: found.get(name) or earlier_arm(earlier, name) for name in ARMS if name in found or name in kept}
     results = {"development_starts": "Gymnasium reset seeds 0-999", "training_seeds": list(TRAINING_SEEDS),
                "optimum": {"grid": list(GRID), "mean_return": float(optimum.mean())}, "arms": arms,
                "command": "python docs/pendulum_bptt_study.py --arm NAME (each arm), --diagnose, then --summarise",
-               "pendulum_bptt_py_sha1": script_sha1(), "provenance": ad.runs.provenance()}
+               "pendulum_bptt_py_sha1": script_sha1(), "provenance": provenance}
     if kept:
         results["arms_kept_from_an_earlier_summary"] = kept
         results["earlier_summary_provenance"] = earlier.get("earlier_summary_provenance", earlier.get("provenance"))
+    near = {}
+    for name in ARMS:
+        for seed in TRAINING_SEEDS:
+            path = os.path.join(OUT, f"near_bottom_{name.replace(' ', '_')}_seed_{seed}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    near[f"{name}, seed {seed}"] = {k: v for k, v in json.load(f).items() if k != "per_start"}
+    near = near or earlier.get("near_bottom_starts", {})
+    if near:
+        results["near_bottom_starts"] = near
     if os.path.exists(os.path.join(OUT, "diagnosis.json")):
         with open(os.path.join(OUT, "diagnosis.json")) as f:
             results["diagnosis_default_seed_0"] = json.load(f)
@@ -398,7 +769,8 @@ def summarise():
     for name, s in arms.items():
         g = s["gap_seed_averaged"]
         gain = s.get("return_gain_over_default")
-        extra = f", return gain over the default {gain['mean']:+.2f} ± {gain['se']:.2f} (paired)" if gain else ""
+        extra = (f", return gain over {s.get('paired_with', 'the default')} {gain['mean']:+.2f} ± {gain['se']:.2f} "
+                 f"(paired)") if gain else ""
         print(f"{name}: gap per seed {s['gap_per_seed']}, seed-averaged {g['mean']:.2f} ± {g['se']:.2f}{extra}")
 
 
@@ -408,12 +780,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", choices=TRAINING_SEEDS, default=TRAINING_SEEDS,
                         help="train only these seeds of the arm (a long arm in parts)")
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--near-bottom", metavar="ARM", choices=list(ARMS), default=None,
+                        help="the near-bottom starts' swing-ups: this arm's policy (--seeds' first) against the optimum")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     if args.arm:
         run_arm(args.arm, args.seeds)
     if args.diagnose:
         diagnose()
+    if args.near_bottom:
+        near_bottom(args.near_bottom, args.seeds[0])
     if args.summarise:
         summarise()
 
