@@ -1,26 +1,13 @@
 """The pendulum study's own op (docs/pendulum_bptt_study.py): the optimum's cost-to-go, bilinear on the value
 iteration's grid, as a differentiable tail. Its hand-written VJP is checked against finite differences."""
 
-import importlib.util
-import os
-
 import numpy as np
 
 import autodiff as ad
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("pendulum_bptt_study",
-                                                  os.path.join(ROOT, "docs", "pendulum_bptt_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_optimum_cost_to_go_matches_finite_differences():
-    study = load_study()
+def test_optimum_cost_to_go_matches_finite_differences(docs_study):
+    study = docs_study("pendulum_bptt_study")
     grid = (31, 25)
     rng = np.random.default_rng(0)
     values = rng.normal(size=grid[0] * grid[1]) * 50.0      # any table: the op only interpolates it
@@ -29,9 +16,9 @@ def test_optimum_cost_to_go_matches_finite_differences():
                         rtol=1e-5)
 
 
-def test_optimum_cost_to_go_is_minus_the_table_at_grid_points():
+def test_optimum_cost_to_go_is_minus_the_table_at_grid_points(docs_study):
     """At grid point (i, j), angle 2 pi i / n_theta - pi and speed -8 + 16 j / (n_speed - 1), the cost is -V[i, j]."""
-    study = load_study()
+    study = docs_study("pendulum_bptt_study")
     grid = (31, 25)
     values = np.random.default_rng(1).normal(size=grid[0] * grid[1])
     i, j = np.array([3, 17, 30]), np.array([0, 12, 23])

@@ -2,27 +2,15 @@
 the script's settings: the same parameters, bit for bit, after a few steps from the same streams."""
 
 import argparse
-import importlib.util
-import os
 
 import numpy as np
 
 import autodiff as ad
 import trebuchet as T
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("trebuchet_tuning_study",
-                                                  os.path.join(ROOT, "docs", "trebuchet_tuning_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_study_trains_exactly_as_the_script():
-    study = load_study()
+def test_the_study_trains_exactly_as_the_script(docs_study):
+    study = docs_study("trebuchet_tuning_study")
     curve = T.ReachCurve(-16.0, 16.0, n=17, n_iter=15)
     steps, batch, lr, beta2 = 12, 32, 4e-2, 0.99
     nets = []
