@@ -667,38 +667,25 @@ def near_bottom(name="default", seed=0, band=(3.0, 3.2)):
         return round(float(values.mean()), 2) if values.size else None
 
     def compare(where):
+        def both(key, feature=None):      # the policy's mean and the optimum's, side by side
+            feature = feature or key
+            return {f"{key}_policy": mean(f[feature], where), f"{key}_optimum": mean(o[feature], where)}
+
+        def earlier(feature):             # on how many starts the policy's event comes before the optimum's
+            return int(np.sum((f[feature] < o[feature])[where]))
         return {"starts": int(np.sum(np.ones(len(gap), bool)[where])), "mean_gap": mean(gap, where),
                 "first_side_same_as_optimum": int(np.sum(same_side[where])),
-                "first_push_step_policy": mean(f["first_push_step"], where),
-                "first_push_step_optimum": mean(o["first_push_step"], where),
-                "first_side_step_policy": mean(f["first_side_step"], where),
-                "first_side_step_optimum": mean(o["first_side_step"], where),
-                "first_upright_policy": mean(f["first_upright"], where),
-                "first_upright_optimum": mean(o["first_upright"], where),
-                "upright_for_good_policy": mean(f["upright_for_good"], where),
-                "upright_for_good_optimum": mean(o["upright_for_good"], where),
-                "turns_before_upright_policy": mean(f["swings_before_upright"], where),
-                "turns_before_upright_optimum": mean(o["swings_before_upright"], where),
-                "first_reversal_step_policy": mean(f["first_reversal_step"], where),
-                "first_reversal_step_optimum": mean(o["first_reversal_step"], where),
-                "first_reversal_earlier_than_optimum": int(np.sum((f["first_reversal_step"] < o["first_reversal_step"])[where])),
-                "first_swing_push_end_step_policy": mean(f["first_swing_push_end_step"], where),
-                "first_swing_push_end_step_optimum": mean(o["first_swing_push_end_step"], where),
-                "first_swing_push_ends_earlier_than_optimum": int(np.sum((f["first_swing_push_end_step"] <
-                                                                          o["first_swing_push_end_step"])[where])),
-                "mean_abs_torque_4_steps_before_push_end_policy": mean(f["mean_abs_torque_4_steps_before_push_end"], where),
-                "mean_abs_torque_4_steps_before_push_end_optimum": mean(o["mean_abs_torque_4_steps_before_push_end"], where),
-                "first_turn_step_policy": mean(f["first_turn_step"], where),
-                "first_turn_step_optimum": mean(o["first_turn_step"], where),
-                "first_turn_earlier_than_optimum": int(np.sum((f["first_turn_step"] < o["first_turn_step"])[where])),
-                "energy_at_first_turn_policy": mean(f["energy_at_first_turn"], where),
-                "energy_at_first_turn_optimum": mean(o["energy_at_first_turn"], where),
-                "peak_energy_steps_0_49_policy": mean(f["peak_energy_steps_0_49"], where),
-                "peak_energy_steps_0_49_optimum": mean(o["peak_energy_steps_0_49"], where),
+                **both("first_push_step"), **both("first_side_step"), **both("first_upright"),
+                **both("upright_for_good"), **both("turns_before_upright", "swings_before_upright"),
+                **both("first_reversal_step"), "first_reversal_earlier_than_optimum": earlier("first_reversal_step"),
+                **both("first_swing_push_end_step"),
+                "first_swing_push_ends_earlier_than_optimum": earlier("first_swing_push_end_step"),
+                **both("mean_abs_torque_4_steps_before_push_end"),
+                **both("first_turn_step"), "first_turn_earlier_than_optimum": earlier("first_turn_step"),
+                **both("energy_at_first_turn"), **both("peak_energy_steps_0_49"),
                 "peak_energy_steps_0_49_below_14_policy": int(np.sum((f["peak_energy_steps_0_49"] < 14)[where])),
                 "peak_energy_steps_0_49_below_14_optimum": int(np.sum((o["peak_energy_steps_0_49"] < 14)[where])),
-                "weak_torque_steps_0_4_policy": mean(f["weak_steps_0_4"], where),
-                "weak_torque_steps_0_4_optimum": mean(o["weak_steps_0_4"], where),
+                **both("weak_torque_steps_0_4", "weak_steps_0_4"),
                 "torque_sign_agreement_steps_0_9": mean(f["torque_signs"] == o["torque_signs"], where),
                 "mean_abs_torque_steps_0_9_policy": mean(np.abs(played["policy"][3][:, :10]).mean(axis=1), where),
                 "mean_abs_torque_steps_0_9_optimum": mean(np.abs(played["optimum"][3][:, :10]).mean(axis=1), where)}
