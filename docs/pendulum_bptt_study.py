@@ -9,6 +9,7 @@ each paired with the value-iteration controller's return on the same start (301 
     python docs/pendulum_bptt_study.py --diagnose        # where the default's gap sits (per start, per step)
     python docs/pendulum_bptt_study.py --near-bottom ARM --seeds 0   # its near-bottom starts' swing-ups against
                                                          # the optimum's (first push, side, turn, energy, splice)
+    python docs/pendulum_bptt_study.py --adjoint-norms   # how large the state's gradient gets (50, 100 steps)
     python docs/pendulum_bptt_study.py --summarise       # every finished arm -> docs/results/pendulum_bptt_study.json
 
 Arms are kept in runs/pendulum_bptt_study/ as they finish (rerunning an arm reuses what is there).
@@ -222,6 +223,63 @@ def train_value_tail(seed, net, sim_steps, batch, window, lr, warmup=400_000, cr
     return net
 
 
+# Longer windows with a bounded backward signal. Windows longer than 50 see past the swing-up's cut but break it:
+# near the top's separatrix the state's gradient (the adjoint) grows without bound, so a few trajectories' far-off
+# costs decide the update. Bounding each trajectory's adjoint at every step keeps the long window's reach and
+# removes those spikes (a biased gradient, like a clipped one, but one that still sees past step 50).
+@ad.primitive(name="bounded_adjoint")
+def bounded_adjoint(state, limit=1.0):
+    """Identity forward; backward: each row of the incoming gradient g (B, 2) scaled down to norm <= limit,
+        g_b <- g_b · min(1, limit / |g_b|)."""
+    def vjp(g):
+        norm = np.sqrt((g * g).sum(axis=1, keepdims=True))
+        return (g * np.minimum(1.0, limit / np.maximum(norm, 1e-300)),)
+    return state.copy(), vjp
+
+
+def adjoint_norms(name="default re-run on a second CPU", seed=0, batch=256, windows=(50, 100)):
+    """How large the state's gradient gets: for `name`'s policy, windows from Gymnasium-drawn training starts (a
+    stream of their own), each trajectory's state-gradient norm at every step, per step of cost (x B · window)."""
+    net, _ = pb.load_policy(seed_path(name, seed) + ".npz")
+    report = {"policy": f"{name}, seed {seed}", "batch": batch}
+    for window in windows:
+        seen = {}
+
+        @ad.primitive(name="record_adjoint")
+        def record(state, k=0):
+            def vjp(g):
+                seen[k] = np.sqrt((g * g).sum(axis=1)) * (batch * window)
+                return (g,)
+            return state.copy(), vjp
+        state = ad.Tensor(pb.reset_states(np.random.default_rng((seed, 7)), batch), requires_grad=True)   # to reach step 0
+        costs = []
+        for k in range(window):
+            state = record(state, k=k)
+            state, cost = pb.step_fused(state, pb.policy_torque(net, pb.observation(state)))
+            costs.append(cost)
+        (ad.stack(costs).sum() / (batch * window)).backward()
+        every = np.concatenate([seen[k] for k in range(window)])
+        report[f"windows of {window}"] = {
+            "first step, percentiles 50/90/99/100": np.round(np.percentile(seen[0], [50, 90, 99, 100]), 2).tolist(),
+            "every step, percentiles 50/90/99/100": np.round(np.percentile(every, [50, 90, 99, 100]), 2).tolist()}
+    ad.runs.write_json(os.path.join(OUT, "adjoint_norms.json"), report)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+def window_loss_bounded(limit):
+    """pendulum_bptt.window_loss with bounded_adjoint on the state at every step; `limit` is per trajectory and per
+    step of cost, so the bound on the loss's own scale is limit / (B · window)."""
+    def window_loss(net, state, window, kind="odd"):
+        bound, costs = limit / (state.shape[0] * window), []
+        for _ in range(window):
+            state = bounded_adjoint(state, limit=bound)
+            state, cost = pb.step_fused(state, pb.policy_torque(net, pb.observation(state), kind))
+            costs.append(cost)
+        return ad.stack(costs).sum() / (state.shape[0] * window), state
+    return window_loss
+
+
 # Each arm changes one thing. "then" continues the default's trained policy with one more phase.
 ARMS = {
     "default": dict(DEFAULT, note="pendulum_bptt.py's settings (phase 1: 320,000 steps, windows 25, batch 8, "
@@ -296,6 +354,13 @@ ARMS = {
              "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
              "(3,360,000 steps), so the budget is the default's"),
 }
+for _window, _limit in ((100, 100.0), (100, 30.0), (100, 10.0), (50, 30.0)):
+    ARMS[f"phase 2 windows of {_window}, adjoint bounded at {_limit:g}"] = dict(
+        with_phase_2(window=_window), phase_2_swaps={"window_loss": lambda seed, limit=_limit: window_loss_bounded(limit)},
+        baseline="default re-run on a second CPU",
+        note=f"phase 2: {_window}-step windows, each trajectory's state gradient bounded at every step to norm "
+             f"{_limit:g} per step of cost (bounded_adjoint): the window sees past the swing-up's cut, the "
+             "separatrix's spikes cut off")
 
 
 def development_returns(policy):
@@ -747,6 +812,11 @@ def summarise():
     near = near or earlier.get("near_bottom_starts", {})
     if near:
         results["near_bottom_starts"] = near
+    if os.path.exists(os.path.join(OUT, "adjoint_norms.json")):
+        with open(os.path.join(OUT, "adjoint_norms.json")) as f:
+            results["adjoint_norms"] = json.load(f)
+    elif "adjoint_norms" in earlier:
+        results["adjoint_norms"] = earlier["adjoint_norms"]
     if os.path.exists(os.path.join(OUT, "diagnosis.json")):
         with open(os.path.join(OUT, "diagnosis.json")) as f:
             results["diagnosis_default_seed_0"] = json.load(f)
@@ -769,6 +839,8 @@ def main():
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument("--near-bottom", metavar="ARM", choices=list(ARMS), default=None,
                         help="the near-bottom starts' swing-ups: this arm's policy (--seeds' first) against the optimum")
+    parser.add_argument("--adjoint-norms", action="store_true",
+                        help="how large the state's gradient gets in 50- and 100-step windows (the default re-run's policy)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     if args.arm:
@@ -777,6 +849,8 @@ def main():
         diagnose()
     if args.near_bottom:
         near_bottom(args.near_bottom, args.seeds[0])
+    if args.adjoint_norms:
+        adjoint_norms()
     if args.summarise:
         summarise()
 

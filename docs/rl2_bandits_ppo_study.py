@@ -21,6 +21,11 @@ ARMS = {
     "default": {},
     "lr_1e-2": dict(lr=1e-2),                        # the same number of gradient steps, a larger step
     "minibatches_4_lr_6e-3": dict(minibatches=4, lr=6e-3),   # twice the gradient steps
+    # the exploration test's asymmetric critic (reads the trial's clock and the task's true means; training only):
+    # a value that knows the means leaves the advantage with the luck of the draws, not with which task it was
+    "critic_time+means": dict(critic_sees="time+means"),
+    "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
+    "iterations_1600": dict(iterations=1600),         # twice the training (and twice the wall time)
 }
 
 

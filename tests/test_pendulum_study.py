@@ -25,3 +25,20 @@ def test_optimum_cost_to_go_is_minus_the_table_at_grid_points(docs_study):
     states = np.column_stack([2 * np.pi * i / grid[0] - np.pi, -8.0 + 16.0 * j / (grid[1] - 1)])
     cost = study.optimum_cost_to_go(states, values=values, grid=grid).data
     assert np.allclose(cost, -values[i * grid[1] + j], atol=1e-9)
+
+
+def test_bounded_adjoint_is_the_identity_with_each_rows_gradient_capped(docs_study):
+    """bounded_adjoint is deliberately not a derivative: forward it is the identity, backward it scales each row of
+    the incoming gradient down to norm <= limit. With a limit no row reaches, its VJP is the identity's (checked
+    against finite differences); with a small one, every row's gradient has norm exactly the limit, direction kept."""
+    study = docs_study("pendulum_bptt_study")
+    rng = np.random.default_rng(2)
+    states, weights = rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) * np.geomspace(0.01, 100.0, 30)[:, None]
+    ad.assert_gradcheck(lambda s: ad.sum(study.bounded_adjoint(s, limit=1e9) * weights), [states], rtol=1e-6)
+    x = ad.Tensor(states, requires_grad=True)
+    y = study.bounded_adjoint(x, limit=0.5)
+    assert np.array_equal(y.data, states)
+    ad.sum(y * weights).backward()
+    norms, big = np.linalg.norm(x.grad, axis=1), np.linalg.norm(weights, axis=1) > 0.5
+    assert np.allclose(norms[big], 0.5) and np.allclose(x.grad[~big], weights[~big])
+    assert np.allclose(x.grad[big] / norms[big, None], weights[big] / np.linalg.norm(weights[big], axis=1)[:, None])
