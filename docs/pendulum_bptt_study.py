@@ -354,6 +354,14 @@ ARMS = {
              "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
              "(3,360,000 steps), so the budget is the default's"),
 }
+# Long windows on a smoothed objective: the cliff that breaks them is in the return as a function of the weights;
+# averaging the return over torque noise smooths it (the randomised smoothing of Suh et al. 2022)
+for _sigma in (0.3, 0.6):
+    ARMS[f"phase 2 windows of 100, torque noise {_sigma:g}"] = dict(
+        with_phase_2(window=100), phase_2_swaps={"policy_torque": lambda seed, sigma=_sigma: noisy_torque(sigma, seed)},
+        baseline="default re-run on a second CPU",
+        note=f"phase 2: 100-step windows, trained with N(0, {_sigma:g}^2) added to each torque (a smoothed objective); "
+             "evaluated without noise")
 for _window, _limit in ((100, 100.0), (100, 30.0), (100, 10.0), (50, 30.0)):
     ARMS[f"phase 2 windows of {_window}, adjoint bounded at {_limit:g}"] = dict(
         with_phase_2(window=_window), phase_2_swaps={"window_loss": lambda seed, limit=_limit: window_loss_bounded(limit)},

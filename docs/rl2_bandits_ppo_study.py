@@ -3,11 +3,15 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
 
     python docs/rl2_bandits_ppo_study.py ARM --full --cells n100_k10 --training-seeds 1 --out runs/rl2_ppo_ARM
 
-ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched). With --training-seeds 1 the arm's seed 0 is
-evaluated on the same tasks as seed 0 of the committed cell (docs/results/rl2_bandits_full_n100_k10.json): compare
-their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins (paired)".
+ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages).
+With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the committed cell
+(docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
+(paired)".
+
+    python docs/rl2_bandits_ppo_study.py --ablation      # every arm's results file -> docs/results/rl2_bandits_ppo_ablation.json
 """
 
+import json
 import os
 import sys
 
@@ -26,14 +30,69 @@ ARMS = {
     "critic_time+means": dict(critic_sees="time+means"),
     "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
     "iterations_1600": dict(iterations=1600),         # twice the training (and twice the wall time)
+    "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
 }
+# changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
+EVERY_STAGE = ("hidden",)
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# the ablation table's rows: (arm, results file in docs/results/); the first is the committed cell
+ABLATION = (("default", "rl2_bandits_full_n100_k10.json"),
+            ("lr_1e-2", "rl2_bandits_ppo_study_lr_1e-2_3seeds.json"),
+            ("minibatches_4_lr_6e-3", "rl2_bandits_ppo_study_minibatches_4_lr_6e-3.json"),
+            ("critic_time+means", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
+            ("entropy_1e-2", "rl2_bandits_ppo_study_entropy_1e-2_3seeds.json"),
+            ("hidden_256", "rl2_bandits_ppo_study_hidden_256.json"))
+
+
+def ablation():
+    """One row per arm whose results file is in docs/results/: RL2 - Gittins and RL2 - Greedy (paired on tasks,
+    then mean +- SE across training seeds) and the change from the committed cell. The arms were trained on more
+    than one CPU, where the same seed trains to a different agent, so the change is the difference of the seed
+    means with SE sqrt(se_a^2 + se_b^2) (unpaired), not a difference paired by training seed."""
+    rows, base = {}, None
+    for arm, name in ABLATION:
+        path = os.path.join(RESULTS, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            record = json.load(f)
+        cell = record["metrics"]["n100_k10"]
+        table = cell["table"]
+        gittins = table["RL2 - Gittins (paired)"]
+        row = {"results_file": f"docs/results/{name}", "changes": ARMS[arm], "seeds": len(cell["training"]),
+               "commit": record["provenance"]["commit"], "cpu": record["provenance"].get("cpu", "not recorded"),
+               "RL2": table["RL2"]["per_seed"], "RL2 - Gittins (paired), per seed": gittins["per_seed"],
+               "RL2 - Greedy (paired), per seed": table["RL2 - Greedy (paired)"]["per_seed"],
+               "RL2 - Gittins": {"mean": gittins["mean"], "se": gittins["se"], "se_over": gittins["se_over"]},
+               "train_minutes_per_seed": [round(t["total_time_s_with_curriculum"] / 60, 1) for t in cell["training"]]}
+        if base is None:
+            base = row
+        else:
+            se = (row["RL2 - Gittins"]["se"] ** 2 + base["RL2 - Gittins"]["se"] ** 2) ** 0.5
+            row["change from the committed cell (unpaired)"] = {"mean": gittins["mean"] - base["RL2 - Gittins"]["mean"],
+                                                                "se": se}
+        rows[arm] = row
+    out = os.path.join(RESULTS, "rl2_bandits_ppo_ablation.json")
+    ad.runs.write_json(out, {"cell": "n100_k10", "rows": rows, "provenance": ad.runs.provenance(),
+                             "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
+    for arm, row in rows.items():
+        g, change = row["RL2 - Gittins"], row.get("change from the committed cell (unpaired)")
+        print(f"{arm}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.2f} ± {g['se']:.2f}"
+              + (f", change {change['mean']:+.2f} ± {change['se']:.2f}" if change else ""))
+    return rows
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--ablation"]:
+        return ablation()
     if not argv or argv[0] not in ARMS:
         raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join(ARMS)}")
     rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[argv[0]])
+    shared = {key: value for key, value in ARMS[argv[0]].items() if key in EVERY_STAGE}
+    rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
     return rl2.main(argv[1:])
 
 
