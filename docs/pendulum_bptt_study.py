@@ -354,6 +354,10 @@ ARMS = {
              "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
              "(3,360,000 steps), so the budget is the default's"),
 }
+ARMS["phase 2 windows of 100, re-run on a second CPU"] = dict(
+    with_phase_2(window=100), baseline="default re-run on a second CPU",
+    note="phase 2: 100-step windows instead of 50, trained again on the second machine (the smoothed and capped "
+         "long windows' reference)")
 # Long windows on a smoothed objective: the cliff that breaks them is in the return as a function of the weights;
 # averaging the return over torque noise smooths it (the randomised smoothing of Suh et al. 2022)
 for _sigma in (0.3, 0.6):

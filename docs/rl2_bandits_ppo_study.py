@@ -31,6 +31,7 @@ ARMS = {
     "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
     "iterations_1600": dict(iterations=1600),         # twice the training (and twice the wall time)
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
+    "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -43,7 +44,8 @@ ABLATION = (("default", "rl2_bandits_full_n100_k10.json"),
             ("minibatches_4_lr_6e-3", "rl2_bandits_ppo_study_minibatches_4_lr_6e-3.json"),
             ("critic_time+means", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
             ("entropy_1e-2", "rl2_bandits_ppo_study_entropy_1e-2_3seeds.json"),
-            ("hidden_256", "rl2_bandits_ppo_study_hidden_256.json"))
+            ("hidden_256", "rl2_bandits_ppo_study_hidden_256.json"),
+            ("critic_time+means_entropy_1e-2", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2.json"))
 
 
 def ablation():
