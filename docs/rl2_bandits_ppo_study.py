@@ -38,50 +38,53 @@ EVERY_STAGE = ("hidden",)
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-# the ablation table's rows: (arm, results file in docs/results/); the first is the committed cell
-ABLATION = (("default", "rl2_bandits_full_n100_k10.json"),
-            ("lr_1e-2", "rl2_bandits_ppo_study_lr_1e-2_3seeds.json"),
-            ("minibatches_4_lr_6e-3", "rl2_bandits_ppo_study_minibatches_4_lr_6e-3.json"),
-            ("critic_time+means", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
-            ("entropy_1e-2", "rl2_bandits_ppo_study_entropy_1e-2_3seeds.json"),
-            ("hidden_256", "rl2_bandits_ppo_study_hidden_256.json"),
-            ("critic_time+means_entropy_1e-2", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2.json"))
+# the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
+ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
+            ("lr_1e-2", "n100_k10", "rl2_bandits_ppo_study_lr_1e-2_3seeds.json"),
+            ("minibatches_4_lr_6e-3", "n100_k10", "rl2_bandits_ppo_study_minibatches_4_lr_6e-3.json"),
+            ("critic_time+means", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
+            ("entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_entropy_1e-2_3seeds.json"),
+            ("hidden_256", "n100_k10", "rl2_bandits_ppo_study_hidden_256.json"),
+            ("critic_time+means_entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2.json"),
+            ("default", "n100_k50", "rl2_bandits_full_n100_k50.json"),
+            ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"))
 
 
 def ablation():
-    """One row per arm whose results file is in docs/results/: RL2 - Gittins and RL2 - Greedy (paired on tasks,
-    then mean +- SE across training seeds) and the change from the committed cell. The arms were trained on more
-    than one CPU, where the same seed trains to a different agent, so the change is the difference of the seed
-    means with SE sqrt(se_a^2 + se_b^2) (unpaired), not a difference paired by training seed."""
-    rows, base = {}, None
-    for arm, name in ABLATION:
+    """One row per arm and cell whose results file is in docs/results/: RL2 - Gittins and RL2 - Greedy (paired on
+    tasks, then mean +- SE across training seeds; over tasks for one seed) and the change from the committed cell.
+    The arms were trained on more than one CPU, where the same seed trains to a different agent, so the change is
+    the difference of the seed means with SE sqrt(se_a^2 + se_b^2) (unpaired), not one paired by training seed."""
+    rows, base = {}, {}
+    for arm, cell_name, name in ABLATION:
         path = os.path.join(RESULTS, name)
         if not os.path.exists(path):
             continue
         with open(path) as f:
             record = json.load(f)
-        cell = record["metrics"]["n100_k10"]
+        cell = record["metrics"][cell_name]
         table = cell["table"]
         gittins = table["RL2 - Gittins (paired)"]
-        row = {"results_file": f"docs/results/{name}", "changes": ARMS[arm], "seeds": len(cell["training"]),
-               "commit": record["provenance"]["commit"], "cpu": record["provenance"].get("cpu", "not recorded"),
-               "RL2": table["RL2"]["per_seed"], "RL2 - Gittins (paired), per seed": gittins["per_seed"],
+        row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": ARMS[arm],
+               "seeds": len(cell["training"]), "commit": record["provenance"]["commit"],
+               "cpu": record["provenance"].get("cpu", "not recorded"), "RL2": table["RL2"]["per_seed"],
+               "RL2 - Gittins (paired), per seed": gittins["per_seed"],
                "RL2 - Greedy (paired), per seed": table["RL2 - Greedy (paired)"]["per_seed"],
                "RL2 - Gittins": {"mean": gittins["mean"], "se": gittins["se"], "se_over": gittins["se_over"]},
                "train_minutes_per_seed": [round(t["total_time_s_with_curriculum"] / 60, 1) for t in cell["training"]]}
-        if base is None:
-            base = row
-        else:
-            se = (row["RL2 - Gittins"]["se"] ** 2 + base["RL2 - Gittins"]["se"] ** 2) ** 0.5
-            row["change from the committed cell (unpaired)"] = {"mean": gittins["mean"] - base["RL2 - Gittins"]["mean"],
-                                                                "se": se}
-        rows[arm] = row
+        if arm == "default":
+            base[cell_name] = row
+        elif cell_name in base and row["seeds"] > 1:
+            committed = base[cell_name]["RL2 - Gittins"]
+            row["change from the committed cell (unpaired)"] = {"mean": gittins["mean"] - committed["mean"],
+                                                                "se": (gittins["se"] ** 2 + committed["se"] ** 2) ** 0.5}
+        rows[f"{arm}, {cell_name}"] = row
     out = os.path.join(RESULTS, "rl2_bandits_ppo_ablation.json")
-    ad.runs.write_json(out, {"cell": "n100_k10", "rows": rows, "provenance": ad.runs.provenance(),
+    ad.runs.write_json(out, {"rows": rows, "provenance": ad.runs.provenance(),
                              "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
-    for arm, row in rows.items():
+    for key, row in rows.items():
         g, change = row["RL2 - Gittins"], row.get("change from the committed cell (unpaired)")
-        print(f"{arm}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.2f} ± {g['se']:.2f}"
+        print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.2f} ± {g['se']:.2f} (over {g['se_over']})"
               + (f", change {change['mean']:+.2f} ± {change['se']:.2f}" if change else ""))
     return rows
 
