@@ -8,7 +8,7 @@ With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 
 (docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
 (paired)".
 
-    python docs/rl2_bandits_ppo_study.py --ablation      # every arm's results file -> docs/results/rl2_bandits_ppo_ablation.json
+    python docs/rl2_bandits_ppo_study.py --ablation    # the results files -> docs/results/rl2_bandits_ppo_ablation.json
 """
 
 import json
@@ -29,7 +29,6 @@ ARMS = {
     # a value that knows the means leaves the advantage with the luck of the draws, not with which task it was
     "critic_time+means": dict(critic_sees="time+means"),
     "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
-    "iterations_1600": dict(iterations=1600),         # twice the training (and twice the wall time)
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
 }
