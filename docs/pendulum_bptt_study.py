@@ -825,16 +825,13 @@ def summarise():
     near = near or earlier.get("near_bottom_starts", {})
     if near:
         results["near_bottom_starts"] = near
-    if os.path.exists(os.path.join(OUT, "adjoint_norms.json")):
-        with open(os.path.join(OUT, "adjoint_norms.json")) as f:
-            results["adjoint_norms"] = json.load(f)
-    elif "adjoint_norms" in earlier:
-        results["adjoint_norms"] = earlier["adjoint_norms"]
-    if os.path.exists(os.path.join(OUT, "diagnosis.json")):
-        with open(os.path.join(OUT, "diagnosis.json")) as f:
-            results["diagnosis_default_seed_0"] = json.load(f)
-    elif "diagnosis_default_seed_0" in earlier:
-        results["diagnosis_default_seed_0"] = earlier["diagnosis_default_seed_0"]
+    # the measurements kept in runs/ (else the results file's earlier copy, when they were made in another folder)
+    for key, file_name in (("adjoint_norms", "adjoint_norms.json"), ("diagnosis_default_seed_0", "diagnosis.json")):
+        if os.path.exists(os.path.join(OUT, file_name)):
+            with open(os.path.join(OUT, file_name)) as f:
+                results[key] = json.load(f)
+        elif key in earlier:
+            results[key] = earlier[key]
     ad.runs.write_json(RESULTS, results)
     for name, s in arms.items():
         g = s["gap_seed_averaged"]
