@@ -31,6 +31,7 @@ ARMS = {
     "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
+    "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
