@@ -45,7 +45,10 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("critic_time+means", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
             ("entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_entropy_1e-2_3seeds.json"),
             ("hidden_256", "n100_k10", "rl2_bandits_ppo_study_hidden_256.json"),
-            ("critic_time+means_entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2.json"),
+            ("critic_time+means_entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_3seeds.json"),
+            ("iterations_1600", "n100_k10", "rl2_bandits_ppo_study_iterations_1600_3seeds.json"),
+            ("default", "n100_k5", "rl2_bandits_full_n100_k5.json"),
+            ("critic_time+means", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_n100_k5_3seeds.json"),
             ("default", "n100_k50", "rl2_bandits_full_n100_k50.json"),
             ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"))
 
