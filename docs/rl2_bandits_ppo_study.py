@@ -32,6 +32,8 @@ ARMS = {
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
     "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
+    "critic_time+means_entropy_1e-2_iterations_1600": dict(critic_sees="time+means", entropy_coef=0.01,
+                                                           iterations=1600),          # the three together
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
