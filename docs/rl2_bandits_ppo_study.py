@@ -32,8 +32,6 @@ ARMS = {
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
     "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
-    "critic_time+means_entropy_1e-2_iterations_1600": dict(critic_sees="time+means", entropy_coef=0.01,
-                                                           iterations=1600),          # the three together
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -51,8 +49,10 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("iterations_1600", "n100_k10", "rl2_bandits_ppo_study_iterations_1600_3seeds.json"),
             ("default", "n100_k5", "rl2_bandits_full_n100_k5.json"),
             ("critic_time+means", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_n100_k5_3seeds.json"),
+            ("critic_time+means_entropy_1e-2", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_n100_k5_3seeds.json"),
             ("default", "n100_k50", "rl2_bandits_full_n100_k50.json"),
-            ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"))
+            ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"),
+            ("critic_time+means_entropy_1e-2", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_n100_k50_3seeds.json"))
 
 
 def ablation():
