@@ -54,6 +54,11 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"),
             ("critic_time+means_entropy_1e-2", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_n100_k50_3seeds.json"))
 
+# arms trained on the same CPU, where the same training seed starts from the same n = 10 agent: the combined arm
+# is compared with each of its two parts by training seed (paired), in each cell that has both
+PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
+                  ("critic_time+means_entropy_1e-2", "entropy_1e-2"))
+
 
 def ablation():
     """One row per arm and cell whose results file is in docs/results/: RL2 - Gittins and RL2 - Greedy (paired on
@@ -84,6 +89,12 @@ def ablation():
             row["change from the committed cell (unpaired)"] = {"mean": gittins["mean"] - committed["mean"],
                                                                 "se": (gittins["se"] ** 2 + committed["se"] ** 2) ** 0.5}
         rows[f"{arm}, {cell_name}"] = row
+    for arm, part in PAIRED_BY_SEED:
+        for cell_name in sorted({row["cell"] for row in rows.values()}):
+            a, b = rows.get(f"{arm}, {cell_name}"), rows.get(f"{part}, {cell_name}")
+            if a and b and a["cpu"] == b["cpu"] and a["seeds"] == b["seeds"] > 1:
+                a[f"change from {part} (paired by training seed)"] = ad.runs.paired_difference(
+                    a["RL2 - Gittins (paired), per seed"], b["RL2 - Gittins (paired), per seed"])
     out = os.path.join(RESULTS, "rl2_bandits_ppo_ablation.json")
     ad.runs.write_json(out, {"rows": rows, "provenance": ad.runs.provenance(),
                              "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
@@ -91,6 +102,9 @@ def ablation():
         g, change = row["RL2 - Gittins"], row.get("change from the committed cell (unpaired)")
         print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.2f} ± {g['se']:.2f} (over {g['se_over']})"
               + (f", change {change['mean']:+.2f} ± {change['se']:.2f}" if change else ""))
+        for name, d in row.items():
+            if name.endswith("(paired by training seed)"):
+                print(f"    {name}: {d['mean']:+.2f} ± {d['se']:.2f}")
     return rows
 
 
