@@ -35,6 +35,10 @@ ARMS = {
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
+# what each arm changes in the n = 10 stage instead (run them on n = 10 cells: an n = 100 cell would start from it)
+ARMS_N10 = {
+    "n10_iterations_1000": dict(iterations=1000),    # training length: four times the n = 10 stage's iterations
+}
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -75,7 +79,7 @@ def ablation():
         cell = record["metrics"][cell_name]
         table = cell["table"]
         gittins = table["RL2 - Gittins (paired)"]
-        row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": ARMS[arm],
+        row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": {**ARMS, **ARMS_N10}[arm],
                "seeds": len(cell["training"]), "commit": record["provenance"]["commit"],
                "cpu": record["provenance"].get("cpu", "not recorded"), "RL2": table["RL2"]["per_seed"],
                "RL2 - Gittins (paired), per seed": gittins["per_seed"],
@@ -112,8 +116,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--ablation"]:
         return ablation()
-    if not argv or argv[0] not in ARMS:
-        raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join(ARMS)}")
+    if not argv or argv[0] not in {**ARMS, **ARMS_N10}:
+        raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join({**ARMS, **ARMS_N10})}")
+    if argv[0] in ARMS_N10:
+        rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[argv[0]])
+        return rl2.main(argv[1:])
     rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[argv[0]])
     shared = {key: value for key, value in ARMS[argv[0]].items() if key in EVERY_STAGE}
     rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
