@@ -35,7 +35,8 @@ ARMS = {
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
-# what each arm changes in the n = 10 stage instead (run them on n = 10 cells: an n = 100 cell would start from it)
+# what each arm changes in the n = 10 stage instead: on an n = 10 cell the agent itself, on an n = 100 cell the
+# curriculum's starting agent (the n = 100 stage unchanged)
 ARMS_N10 = {
     "n10_iterations_1000": dict(iterations=1000),    # training length: four times the n = 10 stage's iterations
 }
@@ -53,10 +54,15 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("iterations_1600", "n100_k10", "rl2_bandits_ppo_study_iterations_1600_3seeds.json"),
             ("default", "n100_k5", "rl2_bandits_full_n100_k5.json"),
             ("critic_time+means", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_n100_k5_3seeds.json"),
-            ("critic_time+means_entropy_1e-2", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_n100_k5_3seeds.json"),
             ("default", "n100_k50", "rl2_bandits_full_n100_k50.json"),
             ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"),
-            ("critic_time+means_entropy_1e-2", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_n100_k50_3seeds.json"))
+            ("default", "n10_k5", "rl2_bandits_full.json"),
+            ("n10_iterations_1000", "n10_k5", "rl2_bandits_ppo_study_n10_iterations_1000_k5_3seeds.json"),
+            ("default", "n10_k10", "rl2_bandits_full.json"),
+            ("n10_iterations_1000", "n10_k10", "rl2_bandits_ppo_study_n10_iterations_1000_k10_3seeds.json"),
+            ("default", "n10_k50", "rl2_bandits_full.json"),
+            ("n10_iterations_1000", "n10_k50", "rl2_bandits_ppo_study_n10_iterations_1000_k50_3seeds.json"),
+            ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"))
 
 # arms trained on the same CPU, where the same training seed starts from the same n = 10 agent: the combined arm
 # is compared with each of its two parts by training seed (paired), in each cell that has both
@@ -86,6 +92,8 @@ def ablation():
                "RL2 - Greedy (paired), per seed": table["RL2 - Greedy (paired)"]["per_seed"],
                "RL2 - Gittins": {"mean": gittins["mean"], "se": gittins["se"], "se_over": gittins["se_over"]},
                "train_minutes_per_seed": [round(t["total_time_s_with_curriculum"] / 60, 1) for t in cell["training"]]}
+        if "RL2 - optimum" in table:                  # n = 10: the exact Bayes optimum is known
+            row["RL2 - optimum, per seed"] = table["RL2 - optimum"]["per_seed"]
         if arm == "default":
             base[cell_name] = row
         elif cell_name in base and row["seeds"] > 1:
@@ -104,11 +112,11 @@ def ablation():
                              "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
     for key, row in rows.items():
         g, change = row["RL2 - Gittins"], row.get("change from the committed cell (unpaired)")
-        print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.2f} ± {g['se']:.2f} (over {g['se_over']})"
-              + (f", change {change['mean']:+.2f} ± {change['se']:.2f}" if change else ""))
+        print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.3f} ± {g['se']:.3f} (over {g['se_over']})"
+              + (f", change {change['mean']:+.3f} ± {change['se']:.3f}" if change else ""))
         for name, d in row.items():
             if name.endswith("(paired by training seed)"):
-                print(f"    {name}: {d['mean']:+.2f} ± {d['se']:.2f}")
+                print(f"    {name}: {d['mean']:+.3f} ± {d['se']:.3f}")
     return rows
 
 
