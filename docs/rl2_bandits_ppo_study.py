@@ -91,6 +91,7 @@ def ablation():
                "RL2 - Gittins (paired), per seed": gittins["per_seed"],
                "RL2 - Greedy (paired), per seed": table["RL2 - Greedy (paired)"]["per_seed"],
                "RL2 - Gittins": {"mean": gittins["mean"], "se": gittins["se"], "se_over": gittins["se_over"]},
+               "RL2 - Gittins, as a fraction of Gittins": gittins["mean"] / table["Gittins"]["mean"],
                "train_minutes_per_seed": [round(t["total_time_s_with_curriculum"] / 60, 1) for t in cell["training"]]}
         if "RL2 - optimum" in table:                  # n = 10: the exact Bayes optimum is known
             row["RL2 - optimum, per seed"] = table["RL2 - optimum"]["per_seed"]
