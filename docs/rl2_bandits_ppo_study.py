@@ -3,7 +3,8 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
 
     python docs/rl2_bandits_ppo_study.py ARM --full --cells n100_k10 --training-seeds 1 --out runs/rl2_ppo_ARM
 
-ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages).
+ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages),
+or, for the arms in ARMS_N10, a change to the n = 10 stage alone.
 With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the committed cell
 (docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
 (paired)".
@@ -40,6 +41,7 @@ EVERY_STAGE = ("hidden",)
 ARMS_N10 = {
     "n10_iterations_1000": dict(iterations=1000),    # training length: four times the n = 10 stage's iterations
 }
+EVERY_ARM = {**ARMS, **ARMS_N10}
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -85,7 +87,7 @@ def ablation():
         cell = record["metrics"][cell_name]
         table = cell["table"]
         gittins = table["RL2 - Gittins (paired)"]
-        row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": {**ARMS, **ARMS_N10}[arm],
+        row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": EVERY_ARM[arm],
                "seeds": len(cell["training"]), "commit": record["provenance"]["commit"],
                "cpu": record["provenance"].get("cpu", "not recorded"), "RL2": table["RL2"]["per_seed"],
                "RL2 - Gittins (paired), per seed": gittins["per_seed"],
@@ -125,8 +127,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--ablation"]:
         return ablation()
-    if not argv or argv[0] not in {**ARMS, **ARMS_N10}:
-        raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join({**ARMS, **ARMS_N10})}")
+    if not argv or argv[0] not in EVERY_ARM:
+        raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join(EVERY_ARM)}")
     if argv[0] in ARMS_N10:
         rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[argv[0]])
         return rl2.main(argv[1:])
