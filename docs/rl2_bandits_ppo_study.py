@@ -88,6 +88,7 @@ def ablation():
         table = cell["table"]
         gittins = table["RL2 - Gittins (paired)"]
         row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": EVERY_ARM[arm],
+               "stage changed": "n = 10" if arm in ARMS_N10 else ("none" if arm == "default" else "n = 100"),
                "seeds": len(cell["training"]), "commit": record["provenance"]["commit"],
                "cpu": record["provenance"].get("cpu", "not recorded"), "RL2": table["RL2"]["per_seed"],
                "RL2 - Gittins (paired), per seed": gittins["per_seed"],
