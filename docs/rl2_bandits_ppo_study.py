@@ -4,7 +4,7 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
     python docs/rl2_bandits_ppo_study.py ARM --full --cells n100_k10 --training-seeds 1 --out runs/rl2_ppo_ARM
 
 ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages),
-or, for the arms in ARMS_N10, a change to the n = 10 stage alone.
+or, for the arms in ARMS_N10, a change to the n = 10 stage alone; an arm in ARMS_BOTH makes one of each.
 With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the committed cell
 (docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
 (paired)".
@@ -41,9 +41,17 @@ EVERY_STAGE = ("hidden",)
 ARMS_N10 = {
     "n10_iterations_1000": dict(iterations=1000),    # training length: four times the n = 10 stage's iterations
 }
-EVERY_ARM = {**ARMS, **ARMS_N10}
+# arms that make one change in each stage: (the ARMS_N10 arm, the ARMS arm); both go into every later stage's start
+ARMS_BOTH = {
+    # the two changes that helped most in their own stage, together: a better-trained n = 10 start, then the
+    # asymmetric critic with the larger entropy bonus at n = 100
+    "n10_iterations_1000+critic_time+means_entropy_1e-2": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
+}
+EVERY_ARM = {**ARMS, **ARMS_N10,
+             **{arm: {"n = 10": ARMS_N10[n10], "n = 100": ARMS[n100]} for arm, (n10, n100) in ARMS_BOTH.items()}}
 
 
+BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
 ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
@@ -64,12 +72,37 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("n10_iterations_1000", "n10_k10", "rl2_bandits_ppo_study_n10_iterations_1000_k10_3seeds.json"),
             ("default", "n10_k50", "rl2_bandits_full.json"),
             ("n10_iterations_1000", "n10_k50", "rl2_bandits_ppo_study_n10_iterations_1000_k50_3seeds.json"),
-            ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"))
+            ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"),
+            *((BOTH, f"n100_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_3seeds.json")
+              for k in (5, 10, 50)))
 
-# arms trained on the same CPU, where the same training seed starts from the same n = 10 agent: the combined arm
-# is compared with each of its two parts by training seed (paired), in each cell that has both
+# arms trained on the same CPU, where the same training seed draws the same random numbers: each combined arm is
+# compared with its parts by training seed (paired), in each cell that has both
 PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
-                  ("critic_time+means_entropy_1e-2", "entropy_1e-2"))
+                  ("critic_time+means_entropy_1e-2", "entropy_1e-2"),
+                  # the same seeds' random numbers, but a different (longer-trained) n = 10 start
+                  (BOTH, "critic_time+means_entropy_1e-2"), (BOTH, "critic_time+means"))
+
+
+def stage_changed(arm):
+    """Which curriculum stage an arm changes (the n = 10 stage is the start of every n = 100 cell)."""
+    if arm == "default":
+        return "none"
+    return {**{a: "n = 10" for a in ARMS_N10}, **{a: "n = 10 and n = 100" for a in ARMS_BOTH}}.get(arm, "n = 100")
+
+
+def apply_arm(arm):
+    """Change rl2_bandits' PPO settings in place for one arm (this process only)."""
+    if arm in ARMS_BOTH:
+        for part in ARMS_BOTH[arm]:
+            apply_arm(part)
+        return
+    if arm in ARMS_N10:
+        rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[arm])
+        return
+    rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[arm])
+    shared = {key: value for key, value in ARMS[arm].items() if key in EVERY_STAGE}
+    rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
 
 
 def ablation():
@@ -88,7 +121,7 @@ def ablation():
         table = cell["table"]
         gittins = table["RL2 - Gittins (paired)"]
         row = {"cell": cell_name, "results_file": f"docs/results/{name}", "changes": EVERY_ARM[arm],
-               "stage changed": "n = 10" if arm in ARMS_N10 else ("none" if arm == "default" else "n = 100"),
+               "stage changed": stage_changed(arm),
                "seeds": len(cell["training"]), "commit": record["provenance"]["commit"],
                "cpu": record["provenance"].get("cpu", "not recorded"), "RL2": table["RL2"]["per_seed"],
                "RL2 - Gittins (paired), per seed": gittins["per_seed"],
@@ -130,12 +163,7 @@ def main(argv=None):
         return ablation()
     if not argv or argv[0] not in EVERY_ARM:
         raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join(EVERY_ARM)}")
-    if argv[0] in ARMS_N10:
-        rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[argv[0]])
-        return rl2.main(argv[1:])
-    rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[argv[0]])
-    shared = {key: value for key, value in ARMS[argv[0]].items() if key in EVERY_STAGE}
-    rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
+    apply_arm(argv[0])
     return rl2.main(argv[1:])
 
 
