@@ -41,14 +41,24 @@ EVERY_STAGE = ("hidden",)
 ARMS_N10 = {
     "n10_iterations_1000": dict(iterations=1000),    # training length: four times the n = 10 stage's iterations
 }
-# arms that make one change in each stage: (the ARMS_N10 arm, the ARMS arm); both go into every later stage's start
+# what each arm changes in the n = 500 stage (used only inside ARMS_BOTH)
+ARMS_N500 = {
+    "n500_critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),
+}
+# arms that make one change in each of several stages: their parts, from ARMS_N10, ARMS and ARMS_N500; each part
+# also reaches every later stage through the curriculum's start
 ARMS_BOTH = {
     # the two changes that helped most in their own stage, together: a better-trained n = 10 start, then the
     # asymmetric critic with the larger entropy bonus at n = 100
     "n10_iterations_1000+critic_time+means_entropy_1e-2": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
+    # the same, and the n = 100 stage's two changes continued in the n = 500 stage
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
 }
+STAGE_OF_PART = {**{a: "n = 10" for a in ARMS_N10}, **{a: "n = 100" for a in ARMS}, **{a: "n = 500" for a in ARMS_N500}}
 EVERY_ARM = {**ARMS, **ARMS_N10,
-             **{arm: {"n = 10": ARMS_N10[n10], "n = 100": ARMS[n100]} for arm, (n10, n100) in ARMS_BOTH.items()}}
+             **{arm: {STAGE_OF_PART[part]: {**ARMS_N10, **ARMS, **ARMS_N500}[part] for part in parts}
+                for arm, parts in ARMS_BOTH.items()}}
 
 
 BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
@@ -74,7 +84,9 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("n10_iterations_1000", "n10_k50", "rl2_bandits_ppo_study_n10_iterations_1000_k50_3seeds.json"),
             ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"),
             *((BOTH, f"n100_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_3seeds.json")
-              for k in (5, 10, 50)))
+              for k in (5, 10, 50)),
+            ("default", "n500_k5", "rl2_bandits_full_n500_k5.json"),
+            (BOTH + "_n100_n500", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"))
 
 # arms trained on the same CPU, where the same training seed draws the same random numbers: each combined arm is
 # compared with its parts by training seed (paired), in each cell that has both
@@ -88,7 +100,9 @@ def stage_changed(arm):
     """Which curriculum stage an arm changes (the n = 10 stage is the start of every n = 100 cell)."""
     if arm == "default":
         return "none"
-    return {**{a: "n = 10" for a in ARMS_N10}, **{a: "n = 10 and n = 100" for a in ARMS_BOTH}}.get(arm, "n = 100")
+    if arm in ARMS_BOTH:
+        return " and ".join(STAGE_OF_PART[part] for part in ARMS_BOTH[arm])
+    return STAGE_OF_PART[arm]
 
 
 def apply_arm(arm):
@@ -99,6 +113,9 @@ def apply_arm(arm):
         return
     if arm in ARMS_N10:
         rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[arm])
+        return
+    if arm in ARMS_N500:
+        rl2.PPO_BY_N[500] = dict(rl2.PPO_BY_N[500], **ARMS_N500[arm])
         return
     rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[arm])
     shared = {key: value for key, value in ARMS[arm].items() if key in EVERY_STAGE}
