@@ -1,0 +1,58 @@
+"""The PPO study (docs/rl2_bandits_ppo_study.py) changes rl2_bandits' settings in the stage each arm names and
+nowhere else, so that each ablation row measures the change its name says."""
+
+import copy
+
+import pytest
+
+import rl2_bandits as rl2
+
+
+@pytest.fixture
+def study(docs_study, monkeypatch):
+    # apply_arm edits rl2.PPO_BY_N in place: give it a copy, so no other test sees the change
+    monkeypatch.setattr(rl2, "PPO_BY_N", copy.deepcopy(rl2.PPO_BY_N))
+    return docs_study("rl2_bandits_ppo_study")
+
+
+def changed_stages(before, after):
+    return {n: {key: value for key, value in after[n].items() if before[n].get(key) != value}
+            for n in after if after[n] != before[n]}
+
+
+def test_each_arm_changes_the_stages_it_names(study):
+    before = copy.deepcopy(rl2.PPO_BY_N)
+    arm = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
+    study.apply_arm(arm)
+    assert changed_stages(before, rl2.PPO_BY_N) == {
+        10: dict(iterations=1000), 100: dict(critic_sees="time+means", entropy_coef=0.01),
+        500: dict(critic_sees="time+means", entropy_coef=0.01)}
+    assert study.stage_changed(arm) == "n = 10 and n = 100 and n = 500"
+    assert study.EVERY_ARM[arm] == {"n = 10": dict(iterations=1000),
+                                    "n = 100": dict(critic_sees="time+means", entropy_coef=0.01),
+                                    "n = 500": dict(critic_sees="time+means", entropy_coef=0.01)}
+
+
+@pytest.mark.parametrize("arm, stages", [("lr_1e-2", {100: dict(lr=1e-2)}),
+                                         ("n10_iterations_1000", {10: dict(iterations=1000)}),
+                                         ("hidden_256", {10: dict(hidden=256), 100: dict(hidden=256)}),
+                                         ("default", {})])
+def test_one_stage_arms(study, arm, stages):
+    before = copy.deepcopy(rl2.PPO_BY_N)
+    study.apply_arm(arm)
+    assert changed_stages(before, rl2.PPO_BY_N) == stages
+
+
+def test_every_ablation_row_names_a_known_arm_and_cell(study):
+    for arm, cell, name in study.ABLATION:
+        assert arm in study.EVERY_ARM, arm
+        n, k = (int(part[1:]) for part in cell.split("_"))
+        assert n in rl2.PPO_BY_N and k > 1
+        assert name.startswith("rl2_bandits_") and name.endswith(".json")
+    for arm, part in study.PAIRED_BY_SEED:
+        assert arm in study.EVERY_ARM and part in study.EVERY_ARM
+
+
+def test_an_unknown_arm_is_a_one_line_error(study):
+    with pytest.raises(study.ad.runs.BadInput, match="names an arm"):
+        study.main(["no_such_arm"])
