@@ -372,7 +372,8 @@ def main(argv=None):
         metrics["original_setting"] = original_setting(args)
     if args.ablations:
         long_run_extras(metrics, args, dp_policies[0])
-    report(metrics, args, out, started, rule, dp_policies[0], dp_records, rl_records, rs_records)   # Part 2
+    records = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}   # every seed's curve and scores
+    report(metrics, args, out, started, rule, dp_policies[0], records)   # Part 2
     return metrics
 
 
@@ -805,10 +806,11 @@ def without_returns(records):
     return [{k: v for k, v in r.items() if k != "reported_returns"} for r in records]
 
 
-def report(metrics, args, out, started, rule, policy, dp_records, rl_records, rs_records):
-    """The end of the run: every seed's record into `metrics`, the figures, metrics.json and the printed table."""
-    metrics["records"] = {"dp": dp_records, "rl": rl_records, "random_search": rs_records}
-    save_figures(out, dp_records, rl_records, policy, rule.bar + rule.margin)
+def report(metrics, args, out, started, rule, policy, records):
+    """The end of the run: every seed's record (by method) into `metrics`, the figures, metrics.json and the
+    printed table."""
+    metrics["records"] = records
+    save_figures(out, records["dp"], records["rl"], policy, rule.bar + rule.margin)
     ad.runs.write_metrics(out, metrics, args, started)
     print_report(metrics, out, started)
 

@@ -563,7 +563,8 @@ def main(argv=None):
     print(f"5. Held-out evaluation on {args.eval_pairs} (target, wind) pairs of the '{args.eval_stream}' stream")
     stats = miss_statistics(net, *held_out, reach_curve)
     # Part 2: the supervised side experiment (--compare_supervised), figures, metrics.json, the printed table
-    report(args, streams, metrics, (net, curve, seconds, stats), held_out, reach_curve, out, started)
+    report(args, streams, metrics, net=net, curve=curve, seconds=seconds, stats=stats, held_out=held_out,
+           reach_curve=reach_curve, out=out, started=started)
 
 
 # ============================== Part 2: running the experiment ==============================
@@ -1076,11 +1077,11 @@ def save_aimer(path, net, hidden):
                           weight_range=np.array(WEIGHT_RANGE), hidden=np.array(hidden), layers=np.array(3))
 
 
-def report(args, streams, metrics, trained, held_out, reach_curve, out, started):
+def report(args, streams, metrics, *, net, curve, seconds, stats, held_out, reach_curve, out, started):
     """The end of a training run: the aimer's figures into `metrics`, the supervised side experiment if asked
-    for, the figures, metrics.json and the printed table. `trained`: (aimer, curve, (wall, CPU) seconds, its
-    held-out miss statistics)."""
-    net, curve, (train_seconds, train_cpu_seconds), stats = trained
+    for, the figures, metrics.json and the printed table. `net` is the trained aimer, `curve` its training curve,
+    `seconds` its (wall, CPU) training time and `stats` its miss statistics on the held-out pairs."""
+    train_seconds, train_cpu_seconds = seconds
     metrics.update(train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, train_steps=args.steps,
                    batch=args.batch, final_batch_mean_miss_m=curve["batch_mean_miss"][-1], held_out=stats)
     if args.compare_supervised:
