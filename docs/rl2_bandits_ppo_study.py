@@ -33,6 +33,7 @@ ARMS = {
     "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
     "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
+    "critic_time+means_entropy_3e-2": dict(critic_sees="time+means", entropy_coef=0.03),   # a larger bonus still
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -51,7 +52,9 @@ ARMS_BOTH = {
     # the two changes that helped most in their own stage, together: a better-trained n = 10 start, then the
     # asymmetric critic with the larger entropy bonus at n = 100
     "n10_iterations_1000+critic_time+means_entropy_1e-2": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
-    # the same, and the n = 100 stage's two changes continued in the n = 500 stage
+    # the same with three times the entropy bonus: does more of what helped help more?
+    "n10_iterations_1000+critic_time+means_entropy_3e-2": ("n10_iterations_1000", "critic_time+means_entropy_3e-2"),
+    # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
 }
@@ -85,6 +88,8 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"),
             *((BOTH, f"n100_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_3seeds.json")
               for k in (5, 10, 50)),
+            ("n10_iterations_1000+critic_time+means_entropy_3e-2", "n100_k10",
+             "rl2_bandits_ppo_study_n10_1000+critic_entropy_3e-2_n100_k10_3seeds.json"),
             ("default", "n500_k5", "rl2_bandits_full_n500_k5.json"),
             (BOTH + "_n100_n500", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"))
 
@@ -93,7 +98,8 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
 PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   ("critic_time+means_entropy_1e-2", "entropy_1e-2"),
                   # the same seeds' random numbers, but a different (longer-trained) n = 10 start
-                  (BOTH, "critic_time+means_entropy_1e-2"), (BOTH, "critic_time+means"))
+                  (BOTH, "critic_time+means_entropy_1e-2"), (BOTH, "critic_time+means"),
+                  ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH))
 
 
 def stage_changed(arm):
