@@ -4,7 +4,7 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
     python docs/rl2_bandits_ppo_study.py ARM --full --cells n100_k10 --training-seeds 1 --out runs/rl2_ppo_ARM
 
 ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages),
-or, for the arms in ARMS_N10, a change to the n = 10 stage alone; an arm in ARMS_BOTH makes one of each.
+or, for the arms in ARMS_N10, a change to the n = 10 stage alone; an arm in ARMS_BOTH combines one-stage arms.
 With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the committed cell
 (docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
 (paired)".
@@ -30,7 +30,7 @@ ARMS = {
     # a value that knows the means leaves the advantage with the luck of the draws, not with which task it was
     "critic_time+means": dict(critic_sees="time+means"),
     "entropy_1e-2": dict(entropy_coef=0.01),          # the n = 10 stage's entropy bonus kept at n = 100
-    "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see main)
+    "hidden_256": dict(hidden=256),                   # the paper's GRU size (in both stages: see apply_arm)
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
     "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
     "critic_time+means_entropy_3e-2": dict(critic_sees="time+means", entropy_coef=0.03),   # a larger bonus still
@@ -58,13 +58,17 @@ ARMS_BOTH = {
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
 }
-STAGE_OF_PART = {**{a: "n = 10" for a in ARMS_N10}, **{a: "n = 100" for a in ARMS}, **{a: "n = 500" for a in ARMS_N500}}
+# every one-stage arm: (the n of the stage it changes, its changes)
+ONE_STAGE_ARMS = {**{arm: (10, changes) for arm, changes in ARMS_N10.items()},
+                  **{arm: (100, changes) for arm, changes in ARMS.items()},
+                  **{arm: (500, changes) for arm, changes in ARMS_N500.items()}}
 EVERY_ARM = {**ARMS, **ARMS_N10,
-             **{arm: {STAGE_OF_PART[part]: {**ARMS_N10, **ARMS, **ARMS_N500}[part] for part in parts}
+             **{arm: {f"n = {ONE_STAGE_ARMS[part][0]}": ONE_STAGE_ARMS[part][1] for part in parts}
                 for arm, parts in ARMS_BOTH.items()}}
 
 
 BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
+ALL_THREE = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
 ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
@@ -91,7 +95,7 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("n10_iterations_1000+critic_time+means_entropy_3e-2", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_3e-2_n100_k10_3seeds.json"),
             ("default", "n500_k5", "rl2_bandits_full_n500_k5.json"),
-            (BOTH + "_n100_n500", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"))
+            (ALL_THREE, "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"))
 
 # arms trained on the same CPU, where the same training seed draws the same random numbers: each combined arm is
 # compared with its parts by training seed (paired), in each cell that has both
@@ -106,26 +110,17 @@ def stage_changed(arm):
     """Which curriculum stage an arm changes (the n = 10 stage is the start of every n = 100 cell)."""
     if arm == "default":
         return "none"
-    if arm in ARMS_BOTH:
-        return " and ".join(STAGE_OF_PART[part] for part in ARMS_BOTH[arm])
-    return STAGE_OF_PART[arm]
+    return " and ".join(f"n = {ONE_STAGE_ARMS[part][0]}" for part in ARMS_BOTH.get(arm, (arm,)))
 
 
 def apply_arm(arm):
     """Change rl2_bandits' PPO settings in place for one arm (this process only)."""
-    if arm in ARMS_BOTH:
-        for part in ARMS_BOTH[arm]:
-            apply_arm(part)
-        return
-    if arm in ARMS_N10:
-        rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **ARMS_N10[arm])
-        return
-    if arm in ARMS_N500:
-        rl2.PPO_BY_N[500] = dict(rl2.PPO_BY_N[500], **ARMS_N500[arm])
-        return
-    rl2.PPO_BY_N[100] = dict(rl2.PPO_BY_N[100], **ARMS[arm])
-    shared = {key: value for key, value in ARMS[arm].items() if key in EVERY_STAGE}
-    rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
+    for part in ARMS_BOTH.get(arm, (arm,)):
+        n, changes = ONE_STAGE_ARMS[part]
+        rl2.PPO_BY_N[n] = dict(rl2.PPO_BY_N[n], **changes)
+        shared = {key: value for key, value in changes.items() if key in EVERY_STAGE}
+        if n == 100 and shared:                       # a GRU size must match in the stage it starts from
+            rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
 
 
 def ablation():
