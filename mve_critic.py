@@ -509,7 +509,7 @@ def main(argv=None):
     out = ad.runs.prepare_out(args.out)                     # usable, or a one-line error, before any work
     cfg, started = config(args), time.perf_counter()
     rng = np.random.default_rng(args.seed)
-    metrics, walls, learned, exp1 = {}, {}, {}, None
+    metrics, walls, learned, exp1, exp2 = {}, {}, {}, None, None
     print(f"mve_critic: {'full' if args.full else 'lesson'} run, experiments {args.exp}, out {out}")
     try:
         if args.exp in ("1", "all"):     # the gradient estimator's bias and variance against H and rho
@@ -519,7 +519,8 @@ def main(argv=None):
             exp2 = timed(walls, "exp2", experiment_2, cfg, ad.runs.prepare_out(os.path.join(out, "runs")))
             metrics["exp2"], learned["exp2"] = report_exp2(exp2, cfg, out, walls["exp2"]), exp2["runs"]
         if args.exp in ("3", "all"):     # value critic against value-gradient critic
-            exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1, ad.runs.prepare_out(os.path.join(out, "runs")))
+            exp3 = timed(walls, "exp3", experiment_3, cfg, rng, exp1, ad.runs.prepare_out(os.path.join(out, "runs")),
+                         exp2)
             metrics["exp3"], learned["exp3"] = report_exp3(exp3, cfg, out, walls["exp3"]), exp3["runs"]
             learned["exp3_fidelity"] = exp3["critics"]
     except ad.runs.Diverged:             # keep what finished before the run diverged
@@ -955,12 +956,25 @@ METHODS.update({    # after the arms of section 7, in this order
 FIXED_ARMS = ("H0_ddpg", "H4", "H8", "H16", "H32", "BPTT", "BPTT_rho0.01", "H8_rho0.01")
 
 
-def run_methods(methods, cfg, label, cache=None):
+def training_definition(method):
+    """What a training run depends on: the arm's settings without its label. Two arms with the same definition
+    train identically on the same seed (e.g. Exp 3's Q_H8 is Exp 2's H8)."""
+    return {k: v for k, v in method.items() if k != "label"}
+
+
+def run_methods(methods, cfg, label, cache=None, trained=None):
     """Train every arm on seeds seed, seed + 1000, ... . With `cache` (a folder) each finished run is saved
-    there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts."""
+    there and reused by a later call with the same arm, seed and budget: a long experiment can run in parts.
+    trained: {name: (method, runs)} of an earlier experiment; an arm that trains the same way reuses its runs."""
     runs, total = {}, len(methods) * cfg["seeds"]
     progress = ad.runs.Progress(total, label, every=10.0)
     for name, method in methods.items():
+        twin = next((earlier for earlier, (m, _) in (trained or {}).items()
+                     if training_definition(m) == training_definition(method)), None)
+        if twin is not None:             # the same arm, seeds and budget: the same runs, so not trained twice
+            runs[name] = trained[twin][1]
+            print(f"{label}: {name} trains exactly as {twin} did, so its runs are reused")
+            continue
         runs[name] = []
         for s in range(cfg["seeds"]):
             seed = cfg["seed"] + 1000 * s
@@ -1198,13 +1212,14 @@ def critic_fidelity(cfg, rng, rho=0.01):
     return table, points, critics
 
 
-def experiment_3(cfg, rng, exp1=None, cache=None):
+def experiment_3(cfg, rng, exp1=None, cache=None, exp2=None):
     fidelity, points, critics = critic_fidelity(cfg, rng)
     bias_with_g = None
     if exp1 is not None:   # (b): beta_H with the value terminal vs the gradient terminal, H <= 8
         bias_with_g = {name: {rho: {h: (rows["Q"][h]["bias"], rows["G"][h]["bias"]) for h in exp1["horizons"] if 0 < h <= 8}
                               for rho, rows in snap["rho"].items()} for name, snap in exp1["snapshots"].items()}
-    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs", cache)
+    trained = {name: (cfg["methods"][name], runs) for name, runs in exp2["runs"].items()} if exp2 else None
+    runs = run_methods(cfg["exp3_methods"], cfg, "exp3 training runs", cache, trained)
     summary = summarise_runs(runs)
     comparisons = {}   # G (lambda 0.95) against Q at the same actor horizon, paired by seed
     for q_name in (k for k in runs if k.startswith("Q_H")):

@@ -309,3 +309,14 @@ def test_every_figure_has_titles_labels_and_legends(tmp_path, monkeypatch):
     assert len(saved) == 5, saved
     assert not any(problems.values()), problems
     assert {"params.npz", "metrics.json"} <= set(os.listdir(tmp_path))
+
+
+def test_exp3_reuses_the_runs_of_an_exp2_arm_that_trains_the_same_way():
+    """Exp 3's Q_H8 is Exp 2's H8 under another label: its runs are reused, not trained again. An arm that
+    differs in any setting (the G critic) matches nothing, so it would be trained."""
+    cfg = dict(seeds=1, seed=0, env_steps=1, resume=False, actor_lr=1e-3, diagnose=False)
+    exp2_runs = [{"score": -25.0}]
+    runs = mve.run_methods({"Q_H8": mve.EXP3_METHODS["Q_H8"]}, cfg, "test", trained={"H8": (mve.METHODS["H8"], exp2_runs)})
+    assert runs["Q_H8"] is exp2_runs
+    g_arm = mve.training_definition(mve.EXP3_METHODS["G_H8_lam0.95"])
+    assert all(g_arm != mve.training_definition(m) for m in mve.METHODS.values())
