@@ -364,9 +364,10 @@ def headline(results, exact):
 # ----------------------------------------------------------------------------
 # 9. main: train each cell's agent, evaluate it beside the baselines, report
 # ----------------------------------------------------------------------------
-def main(argv=None):
+def main(argv=None, command=None):
+    """command: what the results record as the command, when a study calls main (default: this script's)."""
     started = time.perf_counter()
-    args = parse_arguments(argv)
+    args = parse_arguments(argv, command)
     out = ad.runs.prepare_out(args.out)
     report, per_cell, trained = {}, {}, {}
     for n, k in args.cell_list:
@@ -676,13 +677,13 @@ def parse_cells(text):
     return cells
 
 
-def parse_arguments(argv):
+def parse_arguments(argv, command=None):
     """The command line, checked before any work: every problem is one line and exit 2."""
     types = dict(cells=str, training_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
                  n500_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
                  eval_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]), tune_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]))
     args = ad.runs.command_line(__doc__, "rl2_bandits", SETTINGS, FULL, HELP, types=types, argv=argv,
-                                add_arguments=add_agent_arguments)
+                                add_arguments=add_agent_arguments, command=command)
     fail = ad.runs.OneLineParser(prog="rl2_bandits.py").error
     try:
         args.cell_list = [(args.n or 10, args.k or 5)] if args.n or args.k else parse_cells(args.cells)

@@ -165,7 +165,7 @@ def _type_for(default, size_limit):
 
 
 def command_line(doc, name, settings, full=None, help=None, types=None, argv=None, size_limit=10**9,
-                 add_arguments=None):
+                 add_arguments=None, command=None):
     """Build the command line from the lesson's SETTINGS dict and parse argv.
 
     Every key becomes a flag (`episodes` -> `--episodes`); its type comes from the default (whole numbers
@@ -173,7 +173,8 @@ def command_line(doc, name, settings, full=None, help=None, types=None, argv=Non
     `types[key]`. A bool default makes an on/off switch (`--flag` / `--no-flag`). `full` is the --full
     overlay: with --full its values replace the defaults, but a flag given explicitly still wins.
     --seed, --full and --out are always there. The --help text shows the value each mode really uses.
-    `add_arguments(parser)` may add flags that are not settings (e.g. --play, --resume).
+    `add_arguments(parser)` may add flags that are not settings (e.g. --play, --resume). `command` is the
+    command to record in the results when it is not `python <name>.py ARGV` (a study that calls main).
     Returns an argparse.Namespace."""
     full, help, types = dict(full or {}), dict(help or {}), dict(types or {})
     settings = {"seed": 0, **settings}
@@ -203,7 +204,7 @@ def command_line(doc, name, settings, full=None, help=None, types=None, argv=Non
             setattr(args, key, full[key] if args.full and key in full else default)
     if args.out is None:
         args.out = os.path.join("runs", name + ("_full" if args.full else ""))
-    args.command = " ".join(["python", f"{name}.py", *(sys.argv[1:] if argv is None else list(argv))])
+    args.command = command or " ".join(["python", f"{name}.py", *(sys.argv[1:] if argv is None else list(argv))])
     args.provenance_at_start = provenance(args)     # the code that ran, even if the tree changes during a long run
     return args
 

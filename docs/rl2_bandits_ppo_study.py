@@ -181,8 +181,8 @@ def main(argv=None):
         return ablation()
     if not argv or argv[0] not in EVERY_ARM:
         raise ad.runs.BadInput(f"the first argument names an arm: one of {', '.join(EVERY_ARM)}")
-    apply_arm(argv[0])
-    return rl2.main(argv[1:])
+    apply_arm(argv[0])   # the results record this study's command, so the file names its arm
+    return rl2.main(argv[1:], command=" ".join(["python", "docs/rl2_bandits_ppo_study.py", *argv]))
 
 
 if __name__ == "__main__":

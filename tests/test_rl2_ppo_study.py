@@ -56,3 +56,12 @@ def test_every_ablation_row_names_a_known_arm_and_cell(study):
 def test_an_unknown_arm_is_a_one_line_error(study):
     with pytest.raises(study.ad.runs.BadInput, match="names an arm"):
         study.main(["no_such_arm"])
+
+
+def test_the_results_record_the_study_command_with_its_arm(study, monkeypatch):
+    # the run itself is replaced by the command-line parse, which is where the recorded command is set
+    monkeypatch.setattr(rl2, "main", lambda argv, command=None: rl2.parse_arguments(argv, command))
+    args = study.main(["critic_time+means", "--cells", "n100_k10", "--training-seeds", "3"])
+    assert args.command == "python docs/rl2_bandits_ppo_study.py critic_time+means --cells n100_k10 --training-seeds 3"
+    assert args.provenance_at_start["command"] == args.command
+    assert rl2.parse_arguments(["--cells", "n10_k5"]).command == "python rl2_bandits.py --cells n10_k5"
