@@ -95,6 +95,59 @@ def tie_breaking_input():
     return {"make_policy": make_policy, "policy_torque": policy_torque}
 
 
+# Averaged weights: phase 2's last updates wander around a minimum at a step size Adam keeps finite; the average
+# of the weights over those updates (tail averaging, as in Polyak-Ruppert and SWA) sits nearer its centre than
+# any one iterate. It reads the weights only, so the training, and the raw final net, are the un-averaged arm's.
+class WeightAverage:
+    """Running averages of a net's weights over phase 2's last `fraction` of updates: the uniform mean and an
+    exponential one, ema <- ema + (w - ema) / horizon, with horizon = 10% of the updates averaged over."""
+
+    def __init__(self, net, updates, fraction=0.25):
+        self.net, self.first = net, int(round(updates * (1 - fraction)))
+        self.horizon, self.seen = max(1.0, 0.1 * (updates - self.first)), 0
+        self.mean = self.ema = None
+
+    def checkpoints(self, steps_before, steps_per_update, updates):
+        """The running totals (learning-curve checkpoints of pendulum_bptt.train_bptt) at which to read the net."""
+        return [steps_before + k * steps_per_update for k in range(self.first, updates)]
+
+    def observe(self, policy):                    # train_bptt's curve_policy_eval: the net after each update
+        weights = [p.data.copy() for p in self.net.parameters()]
+        self.seen += 1
+        if self.mean is None:
+            self.mean, self.ema = weights, [w.copy() for w in weights]
+        else:
+            for m, e, w in zip(self.mean, self.ema, weights):
+                m += (w - m) / self.seen
+                e += (w - e) / self.horizon
+        return float("nan")                        # recorded as the curve's point; nothing reads it
+
+    def net_with(self, which):
+        """A copy of the net with the `which` ("mean" or "ema") weights."""
+        net = pb.make_policy(0, self.net.layers[0][0].shape[1])
+        for p, w in zip(net.parameters(), getattr(self, which)):
+            p.data = w.copy()
+        return net
+
+
+def train_with_weight_average(seed, arm):
+    """train_two_phases (the same streams and schedule), reading phase 2's weights after each of its last
+    quarter's updates. Returns the tail-averaged net; the raw final net and the exponential average are in
+    net.study_nets (measured on the development starts beside it)."""
+    phase_1, phase_2 = arm["phase_1"], arm["phase_2"]
+    net, _, info = pb.train_bptt(seed, hidden=arm["hidden"], label=f"seed {seed} phase 1", **phase_1)
+    per_update = phase_2["batch"] * phase_2["window"]           # 200-step episodes: every window is whole
+    updates = -(-phase_2["sim_steps"] // per_update)
+    average = WeightAverage(net, updates, arm["average"])
+    pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
+                  curve_at=average.checkpoints(info["sim_steps"], per_update, updates),
+                  curve_policy_eval=average.observe, **phase_2)
+    averaged = average.net_with("mean")
+    averaged.study_nets = {"raw final": net, "exponential average": average.net_with("ema")}
+    averaged.study_info = {"updates_averaged": average.seen}
+    return averaged
+
+
 class swapped:
     """with swapped(arm): pendulum_bptt's functions replaced by the arm's "policy_swaps" (training and measuring)."""
 
@@ -355,6 +408,14 @@ ARMS = {
              "whole-episode twin cost on 1,000 training starts kept; phase 2 shorter by the two extra phase 1s "
              "(3,360,000 steps), so the budget is the default's"),
 }
+for _name, _base in (("", DEFAULT), (" eight times as long", with_phase_2(sim_steps=32_000_000))):
+    ARMS[f"phase 2{_name}, its last quarter's weights averaged"] = dict(
+        # trained on the first machine's CPU type (the raw final net reproduces the un-averaged arm's figures);
+        # paired with the default as the table's other rows are, and with its own raw net in its readouts
+        _base, average=0.25, baseline="default",
+        note=f"phase 2{_name and ': 32,000,000 steps'}, evaluated with the mean of its weights over the last quarter "
+             "of its updates (where the step size decays); the same training's raw final net and an exponential "
+             "average (horizon 10% of those updates) measured beside it")
 ARMS["phase 2 windows of 100, re-run on a second CPU"] = dict(
     with_phase_2(window=100), baseline="default re-run on a second CPU",
     note="phase 2: 100-step windows instead of 50, trained again on the second machine (the smoothed and capped "
@@ -423,6 +484,8 @@ def train_arm(arm, seed):
     """One seed of one arm: returns the trained net (an arm with "then" starts from the default's net)."""
     if "restarts" in arm:
         return train_with_restarts(seed, arm)
+    if "average" in arm:
+        return train_with_weight_average(seed, arm)
     if "policy_swaps" in arm:
         # phase 1 with the odd policy (a policy free to be other than odd learns first to push one way, section
         # 3 of pendulum_bptt.py), then the swapped policy's net, the same function at first, for phase 2
@@ -473,6 +536,10 @@ def run_arm(name, seeds=TRAINING_SEEDS):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pb.save_policy(path + ".npz", net, "odd", seed=seed)
         gap = ad.runs.paired_difference(optimum, returns)
+        for label, other in getattr(net, "study_nets", {}).items():      # the same training's other readouts
+            other_returns = development_returns(lambda obs: pb.act(other, obs))
+            net.study_info[f"gap_to_optimum_{label.replace(' ', '_')}"] = ad.runs.paired_difference(optimum, other_returns)
+            net.study_info[f"gain_over_{label.replace(' ', '_')}"] = ad.runs.paired_difference(returns, other_returns)
         ad.runs.write_json(path + ".json", {"seed": seed, **getattr(net, "study_info", {}),
                                             "returns": returns.tolist(), "gap_to_optimum": gap,
                                             "train_seconds": round(time.perf_counter() - t0, 1),
@@ -507,6 +574,12 @@ def arm_summary(name, optimum):
     for key in ("restart_kept", "phase_1_restart_twin_costs"):          # train_with_restarts' choice
         if all(key in r for r in rows):
             out[f"{key}_per_seed"] = [r[key] for r in rows]
+    for key in sorted(rows[0]):                 # the same training's other readouts (train_with_weight_average)
+        if key.startswith(("gap_to_optimum_", "gain_over_")) and all(key in r for r in rows):
+            out[f"{key}_per_seed"] = [round(r[key]["mean"], 3) for r in rows]
+            out[f"{key}_se_per_seed"] = [round(r[key]["se"], 3) for r in rows]
+            if key.startswith("gain_over_") and len(rows) > 1:        # mean ± SE across training seeds
+                out[f"{key}_across_seeds"] = dict(zip(("mean", "se"), ad.runs.mean_and_se([r[key]["mean"] for r in rows])))
     baseline = ARMS[name].get("baseline", "default")
     if name not in ("default", "default re-run on a second CPU") and baseline != name:
         default = arm_summary(baseline, optimum)

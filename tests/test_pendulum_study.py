@@ -42,3 +42,28 @@ def test_bounded_adjoint_is_the_identity_with_each_rows_gradient_capped(docs_stu
     norms, big = np.linalg.norm(x.grad, axis=1), np.linalg.norm(weights, axis=1) > 0.5
     assert np.allclose(norms[big], 0.5) and np.allclose(x.grad[~big], weights[~big])
     assert np.allclose(x.grad[big] / norms[big, None], weights[big] / np.linalg.norm(weights[big], axis=1)[:, None])
+
+
+def test_weight_average_is_the_mean_of_the_weights_it_read_and_leaves_the_net_alone(docs_study):
+    """WeightAverage over 80 updates reads the last quarter (after update 60 on, and the final net; horizon 2): its
+    "mean" net holds
+    the plain mean of the weights it saw, its "ema" the exponential average, and the trained net is untouched."""
+    study = docs_study("pendulum_bptt_study")
+    net = study.pb.make_policy(np.random.default_rng(0), 8)
+    average = study.WeightAverage(net, updates=80, fraction=0.25)
+    assert average.checkpoints(100, 10, 80) == [100 + 10 * k for k in range(60, 80)] and average.horizon == 2.0
+    seen = []
+    for k in range(3):
+        for p in net.parameters():
+            p.data = p.data + 0.1 * (k + 1)
+        seen.append([p.data.copy() for p in net.parameters()])
+        average.observe(None)
+    averaged, ema = average.net_with("mean"), average.net_with("ema")
+    horizon = average.horizon
+    for i, (p, q, r) in enumerate(zip(averaged.parameters(), ema.parameters(), net.parameters())):
+        assert np.allclose(p.data, np.mean([w[i] for w in seen], axis=0), atol=1e-12)
+        expected = seen[0][i]
+        for w in seen[1:]:
+            expected = expected + (w[i] - expected) / horizon
+        assert np.allclose(q.data, expected, atol=1e-12)
+        assert np.array_equal(r.data, seen[-1][i])
