@@ -94,9 +94,12 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
               for k in (5, 10, 50)),
             ("n10_iterations_1000+critic_time+means_entropy_3e-2", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_3e-2_n100_k10_3seeds.json"),
+            # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC;
+            # its file, ..._n100_n500_k5.json, stays in docs/results/)
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
               for arm, name in (("default", f"rl2_bandits_full_n500_k{k}.json"),
-                                (ALL_THREE, f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k{k}.json"))))
+                                (ALL_THREE, f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k{k}"
+                                            f"{'_3seeds' if k == 5 else ''}.json"))))
 
 # arms trained on the same CPU, where the same training seed draws the same random numbers: each combined arm is
 # compared with its parts by training seed (paired), in each cell that has both
