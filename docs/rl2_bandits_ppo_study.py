@@ -34,6 +34,9 @@ ARMS = {
     "critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),   # the two that helped
     "iterations_1600": dict(iterations=1600),        # training length: twice the iterations (and a slower lr decay)
     "critic_time+means_entropy_3e-2": dict(critic_sees="time+means", entropy_coef=0.03),   # a larger bonus still
+    # GAE λ = 0.97 instead of 0.9: credit reaching about 30 pulls back instead of 10, where an exploratory pull's
+    # payoff comes; affordable once the critic reads the means (its errors were what made small λ necessary)
+    "critic_time+means_entropy_1e-2_lam_0.97": dict(critic_sees="time+means", entropy_coef=0.01, lam=0.97),
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -54,6 +57,11 @@ ARMS_BOTH = {
     "n10_iterations_1000+critic_time+means_entropy_1e-2": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
     # the same with three times the entropy bonus: does more of what helped help more?
     "n10_iterations_1000+critic_time+means_entropy_3e-2": ("n10_iterations_1000", "critic_time+means_entropy_3e-2"),
+    # the first again, under another name: a re-run on another CPU, the paired baseline of the runs made there
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_rerun": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
+    # the first with GAE λ = 0.97 at n = 100
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_lam_0.97": ("n10_iterations_1000",
+                                                                    "critic_time+means_entropy_1e-2_lam_0.97"),
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
@@ -94,6 +102,8 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
               for k in (5, 10, 50)),
             ("n10_iterations_1000+critic_time+means_entropy_3e-2", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_3e-2_n100_k10_3seeds.json"),
+            (BOTH + "_rerun", "n100_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k10_3seeds_rerun.json"),
+            (BOTH + "_lam_0.97", "n100_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_lam_0.97_n100_k10_3seeds.json"),
             # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC;
             # its file, ..._n100_n500_k5.json, stays in docs/results/)
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
@@ -107,7 +117,10 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   ("critic_time+means_entropy_1e-2", "entropy_1e-2"),
                   # the same seeds' random numbers, but a different (longer-trained) n = 10 start
                   (BOTH, "critic_time+means_entropy_1e-2"), (BOTH, "critic_time+means"),
-                  ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH))
+                  ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH),
+                  # on the Intel Xeon: the re-run of BOTH is the baseline of the arms run there
+                  ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH + "_rerun"),
+                  (BOTH + "_lam_0.97", BOTH + "_rerun"))
 
 
 def stage_changed(arm):
