@@ -103,13 +103,13 @@ class WeightAverage:
     exponential one, ema <- ema + (w - ema) / horizon, with horizon = 10% of the updates averaged over."""
 
     def __init__(self, net, updates, fraction=0.25):
-        self.net, self.first = net, int(round(updates * (1 - fraction)))
+        self.net, self.updates, self.first = net, updates, int(round(updates * (1 - fraction)))
         self.horizon, self.seen = max(1.0, 0.1 * (updates - self.first)), 0
         self.mean = self.ema = None
 
-    def checkpoints(self, steps_before, steps_per_update, updates):
+    def checkpoints(self, steps_before, steps_per_update):
         """The running totals (learning-curve checkpoints of pendulum_bptt.train_bptt) at which to read the net."""
-        return [steps_before + k * steps_per_update for k in range(self.first, updates)]
+        return [steps_before + k * steps_per_update for k in range(self.first, self.updates)]
 
     def observe(self, policy):                    # train_bptt's curve_policy_eval: the net after each update
         weights = [p.data.copy() for p in self.net.parameters()]
@@ -140,7 +140,7 @@ def train_with_weight_average(seed, arm):
     updates = -(-phase_2["sim_steps"] // per_update)
     average = WeightAverage(net, updates, arm["average"])
     pb.train_bptt((seed, 2), net=net, steps_before=info["sim_steps"], label=f"seed {seed} phase 2",
-                  curve_at=average.checkpoints(info["sim_steps"], per_update, updates),
+                  curve_at=average.checkpoints(info["sim_steps"], per_update),
                   curve_policy_eval=average.observe, **phase_2)
     averaged = average.net_with("mean")
     averaged.study_nets = {"raw final": net, "exponential average": average.net_with("ema")}

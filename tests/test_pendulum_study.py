@@ -46,12 +46,12 @@ def test_bounded_adjoint_is_the_identity_with_each_rows_gradient_capped(docs_stu
 
 def test_weight_average_is_the_mean_of_the_weights_it_read_and_leaves_the_net_alone(docs_study):
     """WeightAverage over 80 updates reads the last quarter (after update 60 on, and the final net; horizon 2): its
-    "mean" net holds
-    the plain mean of the weights it saw, its "ema" the exponential average, and the trained net is untouched."""
+    "mean" net holds the plain mean of the weights it saw, its "ema" the exponential average, and the trained net
+    is untouched."""
     study = docs_study("pendulum_bptt_study")
     net = study.pb.make_policy(np.random.default_rng(0), 8)
     average = study.WeightAverage(net, updates=80, fraction=0.25)
-    assert average.checkpoints(100, 10, 80) == [100 + 10 * k for k in range(60, 80)] and average.horizon == 2.0
+    assert average.checkpoints(100, 10) == [100 + 10 * k for k in range(60, 80)] and average.horizon == 2.0
     seen = []
     for k in range(3):
         for p in net.parameters():
