@@ -37,6 +37,10 @@ ARMS = {
     # GAE λ = 0.97 instead of 0.9: credit reaching about 30 pulls back instead of 10, where an exploratory pull's
     # payoff comes; affordable once the critic reads the means (its errors were what made small λ necessary)
     "critic_time+means_entropy_1e-2_lam_0.97": dict(critic_sees="time+means", entropy_coef=0.01, lam=0.97),
+    # advantage normalisation: without the per-pull-index centring (one mean and one std over the whole batch).
+    # The centring was there for a critic that must count the pulls left; this critic reads the clock itself
+    "critic_time+means_entropy_1e-2_no_centring": dict(critic_sees="time+means", entropy_coef=0.01,
+                                                       center_per_pull=False),
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -62,6 +66,9 @@ ARMS_BOTH = {
     # the first with GAE λ = 0.97 at n = 100
     "n10_iterations_1000+critic_time+means_entropy_1e-2_lam_0.97": ("n10_iterations_1000",
                                                                     "critic_time+means_entropy_1e-2_lam_0.97"),
+    # the first without centring the advantages per pull index at n = 100
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_no_centring": ("n10_iterations_1000",
+                                                                       "critic_time+means_entropy_1e-2_no_centring"),
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
