@@ -52,6 +52,10 @@ ARMS_N10 = {
 # what each arm changes in the n = 500 stage (used only inside ARMS_BOTH)
 ARMS_N500 = {
     "n500_critic_time+means_entropy_1e-2": dict(critic_sees="time+means", entropy_coef=0.01),
+    # the asymmetric critic alone, at three times the step: with the two changes continued, the n = 500 stage's
+    # updates stayed far inside PPO's clip (KL 0.0001-0.0014 per update, clip fraction under 1.5%) and the
+    # larger bonus raised the entropy (0.04 -> 0.13 nats per pull at k = 10) while the training reward fell
+    "n500_critic_time+means_lr_3e-3": dict(critic_sees="time+means", lr=3e-3),
 }
 # arms that make one change in each of several stages: their parts, from ARMS_N10, ARMS and ARMS_N500; each part
 # also reaches every later stage through the curriculum's start
@@ -72,6 +76,9 @@ ARMS_BOTH = {
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
+    # the same n = 10 and n = 100 stages (the same agent at the start of n = 500), then the step-size change there
+    "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_lr_3e-3"),
 }
 # every one-stage arm: (the n of the stage it changes, its changes)
 ONE_STAGE_ARMS = {**{arm: (10, changes) for arm, changes in ARMS_N10.items()},
