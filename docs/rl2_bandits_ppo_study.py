@@ -91,6 +91,7 @@ EVERY_ARM = {**ARMS, **ARMS_N10,
 
 BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
 ALL_THREE = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
+N500_LR = "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
 ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
@@ -118,6 +119,10 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_3e-2_n100_k10_3seeds.json"),
             (BOTH + "_rerun", "n100_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k10_3seeds_rerun.json"),
             (BOTH + "_lam_0.97", "n100_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_lam_0.97_n100_k10_3seeds.json"),
+            (BOTH + "_no_centring", "n100_k10",
+             "rl2_bandits_ppo_study_n10_1000+critic_entropy_no_centring_n100_k10_3seeds.json"),
+            *((N500_LR, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_lr_3e-3_n500_k{k}.json")
+              for k in (10, 50)),
             # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC;
             # its file, ..._n100_n500_k5.json, stays in docs/results/)
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
@@ -134,7 +139,11 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH),
                   # on the Intel Xeon: the re-run of BOTH is the baseline of the arms run there
                   ("n10_iterations_1000+critic_time+means_entropy_3e-2", BOTH + "_rerun"),
-                  (BOTH + "_lam_0.97", BOTH + "_rerun"))
+                  (BOTH + "_lam_0.97", BOTH + "_rerun"),
+                  # on an AMD EPYC again (the CPU of BOTH's own rows)
+                  (BOTH + "_no_centring", BOTH),
+                  # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
+                  (N500_LR, ALL_THREE))
 
 
 def stage_changed(arm):
@@ -193,6 +202,12 @@ def ablation():
             if a and b and a["cpu"] == b["cpu"] and a["seeds"] == b["seeds"] > 1:
                 a[f"change from {part} (paired by training seed)"] = ad.runs.paired_difference(
                     a["RL2 - Gittins (paired), per seed"], b["RL2 - Gittins (paired), per seed"])
+            elif a and b and a["cpu"] == b["cpu"] and a["seeds"] == b["seeds"] == 1:
+                # one seed each, the same tasks: the SE over tasks of each, combined as if independent (the
+                # per-task returns are not kept, so the pairing over tasks, which would shrink it, is not used)
+                ga, gb = a["RL2 - Gittins"], b["RL2 - Gittins"]
+                a[f"change from {part} (seed 0 of each, SE over tasks, unpaired)"] = {
+                    "mean": ga["mean"] - gb["mean"], "se": (ga["se"] ** 2 + gb["se"] ** 2) ** 0.5}
     out = os.path.join(RESULTS, "rl2_bandits_ppo_ablation.json")
     ad.runs.write_json(out, {"rows": rows, "provenance": ad.runs.provenance(),
                              "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
@@ -201,7 +216,7 @@ def ablation():
         print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.3f} ± {g['se']:.3f} (over {g['se_over']})"
               + (f", change {change['mean']:+.3f} ± {change['se']:.3f}" if change else ""))
         for name, d in row.items():
-            if name.endswith("(paired by training seed)"):
+            if name.startswith("change from ") and name != "change from the committed cell (unpaired)":
                 print(f"    {name}: {d['mean']:+.3f} ± {d['se']:.3f}")
     return rows
 
