@@ -474,6 +474,17 @@ for _name, _base in (("", DEFAULT), (" eight times as long", with_phase_2(sim_st
         note=f"phase 1 replaced by a net cloned from the optimal controller (DAgger on the twin, 4 rounds of 512 "
              f"starts), then phase 2{_name and ' (32,000,000 steps)'} from it: does the truncated objective keep "
              "the optimum's swing-up? The clone itself is measured beside it")
+# Phase 1 sets the swing-up that phase 2 only refines (phase 2 from the clone keeps the optimum's): does phase 1,
+# with longer windows, learn a swing-up nearer the optimum's? Same steps, so fewer updates
+def with_phase_1(**changes):
+    return dict(DEFAULT, phase_1=dict(DEFAULT["phase_1"], **changes))
+
+
+for _window in (35, 50):
+    ARMS[f"phase 1 with {_window}-step windows"] = dict(
+        with_phase_1(window=_window), baseline="default re-run on a second CPU",
+        note=f"phase 1: {_window}-step windows instead of 25 (the same 320,000 steps, so fewer updates), "
+             "then the default's phase 2")
 ARMS["phase 2 windows of 100, re-run on a second CPU"] = dict(
     with_phase_2(window=100), baseline="default re-run on a second CPU",
     note="phase 2: 100-step windows instead of 50, trained again on the second machine (the smoothed and capped "
