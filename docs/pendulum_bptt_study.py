@@ -157,12 +157,24 @@ def optimum_values():
     return pb.value_iteration(*GRID)
 
 
-def clone_optimum(seed, hidden, rounds=4, starts_per_round=512, updates_per_round=4000, batch=1024, lr=3e-3):
+def optimum_teacher():
+    values = optimum_values()
+    return lambda state, t: greedy_torque(values, state, t)
+
+
+def policy_teacher(net):
+    """A trained policy as a teacher (the control: the same cloning, a teacher with the default's swing-up)."""
+    return lambda state, t: pb.act(net, np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1))
+
+
+def clone_optimum(seed, hidden, rounds=4, starts_per_round=512, updates_per_round=4000, batch=1024, lr=3e-3,
+                  teacher=None):
     """A net fitted to the optimal controller's torques (squared error on u) by DAgger on the twin: round 0 on
     the optimum's own trajectories, each later round adding the states the current clone visits (every one
     labelled with the optimum's torque at its step t). The starts come from a stream of their own, (seed, 7),
-    drawn as Gymnasium's reset draws them; no development start is used. Returns the net."""
-    rng, values = np.random.default_rng((seed, 7)), optimum_values()
+    drawn as Gymnasium's reset draws them; no development start is used. teacher(state, t) -> torques replaces
+    the optimum (policy_teacher). Returns the net."""
+    rng, teacher = np.random.default_rng((seed, 7)), teacher or optimum_teacher()
     net = pb.make_policy(rng, hidden)
     optimizer = ad.optim.Adam(net.parameters(), lr=lr)
     observations, targets = [], []
@@ -170,7 +182,7 @@ def clone_optimum(seed, hidden, rounds=4, starts_per_round=512, updates_per_roun
         state = pb.reset_states(rng, starts_per_round)
         for t in range(pb.EPISODE_STEPS):
             obs = np.stack([np.cos(state[:, 0]), np.sin(state[:, 0]), state[:, 1]], axis=1)
-            best = greedy_torque(values, state, t)
+            best = teacher(state, t)
             observations.append(obs)
             targets.append(best)
             state = pb.step_numpy(state, best if k == 0 else pb.act(net, obs))[0]
@@ -190,7 +202,8 @@ def clone_optimum(seed, hidden, rounds=4, starts_per_round=512, updates_per_roun
 def train_from_clone(seed, arm):
     """Phase 1 replaced by clone_optimum, then phase 2 as in train_two_phases (its stream, (seed, 2), and its
     schedule). The clone itself is measured beside the result (net.study_nets)."""
-    clone = clone_optimum(seed, arm["hidden"])
+    teacher = policy_teacher(load_arm_policy(arm["teacher"], seed)) if "teacher" in arm else None
+    clone = clone_optimum(seed, arm["hidden"], teacher=teacher)
     start = pb.make_policy(0, arm["hidden"])
     for p, q in zip(start.parameters(), clone.parameters()):
         p.data = q.data.copy()
@@ -474,6 +487,10 @@ for _name, _base in (("", DEFAULT), (" eight times as long", with_phase_2(sim_st
         note=f"phase 1 replaced by a net cloned from the optimal controller (DAgger on the twin, 4 rounds of 512 "
              f"starts), then phase 2{_name and ' (32,000,000 steps)'} from it: does the truncated objective keep "
              "the optimum's swing-up? The clone itself is measured beside it")
+ARMS["phase 2, from a clone of the default's policy (control)"] = dict(
+    DEFAULT, from_clone=True, teacher="default re-run on a second CPU", baseline="default re-run on a second CPU",
+    note="the control of the clone arms: the same cloning (DAgger, 4 rounds of 512 starts), the teacher the "
+         "default's own trained policy (the same seed's) instead of the optimum, then the default's phase 2")
 # Phase 1 sets the swing-up that phase 2 only refines (phase 2 from the clone keeps the optimum's): does phase 1,
 # with longer windows, learn a swing-up nearer the optimum's? Same steps, so fewer updates
 def with_phase_1(**changes):
