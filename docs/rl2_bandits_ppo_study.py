@@ -79,6 +79,10 @@ ARMS_BOTH = {
     # the same n = 10 and n = 100 stages (the same agent at the start of n = 500), then the step-size change there
     "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_lr_3e-3"),
+    # the n = 100 and n = 500 arm again, under another name: its first n = 500, k = 5 seed (an AMD EPYC), kept as
+    # its own row because the three-seed run that replaces it was trained on another CPU
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500_first_seed": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
 }
 # every one-stage arm: (the n of the stage it changes, its changes)
 ONE_STAGE_ARMS = {**{arm: (10, changes) for arm, changes in ARMS_N10.items()},
@@ -122,9 +126,10 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             (BOTH + "_no_centring", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_no_centring_n100_k10_3seeds.json"),
             *((N500_LR, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_lr_3e-3_n500_k{k}.json")
-              for k in (10, 50)),
-            # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC;
-            # its file, ..._n100_n500_k5.json, stays in docs/results/)
+              for k in (5, 10, 50)),
+            # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC),
+            # which stays as the row N500_LR's seed there is compared with
+            (ALL_THREE + "_first_seed", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"),
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
               for arm, name in (("default", f"rl2_bandits_full_n500_k{k}.json"),
                                 (ALL_THREE, f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k{k}"
@@ -143,7 +148,7 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   # on an AMD EPYC again (the CPU of BOTH's own rows)
                   (BOTH + "_no_centring", BOTH),
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
-                  (N500_LR, ALL_THREE))
+                  (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"))
 
 
 def stage_changed(arm):
