@@ -56,6 +56,10 @@ ARMS_N500 = {
     # updates stayed far inside PPO's clip (KL 0.0001-0.0014 per update, clip fraction under 1.5%) and the
     # larger bonus raised the entropy (0.04 -> 0.13 nats per pull at k = 10) while the training reward fell
     "n500_critic_time+means_lr_3e-3": dict(critic_sees="time+means", lr=3e-3),
+    # the last arm's two changes one at a time: the asymmetric critic alone (the bonus back to 1e-3, the step
+    # kept), and the step tripled with the bonus 1e-2 kept
+    "n500_critic_time+means": dict(critic_sees="time+means"),
+    "n500_critic_time+means_entropy_1e-2_lr_3e-3": dict(critic_sees="time+means", entropy_coef=0.01, lr=3e-3),
 }
 # arms that make one change in each of several stages: their parts, from ARMS_N10, ARMS and ARMS_N500; each part
 # also reaches every later stage through the curriculum's start
@@ -79,6 +83,11 @@ ARMS_BOTH = {
     # the same n = 10 and n = 100 stages (the same agent at the start of n = 500), then the step-size change there
     "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_lr_3e-3"),
+    # the same again, with the n = 500 stage's two changes one at a time
+    "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means"),
+    "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_entropy_1e-2_lr_3e-3": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2_lr_3e-3"),
     # the n = 100 and n = 500 arm again, under another name: its first n = 500, k = 5 seed (an AMD EPYC), kept as
     # its own row because the three-seed run that replaces it was trained on another CPU
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500_first_seed": (
@@ -96,6 +105,8 @@ EVERY_ARM = {**ARMS, **ARMS_N10,
 BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
 ALL_THREE = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
 N500_LR = "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3"
+N500_BONUS_OFF = BOTH + "+n500_critic_time+means"                      # N500_LR's first change alone
+N500_STEP_UP = BOTH + "+n500_critic_time+means_entropy_1e-2_lr_3e-3"   # N500_LR's second change alone
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
 ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
@@ -129,6 +140,9 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
               for k in (5, 10, 50)),
             # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC),
             # which stays as the row N500_LR's seed there is compared with
+            (N500_BONUS_OFF, "n500_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_critic_n500_k10.json"),
+            (N500_STEP_UP, "n500_k10",
+             "rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_entropy_1e-2_lr_3e-3_n500_k10.json"),
             (ALL_THREE + "_first_seed", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"),
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
               for arm, name in (("default", f"rl2_bandits_full_n500_k{k}.json"),
@@ -148,7 +162,9 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   # on an AMD EPYC again (the CPU of BOTH's own rows)
                   (BOTH + "_no_centring", BOTH),
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
-                  (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"))
+                  (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"),
+                  # N500_LR's two changes, each alone, against both ends
+                  *((arm, base) for arm in (N500_BONUS_OFF, N500_STEP_UP) for base in (ALL_THREE, N500_LR)))
 
 
 def stage_changed(arm):
