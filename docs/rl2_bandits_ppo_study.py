@@ -106,8 +106,8 @@ EVERY_ARM = {**ARMS, **ARMS_N10,
 BOTH = "n10_iterations_1000+critic_time+means_entropy_1e-2"
 ALL_THREE = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
 N500_LR = "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3"
-N500_BONUS_OFF = BOTH + "+n500_critic_time+means"                      # N500_LR's first change alone
-N500_STEP_UP = BOTH + "+n500_critic_time+means_entropy_1e-2_lr_3e-3"   # N500_LR's second change alone
+N500_BONUS_OFF = BOTH + "+n500_critic_time+means"                      # of N500_LR's changes, the bonus alone
+N500_STEP_UP = BOTH + "+n500_critic_time+means_entropy_1e-2_lr_3e-3"   # of N500_LR's changes, the step alone
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
 ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
@@ -139,12 +139,12 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_no_centring_n100_k10_3seeds.json"),
             *((N500_LR, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_lr_3e-3_n500_k{k}.json")
               for k in (5, 10, 50)),
-            # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC),
-            # which stays as the row N500_LR's seed there is compared with
             *((N500_BONUS_OFF, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_critic_n500_k{k}.json")
               for k in (10, 50)),
             (N500_STEP_UP, "n500_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_entropy_1e-2_lr_3e-3_n500_k10.json"),
+            # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC),
+            # which stays as the row N500_LR's seed there is compared with
             (ALL_THREE + "_first_seed", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"),
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
               for arm, name in (("default", f"rl2_bandits_full_n500_k{k}.json"),
