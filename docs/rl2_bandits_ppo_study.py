@@ -137,12 +137,11 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             (BOTH + "_lam_0.97", "n100_k10", "rl2_bandits_ppo_study_n10_1000+critic_entropy_lam_0.97_n100_k10_3seeds.json"),
             (BOTH + "_no_centring", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_no_centring_n100_k10_3seeds.json"),
-            *((N500_LR, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_lr_3e-3_n500_k{k}.json")
-              for k in (5, 10, 50)),
-            *((N500_BONUS_OFF, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_critic_n500_k{k}.json")
-              for k in (10, 50)),
-            *((N500_STEP_UP, f"n500_k{k}",
-               f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_entropy_1e-2_lr_3e-3_n500_k{k}.json") for k in (10, 50)),
+            # the n = 500 stage's arms: (arm, what its file names, the cells run)
+            *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
+              for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
+                                    (N500_STEP_UP, "entropy_1e-2_lr_3e-3", (10, 50)))
+              for k in ks),
             # at n = 500, k = 5 the three seeds' run (an Intel Xeon) replaces the first one-seed run (an AMD EPYC),
             # which stays as the row N500_LR's seed there is compared with
             (ALL_THREE + "_first_seed", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"),
