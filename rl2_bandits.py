@@ -6,7 +6,8 @@ total reward of a whole trial of n pulls in one task. Its hidden state, carried 
 "fast" learning algorithm inside each new task: explore the arms, remember what paid, exploit.
 
     tasks     k-armed Bernoulli bandits, arm means p_a ~ U[0, 1] drawn once per trial, n pulls per trial
-    agent     h_t = GRU(x_t, h_{t-1}),  π(a | history) = softmax(W h_t + b),  V(history) from a second GRU;
+    agent     h_t = GRU(x_t, h_{t-1}),  π(a | history) = softmax(W h_t + b),  V(history) from a second GRU
+              (at n ≥ 100 it also reads the trial's clock and the task's true means: training only);
               x_t = (one-hot of the previous arm, the previous reward, a first-pull flag)
     PPO       L = −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] + c_v E[(V − R)²]/2 − c_H E[H(π)],  ρ = π/π_old
     GAE       δ_t = r_t + V_{t+1} − V_t,  A_t = δ_t + λ A_{t+1} over the whole trial (γ = 1): a pull that
@@ -41,14 +42,16 @@ SETTINGS = {
     "n500_seeds": 1,          # agents trained per n = 500 cell (each about 40 min)
     "eval_tasks": 50_000,     # unseen tasks per cell at n = 10 (fewer at larger n: Part 2, TASKS_PER_N)
     "tune_tasks": 2_000,      # other tasks on which the baselines' parameters are chosen, at n = 10
+    "n10_iterations": 250,    # PPO iterations at n = 10, where every longer trial's curriculum starts
 }
-FULL = {"cells": "all", "training_seeds": 3, "eval_tasks": 100_000, "tune_tasks": 10_000}
+# --full: four times the n = 10 stage (within 1% of Gittins in every n = 10 cell; 250 leave k = 10, 50 at Greedy)
+FULL = {"cells": "all", "training_seeds": 3, "eval_tasks": 100_000, "tune_tasks": 10_000, "n10_iterations": 1000}
 # what each setting means (its --help text): Part 2, HELP
 
 LESSON = dict(               # PPO for n = 10: the lesson's agent
     hidden=64,               # GRU units per network; the paper's 256 make the recurrence 16x more costly
     trials=256,              # trials (tasks) per PPO iteration
-    iterations=250,          # PPO iterations (250 x 256 x 10 = 640,000 pulls)
+    iterations=SETTINGS["n10_iterations"],   # PPO iterations (250 x 256 x 10 = 640,000 pulls; --n10-iterations)
     minibatches=2,           # whole trials per minibatch = trials / minibatches
     epochs=4,                # passes over each batch
     lr=6e-3,                 # Adam, decayed linearly to 0
@@ -415,10 +418,17 @@ PPO_BY_N = {
     # n = 100 starts from the n = 10 agent of the same k (a curriculum): from scratch, PPO on 100-pull trials
     # made the policy deterministic before it learnt to use rewards (54 and 63 after 300 iterations at k = 5
     # and 10), while an n = 10 agent already scores 72.7 at n = 100, k = 5. λ = 0.3 or 0.5 let the critic's
-    # errors collapse the policy at n = 100.
-    100: dict(LESSON, start_from_n=10, trials=128, iterations=800, lr=3e-3, entropy_coef=0.001, lam=0.9),
-    # n = 500 continues the n = 100 agent the same way (about 35-45 min per cell on 2 cores, curriculum included)
-    500: dict(LESSON, start_from_n=100, trials=64, iterations=400, lr=1e-3, entropy_coef=0.001, lam=0.9),
+    # errors collapse the policy at n = 100. The critic reads the trial's clock and the task's true means (used
+    # in training only), so an advantage measures the luck of the pulls, not which task was drawn; with it and
+    # the n = 10 bonus kept (1e-2, not 1e-3) RL² - Gittins at k = 10 went from -5.40 to -2.26 (3 seeds each;
+    # README, the ablation of docs/rl2_bandits_ppo_study.py).
+    100: dict(LESSON, start_from_n=10, trials=128, iterations=800, lr=3e-3, lam=0.9, critic_sees="time+means"),
+    # n = 500 continues the n = 100 agent the same way, with the n = 100 stage's step (3e-3) and the bonus back
+    # to 1e-3: at step 1e-3 and bonus 1e-2 its updates stayed far inside PPO's clip (median approximate KL 0.0006
+    # per iteration), and this lifted k = 10 and k = 50 by 8.9 and 4.2 (one seed each). About 25-35 min per
+    # cell on 2 busy cores, curriculum included.
+    500: dict(LESSON, start_from_n=100, trials=64, iterations=400, lr=3e-3, entropy_coef=0.001, lam=0.9,
+              critic_sees="time+means"),
 }
 
 
@@ -428,8 +438,7 @@ PPO_BY_N = {
 def critic_features(inputs, means, sees):
     """What the critic reads: the policy's inputs, plus (if `sees` says so) the fraction of the trial gone
     and the task's true means. The critic is used only in training, so it may see what the policy cannot
-    (an "asymmetric" critic); off by default. In a 150-iteration fine-tune at n=100, k=5, "time+means"
-    scored 75.6 against 74.4 for "history" (one seed each)."""
+    (an "asymmetric" critic): "time+means" at n = 100 and 500, "history" at n = 10 (the lesson's critic)."""
     n, B = inputs.shape[:2]
     parts = [inputs]
     if sees in ("time", "time+means"):
@@ -641,6 +650,8 @@ HELP = {
     "eval_tasks": "unseen tasks on which every method is evaluated, per cell with n = 10 (n = 100: a fifth, "
                   "n = 500: a tenth)",
     "tune_tasks": "tasks (disjoint from those) on which the baselines are tuned, per n = 10 cell (scaled alike)",
+    "n10_iterations": "PPO iterations of the n = 10 stage: the n = 10 cells' agents, and the start of every "
+                      "longer trial's curriculum",
 }
 
 
@@ -653,11 +664,13 @@ def add_agent_arguments(parser):
                             ("trials", ad.runs.whole(LESSON["minibatches"], LIMITS["trials"]), "trials per iteration"),
                             ("hidden", ad.runs.whole(1, LIMITS["hidden"]), "GRU units per network"),
                             ("lr", ad.runs.number(exclusive_minimum=0.0), "Adam step size, decayed linearly to 0")):
-        shown = ", ".join(f"n={n}: {config[key]}" for n, config in PPO_BY_N.items())
+        shown = ", ".join(f"n={n}: {'--n10-iterations' if (n, key) == (10, 'iterations') else config[key]}"
+                          for n, config in PPO_BY_N.items())
         parser.add_argument("--" + key, type=kind, help=f"{text}, for every cell (default: each n's own, {shown})")
+    shown = ", ".join(f"n={n}: {config['critic_sees']}" for n, config in PPO_BY_N.items())
     parser.add_argument("--critic-sees", choices=("history", "time", "time+means"),
-                        help="what the critic reads besides the history (default history; time+means is "
-                             "privileged: the task's true means)")
+                        help=f"what the critic reads besides the history, for every cell (default: each n's own, "
+                             f"{shown}; time+means is privileged: the task's true means, read in training only)")
     parser.add_argument("--params", help="evaluate the agents in this params.npz (written by this script) "
                                          "instead of training (default folder then runs/rl2_bandits_params)")
 
@@ -681,7 +694,8 @@ def parse_arguments(argv, command=None):
     """The command line, checked before any work: every problem is one line and exit 2."""
     types = dict(cells=str, training_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
                  n500_seeds=ad.runs.whole(1, LIMITS["training_seeds"]),
-                 eval_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]), tune_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]))
+                 eval_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]), tune_tasks=ad.runs.whole(10, LIMITS["eval_tasks"]),
+                 n10_iterations=ad.runs.whole(1, LIMITS["iterations"]))
     args = ad.runs.command_line(__doc__, "rl2_bandits", SETTINGS, FULL, HELP, types=types, argv=argv,
                                 add_arguments=add_agent_arguments, command=command)
     fail = ad.runs.OneLineParser(prog="rl2_bandits.py").error
@@ -707,10 +721,12 @@ def parse_arguments(argv, command=None):
 
 
 def cell_config(n, args):
-    """PPO's settings for trials of n pulls, with the command line's overrides."""
+    """PPO's settings for trials of n pulls, with the command line's overrides (--iterations, for every cell,
+    wins over --n10-iterations)."""
+    stage = dict(iterations=args.n10_iterations) if n == 10 else {}
     overrides = {key: getattr(args, key) for key in ("iterations", "trials", "hidden", "lr", "critic_sees")
                  if getattr(args, key) is not None}
-    return dict(PPO_BY_N[n], **overrides)
+    return {**PPO_BY_N[n], **stage, **overrides}
 
 
 def seeds_for(n, args):

@@ -5,9 +5,11 @@ at a time, measured by rl2_bandits.py's own main (the same unseen tasks, the sam
 
 ARM names a change to PPO_BY_N[100] (the n = 10 stage is untouched, except that a GRU size holds in both stages),
 or, for the arms in ARMS_N10, a change to the n = 10 stage alone; an arm in ARMS_BOTH combines one-stage arms.
-With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the committed cell
-(docs/results/rl2_bandits_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and "RL2 - Gittins
-(paired)".
+Every arm changes rl2_bandits.py's settings as they were before this study (PREVIOUS), so each arm's command
+still trains what its results file holds. The arm ADOPTED is what `python rl2_bandits.py --full` now trains.
+With --training-seeds 1 the arm's seed 0 is evaluated on the same tasks as seed 0 of the previous settings' cell
+(docs/results/rl2_bandits_previous_full_n100_k10.json): compare their per-seed "RL2 - Greedy (paired)" and
+"RL2 - Gittins (paired)".
 
     python docs/rl2_bandits_ppo_study.py --ablation    # the results files -> docs/results/rl2_bandits_ppo_ablation.json
 """
@@ -21,6 +23,10 @@ import autodiff as ad  # noqa: E402  (first: single-threaded BLAS before NumPy l
 
 import rl2_bandits as rl2  # noqa: E402
 
+# rl2_bandits.py's settings before this study's changes were adopted (up to commit 44a302a): what every arm
+# changes. "default" is these settings unchanged.
+PREVIOUS = {10: dict(iterations=250), 100: dict(critic_sees="history", entropy_coef=0.001),
+            500: dict(critic_sees="history", entropy_coef=0.001, lr=1e-3)}
 # what each arm changes in the n = 100 stage; the exploration test's settings learnt fastest per pull at n = 50
 ARMS = {
     "default": {},
@@ -108,9 +114,10 @@ ALL_THREE = "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500"
 N500_LR = "n10_iterations_1000+critic_time+means_entropy_1e-2+n500_critic_time+means_lr_3e-3"
 N500_BONUS_OFF = BOTH + "+n500_critic_time+means"                      # of N500_LR's changes, the bonus alone
 N500_STEP_UP = BOTH + "+n500_critic_time+means_entropy_1e-2_lr_3e-3"   # of N500_LR's changes, the step alone
+ADOPTED = N500_LR   # rl2_bandits.py --full trains this arm's settings (tests/test_rl2_ppo_study.py checks it)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-# the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the committed cell
-ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
+# the ablation table's rows: (arm, cell, results file in docs/results/); "default" is the previous settings' cell
+ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             ("lr_1e-2", "n100_k10", "rl2_bandits_ppo_study_lr_1e-2_3seeds.json"),
             ("minibatches_4_lr_6e-3", "n100_k10", "rl2_bandits_ppo_study_minibatches_4_lr_6e-3.json"),
             ("critic_time+means", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_3seeds.json"),
@@ -118,15 +125,15 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             ("hidden_256", "n100_k10", "rl2_bandits_ppo_study_hidden_256.json"),
             ("critic_time+means_entropy_1e-2", "n100_k10", "rl2_bandits_ppo_study_critic_time+means_entropy_1e-2_3seeds.json"),
             ("iterations_1600", "n100_k10", "rl2_bandits_ppo_study_iterations_1600_3seeds.json"),
-            ("default", "n100_k5", "rl2_bandits_full_n100_k5.json"),
+            ("default", "n100_k5", "rl2_bandits_previous_full_n100_k5.json"),
             ("critic_time+means", "n100_k5", "rl2_bandits_ppo_study_critic_time+means_n100_k5_3seeds.json"),
-            ("default", "n100_k50", "rl2_bandits_full_n100_k50.json"),
+            ("default", "n100_k50", "rl2_bandits_previous_full_n100_k50.json"),
             ("critic_time+means", "n100_k50", "rl2_bandits_ppo_study_critic_time+means_n100_k50_3seeds.json"),
-            ("default", "n10_k5", "rl2_bandits_full.json"),
+            ("default", "n10_k5", "rl2_bandits_previous_full.json"),
             ("n10_iterations_1000", "n10_k5", "rl2_bandits_ppo_study_n10_iterations_1000_k5_3seeds.json"),
-            ("default", "n10_k10", "rl2_bandits_full.json"),
+            ("default", "n10_k10", "rl2_bandits_previous_full.json"),
             ("n10_iterations_1000", "n10_k10", "rl2_bandits_ppo_study_n10_iterations_1000_k10_3seeds.json"),
-            ("default", "n10_k50", "rl2_bandits_full.json"),
+            ("default", "n10_k50", "rl2_bandits_previous_full.json"),
             ("n10_iterations_1000", "n10_k50", "rl2_bandits_ppo_study_n10_iterations_1000_k50_3seeds.json"),
             ("n10_iterations_1000", "n100_k10", "rl2_bandits_ppo_study_n10_iterations_1000_n100_k10_2seeds.json"),
             *((BOTH, f"n100_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_3seeds.json")
@@ -146,7 +153,7 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_full_n100_k10.json"),
             # which stays as the row N500_LR's seed there is compared with
             (ALL_THREE + "_first_seed", "n500_k5", "rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k5.json"),
             *((arm, f"n500_k{k}", name) for k in (5, 10, 50)
-              for arm, name in (("default", f"rl2_bandits_full_n500_k{k}.json"),
+              for arm, name in (("default", f"rl2_bandits_previous_full_n500_k{k}.json"),
                                 (ALL_THREE, f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_n500_k{k}"
                                             f"{'_3seeds' if k == 5 else ''}.json"))))
 
@@ -175,19 +182,31 @@ def stage_changed(arm):
     return " and ".join(f"n = {ONE_STAGE_ARMS[part][0]}" for part in ARMS_BOTH.get(arm, (arm,)))
 
 
-def apply_arm(arm):
-    """Change rl2_bandits' PPO settings in place for one arm (this process only)."""
+def arm_settings(arm):
+    """{n: the PPO settings of the stage at n} an arm trains with: PREVIOUS, then each of the arm's parts."""
+    stages = {n: dict(config, **PREVIOUS.get(n, {})) for n, config in rl2.PPO_BY_N.items()}
     for part in ARMS_BOTH.get(arm, (arm,)):
         n, changes = ONE_STAGE_ARMS[part]
-        rl2.PPO_BY_N[n] = dict(rl2.PPO_BY_N[n], **changes)
+        stages[n].update(changes)
         shared = {key: value for key, value in changes.items() if key in EVERY_STAGE}
         if n == 100 and shared:                       # a GRU size must match in the stage it starts from
-            rl2.PPO_BY_N[10] = dict(rl2.PPO_BY_N[10], **shared)
+            stages[10].update(shared)
+    return stages
+
+
+def apply_arm(arm):
+    """Change rl2_bandits' settings in place for one arm (this process only). The n = 10 stage's iterations are
+    a setting of the script (--n10-iterations), so the arm's value becomes that setting's default in both modes;
+    the flag, if given, still wins."""
+    stages = arm_settings(arm)
+    rl2.SETTINGS["n10_iterations"] = rl2.FULL["n10_iterations"] = stages[10]["iterations"]
+    rl2.PPO_BY_N.update(stages)
 
 
 def ablation():
     """One row per arm and cell whose results file is in docs/results/: RL2 - Gittins and RL2 - Greedy (paired on
-    tasks, then mean +- SE across training seeds; over tasks for one seed) and the change from the committed cell.
+    tasks, then mean +- SE across training seeds; over tasks for one seed) and the change from the previous
+    settings' cell.
     The arms were trained on more than one CPU, where the same seed trains to a different agent, so the change is
     the difference of the seed means with SE sqrt(se_a^2 + se_b^2) (unpaired), not one paired by training seed."""
     rows, base = {}, {}
@@ -214,9 +233,9 @@ def ablation():
         if arm == "default":
             base[cell_name] = row
         elif cell_name in base and row["seeds"] > 1:
-            committed = base[cell_name]["RL2 - Gittins"]
-            row["change from the committed cell (unpaired)"] = {"mean": gittins["mean"] - committed["mean"],
-                                                                "se": (gittins["se"] ** 2 + committed["se"] ** 2) ** 0.5}
+            previous = base[cell_name]["RL2 - Gittins"]
+            row["change from the previous settings' cell (unpaired)"] = {
+                "mean": gittins["mean"] - previous["mean"], "se": (gittins["se"] ** 2 + previous["se"] ** 2) ** 0.5}
         rows[f"{arm}, {cell_name}"] = row
     for arm, part in PAIRED_BY_SEED:
         for cell_name in sorted({row["cell"] for row in rows.values()}):
@@ -234,11 +253,11 @@ def ablation():
     ad.runs.write_json(out, {"rows": rows, "provenance": ad.runs.provenance(),
                              "command": "python docs/rl2_bandits_ppo_study.py --ablation"})
     for key, row in rows.items():
-        g, change = row["RL2 - Gittins"], row.get("change from the committed cell (unpaired)")
+        g, change = row["RL2 - Gittins"], row.get("change from the previous settings' cell (unpaired)")
         print(f"{key}: {row['seeds']} seed(s), RL2 - Gittins {g['mean']:+.3f} ± {g['se']:.3f} (over {g['se_over']})"
               + (f", change {change['mean']:+.3f} ± {change['se']:.3f}" if change else ""))
         for name, d in row.items():
-            if name.startswith("change from ") and name != "change from the committed cell (unpaired)":
+            if name.startswith("change from ") and name != "change from the previous settings' cell (unpaired)":
                 print(f"    {name}: {d['mean']:+.3f} ± {d['se']:.3f}")
     return rows
 
