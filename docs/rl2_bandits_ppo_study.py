@@ -47,6 +47,11 @@ ARMS = {
     # The centring was there for a critic that must count the pulls left; this critic reads the clock itself
     "critic_time+means_entropy_1e-2_no_centring": dict(critic_sees="time+means", entropy_coef=0.01,
                                                        center_per_pull=False),
+    # training length again, now on top of the two changes: RL² still settles on a worse arm than Gittins does
+    # (its regret per pull nearly flat after pull ~40), its training reward was still rising at iteration 800,
+    # and each update moves the policy little (median approximate KL 0.001-0.003)
+    "critic_time+means_entropy_1e-2_iterations_1600": dict(critic_sees="time+means", entropy_coef=0.01,
+                                                           iterations=1600),
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -84,6 +89,9 @@ ARMS_BOTH = {
     # the first without centring the advantages per pull index at n = 100
     "n10_iterations_1000+critic_time+means_entropy_1e-2_no_centring": ("n10_iterations_1000",
                                                                        "critic_time+means_entropy_1e-2_no_centring"),
+    # the first with twice the n = 100 stage's iterations
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_iterations_1600": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2_iterations_1600"),
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
