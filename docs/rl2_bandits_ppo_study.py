@@ -83,6 +83,9 @@ ARMS_BOTH = {
     "n10_iterations_1000+critic_time+means_entropy_3e-2": ("n10_iterations_1000", "critic_time+means_entropy_3e-2"),
     # the first again, under another name: a re-run on another CPU, the paired baseline of the runs made there
     "n10_iterations_1000+critic_time+means_entropy_1e-2_rerun": ("n10_iterations_1000", "critic_time+means_entropy_1e-2"),
+    # the same on an AMD EPYC with AVX-512, where the same seed trains another agent: the paired baseline there
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_rerun_avx512": ("n10_iterations_1000",
+                                                                        "critic_time+means_entropy_1e-2"),
     # the first with GAE λ = 0.97 at n = 100
     "n10_iterations_1000+critic_time+means_entropy_1e-2_lam_0.97": ("n10_iterations_1000",
                                                                     "critic_time+means_entropy_1e-2_lam_0.97"),
