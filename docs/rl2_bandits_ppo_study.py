@@ -158,6 +158,10 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             *((BOTH + "_iterations_1600", f"n100_k{k}",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_1600_n100_k{k}_{seeds}.json")
               for k, seeds in ((10, "3seeds"), (50, "1seed"))),
+            # on an AMD EPYC with AVX-512: BOTH again, the paired baseline of the runs made there
+            *((BOTH + "_rerun_avx512", f"n100_k{k}",
+               f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_{seeds}_rerun_avx512.json")
+              for k, seeds in ((50, "1seed"),)),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
             *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
               for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
@@ -184,6 +188,7 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   # on an AMD EPYC again (the CPU of BOTH's own rows)
                   (BOTH + "_no_centring", BOTH),
                   (BOTH + "_iterations_1600", BOTH),
+                  (BOTH + "_iterations_1600", BOTH + "_rerun_avx512"),   # on an AMD EPYC with AVX-512
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
                   (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"),
                   # N500_LR's two changes, each alone, against both ends
