@@ -371,10 +371,6 @@ def main(argv=None, command=None):
     """command: what the results record as the command, when a study calls main (default: this script's)."""
     started = time.perf_counter()
     args = parse_arguments(argv, command)
-    if not (args.full or args.params) and any(n > 10 for n, _ in args.cell_list):   # say what is not measured
-        start = cell_config(10, args)["iterations"]
-        print(f"note: without --full, n >= 100 starts from an n = 10 stage of {start} iterations (--full: "
-              f"{FULL['n10_iterations']}), a combination the README does not report; its figures are --full's")
     out = ad.runs.prepare_out(args.out)
     report, per_cell, trained = {}, {}, {}
     for n, k in args.cell_list:
@@ -721,6 +717,10 @@ def parse_arguments(argv, command=None):
             args.out += "_params"             # never replace the training run's metrics.json and figures
         if os.path.abspath(os.path.dirname(args.params)) == os.path.abspath(args.out):
             fail(f"--out {args.out} holds the run that wrote {args.params}: choose another folder for its evaluation")
+    if not (args.full or args.params) and any(n > 10 for n, _ in args.cell_list):   # say what is not measured
+        start = cell_config(10, args)["iterations"]
+        print(f"note: without --full, n >= 100 starts from an n = 10 stage of {start} iterations (--full: "
+              f"{FULL['n10_iterations']}), a combination the README does not report; its figures are --full's")
     return args
 
 
