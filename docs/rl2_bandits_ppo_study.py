@@ -157,11 +157,11 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_no_centring_n100_k10_3seeds.json"),
             *((BOTH + "_iterations_1600", f"n100_k{k}",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_1600_n100_k{k}_{seeds}.json")
-              for k, seeds in ((5, "3seeds"), (10, "3seeds"), (50, "1seed"))),
+              for k, seeds in ((5, "3seeds"), (10, "3seeds"), (50, "2seeds"))),
             # on an AMD EPYC with AVX-512: BOTH again, the paired baseline of the runs made there
             *((BOTH + "_rerun_avx512", f"n100_k{k}",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_{seeds}_rerun_avx512.json")
-              for k, seeds in ((5, "3seeds"), (50, "1seed"))),
+              for k, seeds in ((5, "3seeds"), (50, "2seeds"))),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
             *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
               for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
