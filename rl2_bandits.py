@@ -58,6 +58,7 @@ LESSON = dict(               # PPO for n = 10: the lesson's agent
     clip=0.2,                # PPO's ε
     value_coef=0.5,          # critic's loss weight (separate networks + Adam: it only sets where clipping bites)
     entropy_coef=0.01,       # entropy bonus
+    entropy_decay=False,     # True: the bonus decays to 0 with the step size (an entropy schedule)
     discount=1.0,            # the trial's total reward is the objective: no discount within a trial
     lam=0.3,                 # GAE λ, the authors' value
     max_grad_norm=0.5,       # gradient clipping, per network
@@ -235,7 +236,10 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
     history = {key: [] for key in HISTORY}     # per iteration: Part 2, log_iteration
     progress = ad.runs.Progress(config["iterations"], label)
     for it in range(config["iterations"]):
-        optimizer.lr = config["lr"] * (1.0 - it / config["iterations"])   # linear decay: settled at the end
+        remaining = 1.0 - it / config["iterations"]
+        optimizer.lr = config["lr"] * remaining          # linear decay: settled at the end
+        # an entropy schedule, if asked for: explore across tasks early, and nothing pulls the settled policy to chance
+        bonus = config["entropy_coef"] * (remaining if config["entropy_decay"] else 1.0)
         means, uniforms = sample_tasks(rng, config["trials"], n_arms, n_pulls)
         inputs, arms, rewards, old_log_probs = rollout(agent, means, uniforms, rng)
         with ad.no_grad():
@@ -250,7 +254,7 @@ def train_rl2(n_pulls, n_arms, config, seed, label="train", start_from=None):
         dtype = agent["policy_gru"].Wx.dtype
         batch = (inputs, value_inputs, np.eye(n_arms, dtype=dtype)[arms],
                  *(a.astype(dtype) for a in (old_log_probs, advantages, returns)))
-        stats, grad_norm = ppo_update(agent, optimizer, batch, n_pulls, config, rng)
+        stats, grad_norm = ppo_update(agent, optimizer, batch, n_pulls, dict(config, entropy_coef=bonus), rng)
         log_iteration(history, progress, it, stats, reward=float(rewards.sum(axis=0).mean()), grad_norm=grad_norm)
     return agent, history
 
