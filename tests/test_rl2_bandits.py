@@ -178,6 +178,20 @@ def test_short_ppo_run_beats_random_and_approaches_greedy():
     assert np.mean(history["reward"][-5:]) > np.mean(history["reward"][:5]) + 1.0
 
 
+@pytest.mark.parametrize("decay", [False, True])
+def test_the_entropy_schedule_decays_the_bonus_with_the_step(monkeypatch, decay):
+    # each PPO update's bonus and step, read where the update receives them
+    seen = []
+    monkeypatch.setattr(rl2, "ppo_update", lambda agent, optimizer, batch, n, config, rng:
+                        seen.append((config["entropy_coef"], optimizer.lr)) or ({}, 0.0))
+    monkeypatch.setattr(rl2, "log_iteration", lambda *args, **kwargs: None)
+    config = dict(rl2.LESSON, hidden=4, trials=4, iterations=4, entropy_coef=0.02, lr=1e-3, entropy_decay=decay)
+    rl2.train_rl2(10, 3, config, seed=0)
+    fractions = np.array([1.0, 0.75, 0.5, 0.25])
+    assert np.allclose([lr for _, lr in seen], 1e-3 * fractions)
+    assert np.allclose([bonus for bonus, _ in seen], 0.02 * (fractions if decay else 1.0))
+
+
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
