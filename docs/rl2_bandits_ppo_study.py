@@ -60,6 +60,9 @@ ARMS = {
     # twice the trials per iteration, the same gradient steps on each (minibatches of 128 trials instead of 64):
     # a less noisy gradient. The paper's iterations held 250,000 pulls, 2,500 trials at n = 100; ours hold 128
     "critic_time+means_entropy_1e-2_trials_256": dict(critic_sees="time+means", entropy_coef=0.01, trials=256),
+    # training length once more: four times the iterations (1,600 gained 0.79 at k = 10, and still rose at the end)
+    "critic_time+means_entropy_1e-2_iterations_3200": dict(critic_sees="time+means", entropy_coef=0.01,
+                                                           iterations=3200),
 }
 # changes that must hold in the n = 10 stage too: the curriculum copies weights of the same shape only
 EVERY_STAGE = ("hidden",)
@@ -108,6 +111,8 @@ ARMS_BOTH = {
         "n10_iterations_1000", "critic_time+means_entropy_1e-2_entropy_decay"),
     "n10_iterations_1000+critic_time+means_entropy_1e-2_trials_256": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2_trials_256"),
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_iterations_3200": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2_iterations_3200"),
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
     "n10_iterations_1000+critic_time+means_entropy_1e-2_n100_n500": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2", "n500_critic_time+means_entropy_1e-2"),
@@ -174,7 +179,11 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             # on an AMD EPYC with AVX-512: BOTH again, the paired baseline of the runs made there
             *((BOTH + "_rerun_avx512", f"n100_k{k}",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n100_k{k}_{seeds}_rerun_avx512.json")
-              for k, seeds in ((5, "3seeds"), (50, "2seeds"))),
+              for k, seeds in ((5, "3seeds"), (10, "3seeds"), (50, "2seeds"))),
+            # there too: the bonus decaying to 0, and twice the trials per iteration, at n = 100, k = 10
+            *((BOTH + f"_{name}", "n100_k10",
+               f"rl2_bandits_ppo_study_n10_1000+critic_entropy_{name}_n100_k10_3seeds.json")
+              for name in ("entropy_decay",)),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
             *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
               for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
@@ -202,6 +211,7 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   (BOTH + "_no_centring", BOTH),
                   (BOTH + "_iterations_1600", BOTH),
                   (BOTH + "_iterations_1600", BOTH + "_rerun_avx512"),   # on an AMD EPYC with AVX-512
+                  (BOTH + "_entropy_decay", BOTH + "_rerun_avx512"),
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
                   (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"),
                   # N500_LR's two changes, each alone, against both ends
