@@ -183,7 +183,7 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             # there too: the bonus decaying to 0, and twice the trials per iteration, at n = 100, k = 10
             *((BOTH + f"_{name}", "n100_k10",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_{name}_n100_k10_3seeds.json")
-              for name in ("entropy_decay",)),
+              for name in ("entropy_decay", "trials_256")),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
             *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
               for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
@@ -211,7 +211,7 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   (BOTH + "_no_centring", BOTH),
                   (BOTH + "_iterations_1600", BOTH),
                   (BOTH + "_iterations_1600", BOTH + "_rerun_avx512"),   # on an AMD EPYC with AVX-512
-                  (BOTH + "_entropy_decay", BOTH + "_rerun_avx512"),
+                  (BOTH + "_entropy_decay", BOTH + "_rerun_avx512"), (BOTH + "_trials_256", BOTH + "_rerun_avx512"),
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
                   (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"),
                   # N500_LR's two changes, each alone, against both ends
