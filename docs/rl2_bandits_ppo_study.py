@@ -111,6 +111,9 @@ ARMS_BOTH = {
         "n10_iterations_1000", "critic_time+means_entropy_1e-2_entropy_decay"),
     "n10_iterations_1000+critic_time+means_entropy_1e-2_trials_256": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2_trials_256"),
+    # the 1,600 iterations again on an AMD EPYC with AVX-512 (seed 0), beside the runs with 800 and 3,200 there
+    "n10_iterations_1000+critic_time+means_entropy_1e-2_iterations_1600_avx512": (
+        "n10_iterations_1000", "critic_time+means_entropy_1e-2_iterations_1600"),
     "n10_iterations_1000+critic_time+means_entropy_1e-2_iterations_3200": (
         "n10_iterations_1000", "critic_time+means_entropy_1e-2_iterations_3200"),
     # the same as the first, and the n = 100 stage's two changes continued in the n = 500 stage
