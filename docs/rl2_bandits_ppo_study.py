@@ -190,7 +190,9 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             # training length on one seed there: 1,600 and 3,200 n = 100 iterations, beside the re-run's 800
             *((BOTH + f"_iterations_{length}", f"n100_k{k}",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_{length}_n100_k{k}.json")
-              for length, k in ((3200, 10),)),
+              for length, k in ((3200, 10), (3200, 50))),
+            (BOTH + "_iterations_1600_avx512", "n100_k10",
+             "rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_1600_n100_k10_avx512.json"),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
             *((arm, f"n500_k{k}", f"rl2_bandits_ppo_study_n10_1000+critic_entropy_n500_{name}_n500_k{k}.json")
               for arm, name, ks in ((N500_LR, "lr_3e-3", (5, 10, 50)), (N500_BONUS_OFF, "critic", (10, 50)),
