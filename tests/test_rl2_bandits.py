@@ -1,7 +1,7 @@
 """rl2_bandits.py: the baselines against known values, the Gittins index against its published
 table, GAE against the explicit sum, the step-by-step policy against the fused sequence, the PPO
-loss against finite differences, a short PPO run that must beat random by a measured margin, and
-the command line's errors."""
+loss against finite differences, a short PPO run that must beat random by a measured margin, the
+entropy schedule, and the command line's errors."""
 
 import numpy as np
 import pytest
