@@ -1319,4 +1319,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    ad.runs.run(main)
+    ad.runs.run(main, needs=(*ad.runs.NEEDS, "ale_py"))

@@ -25,6 +25,7 @@ Errors meant for the user are `BadInput` (exit 2) and `Diverged` (exit 3): `run`
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -66,10 +67,20 @@ def check_finite(name, value, when=""):
     return value
 
 
-def run(main, argv=None, prog=None):
+# what the scripts need at run time besides NumPy (requirements.txt); pong_pg.py adds ale_py
+NEEDS = ("matplotlib", "gymnasium")
+
+
+def run(main, argv=None, prog=None, needs=NEEDS):
     """Call main(argv) and turn the user's errors into one line on stderr and a non-zero exit:
-    BadInput and MemoryError -> 2, Diverged -> 3, Ctrl-C -> 130. Anything else is a bug and keeps its traceback."""
+    BadInput and MemoryError -> 2, Diverged -> 3, Ctrl-C -> 130. Anything else is a bug and keeps its traceback.
+    A package in `needs` that is not installed stops the run before any work (exit 2), not at the figures an hour
+    later, when the training would be lost."""
     prog = prog or os.path.basename(sys.argv[0] or "script")
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        _die(prog, f"{', '.join(missing)} not installed in this Python ({sys.executable}); "
+                   f"install the requirements first: pip install -r requirements.txt", 2)
     try:
         main(argv)
     except BadInput as error:

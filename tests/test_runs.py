@@ -66,6 +66,18 @@ def test_run_turns_user_errors_into_one_line_and_exit_codes(capsys):
         assert len(err.strip().splitlines()) == 1 and err.startswith("demo.py: error:"), err
 
 
+def test_a_missing_package_stops_the_run_before_any_work(capsys):
+    called = []
+    with pytest.raises(SystemExit) as exit_:
+        ad.runs.run(called.append, prog="demo.py", needs=("numpy", "no_such_package_here"))
+    assert exit_.value.code == 2 and called == []
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no_such_package_here not installed" in err, err
+    assert "pip install -r requirements.txt" in err
+    ad.runs.run(called.append, prog="demo.py", needs=("numpy",))     # all there: main runs
+    assert called == [None]
+
+
 def test_random_streams_are_named_reproducible_and_independent_of_each_other():
     a = ad.runs.random_streams(5, "init", "train")
     b = ad.runs.random_streams(5, "train")
