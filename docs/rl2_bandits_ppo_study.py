@@ -187,10 +187,11 @@ ABLATION = (("default", "n100_k10", "rl2_bandits_previous_full_n100_k10.json"),
             *((BOTH + f"_{name}", "n100_k10",
                f"rl2_bandits_ppo_study_n10_1000+critic_entropy_{name}_n100_k10_3seeds.json")
               for name in ("entropy_decay", "trials_256")),
-            # training length on one seed there: 1,600 and 3,200 n = 100 iterations, beside the re-run's 800
-            *((BOTH + f"_iterations_{length}", f"n100_k{k}",
-               f"rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_{length}_n100_k{k}.json")
-              for length, k in ((3200, 10), (3200, 50))),
+            # training length there: 3,200 n = 100 iterations (four times the re-run's 800), on seed 0 at k = 5 and
+            # k = 50, on seeds 0 and 1 at k = 10 (its seed 0 is the one-seed run's agent again, to the last digit)
+            *((BOTH + "_iterations_3200", f"n100_k{k}",
+               f"rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_3200_n100_k{k}{seeds}.json")
+              for k, seeds in ((5, ""), (10, "_2seeds"), (50, ""))),
             (BOTH + "_iterations_1600_avx512", "n100_k10",
              "rl2_bandits_ppo_study_n10_1000+critic_entropy_iterations_1600_n100_k10_avx512.json"),
             # the n = 500 stage's arms: (arm, what its file names, the cells run)
@@ -221,6 +222,7 @@ PAIRED_BY_SEED = (("critic_time+means_entropy_1e-2", "critic_time+means"),
                   (BOTH + "_iterations_1600", BOTH),
                   (BOTH + "_iterations_1600", BOTH + "_rerun_avx512"),   # on an AMD EPYC with AVX-512
                   (BOTH + "_entropy_decay", BOTH + "_rerun_avx512"), (BOTH + "_trials_256", BOTH + "_rerun_avx512"),
+                  (BOTH + "_iterations_3200", BOTH + "_rerun_avx512"),
                   # the same n = 100 agent at the start of n = 500 (one seed): only the n = 500 stage differs
                   (N500_LR, ALL_THREE), (N500_LR, ALL_THREE + "_first_seed"),
                   # N500_LR's two changes, each alone, against both ends
@@ -292,9 +294,13 @@ def ablation():
     for arm, part in PAIRED_BY_SEED:
         for cell_name in sorted({row["cell"] for row in rows.values()}):
             a, b = rows.get(f"{arm}, {cell_name}"), rows.get(f"{part}, {cell_name}")
-            if a and b and a["cpu"] == b["cpu"] and a["seeds"] == b["seeds"] > 1:
-                a[f"change from {part} (paired by training seed)"] = ad.runs.paired_difference(
-                    a["RL2 - Gittins (paired), per seed"], b["RL2 - Gittins (paired), per seed"])
+            if a and b and a["cpu"] == b["cpu"] and min(a["seeds"], b["seeds"]) > 1:
+                # training seed s of both draws the same random numbers up to where the arms differ, and both
+                # are scored on the same tasks; when one arm has more seeds, the pairs are the seeds both have
+                both = min(a["seeds"], b["seeds"])
+                which = "" if a["seeds"] == b["seeds"] else f", seeds 0-{both - 1}"
+                a[f"change from {part} (paired by training seed{which})"] = ad.runs.paired_difference(
+                    a["RL2 - Gittins (paired), per seed"][:both], b["RL2 - Gittins (paired), per seed"][:both])
             elif a and b and a["cpu"] == b["cpu"] and a["seeds"] == b["seeds"] == 1:
                 # one seed each, the same tasks: the SE over tasks of each, combined as if independent (the
                 # per-task returns are not kept, so the pairing over tasks, which would shrink it, is not used)
