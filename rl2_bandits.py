@@ -24,8 +24,12 @@ Run:  python rl2_bandits.py                   n=10, k=5: train one agent, evalua
                                               run it in parts with --cells
       python rl2_bandits.py --params runs/rl2_bandits/params.npz   evaluate saved agents, no training
 Outputs (runs/rl2_bandits/, or _full/ with --full): metrics.json, params.npz, figures. Results: see README.md.
+Each trained stage is kept in the output folder's parts/, so a stopped run resumes when the same command is run
+again (an edited script or changed settings train again).
 """
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -763,22 +767,71 @@ def cell_agents(n, k, args, trained):
 def train_cell(n, k, index, args, trained):
     """Train agent `index` (a training seed) for (n, k), first training the shorter-trial agent it starts
     from, if any (kept in `trained`). Returns {"agent", "history", "config", "train_time_s" (this stage),
-    "total_time_s" and "pulls" (with the curriculum's earlier stages)}."""
+    "total_time_s" and "pulls" (with the curriculum's earlier stages), "key" (what trained it: stage_key)}.
+    Each stage is kept in out/parts/ as soon as it is trained, so a stopped --full resumes (stage_part)."""
     if (n, k, index) not in trained:
         config = cell_config(n, args)
-        start = dict(agent=None, total_time_s=0.0, pulls=0)
+        start = dict(agent=None, total_time_s=0.0, pulls=0, key=None)
         if config.get("start_from_n"):
             print(f"n={n}, k={k}, seed {index}: curriculum: first the n={config['start_from_n']}, k={k} agent")
             start = train_cell(config["start_from_n"], k, index, args, trained)
-        print(f"n={n}, k={k}, seed {index}: training RL² with PPO, {config['iterations']} iterations x "
-              f"{config['trials']} trials, GRU {config['hidden']} units")
         seed = [args.seed, n, k] + ([index] if index else [])       # seed 0 keeps the single-agent stream
-        agent, history = train_rl2(n, k, config, seed, label=f"n={n} k={k} seed {index}", start_from=start["agent"])
-        seconds = history["elapsed"][-1]
-        trained[(n, k, index)] = dict(agent=agent, history=history, config=config, train_time_s=seconds,
-                                      total_time_s=start["total_time_s"] + seconds,
-                                      pulls=start["pulls"] + config["iterations"] * config["trials"] * n)
+        key = stage_key(config, seed, start["key"])
+        path = os.path.join(args.out, "parts", prefix_for(n, k, index))
+        run = stage_part(path, key, n, k, index)
+        if run is None:
+            print(f"n={n}, k={k}, seed {index}: training RL² with PPO, {config['iterations']} iterations x "
+                  f"{config['trials']} trials, GRU {config['hidden']} units")
+            agent, history = train_rl2(n, k, config, seed, label=f"n={n} k={k} seed {index}",
+                                       start_from=start["agent"])
+            seconds = history["elapsed"][-1]
+            run = dict(agent=agent, history=history, config=config, train_time_s=seconds,
+                       total_time_s=start["total_time_s"] + seconds,
+                       pulls=start["pulls"] + config["iterations"] * config["trials"] * n, key=key)
+            keep_stage_part(path, run, n, k, index)
+        else:
+            print(f"n={n}, k={k}, seed {index}: resumed from {path}.npz (trained before, by the same settings)")
+        trained[(n, k, index)] = run
     return trained[(n, k, index)]
+
+
+# ----------------------------------------------------------------------------
+# Resuming: every trained stage is kept in out/parts/, and reused when the same settings ask for it again
+# ----------------------------------------------------------------------------
+def stage_key(config, seed, start_key):
+    """A fingerprint of everything that decides a trained stage: this file's text, the stage's PPO settings
+    (which a study may change), its random stream and the stage it started from. Training is deterministic
+    given these on one machine, so a stored stage with the same key is the agent training would give."""
+    with open(os.path.abspath(__file__), "rb") as f:
+        script = hashlib.sha1(f.read()).hexdigest()
+    described = json.dumps(dict(script=script, config=config, seed=seed, start=start_key), sort_keys=True,
+                           default=str)
+    return hashlib.sha1(described.encode()).hexdigest()
+
+
+def keep_stage_part(path, run, n, k, index):
+    """Write the stage's agent (path.npz) and then its record (path.json), each atomically: a record is
+    written only after its agent, so a record always has a whole agent beside it."""
+    ad.nn.save_parameters(path + ".npz", agent_file_entries(run["agent"], n, k, index))
+    ad.runs.write_json(path + ".json", {key: value for key, value in run.items() if key != "agent"})
+
+
+def stage_part(path, key, n, k, index):
+    """The stored stage at `path` if it was trained with `key`, else None (train it). A part that cannot be
+    read is trained again, with a one-line note: parts are this script's own cache, never a user's input."""
+    if not os.path.exists(path + ".json"):
+        return None
+    try:
+        with open(path + ".json") as f:
+            run = json.load(f)
+        if run.get("key") != key:
+            return None
+        arrays = ad.runs.load_arrays(path + ".npz", what="stored stage of rl2_bandits.py")
+        run["agent"] = load_agent(path + ".npz", arrays, n, k, index)
+        return run
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        print(f"note: {path}: the stored stage is unreadable ({str(error).splitlines()[0][:120]}); training it again")
+        return None
 
 
 # ----------------------------------------------------------------------------

@@ -227,3 +227,31 @@ def test_main_end_to_end_and_reload(tmp_path, capsys):
     def rl2_rows(text):
         return [line for line in text.splitlines() if line.strip().startswith("RL2 ") and "trained" not in line]
     assert len(rl2_rows(first)) == 5 and rl2_rows(first) == rl2_rows(second)
+
+
+def test_a_stopped_run_resumes_from_its_trained_stages(tmp_path, capsys):
+    """Each trained stage is kept in out/parts/: the same command again reuses every stage and gives the same
+    figures; a damaged part is trained again (with a note), and so is every stage whose settings changed."""
+    out = tmp_path / "run"
+    command = ["--cells", "n100_k5", "--iterations", "2", "--trials", "8", "--eval-tasks", "500",
+               "--tune-tasks", "100", "--out", str(out)]
+    def rl2_rows(text):
+        return [line for line in text.splitlines() if line.strip().startswith("RL2 ")]
+    rl2.main(command)
+    first = capsys.readouterr().out
+    assert first.count("training RL² with PPO") == 2 and "resumed" not in first
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["n100_k5.json", "n100_k5.npz", "n10_k5.json",
+                                                                  "n10_k5.npz"]
+    rl2.main(command)
+    again = capsys.readouterr().out
+    assert again.count("resumed from") == 2 and "training RL² with PPO" not in again
+    assert rl2_rows(again) == rl2_rows(first) and len(rl2_rows(first)) == 4
+    (out / "parts" / "n100_k5.npz").write_bytes(b"damaged")
+    rl2.main(command)
+    damaged = capsys.readouterr().out
+    assert "unreadable" in damaged and damaged.count("training RL² with PPO") == 1     # n = 100 only
+    assert rl2_rows(damaged) == rl2_rows(first)
+    rl2.main(command + ["--lr", "1e-3"])
+    changed = capsys.readouterr().out
+    assert changed.count("training RL² with PPO") == 2 and "resumed" not in changed
+    assert rl2_rows(changed) != rl2_rows(first)
